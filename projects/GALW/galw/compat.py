@@ -1,0 +1,118 @@
+"""The one place where gaps between detectron2 v0.6 (pure-Python build) and a
+modern stack are closed.
+
+Import this before anything imports detectron2 (``galw/__init__`` does). On an
+official detectron2 build, i.e. one whose compiled ``detectron2._C`` can be
+found, :func:`apply` changes nothing.
+
+Gaps closed on a pure-Python build (PyPI sdist ``pb1-detectron2==0.6``, built
+with its C++ extension skipped):
+
+* ``detectron2._C`` is absent but imported at module level by
+  ``layers/deform_conv.py``, ``layers/roi_align_rotated.py`` and
+  ``structures/rotated_boxes.py``: a stand-in module is registered whose every
+  function raises :class:`MissingCompiledOpError` naming the op.
+* ``PIL.Image.LINEAR`` was removed in Pillow 10 but is a default argument in
+  ``detectron2/data/transforms``: aliased to ``BILINEAR`` (same filter).
+* v0.6's ``DefaultTrainer`` checkpoints only the iteration and hook states, so
+  ``--resume`` silently restarts SGD momentum (and the AMP grad scaler). As
+  upstream did later, its state now holds the inner trainer's under ``_trainer``.
+"""
+import importlib.machinery
+import importlib.util
+import logging
+import sys
+import types
+
+__all__ = ["MissingCompiledOpError", "apply", "has_compiled_ops", "APPLIED"]
+
+logger = logging.getLogger(__name__)
+
+#: Names of the gaps that :func:`apply` closed in this process (empty on an official build).
+APPLIED = []
+
+
+class MissingCompiledOpError(RuntimeError):
+    """A detectron2 op that needs the compiled ``detectron2._C`` extension was called."""
+
+
+_NOT_BUILT = "not built (pure-Python detectron2, galw.compat stand-in)"
+
+
+class _MissingCompiledOps(types.ModuleType):
+    """Stand-in for ``detectron2._C``: ops raise; build introspection answers honestly."""
+
+    def get_compiler_version(self):
+        return _NOT_BUILT
+
+    def get_cuda_version(self):
+        return _NOT_BUILT
+
+    def has_cuda(self):
+        return False
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def _missing(*args, **kwargs):
+            raise MissingCompiledOpError(
+                f"detectron2._C.{name} is a compiled detectron2 op, and this detectron2 was "
+                "installed without its C++ extension (pure-Python pb1-detectron2==0.6). "
+                "Use an alternative that needs no compiled op (e.g. torchvision.ops.DeformConv2d, "
+                "torchvision.ops.nms, COCOEvaluator(use_fast_impl=False)) or install an official "
+                "detectron2 build."
+            )
+
+        _missing.__name__ = name
+        return _missing
+
+
+def has_compiled_ops() -> bool:
+    """True when a real compiled ``detectron2._C`` can be found (official build)."""
+    _C = sys.modules.get("detectron2._C")
+    if _C is not None:
+        return not isinstance(_C, _MissingCompiledOps)
+    try:
+        return importlib.util.find_spec("detectron2._C") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _default_trainer_state_dict(self):
+    from detectron2.engine.train_loop import TrainerBase
+
+    ret = TrainerBase.state_dict(self)
+    ret["_trainer"] = self._trainer.state_dict()
+    return ret
+
+
+def _default_trainer_load_state_dict(self, state_dict):
+    from detectron2.engine.train_loop import TrainerBase
+
+    TrainerBase.load_state_dict(self, state_dict)
+    if "_trainer" in state_dict:
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
+
+def apply() -> list:
+    """Close the known gaps if this is a pure-Python detectron2; return what was applied."""
+    if APPLIED or has_compiled_ops():
+        return list(APPLIED)
+    stub = _MissingCompiledOps("detectron2._C")
+    stub.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", loader=None)
+    sys.modules["detectron2._C"] = stub
+    APPLIED.append("detectron2._C")
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+        APPLIED.append("PIL.Image.LINEAR")
+    from detectron2.engine import defaults
+
+    if "state_dict" not in vars(defaults.DefaultTrainer):
+        defaults.DefaultTrainer.state_dict = _default_trainer_state_dict
+        defaults.DefaultTrainer.load_state_dict = _default_trainer_load_state_dict
+        APPLIED.append("DefaultTrainer.state_dict")
+    logger.debug("galw.compat applied: %s", APPLIED)
+    return list(APPLIED)

@@ -1,0 +1,70 @@
+"""Shared test helpers: the repo root on sys.path (for train_net), tiny detection data."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import galw  # noqa: E402,F401  (compat before any detectron2 import)
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+CONFIG_DIR = os.path.join(ROOT, "projects", "GALW", "configs")
+
+
+def write_box_images(out_dir, num_images=4, size=(160, 128), seed=0):
+    """Write images with 1-3 bright rectangles each; return detectron2 dataset dicts."""
+    import cv2
+    from detectron2.structures import BoxMode
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    w, h = size
+    records = []
+    for i in range(num_images):
+        img = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        annos = []
+        for _ in range(int(rng.integers(1, 4))):
+            bw, bh = int(rng.integers(20, 50)), int(rng.integers(40, 80))
+            x1, y1 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            img[y1 : y1 + bh, x1 : x1 + bw] = rng.integers(120, 255, size=3)
+            annos.append(
+                {"bbox": [x1, y1, x1 + bw, y1 + bh], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
+            )
+        path = os.path.join(out_dir, f"img_{i:03d}.png")
+        cv2.imwrite(path, img)
+        records.append({"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annos})
+    return records
+
+
+@pytest.fixture
+def box_dataset(tmp_path):
+    """A registered tiny detection dataset; yields its name and removes it afterwards."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = f"galw_test_boxes_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+    records = write_box_images(str(tmp_path / "images"))
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(thing_classes=["person"])
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def stock_rcnn_cfg(dataset_name, output_dir, *opts):
+    """The stock Faster R-CNN CPU config on a test dataset."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    galw.add_galw_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, "stock", "faster_rcnn_R18_C4_cpu.yaml"))
+    cfg.merge_from_list(
+        ["DATASETS.TRAIN", (dataset_name,), "DATASETS.TEST", (), "OUTPUT_DIR", str(output_dir), "SEED", 1]
+        + list(opts)
+    )
+    return cfg

@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Train and evaluate GALW-PS models with detectron2's DefaultTrainer.
+
+    python train_net.py --config-file projects/GALW/configs/<config>.yaml [--num-gpus N]
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
+    python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR
+"""
+import logging
+import weakref
+
+import galw  # noqa: F401  (closes detectron2 gaps and registers the project's parts)
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+
+from galw import add_galw_config
+from galw.checkpoint import AtomicCheckpointer
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the project's data, evaluation and loss weighting."""
+
+    def build_hooks(self):
+        # Runs inside DefaultTrainer.__init__, before the checkpoint hook is built.
+        self.checkpointer = AtomicCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_galw_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    logging.getLogger(__name__).info("Command Line Args: %s", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
