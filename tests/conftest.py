@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+# This checkout's package and train_net.py come first (also in other worktrees).
+for _p in (os.path.join(ROOT, "projects", "GALW"), ROOT):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 import galw  # noqa: E402,F401  (compat before any detectron2 import)
 import torch  # noqa: E402

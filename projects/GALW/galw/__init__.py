@@ -7,6 +7,7 @@ from . import compat
 
 compat.apply()
 
+from . import data, evaluation, modeling  # noqa: E402,F401  (registration on import)
 from .config import add_galw_config  # noqa: E402
 
 __all__ = ["add_galw_config"]

@@ -1,4 +1,7 @@
-"""``add_galw_config(cfg)``: every key this project reads, with its default."""
+"""``add_galw_config(cfg)``: every key this project reads, with its default.
+
+One function per concept below, so each part of the project owns its keys.
+"""
 from detectron2.config import CfgNode as CN
 
 
@@ -9,23 +12,38 @@ def add_galw_config(cfg):
     _add_loss_weighting_config(cfg)
     _add_data_config(cfg)
     _add_evaluation_config(cfg)
-    _add_model_config(cfg)
+    _add_person_search_config(cfg)
+    _add_nae_config(cfg)
+    _add_alignps_config(cfg)
+    _add_attribute_config(cfg)
     return cfg
 
 
 def _add_loss_weighting_config(cfg):
-    """MODEL.GALW: loss weighting, probing and grouping (the GALW core)."""
+    """MODEL.GALW: loss weighting, gradient probing and task grouping (the GALW core)."""
     cfg.MODEL.GALW = CN()
     cfg.MODEL.GALW.ENABLED = False
 
 
 def _add_data_config(cfg):
-    """INPUT / DATASETS additions for person search."""
+    """Person-search data: dataset roots, synthetic data, the mapper's augmentation."""
 
 
 def _add_evaluation_config(cfg):
-    """TEST.PERSON_SEARCH: the evaluation protocol options."""
+    """TEST.PERSON_SEARCH: the evaluation protocol options (standard by default)."""
 
 
-def _add_model_config(cfg):
-    """Person-search model keys (meta-architecture, branches, OIM)."""
+def _add_person_search_config(cfg):
+    """MODEL.PERSON_SEARCH: the meta-architecture (branches, which detects, which embeds)."""
+
+
+def _add_nae_config(cfg):
+    """The NAE branch (RPN, res5 ROI head, norm-aware embedding) and OIM."""
+
+
+def _add_alignps_config(cfg):
+    """The anchor-free AlignPS branch (AFA FPN, FCOS head, dense re-id)."""
+
+
+def _add_attribute_config(cfg):
+    """The attribute branch (ALM)."""

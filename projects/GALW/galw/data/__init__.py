@@ -1,0 +1,1 @@
+"""Person-search datasets (CUHK-SYSU, PRW, synthetic), their registration and the mapper."""

@@ -1,0 +1,1 @@
+"""Person-search evaluation: the standard search and detection protocols."""
