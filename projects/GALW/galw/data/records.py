@@ -1,0 +1,67 @@
+"""Shared pieces of the loaders: image sizes from headers, box conversion and the parse cache."""
+import hashlib
+import logging
+import os
+import pickle
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["image_size", "xywh_to_xyxy", "cached_parse", "CACHE_VERSION"]
+
+CACHE_VERSION = 1
+
+
+def image_size(path):
+    """(height, width) read from the image header only (no decoding); error naming the file."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Missing image {path}") from e
+    except Exception as e:
+        raise OSError(f"Unreadable image {path}: {e}") from e
+    return int(h), int(w)
+
+
+def xywh_to_xyxy(b):
+    x, y, w, h = (float(v) for v in b)
+    return [x, y, x + w, y + h]
+
+
+def _fingerprint(paths):
+    h = hashlib.sha1(str(CACHE_VERSION).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}|{st.st_mtime_ns}|{st.st_size}\n".encode())
+    return h.hexdigest()
+
+
+def cached_parse(root, name, source_files, parse_fn):
+    """``parse_fn()`` cached as ``<root>/.galw_cache/<name>.pkl``, keyed by the sources' mtimes and sizes.
+
+    Parsing the full .mat files takes tens of seconds; the cache makes later loads take well under
+    one. An unwritable root just disables the cache (logged).
+    """
+    key = _fingerprint(source_files)
+    cache_dir = os.path.join(root, ".galw_cache")
+    path = os.path.join(cache_dir, f"{name}.pkl")
+    if os.path.isfile(path):
+        try:
+            with open(path, "rb") as f:
+                stored_key, value = pickle.load(f)
+            if stored_key == key:
+                return value
+        except Exception as e:  # a stale or truncated cache is re-parsed
+            logger.warning("Ignoring unreadable parse cache %s: %s", path, e)
+    value = parse_fn()
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            pickle.dump((key, value), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.warning("Parse cache disabled for %s (%s)", root, e)
+    return value
