@@ -30,7 +30,7 @@ def camera_of(name):
 
 
 def _clip(x, y, w, h, width, height):
-    return [max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)]
+    return [float(max(0.0, x)), float(max(0.0, y)), float(min(width, x + w)), float(min(height, y + h))]
 
 
 class PRW:
