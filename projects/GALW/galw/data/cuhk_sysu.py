@@ -14,7 +14,7 @@ from detectron2.structures import BoxMode
 
 from .matlab import (MatFormatError, as_numbers, as_str, cell_strings, field, load_mat, mat_key,
                      struct_elements)
-from .records import cached_parse, image_size, xywh_to_xyxy
+from .records import cached_parse, image_size, pack_records, unpack_records, xywh_to_xyxy
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class CUHKSYSU:
                     for b, pid in zip(images[n], p)
                 ]
                 recs.append(r)
-            out[split] = recs
+            out[split] = pack_records(recs)
         query_recs = []
         for qi, ((qname, qbox, idname), _) in enumerate(queries):
             if qname not in sizes:
@@ -185,14 +185,14 @@ class CUHKSYSU:
             r = record(image_ids[qname], qname)
             r["query"] = {"bbox": xywh_to_xyxy(qbox), "person_id": qi, "idname": idname}
             query_recs.append(r)
-        out["query"] = query_recs
+        out["query"] = pack_records(query_recs)
         out["num_pids"] = len(identities)
         return out
 
     # ---------- public
     def records(self, split):
         base = cached_parse(self.root, "cuhk_sysu_base", self._existing(self._base_sources()), self._parse_base)
-        return base[split], base["num_pids"]
+        return unpack_records(base[split]), base["num_pids"]
 
     def _existing(self, paths):
         for p in paths:

@@ -7,7 +7,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 
 from .matlab import MatFormatError, as_numbers, cell_strings, load_mat, mat_key
-from .records import cached_parse, image_size
+from .records import cached_parse, image_size, pack_records, unpack_records
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class PRW:
         if dropped or clipped_out:
             logger.warning("PRW %s %s: dropped %d boxes with w<=0 or h<=0 and %d boxes outside the image",
                            self.root, split, dropped, clipped_out)
-        return {"records": records, "pid_mapping": mapping}
+        return {"records": pack_records(records), "pid_mapping": mapping}
 
     def _image_ids(self):
         names = sorted(self._split_names("train") + self._split_names("test"))
@@ -139,7 +139,7 @@ class PRW:
             records.append({"file_name": os.path.join(self.frames, name), "image_id": image_ids[name],
                             "height": ih, "width": iw, "camera_id": camera_of(name),
                             "query": {"bbox": box, "person_id": int(pid)}})
-        return {"records": records, "pid_mapping": None}
+        return {"records": pack_records(records), "pid_mapping": None}
 
     def records(self, split):
         split_file = "frame_train.mat" if split == "train" else "frame_test.mat"
@@ -155,4 +155,4 @@ class PRW:
             extra = [os.path.join(self.root, "ID_train.mat")] if split == "train" and os.path.isfile(
                 os.path.join(self.root, "ID_train.mat")) else []
             parsed = cached_parse(self.root, f"prw_{split}", sources + extra + anno, lambda: self._parse(split))
-        return parsed["records"], parsed["pid_mapping"]
+        return unpack_records(parsed["records"]), parsed["pid_mapping"]

@@ -11,7 +11,6 @@ same annotation bytes.
 """
 import argparse
 import json
-import logging
 import os
 from dataclasses import dataclass
 
@@ -21,7 +20,6 @@ from tqdm import tqdm
 
 from .matlab import savemat_deterministic
 
-logger = logging.getLogger(__name__)
 
 __all__ = ["ATTRIBUTE_NAMES", "SIZES", "generate"]
 
