@@ -92,3 +92,22 @@ def test_cuhk_layout_loads_through_real_loader(tmp_path):
             assert len(a["attributes"]) == len(ATTRIBUTE_NAMES) and set(a["attributes"]) <= {0, 1}
     finally:
         cleanup()
+
+
+def test_builtin_synth_names_follow_detectron2_datasets(tmp_path, monkeypatch):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    generate("prw", str(tmp_path / "SynthPS-PRW"), seed=0, size="tiny")
+    train = DatasetCatalog.get("synth_prw_train")
+    assert train[0]["file_name"].startswith(str(tmp_path / "SynthPS-PRW" / "frames"))
+    assert MetadataCatalog.get("synth_prw_train").num_pids == SIZES["tiny"].train_ids
+    assert MetadataCatalog.get("synth_prw_gallery").query_set == "synth_prw_query"
+    # another root: file-derived metadata follows the new files
+    other = tmp_path / "other"
+    generate("prw", str(other / "SynthPS-PRW"), seed=0, size=SIZES["tiny"].__class__(
+        **{**SIZES["tiny"].__dict__, "train_ids": 3}))
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(other))
+    DatasetCatalog.get("synth_prw_train")
+    assert MetadataCatalog.get("synth_prw_train").num_pids == 3
+    assert MetadataCatalog.get("synth_prw_train").evaluator_type == "prw"

@@ -2,7 +2,7 @@
 
 The root is resolved when a dataset is loaded (not at import), so setting the environment variable
 after ``import galw`` works. Metadata that depends on the files (``num_pids``, ``pid_mapping``,
-``gallery_protocols``, ``attribute_names``) is filled on the first load of the split.
+``gallery_protocols``, ``attribute_names``) is (re)set by every load of the split.
 """
 import logging
 import os
@@ -35,10 +35,12 @@ def datasets_root():
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def _set_missing(meta, **kwargs):
-    for k, v in kwargs.items():
-        if not hasattr(meta, k):
-            meta.set(**{k: v})
+def _update_metadata(name, **kwargs):
+    """Set file-derived metadata, replacing values of an earlier load (the root may have changed)."""
+    meta = MetadataCatalog.get(name)
+    keep = {k: v for k, v in meta.as_dict().items() if k not in kwargs and k != "name"}
+    MetadataCatalog.remove(name)
+    MetadataCatalog.get(name).set(**keep, **kwargs)
 
 
 def _load(prefix, kind, root_fn, split):
@@ -47,17 +49,17 @@ def _load(prefix, kind, root_fn, split):
         ds = CUHKSYSU(root)
         records, num_pids = ds.records(split)
         if split == "train":
-            _set_missing(MetadataCatalog.get(f"{prefix}_train"), num_pids=num_pids)
+            _update_metadata(f"{prefix}_train", num_pids=num_pids)
         if split == "gallery":
-            _set_missing(MetadataCatalog.get(f"{prefix}_gallery"), gallery_protocols=ds.protocols())
+            _update_metadata(f"{prefix}_gallery", gallery_protocols=ds.protocols())
     else:
         records, mapping = PRW(root).records(split)
         if split == "train":
-            _set_missing(MetadataCatalog.get(f"{prefix}_train"), num_pids=len(mapping), pid_mapping=mapping)
+            _update_metadata(f"{prefix}_train", num_pids=len(mapping), pid_mapping=mapping)
     attr_path = os.path.join(root, ATTRIBUTE_FILE)
     if split != "query" and os.path.isfile(attr_path):
         names = attach_attributes(records, attr_path, ATTRIBUTE_IOU_THRESHOLD)
-        _set_missing(MetadataCatalog.get(f"{prefix}_{split}"), attribute_names=names)
+        _update_metadata(f"{prefix}_{split}", attribute_names=names)
     logger.info("Loaded %d %s records from %s", len(records), f"{prefix}_{split}", root)
     return records
 
