@@ -161,3 +161,17 @@ def test_unreadable_image_names_the_file(tmp_path):
         f.write(b"not a jpeg")
     with pytest.raises(OSError, match="Unreadable image .*c2s1_000020.jpg"):
         PRW(root).records("train")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"progressive": True}, {"exif": b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00"}])
+def test_image_size_from_jpeg_header(tmp_path, kwargs):
+    from PIL import Image
+
+    from galw.data.records import image_size
+
+    path = str(tmp_path / "im.jpg")
+    Image.new("RGB", (37, 21)).save(path, **kwargs)
+    assert image_size(path) == (21, 37)
+    png = str(tmp_path / "im.png")
+    Image.new("RGB", (5, 9)).save(png)
+    assert image_size(png) == (9, 5)
