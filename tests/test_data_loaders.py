@@ -175,3 +175,15 @@ def test_image_size_from_jpeg_header(tmp_path, kwargs):
     png = str(tmp_path / "im.png")
     Image.new("RGB", (5, 9)).save(png)
     assert image_size(png) == (9, 5)
+
+
+def test_protocol_without_gallery_field_names_file_and_field(tmp_path):
+    from data_helpers import structs
+
+    root = write_cuhk_sysu(str(tmp_path / "CUHK-SYSU"), images=False)
+    q = structs(("imname", "idlocate", "ishard", "idname"), [("s4.jpg", np.array([[10.0, 10, 20, 40]]), 0, "p1")])
+    g = structs(("imname", "ishard"), [("s5.jpg", 0)])
+    path = os.path.join(root, "annotation", "test", "train_test", "TestG100.mat")
+    scipy.io.savemat(path, {"TestG100": structs(("Query", "Gallery"), [(q, g)])})
+    with pytest.raises(MatFormatError, match=r"TestG100.mat:TestG100\(1\).Gallery: expected field 'idlocate'"):
+        CUHKSYSU(root).parse_protocol("TestG100")
