@@ -96,6 +96,7 @@ def cached_parse(root, name, source_files, parse_fn):
                 return value
         except Exception as e:  # a stale or truncated cache is re-parsed
             logger.warning("Ignoring unreadable parse cache %s: %s", path, e)
+    logger.info("Parsing %s annotations under %s (cached afterwards in %s)", name, root, path)
     value = parse_fn()
     try:
         os.makedirs(cache_dir, exist_ok=True)
