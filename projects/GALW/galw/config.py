@@ -26,7 +26,21 @@ def _add_loss_weighting_config(cfg):
 
 
 def _add_data_config(cfg):
-    """Person-search data: dataset roots, synthetic data, the mapper's augmentation."""
+    """Person-search data: the mapper's multi-scale training resize, flip and test resize.
+
+    Dataset roots come from $DETECTRON2_DATASETS (detectron2's convention), not from the config.
+    """
+    cfg.INPUT.PS = CN()
+    # Training resize (paper): long-side bound drawn uniformly from this range ...
+    cfg.INPUT.PS.TRAIN_LONG_SIDE_RANGE = (667, 2000)
+    # ... and short-side bound from this one; the image is scaled (keeping its ratio) to fit both.
+    cfg.INPUT.PS.TRAIN_SHORT_SIDE_RANGE = (400, 1200)
+    # Probability of a horizontal flip during training (boxes, pids and attributes follow).
+    cfg.INPUT.PS.HFLIP_PROB = 0.5
+    # Test resize: the largest keep-ratio size with long side <= this ...
+    cfg.INPUT.PS.TEST_LONG_SIDE = 1500
+    # ... and short side <= this (1500x900 as in the paper).
+    cfg.INPUT.PS.TEST_SHORT_SIDE = 900
 
 
 def _add_evaluation_config(cfg):

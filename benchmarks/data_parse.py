@@ -1,0 +1,163 @@
+"""Parse time of the CUHK-SYSU and PRW loaders on full-size fixtures in the real layouts.
+
+Builds (in a temp dir) CUHK-SYSU with 18,184 images / ~95,500 boxes / 5,532 train identities /
+2,900 queries, and PRW with 11,816 frames / 2,057 queries; images are hard links to one JPEG
+(the loaders read only image headers). Prints cold (parse) and warm (cache) seconds.
+
+    PYTHONPATH=$PWD/projects/GALW:$PWD .venv/bin/python benchmarks/data_parse.py [--cuhk-gallery-sizes 50,100]
+
+Writing a TestG<N>.mat with scipy.io.savemat costs about 0.5 ms per gallery entry (TestG4000
+holds 11.6M), so by default only TestG50 is written at full size; protocols are parsed on first
+access, so the gallery/query/train loads need only TestG50.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import scipy.io
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "GALW"))
+import galw  # noqa: E402,F401
+from galw.data import CUHKSYSU, PRW  # noqa: E402
+
+
+def structs(names, rows):
+    arr = np.zeros((1, len(rows)), dtype=[(n, object) for n in names])
+    for j, row in enumerate(rows):
+        for n, v in zip(names, row):
+            arr[0, j][n] = v
+    return arr
+
+
+def cell(items):
+    arr = np.empty((len(items), 1), dtype=object)
+    for i, v in enumerate(items):
+        arr[i, 0] = v
+    return arr
+
+
+def link_images(src, paths):
+    for p in paths:
+        try:
+            os.link(src, p)
+        except OSError:
+            with open(src, "rb") as f, open(p, "wb") as g:
+                g.write(f.read())
+
+
+def build_cuhk(root, gallery_sizes, rng):
+    ann = os.path.join(root, "annotation")
+    img_dir = os.path.join(root, "Image", "SSM")
+    for d in (img_dir, os.path.join(ann, "test", "train_test"), os.path.join(ann, "test", "subset")):
+        os.makedirs(d, exist_ok=True)
+    names = [f"s{i + 1}.jpg" for i in range(18184)]
+    jpg = os.path.join(root, "one.jpg")
+    cv2.imwrite(jpg, np.zeros((600, 800, 3), np.uint8))
+    link_images(jpg, [os.path.join(img_dir, n) for n in names])
+    boxes = {}
+    rows = []
+    for i, n in enumerate(names):
+        k = 5 + (i % 4 == 0)
+        b = np.column_stack([rng.integers(0, 700, k), rng.integers(0, 400, k), rng.integers(20, 90, k),
+                             rng.integers(50, 190, k)]).astype(np.float64)
+        boxes[n] = b
+        rows.append((n, np.array([[k]], float), structs(("idlocate", "ishard"), [(b[j:j + 1], np.zeros((1, 1)))
+                                                                                 for j in range(k)])))
+    scipy.io.savemat(os.path.join(ann, "Images.mat"), {"Img": structs(("imname", "nAppear", "box"), rows)})
+    pool, train = names[:6978], names[6978:]
+    scipy.io.savemat(os.path.join(ann, "pool.mat"), {"pool": cell(pool)})
+    ids = []
+    for p in range(5532):
+        scenes = [(n, boxes[n][p % 5:p % 5 + 1], np.zeros((1, 1))) for n in (train[p], train[(p * 7 + 1) % len(train)])]
+        ids.append(structs(("idname", "nAppear", "scene"), [(f"p{p}", np.array([[2.0]]),
+                                                              structs(("imname", "idlocate", "ishard"), scenes))]))
+    scipy.io.savemat(os.path.join(ann, "test", "train_test", "Train.mat"), {"Train": cell(ids)})
+    empty = np.zeros((1, 0))
+    for size in gallery_sizes:
+        qrows = []
+        for q in range(2900):
+            qn, pn = pool[q], pool[(q + 1) % len(pool)]
+            query = structs(("imname", "idlocate", "ishard", "idname"), [(qn, boxes[qn][:1], np.zeros((1, 1)), f"q{q}")])
+            gal = [(pn, boxes[pn][1:2], np.zeros((1, 1)))] + [
+                (pool[(q + 2 + j) % len(pool)], empty, empty) for j in range(size - 1)]
+            qrows.append((query, structs(("imname", "idlocate", "ishard"), gal)))
+        scipy.io.savemat(os.path.join(ann, "test", "train_test", f"TestG{size}.mat"),
+                         {f"TestG{size}": structs(("Query", "Gallery"), qrows)})
+    return root
+
+
+def build_prw(root, rng):
+    frames, annos = os.path.join(root, "frames"), os.path.join(root, "annotations")
+    os.makedirs(frames, exist_ok=True)
+    os.makedirs(annos, exist_ok=True)
+    names = [f"c{i % 6 + 1}s{i % 4 + 1}_{i * 5:06d}" for i in range(11816)]
+    jpg = os.path.join(root, "one.jpg")
+    cv2.imwrite(jpg, np.zeros((1080, 1920, 3), np.uint8))
+    link_images(jpg, [os.path.join(frames, n + ".jpg") for n in names])
+    train_ids = list(range(1, 479)) + [480, 481, 482, 483, 932]
+    for i, n in enumerate(names):
+        train = i < 5704
+        pids = [train_ids[(i + j) % len(train_ids)] if train else 1000 + (i + j) % 450 for j in range(3)] + [-2]
+        rows = [[p, rng.uniform(-20, 1800), rng.uniform(0, 700), rng.uniform(40, 150), rng.uniform(100, 380)]
+                for p in pids]
+        scipy.io.savemat(os.path.join(annos, n + ".jpg.mat"), {"box_new": np.asarray(rows)})
+    scipy.io.savemat(os.path.join(root, "frame_train.mat"), {"img_index_train": cell(names[:5704])})
+    scipy.io.savemat(os.path.join(root, "frame_test.mat"), {"img_index_test": cell(names[5704:])})
+    scipy.io.savemat(os.path.join(root, "ID_train.mat"), {"ID_train": np.asarray([train_ids], float)})
+    with open(os.path.join(root, "query_info.txt"), "w", newline="") as f:
+        for q in range(2057):
+            f.write(f"{1000 + q % 450} {-3.5 if q % 50 == 0 else 100 + q % 500} 200 80 240 {names[5704 + q]}\r\n")
+    return root
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cuhk-gallery-sizes", default="50", help="TestG files to write at full size")
+    parser.add_argument("--skip-cuhk", action="store_true")
+    parser.add_argument("--skip-prw", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.cuhk_gallery_sizes.split(",")]
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_cuhk:
+            t_build, root = timed(lambda: build_cuhk(os.path.join(tmp, "CUHK-SYSU"), sizes, rng))
+            print(f"CUHK-SYSU fixture written in {t_build:.1f} s (TestG sizes {sizes})", flush=True)
+            t_cold, (train, num_pids) = timed(lambda: CUHKSYSU(root).records("train"))
+            nb = sum(len(r["annotations"]) for r in train)
+            t_warm, _ = timed(lambda: (CUHKSYSU(root).records("train"), CUHKSYSU(root).records("gallery"),
+                                       CUHKSYSU(root).records("query")))
+            gallery, _ = CUHKSYSU(root).records("gallery")
+            queries, _ = CUHKSYSU(root).records("query")
+            nb += sum(len(r["annotations"]) for r in gallery)
+            print(f"CUHK-SYSU parse (all splits, cold): {t_cold:.2f} s; {len(train)} train + {len(gallery)} gallery "
+                  f"images, {nb} boxes, {num_pids} train ids, {len(queries)} queries", flush=True)
+            print(f"CUHK-SYSU load of train+gallery+query from the cache: {t_warm:.2f} s", flush=True)
+            for s in sizes:
+                t_p, entries = timed(lambda: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
+                t_pw, _ = timed(lambda: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
+                print(f"CUHK-SYSU protocol TestG{s}: {len(entries)} queries x {len(entries[0]['gallery'])}, "
+                      f"cold {t_p:.2f} s, cached {t_pw:.2f} s", flush=True)
+        if not args.skip_prw:
+            t_build, root = timed(lambda: build_prw(os.path.join(tmp, "PRW"), rng))
+            print(f"PRW fixture written in {t_build:.1f} s", flush=True)
+            cold = {s: timed(lambda s=s: PRW(root).records(s)) for s in ("train", "gallery", "query")}
+            warm = sum(timed(lambda s=s: PRW(root).records(s))[0] for s in ("train", "gallery", "query"))
+            n = {s: len(v[1][0]) for s, v in cold.items()}
+            print(f"PRW parse (cold): train {cold['train'][0]:.2f} s ({n['train']} frames), gallery "
+                  f"{cold['gallery'][0]:.2f} s ({n['gallery']} frames), query {cold['query'][0]:.2f} s "
+                  f"({n['query']} queries); {len(cold['train'][1][1])} train ids", flush=True)
+            print(f"PRW load of train+gallery+query from the cache: {warm:.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
