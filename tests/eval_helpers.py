@@ -59,7 +59,7 @@ def gallery_io(rec, dets, attribute_probs=None):
     inst.pred_boxes = Boxes(torch.tensor([d[0] for d in dets], dtype=torch.float32).reshape(-1, 4))
     inst.scores = torch.tensor([d[1] for d in dets], dtype=torch.float32)
     embs = [emb(d[2]) if isinstance(d[2], float) else d[2] for d in dets]
-    inst.embeddings = torch.tensor(embs, dtype=torch.float32).reshape(len(dets), -1)
+    inst.embeddings = torch.tensor(embs, dtype=torch.float32).reshape(len(dets), -1) if dets else torch.zeros((0, 2))
     if attribute_probs is not None:
         inst.attribute_probs = torch.tensor(attribute_probs, dtype=torch.float32)
     inp = {k: rec[k] for k in ("file_name", "image_id", "height", "width")}
@@ -164,3 +164,49 @@ def prw_scene():
         "c2s1_000002.jpg": [([300, 10, 350, 130], 0.9, 0.6)],
     }
     return gallery, queries, dets
+
+
+# ---------------------------------------------------------------- random scene (for 1 vs N processes)
+def random_cuhk_scene(seed=0, n_gallery=30, n_query=8, dim=8, gallery_size=10):
+    """A random CUHK-SYSU-style scene with ties, undetected positives and duplicate entries."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    gallery, dets = [], {}
+    pid_boxes = {}
+    for i in range(n_gallery):
+        annos = []
+        for _ in range(int(rng.integers(0, 4))):
+            x, y = rng.integers(0, 400, size=2).tolist()
+            box = [x, y, x + int(rng.integers(8, 60)), y + int(rng.integers(16, 120))]
+            pid = int(rng.integers(-1, n_query))
+            annos.append(anno(box, pid))
+            if pid >= 0:
+                pid_boxes.setdefault(pid, []).append((f"r{i}.jpg", box))
+        gallery.append(record(f"r{i}.jpg", i, annos))
+        d = []
+        for a in annos:
+            if rng.random() < 0.8:
+                jit = rng.integers(-4, 5, size=4)
+                e = rng.normal(size=dim)
+                d.append(([float(v) for v in np.asarray(a["bbox"]) + jit], float(np.round(rng.random(), 1)),
+                          (e / np.linalg.norm(e)).round(1).tolist()))
+        dets[f"r{i}.jpg"] = d
+    queries = [query_record(f"rq{q}.jpg", 1000 + q, [0, 0, 30, 60], q) for q in range(n_query)]
+    names = [f"r{i}.jpg" for i in range(n_gallery)]
+    protocols = {"TestG100": []}
+    for q in range(n_query):
+        pos = {}
+        for img, box in pid_boxes.get(q, []):
+            pos.setdefault(img, box)
+        neg = [n for n in rng.permutation(names).tolist() if n not in pos][:gallery_size]
+        entries = [{"image": k, "bbox": v} for k, v in pos.items()] + [{"image": n, "bbox": None} for n in neg]
+        entries.append(entries[-1])
+        protocols["TestG100"].append({"query_index": q, "gallery": entries})
+    qembs = []
+    for q in range(n_query):
+        e = rng.normal(size=dim)
+        qembs.append((e / np.linalg.norm(e)).round(1).tolist())
+    ios = [gallery_io(r, dets[r["file_name"].split("/")[-1]]) for r in gallery]
+    ios += [query_io(q, embedding=e) for q, e in zip(queries, qembs)]
+    return gallery, queries, protocols, ios

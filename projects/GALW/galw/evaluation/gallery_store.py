@@ -19,7 +19,7 @@ class SearchGalleryStore:
             else np.zeros((0, 4), np.float32)
         )
         self.embeddings = (
-            np.ascontiguousarray(np.concatenate(embeddings_per_image).astype(np.float32).reshape(-1, dim))
+            np.ascontiguousarray(np.concatenate([np.reshape(e, (len(e), dim)) for e in embeddings_per_image]), np.float32)
             if total
             else np.zeros((0, dim), np.float32)
         )
