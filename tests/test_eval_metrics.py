@@ -11,7 +11,7 @@ from galw.evaluation.search_metrics import (
     ap_from_positives,
     box_iou,
     evaluate_query,
-    pick_positive,
+    pick_positives,
     positive_iou_threshold,
 )
 
@@ -20,21 +20,37 @@ def test_iou_has_no_plus_one():
     assert box_iou([[0, 0, 10, 10]], [5, 0, 15, 10])[0] == pytest.approx(50 / 150)
 
 
+def one_image(sims, boxes, gt):
+    sims = np.asarray(sims, dtype=np.float32)
+    return int(pick_positives(sims, np.asarray(boxes, dtype=np.float64), np.zeros(len(sims), np.int64), [gt])[0])
+
+
 def test_small_box_iou_rule():
     assert positive_iou_threshold([0, 0, 10, 10]) == pytest.approx(100 / 400)
     assert positive_iou_threshold([0, 0, 20, 30]) == pytest.approx(600 / (30 * 40))  # 0.5 exactly
     assert positive_iou_threshold([0, 0, 100, 200]) == 0.5
     # A detection with IoU 0.4 is a positive for a 10x10 GT (threshold 0.25), not for a 50x100 one.
-    assert pick_positive(np.array([0.5]), np.array([[0, 0, 10, 25]]), [0, 0, 10, 10]) == 0
-    assert pick_positive(np.array([0.5]), np.array([[0, 0, 50, 250]]), [0, 0, 50, 100]) == -1
+    assert one_image([0.5], [[0, 0, 10, 25]], [0, 0, 10, 10]) == 0
+    assert one_image([0.5], [[0, 0, 50, 250]], [0, 0, 50, 100]) == -1
 
 
 def test_one_positive_first_by_similarity():
-    boxes = np.array([[0, 0, 50, 100], [2, 2, 52, 102], [0, 0, 50, 100]])
+    boxes = [[0, 0, 50, 100], [2, 2, 52, 102], [0, 0, 50, 100]]
     # Both overlapping detections qualify; the more similar one (index 1) is the positive.
-    assert pick_positive(np.array([0.6, 0.9, 0.1]), boxes, [0, 0, 50, 100]) == 1
+    assert one_image([0.6, 0.9, 0.1], boxes, [0, 0, 50, 100]) == 1
     # Equal similarity: the earlier detection wins (stable order).
-    assert pick_positive(np.array([0.7, 0.7, 0.1]), boxes, [0, 0, 50, 100]) == 0
+    assert one_image([0.7, 0.7, 0.1], boxes, [0, 0, 50, 100]) == 0
+    # A more similar detection that misses the GT does not block the overlapping one.
+    assert one_image([0.99, 0.2], [[300, 300, 350, 400], [0, 0, 50, 100]], [0, 0, 50, 100]) == 1
+
+
+def test_positives_of_several_images_at_once():
+    # Image 0: dets 0,1 ; image 1: dets 2,3 (none overlaps) ; image 2: det 4.
+    sims = np.array([0.2, 0.8, 0.9, 0.1, 0.3], dtype=np.float32)
+    boxes = np.array([[0, 0, 10, 20], [0, 0, 10, 20], [50, 50, 60, 70], [50, 50, 60, 70], [5, 5, 15, 25]], float)
+    groups = np.array([0, 0, 1, 1, 2])
+    gts = [[0, 0, 10, 20], [0, 0, 10, 20], [5, 5, 15, 25]]
+    assert pick_positives(sims, boxes, groups, gts).tolist() == [1, -1, 4]
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -15,25 +15,29 @@ import numpy as np
 TOPK = (1, 5, 10)
 
 
-def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of row i of [N,4] ``a`` with row i of [N,4] ``b``, [x1,y1,x2,y2] with no +1."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0.0)
+    ih = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0.0)
+    inter = iw * ih
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def box_iou(boxes: np.ndarray, box) -> np.ndarray:
     """IoU of [N,4] boxes against one box, [x1,y1,x2,y2] with no +1."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    box = np.asarray(box, dtype=np.float64)
-    iw = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
-    ih = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
-    inter = iw * ih
-    area_a = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    area_b = (box[2] - box[0]) * (box[3] - box[1])
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return paired_iou(boxes, np.broadcast_to(np.asarray(box, dtype=np.float64), boxes.shape))
 
 
 def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix [N,M] of [N,4] and [M,4] boxes, no +1."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    iw = np.maximum(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0)
+    ih = np.maximum(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0)
     inter = iw * ih
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -41,26 +45,34 @@ def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def positive_iou_threshold(gt_box) -> float:
-    """The small-box rule: min(0.5, w*h / ((w+10)*(h+10))) for the GT box (w, h)."""
-    w = float(gt_box[2] - gt_box[0])
-    h = float(gt_box[3] - gt_box[1])
-    return min(0.5, w * h / ((w + 10.0) * (h + 10.0)))
+def positive_iou_threshold(gt_boxes):
+    """The small-box rule per GT box (w, h): min(0.5, w*h / ((w+10)*(h+10)))."""
+    gt = np.asarray(gt_boxes, dtype=np.float64)
+    w, h = gt[..., 2] - gt[..., 0], gt[..., 3] - gt[..., 1]
+    return np.minimum(0.5, w * h / ((w + 10.0) * (h + 10.0)))
 
 
-def pick_positive(sims: np.ndarray, boxes: np.ndarray, gt_box) -> int:
-    """Index of the single positive among one image's detections, or -1.
+def pick_positives(sims, boxes, groups, gt_boxes):
+    """The single positive of each positive image: index into the detections, or -1.
 
-    Detections are visited by similarity (descending, stable); the first whose IoU with the
-    GT box reaches the small-box threshold is the positive.
+    ``sims``/``boxes``/``groups`` are the detections of all positive images concatenated
+    (``groups[i]`` = which positive image, in gallery order, detections in model order);
+    ``gt_boxes`` [P,4] the query person's box per image. Per image, detections are visited by
+    similarity (descending, ties: earlier detection first); the first whose IoU with the GT
+    reaches the small-box threshold is the positive, every other detection is a negative.
     """
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    chosen = np.full(len(gt_boxes), -1, dtype=np.int64)
     if len(sims) == 0:
-        return -1
-    ok = box_iou(boxes, gt_box) >= positive_iou_threshold(gt_box)
-    if not ok.any():
-        return -1
-    order = np.argsort(-sims, kind="stable")
-    return int(order[np.argmax(ok[order])])
+        return chosen
+    ok = np.nonzero(paired_iou(boxes, gt_boxes[groups]) >= positive_iou_threshold(gt_boxes)[groups])[0]
+    if len(ok) == 0:
+        return chosen
+    ok = ok[np.lexsort((ok, -sims[ok], groups[ok]))]
+    first = np.ones(len(ok), dtype=bool)
+    first[1:] = groups[ok[1:]] != groups[ok[:-1]]
+    chosen[groups[ok[first]]] = ok[first]
+    return chosen
 
 
 def ap_from_positives(y_score: np.ndarray, pos_scores: np.ndarray) -> float:
@@ -95,22 +107,26 @@ def evaluate_query(sim_row, det_idx, img_offsets, pos_entries, store, want_top=F
 
     sim_row: similarities of the query to ALL kept gallery detections (store order).
     det_idx: store indices of the detections of this query's gallery, in gallery order.
-    img_offsets: dict-like list position -> offset of that image's detections inside det_idx.
+    img_offsets: per list position, the offset of that image's detections inside det_idx.
     pos_entries: list of (list_position, store image index, gt_box) for the gallery images that
       contain the query person (count_gt = len(pos_entries)).
     """
     y_score = sim_row[det_idx]
-    pos_positions, pos_scores = [], []
-    for list_pos, img, gt_box in pos_entries:
-        start, n = store.starts[img], store.counts[img]
-        k = pick_positive(sim_row[start : start + n], store.boxes[start : start + n], gt_box)
-        if k >= 0:
-            pos_positions.append(img_offsets[list_pos] + k)
-            pos_scores.append(sim_row[start + k])
+    pos_positions = np.zeros(0, dtype=np.int64)
+    pos_scores = np.zeros(0, dtype=y_score.dtype)
+    if pos_entries:
+        list_pos = np.array([p for p, _, _ in pos_entries], dtype=np.int64)
+        images = np.array([i for _, i, _ in pos_entries], dtype=np.int64)
+        gts = np.array([g for _, _, g in pos_entries], dtype=np.float64).reshape(-1, 4)
+        idx, offs = store.detection_indices(images)
+        groups = np.repeat(np.arange(len(images)), store.counts[images])
+        chosen = pick_positives(sim_row[idx], store.boxes[idx], groups, gts)
+        hit = chosen >= 0
+        local = chosen[hit] - offs[hit]  # detection index inside its image
+        pos_positions = np.asarray(img_offsets)[list_pos[hit]] + local
+        pos_scores = sim_row[idx[chosen[hit]]]
     count_gt = len(pos_entries)
     count_tp = len(pos_positions)
-    pos_scores = np.asarray(pos_scores, dtype=y_score.dtype)
-    pos_positions = np.asarray(pos_positions, dtype=np.int64)
     ap = ap_from_positives(y_score, pos_scores) * count_tp / count_gt if count_tp else 0.0
     hits = [0] * len(TOPK)
     if count_tp:
