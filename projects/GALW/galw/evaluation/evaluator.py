@@ -2,6 +2,7 @@
 import itertools
 import json
 import logging
+import operator
 import os
 import time
 from collections import OrderedDict
@@ -26,6 +27,8 @@ CUHK_PROTOCOLS = (
 )
 QUERY_FEATURES = ("gt_box", "best_iou_detection")
 GALLERY_FIELDS = ("pred_boxes", "scores", "embeddings")
+_IMAGE = operator.itemgetter("image")
+_BBOX = operator.itemgetter("bbox")
 
 
 class PersonSearchEvaluator(DatasetEvaluator):
@@ -323,23 +326,32 @@ class PersonSearchEvaluator(DatasetEvaluator):
         return specs
 
     def _convert_entry(self, pname, entry):
-        idx = self._gallery_index
+        """(gallery image indices, [(list position, image, gt box)], duplicates skipped) of one entry.
+
+        Iterates with C-level ``map`` (a TestG4000 protocol has 11.6M entries).
+        """
+        gal = entry["gallery"]
         try:
-            imgs = np.fromiter((idx[g["image"]] for g in entry["gallery"]), dtype=np.int64, count=len(entry["gallery"]))
+            imgs = np.fromiter(
+                map(self._gallery_index.__getitem__, map(_IMAGE, gal)), dtype=np.int64, count=len(gal)
+            )
         except KeyError as e:
             raise ValueError(f"gallery_protocols['{pname}'] names image {e.args[0]} that is not in the gallery.") from None
-        gal = entry["gallery"]
-        positives = [i for i, g in enumerate(gal) if g["bbox"] is not None]
-        _, first = np.unique(imgs, return_index=True)
-        dups = len(imgs) - len(first)
+        boxes = list(map(_BBOX, gal))
+        positives = np.flatnonzero(np.fromiter(map(operator.is_not, boxes, itertools.repeat(None)), bool, len(gal)))
+        dups = 0
+        if np.bincount(imgs, minlength=len(self._gallery_records)).max(initial=0) > 1:
+            _, first = np.unique(imgs, return_index=True)
+            dups = len(imgs) - len(first)
         if dups:  # keep each image's first entry; positions shift to the deduplicated list
             keep = np.sort(first)
-            new_pos = {int(old): new for new, old in enumerate(keep)}
-            positives = [new_pos[i] for i in positives if i in new_pos]
-            imgs = imgs[keep]
-            gal = [gal[i] for i in keep]
-        pos = [(p, int(imgs[p]), np.asarray(gal[p]["bbox"], dtype=np.float64)) for p in positives]
-        return imgs, pos, dups
+            new_pos = np.full(len(imgs), -1, dtype=np.int64)
+            new_pos[keep] = np.arange(len(keep))
+            positives = positives[new_pos[positives] >= 0]
+            pos = [(int(new_pos[p]), int(imgs[p]), np.asarray(boxes[p], dtype=np.float64)) for p in positives]
+            return imgs[keep], pos, dups
+        pos = [(int(p), int(imgs[p]), np.asarray(boxes[p], dtype=np.float64)) for p in positives]
+        return imgs, pos, 0
 
     def _cuhk_specs(self, pname, entries):
         def gen():
