@@ -1,4 +1,5 @@
 """``PersonSearchEvaluator``: search (CUHK-SYSU / PRW protocols), detection and attribute metrics."""
+import functools
 import itertools
 import json
 import logging
@@ -289,23 +290,24 @@ class PersonSearchEvaluator(DatasetEvaluator):
         store = SearchGalleryStore([g["search_boxes"] for g in ordered], [g["search_emb"] for g in ordered], dim)
         self._timings = {"detection": time.perf_counter() - t0}
         if self._type == "cuhk_sysu":
-            protocols = self._cuhk_protocol_specs()
+            protocols = self._cuhk_protocols_by_query()
             names = [self._default_protocol] + [p for p in self._cuhk_protocols if p != self._default_protocol]
+            default = self._default_protocol
         else:
-            protocols = {"standard": self._prw_specs(False)}
+            protocols = {"standard": self._prw_protocol(False)}
             if self._prw_multi_view:
-                protocols["MultiView"] = self._prw_specs(True)
+                protocols["MultiView"] = self._prw_protocol(True)
             names = list(protocols)
-        default_queries = None
+            default = "standard"
         for name in names:
             if name not in protocols:
                 logger.warning(f"CUHK-SYSU protocol {name} is not in the gallery metadata; not reported.")
-                continue
-            t0 = time.perf_counter()
-            is_default = name in (self._default_protocol, "standard")
-            metrics, per_query = self._search(store, query_embs, protocols[name], want_top=is_default)
-            self._timings[name] = time.perf_counter() - t0
-            if is_default:
+        names = [n for n in names if n in protocols]
+        per_protocol = self._search({n: protocols[n] for n in names}, store, query_embs, default)
+        default_queries = None
+        for name in names:
+            metrics, per_query = per_protocol[name]
+            if name == default:
                 results["search"] = metrics
                 default_queries = per_query
             if name != "standard":
@@ -313,17 +315,24 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._write_json(results, default_queries, store)
         return results
 
-    # -- protocols: each yields (query index, gallery image indices, [(list position, image, gt box)])
-    def _cuhk_protocol_specs(self):
+    # -- protocols: {query index: spec()} where spec() -> (gallery image indices, [(list pos, image, gt box)])
+    def _cuhk_protocols_by_query(self):
         raw = self._meta.gallery_protocols
-        specs = {}
+        protocols = {}
         for name in set(self._cuhk_protocols) | {self._default_protocol}:
-            if name == "WholeGallery":
-                if "TestG50" in raw:
-                    specs[name] = self._whole_gallery_specs(raw["TestG50"])
-            elif name in raw:
-                specs[name] = self._cuhk_specs(name, raw[name])
-        return specs
+            source = "TestG50" if name == "WholeGallery" else name
+            if source not in raw:
+                continue
+            by_query = {}
+            for e in raw[source]:
+                qi = int(e["query_index"])
+                if qi in by_query:
+                    raise ValueError(f"gallery_protocols['{source}'] lists query {qi} twice.")
+                if not 0 <= qi < len(self._query_records):
+                    raise ValueError(f"gallery_protocols['{source}'] names query {qi}, outside '{self._query_set}'.")
+                by_query[qi] = functools.partial(self._cuhk_spec, source, e, name == "WholeGallery")
+            protocols[name] = by_query
+        return protocols
 
     def _convert_entry(self, pname, entry):
         """(gallery image indices, [(list position, image, gt box)], duplicates skipped) of one entry.
@@ -353,30 +362,16 @@ class PersonSearchEvaluator(DatasetEvaluator):
         pos = [(int(p), int(imgs[p]), np.asarray(boxes[p], dtype=np.float64)) for p in positives]
         return imgs, pos, 0
 
-    def _cuhk_specs(self, pname, entries):
-        def gen():
-            dups = 0
-            for e in entries:
-                imgs, pos, d = self._convert_entry(pname, e)
-                dups += d
-                yield int(e["query_index"]), imgs, pos
-            if dups:
-                logger.warning(f"CUHK-SYSU {pname}: {dups} duplicate gallery entries skipped.")
+    def _cuhk_spec(self, pname, entry, whole_gallery):
+        imgs, pos, dups = self._convert_entry(pname, entry)
+        self._dups[pname] = self._dups.get(pname, 0) + dups
+        if whole_gallery:  # then every other gallery image, in record order, as a negative image
+            rest = np.ones(len(self._gallery_records), dtype=bool)
+            rest[imgs] = False
+            imgs = np.concatenate([imgs, np.flatnonzero(rest)])
+        return imgs, pos
 
-        return gen
-
-    def _whole_gallery_specs(self, entries):
-        n = len(self._gallery_records)
-
-        def gen():
-            for e in entries:
-                imgs, pos, _ = self._convert_entry("TestG50", e)
-                rest = np.setdiff1d(np.arange(n, dtype=np.int64), imgs, assume_unique=True)
-                yield int(e["query_index"]), np.concatenate([imgs, rest]), pos
-
-        return gen
-
-    def _prw_specs(self, multi_view):
+    def _prw_protocol(self, multi_view):
         recs = self._gallery_records
         cams = np.array([int(r.get("camera_id", -1)) for r in recs], dtype=np.int64)
         by_pid = {}
@@ -388,62 +383,80 @@ class PersonSearchEvaluator(DatasetEvaluator):
         all_imgs = np.arange(len(recs), dtype=np.int64)
         other_cam = {}
 
-        def gen():
-            for qi, q in enumerate(self._query_records):
-                qimg = self._gallery_index.get(os.path.basename(q["file_name"]), -1)
-                pid = int(q["query"]["person_id"])
-                if multi_view:
-                    cam = int(q.get("camera_id", -1))
-                    if cam < 0:
-                        raise ValueError(f"PRW multi-view needs camera_id; query {qi} ({q['file_name']}) has none.")
-                    if cam not in other_cam:
-                        other_cam[cam] = all_imgs[cams != cam]
-                    imgs = other_cam[cam]  # the query frame is in the query camera: already out
-                else:
-                    imgs = np.delete(all_imgs, qimg) if qimg >= 0 else all_imgs
-                pos = []
-                for img, box in by_pid.get(pid, {}).items():
-                    if img == qimg or (multi_view and cams[img] == cam):
-                        continue
-                    pos.append((int(np.searchsorted(imgs, img)), img, box))
-                yield qi, imgs, pos
+        def spec(qi):
+            q = self._query_records[qi]
+            qimg = self._gallery_index.get(os.path.basename(q["file_name"]), -1)
+            pid = int(q["query"]["person_id"])
+            cam = int(q.get("camera_id", -1))
+            if multi_view:
+                if cam < 0:
+                    raise ValueError(f"PRW multi-view needs camera_id; query {qi} ({q['file_name']}) has none.")
+                if cam not in other_cam:
+                    other_cam[cam] = all_imgs[cams != cam]
+                imgs = other_cam[cam]  # the query frame is in the query camera: already out
+            else:
+                imgs = np.delete(all_imgs, qimg) if qimg >= 0 else all_imgs
+            pos = [
+                (int(np.searchsorted(imgs, img)), img, box)
+                for img, box in by_pid.get(pid, {}).items()
+                if img != qimg and not (multi_view and cams[img] == cam)
+            ]
+            return imgs, pos
 
-        return gen
+        return {qi: functools.partial(spec, qi) for qi in range(len(self._query_records))}
 
-    def _search(self, store, query_embs, spec_gen, want_top):
-        per_query, skipped = [], []
-        specs = spec_gen()
-        while True:
-            batch = list(itertools.islice(specs, self._batch))
-            if not batch:
-                break
-            missing = [q for q, _, _ in batch if q not in query_embs]
-            if missing:
-                raise ValueError(
-                    f"Queries {missing[:5]} of '{self._query_set}' have no model output; run the query pass over all queries."
-                )
-            q = np.stack([query_embs[qi] for qi, _, _ in batch]).astype(np.float32)
-            sims = q @ store.embeddings.T
-            for row, (qi, imgs, pos) in zip(sims, batch):
-                if not pos:
-                    skipped.append(qi)
-                    continue
-                det_idx, offsets = store.detection_indices(imgs)
-                res = evaluate_query(row, det_idx, offsets, pos, store, want_top=want_top)
-                per_query.append((qi, res))
-        if skipped:
-            logger.warning(
-                f"Person search on {self._dataset_name}: {len(skipped)} queries have no positive in their gallery "
-                f"and are left out of mAP/top-k (first: {skipped[:5]})."
+    def _search(self, protocols, store, query_embs, default):
+        """Metrics of every protocol; one similarity product per query batch serves them all."""
+        self._dups = {}
+        queries = sorted(set().union(*[set(p) for p in protocols.values()]))
+        missing = [q for q in queries if q not in query_embs]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} queries of '{self._query_set}' (e.g. {missing[:5]}) have no model output; "
+                "run the query pass over all queries."
             )
-        if not per_query:
-            raise ValueError(f"Person search on {self._dataset_name}: no query has a positive in its gallery.")
-        aps = np.array([r.ap for _, r in per_query])
-        hits = np.array([r.hits for _, r in per_query], dtype=np.float64)
-        metrics = {"mAP": 100.0 * float(aps.mean())}
-        for j, k in enumerate(TOPK):
-            metrics[f"top{k}"] = 100.0 * float(hits[:, j].mean())
-        return metrics, {"results": per_query, "skipped": skipped}
+        per_query = {name: [] for name in protocols}
+        skipped = {name: [] for name in protocols}
+        self._timings["similarity"] = 0.0
+        for name in protocols:
+            self._timings[name] = 0.0
+        for b in range(0, len(queries), self._batch):
+            batch = queries[b : b + self._batch]
+            t0 = time.perf_counter()
+            sims = np.stack([query_embs[qi] for qi in batch]).astype(np.float32) @ store.embeddings.T
+            self._timings["similarity"] += time.perf_counter() - t0
+            for name, by_query in protocols.items():
+                t0 = time.perf_counter()
+                for row, qi in zip(sims, batch):
+                    if qi not in by_query:
+                        continue
+                    imgs, pos = by_query[qi]()
+                    if not pos:
+                        skipped[name].append(qi)
+                        continue
+                    det_idx, offsets = store.detection_indices(imgs)
+                    res = evaluate_query(row, det_idx, offsets, pos, store, want_top=name == default)
+                    per_query[name].append((qi, res))
+                self._timings[name] += time.perf_counter() - t0
+        for name, d in self._dups.items():
+            if d:
+                logger.warning(f"CUHK-SYSU {name}: {d} duplicate gallery entries skipped.")
+        out = {}
+        for name in protocols:
+            if skipped[name]:
+                logger.warning(
+                    f"Person search {name} on {self._dataset_name}: {len(skipped[name])} queries have no positive "
+                    f"in their gallery and are left out of mAP/top-k (first: {skipped[name][:5]})."
+                )
+            if not per_query[name]:
+                raise ValueError(f"Person search {name} on {self._dataset_name}: no query has a positive in its gallery.")
+            aps = np.array([r.ap for _, r in per_query[name]])
+            hits = np.array([r.hits for _, r in per_query[name]], dtype=np.float64)
+            metrics = {"mAP": 100.0 * float(aps.mean())}
+            for j, k in enumerate(TOPK):
+                metrics[f"top{k}"] = 100.0 * float(hits[:, j].mean())
+            out[name] = (metrics, {"results": per_query[name], "skipped": skipped[name]})
+        return out
 
     # -- detection / attributes
     def _gt(self, record):
