@@ -341,7 +341,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
                     raise ValueError(f"gallery_protocols['{source}'] lists query {qi} twice.")
                 if not 0 <= qi < len(self._query_records):
                     raise ValueError(f"gallery_protocols['{source}'] names query {qi}, outside '{self._query_set}'.")
-                by_query[qi] = functools.partial(self._cuhk_spec, source, e, name == "WholeGallery")
+                by_query[qi] = functools.partial(self._cuhk_spec, name, source, e)
             protocols[name] = by_query
         return protocols
 
@@ -373,10 +373,10 @@ class PersonSearchEvaluator(DatasetEvaluator):
         pos = [(int(p), int(imgs[p]), np.asarray(boxes[p], dtype=np.float64)) for p in positives]
         return imgs, pos, 0
 
-    def _cuhk_spec(self, pname, entry, whole_gallery):
-        imgs, pos, dups = self._convert_entry(pname, entry)
-        self._dups[pname] = self._dups.get(pname, 0) + dups
-        if whole_gallery:  # then every other gallery image, in record order, as a negative image
+    def _cuhk_spec(self, name, source, entry):
+        imgs, pos, dups = self._convert_entry(source, entry)
+        self._dups[name] = self._dups.get(name, 0) + dups
+        if name == "WholeGallery":  # then every other gallery image, in record order, as a negative image
             rest = np.ones(len(self._gallery_records), dtype=bool)
             rest[imgs] = False
             imgs = np.concatenate([imgs, np.flatnonzero(rest)])
