@@ -357,8 +357,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
             )
         except KeyError as e:
             raise ValueError(f"gallery_protocols['{pname}'] names image {e.args[0]} that is not in the gallery.") from None
-        boxes = list(map(_BBOX, gal))
-        positives = np.flatnonzero(np.fromiter(map(operator.is_not, boxes, itertools.repeat(None)), bool, len(gal)))
+        has_box = map(operator.is_not, map(_BBOX, gal), itertools.repeat(None))
+        positives = np.flatnonzero(np.fromiter(has_box, bool, len(gal)))
         dups = 0
         if np.bincount(imgs, minlength=len(self._gallery_records)).max(initial=0) > 1:
             _, first = np.unique(imgs, return_index=True)
@@ -368,9 +368,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
             new_pos = np.full(len(imgs), -1, dtype=np.int64)
             new_pos[keep] = np.arange(len(keep))
             positives = positives[new_pos[positives] >= 0]
-            pos = [(int(new_pos[p]), int(imgs[p]), np.asarray(boxes[p], dtype=np.float64)) for p in positives]
+            pos = [(int(new_pos[p]), int(imgs[p]), np.asarray(gal[p]["bbox"], dtype=np.float64)) for p in positives]
             return imgs[keep], pos, dups
-        pos = [(int(p), int(imgs[p]), np.asarray(boxes[p], dtype=np.float64)) for p in positives]
+        pos = [(int(p), int(imgs[p]), np.asarray(gal[p]["bbox"], dtype=np.float64)) for p in positives]
         return imgs, pos, 0
 
     def _cuhk_spec(self, name, source, entry):
