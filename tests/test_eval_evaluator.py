@@ -217,3 +217,15 @@ def test_config_defaults_build_the_evaluator(tmp_path):
     r = ev.evaluate()
     assert r["search"]["mAP"] == pytest.approx(100 * (0.475 + 1 / 3) / 2)
     assert (tmp_path / "inference" / f"search_{name}.json").exists()
+
+
+def test_reset_forgets_the_embedding_dimension():
+    gallery, queries, protocols, dets = H.cuhk_scene()
+    name = H.register("cuhk_sysu", gallery, queries, protocols)
+    ev = PersonSearchEvaluator(name, distributed=False, cuhk_protocols=())
+    ev.reset()
+    ev.process(*[[x] for x in H.query_io(queries[0], embedding=[1.0, 0.0, 0.0])])
+    ev.reset()
+    for inp, out in H.cuhk_ios(gallery, queries, dets):
+        ev.process([inp], [out])
+    assert ev.evaluate()["search"]["mAP"] == pytest.approx(100 * (0.475 + 1 / 3) / 2)

@@ -154,6 +154,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
     def reset(self):
         self._gallery = {}
         self._queries = {}
+        self._dim = None
         self._counts = {"unnormalised_embeddings": 0, "query_fallback_to_gt": 0, "duplicate_outputs": 0}
 
     def process(self, inputs, outputs):
@@ -190,7 +191,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
         return boxes, scores, emb, attr
 
     def _check_dim(self, dim, name):
-        if getattr(self, "_dim", None) is None:
+        if self._dim is None:
             self._dim = dim
         elif dim != self._dim:
             raise ValueError(f"Embedding dimension {dim} for image {name} differs from the earlier {self._dim}.")
