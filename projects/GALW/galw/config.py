@@ -45,6 +45,28 @@ def _add_data_config(cfg):
 
 def _add_evaluation_config(cfg):
     """TEST.PERSON_SEARCH: the evaluation protocol options (standard by default)."""
+    cfg.TEST.PERSON_SEARCH = CN()
+    # Gallery detections used for search need score >= this (AlignPS-style code: 0.2 CUHK, 0.15 PRW).
+    cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH = 0.5
+    # Detections scored for detection AP / recall.
+    cfg.TEST.PERSON_SEARCH.DETECTION_SCORE_THRESH = 0.01
+    # IoU for a detection to match a GT box (mutual argmax) in detection metrics.
+    cfg.TEST.PERSON_SEARCH.DETECTION_IOU_THRESH = 0.5
+    # Query feature: "gt_box" (embedding of the query box) or "best_iou_detection" (AlignPS, PSTR).
+    cfg.TEST.PERSON_SEARCH.QUERY_FEATURE = "gt_box"
+    # CUHK-SYSU gallery size reported as "search" (one of 50, 100, 500, 1000, 2000, 4000).
+    cfg.TEST.PERSON_SEARCH.CUHK_GALLERY_SIZE = 100
+    # Further CUHK-SYSU protocols, each reported as "search_<name>".
+    cfg.TEST.PERSON_SEARCH.CUHK_PROTOCOLS = [
+        "TestG50", "TestG100", "TestG500", "TestG1000", "TestG2000", "TestG4000",
+        "Occlusion", "Resolution", "WholeGallery",
+    ]
+    # PRW: also report the multi-view (cross-camera) setting as "search_MultiView".
+    cfg.TEST.PERSON_SEARCH.PRW_MULTI_VIEW = True
+    # Queries per similarity matrix product (memory ~ batch x gallery detections x 4 bytes).
+    cfg.TEST.PERSON_SEARCH.QUERY_BATCH_SIZE = 256
+    # Probability threshold for attribute accuracy (mA).
+    cfg.TEST.PERSON_SEARCH.ATTRIBUTE_THRESH = 0.5
 
 
 def _add_person_search_config(cfg):

@@ -1,0 +1,209 @@
+"""Speed of PersonSearchEvaluator at real scale on synthetic model outputs (prints figures).
+
+CUHK-SYSU: 6,978 gallery images with ~10 detections each, 2,900 queries, TestG50..TestG4000,
+Occlusion, Resolution and the whole gallery. PRW: 6,112 frames, 2,057 queries, standard and
+multi-view. Embeddings are 256-D: identity vectors plus noise for detected persons, random
+vectors for background, so positives rank realistically (neither all first nor random).
+
+Usage: OMP_NUM_THREADS=2 PYTHONPATH=projects/GALW python benchmarks/eval_speed.py [--dataset cuhk|prw|both]
+"""
+import argparse
+import os
+import resource
+import time
+
+import galw  # noqa: F401  (compat before detectron2)
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from galw.evaluation import PersonSearchEvaluator
+
+DIM = 256
+SIZES = (50, 100, 500, 1000, 2000, 4000)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def random_box(rng):
+    x, y = rng.uniform(0, 700), rng.uniform(0, 400)
+    w, h = rng.uniform(20, 120), rng.uniform(50, 300)
+    return [x, y, x + w, y + h]
+
+
+def build_images(rng, n_images, n_ids, appearances, cameras=None):
+    """Records and per-image detections; identity i appears in appearances[i] images."""
+    id_vec = unit(rng.normal(size=(n_ids, DIM)))
+    annos = [[] for _ in range(n_images)]
+    where = []
+    for pid in range(n_ids):
+        imgs = rng.choice(n_images, size=appearances[pid], replace=False)
+        where.append(imgs)
+        for i in imgs:
+            annos[i].append((random_box(rng), pid))
+    for i in range(n_images):
+        for _ in range(int(rng.integers(0, 3))):
+            annos[i].append((random_box(rng), -1))
+    records, outputs = [], []
+    for i in range(n_images):
+        name = f"s{i:05d}.jpg" if cameras is None else f"c{cameras[i]}s1_{i:06d}.jpg"
+        records.append({
+            "file_name": f"/synthetic/{name}", "image_id": i, "height": 600, "width": 800,
+            "camera_id": -1 if cameras is None else int(cameras[i]),
+            "annotations": [{"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "person_id": p}
+                            for b, p in annos[i]],
+        })
+        boxes, scores, embs = [], [], []
+        for b, p in annos[i]:
+            if rng.random() < 0.9:
+                boxes.append(np.asarray(b) + rng.normal(scale=3, size=4))
+                scores.append(rng.uniform(0.5, 1.0))
+                base = id_vec[p] if p >= 0 else unit(rng.normal(size=DIM))
+                embs.append(base + rng.normal(scale=0.08, size=DIM))
+        for _ in range(10 - len(boxes)):
+            boxes.append(random_box(rng))
+            scores.append(rng.uniform(0.0, 1.0))
+            embs.append(rng.normal(scale=0.08, size=DIM))
+        inst = Instances((600, 800))
+        inst.pred_boxes = Boxes(torch.tensor(np.asarray(boxes), dtype=torch.float32))
+        inst.scores = torch.tensor(scores, dtype=torch.float32)
+        inst.embeddings = torch.from_numpy(unit(np.asarray(embs)))
+        outputs.append({"instances": inst})
+    return records, outputs, id_vec, where
+
+
+def query_io(rec, box, pid, emb):
+    qi = Instances((rec["height"], rec["width"]))
+    qi.gt_boxes = Boxes(torch.tensor([box], dtype=torch.float32))
+    qi.gt_pids = torch.tensor([pid])
+    inp = {"file_name": rec["file_name"], "image_id": rec["image_id"], "height": 600, "width": 800,
+           "query_instances": qi}
+    return inp, {"query_embedding": torch.from_numpy(emb)}
+
+
+def register(kind, gallery, queries, **meta):
+    g, q = f"bench_{kind}_gallery", f"bench_{kind}_query"
+    DatasetCatalog.register(g, lambda: gallery)
+    DatasetCatalog.register(q, lambda: queries)
+    MetadataCatalog.get(g).set(evaluator_type=kind, query_set=q, thing_classes=["person"], **meta)
+    return g
+
+
+def feed(evaluator, records, outputs, query_ios):
+    t0 = time.perf_counter()
+    evaluator.reset()
+    for r, o in zip(records, outputs):
+        evaluator.process([{"file_name": r["file_name"], "image_id": r["image_id"], "height": 600, "width": 800}], [o])
+    for inp, out in query_ios:
+        evaluator.process([inp], [out])
+    return time.perf_counter() - t0
+
+
+def report(name, evaluator, results, t_process, t_total):
+    print(f"\n== {name}: process() of all outputs {t_process:.2f} s, evaluate() {t_total:.2f} s, "
+          f"peak RSS {peak_rss_mb():.0f} MB")
+    cpu = evaluator.cpu_timings
+    for k, v in evaluator.timings.items():
+        print(f"  {k:14s} wall {v:7.2f} s   cpu {cpu[k]:7.2f} s")
+    for task, m in results.items():
+        print(f"  {task:22s} " + "  ".join(f"{k}={v:.2f}" for k, v in m.items()))
+
+
+def bench_cuhk(rng):
+    n_img, n_q = 6978, 2900
+    records, outputs, id_vec, where = build_images(rng, n_img, n_q, rng.integers(1, 5, size=n_q))
+    names = [os.path.basename(r["file_name"]) for r in records]
+    box_of = {}
+    for i, r in enumerate(records):
+        for a in r["annotations"]:
+            if a["person_id"] >= 0:
+                box_of[(a["person_id"], i)] = a["bbox"]
+    # Query images are outside the gallery (as in CUHK-SYSU); negatives share one entry dict per image.
+    queries, query_ios = [], []
+    for q in range(n_q):
+        rec = {"file_name": f"/synthetic/query_{q:05d}.jpg", "image_id": 100000 + q, "height": 600, "width": 800,
+               "camera_id": -1, "query": {"bbox": [10, 10, 60, 160], "person_id": q}}
+        queries.append(rec)
+        query_ios.append(query_io(rec, rec["query"]["bbox"], q, unit(id_vec[q] + rng.normal(scale=0.08, size=DIM))))
+    neg_entry = [{"image": n, "bbox": None} for n in names]
+    protocols = {}
+    for size in SIZES:
+        entries = []
+        for q in range(n_q):
+            pos = list(where[q])
+            cand = rng.choice(n_img, size=size + len(pos), replace=False)
+            neg = cand[~np.isin(cand, pos)][: size - len(pos)]
+            gal = [{"image": names[i], "bbox": box_of[(q, i)]} for i in pos] + [neg_entry[i] for i in neg]
+            entries.append({"query_index": q, "gallery": gal})
+        protocols[f"TestG{size}"] = entries
+    g100 = protocols["TestG100"]
+    protocols["Occlusion"] = [g100[i] for i in sorted(rng.choice(n_q, 187, replace=False))]
+    protocols["Resolution"] = [g100[i] for i in sorted(rng.choice(n_q, 290, replace=False))]
+    name = register("cuhk_sysu", records, queries, gallery_protocols=protocols)
+    print(f"CUHK-SYSU synthetic: {n_img} gallery images, {sum(len(o['instances']) for o in outputs)} detections, "
+          f"{n_q} queries, peak RSS after building {peak_rss_mb():.0f} MB")
+
+    ev = PersonSearchEvaluator(name, output_dir=None, cuhk_protocols=("TestG100",), distributed=False)
+    t_process = feed(ev, records, outputs, query_ios)
+    t0 = time.perf_counter()
+    results = ev.evaluate()
+    report("CUHK-SYSU TestG100 only", ev, results, t_process, time.perf_counter() - t0)
+
+    ev = PersonSearchEvaluator(name, output_dir=None, distributed=False)
+    t_process = feed(ev, records, outputs, query_ios)
+    t0 = time.perf_counter()
+    results = ev.evaluate()
+    report("CUHK-SYSU all protocols", ev, results, t_process, time.perf_counter() - t0)
+    for label, t in (("wall", ev.timings), ("cpu", ev.cpu_timings)):
+        sweep = sum(t[f"TestG{s}"] for s in SIZES)
+        print(f"  six-size sweep ({label}) {sweep:.2f} s + shared similarity {t['similarity']:.2f} s "
+              f"= {sweep + t['similarity']:.2f} s")
+
+
+def bench_prw(rng):
+    n_img, n_ids, n_q = 6112, 450, 2057
+    cameras = rng.integers(1, 7, size=n_img)
+    records, outputs, id_vec, where = build_images(rng, n_img, n_ids, rng.integers(10, 60, size=n_ids), cameras)
+    queries, query_ios = [], []
+    per_id = np.bincount(rng.integers(0, n_ids, size=n_q), minlength=n_ids)
+    for pid in range(n_ids):
+        frames = rng.choice(where[pid], size=min(per_id[pid], len(where[pid])), replace=False)
+        for i in frames:
+            rec = records[i]
+            box = next(a["bbox"] for a in rec["annotations"] if a["person_id"] == pid)
+            q = {"file_name": rec["file_name"], "image_id": rec["image_id"], "height": 600, "width": 800,
+                 "camera_id": rec["camera_id"], "query": {"bbox": box, "person_id": pid}}
+            queries.append(q)
+            query_ios.append(query_io(q, box, pid, unit(id_vec[pid] + rng.normal(scale=0.08, size=DIM))))
+    name = register("prw", records, queries)
+    print(f"\nPRW synthetic: {n_img} frames, {sum(len(o['instances']) for o in outputs)} detections, "
+          f"{len(queries)} queries")
+    ev = PersonSearchEvaluator(name, output_dir=None, distributed=False)
+    t_process = feed(ev, records, outputs, query_ios)
+    t0 = time.perf_counter()
+    results = ev.evaluate()
+    report("PRW standard + multi-view", ev, results, t_process, time.perf_counter() - t0)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="both", choices=["cuhk", "prw", "both"])
+    args = parser.parse_args()
+    print(f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+          f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+    rng = np.random.default_rng(0)
+    if args.dataset in ("cuhk", "both"):
+        bench_cuhk(rng)
+    if args.dataset in ("prw", "both"):
+        bench_prw(rng)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""All kept gallery detections of a dataset, concatenated once so a query's gallery is an index array."""
+import numpy as np
+
+
+class SearchGalleryStore:
+    """Detections with score >= the search threshold of every gallery image, in record order.
+
+    Image ``i`` owns rows ``starts[i] : starts[i] + counts[i]`` of ``boxes`` and ``embeddings``,
+    so a gallery (a list of image indices) becomes detection indices without copying features.
+    """
+
+    def __init__(self, boxes_per_image, embeddings_per_image, dim):
+        self.counts = np.array([len(b) for b in boxes_per_image], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        total = int(self.counts.sum())
+        self.boxes = (
+            np.concatenate(boxes_per_image).astype(np.float32).reshape(-1, 4)
+            if total
+            else np.zeros((0, 4), np.float32)
+        )
+        self.embeddings = (
+            np.ascontiguousarray(np.concatenate([np.reshape(e, (len(e), dim)) for e in embeddings_per_image]), np.float32)
+            if total
+            else np.zeros((0, dim), np.float32)
+        )
+
+    @property
+    def num_images(self):
+        return len(self.counts)
+
+    def detection_indices(self, images):
+        """(detection indices of ``images`` in that order, offset of each image inside them)."""
+        images = np.asarray(images, dtype=np.int64)
+        counts = self.counts[images]
+        offsets = np.cumsum(counts) - counts
+        idx = np.repeat(self.starts[images] - offsets, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+        return idx, offsets

@@ -1,0 +1,158 @@
+"""Per-query search metrics of the standard person-search protocol (OIM / NAE / SeqNet line).
+
+Everything here is plain numpy on one query at a time (the similarities come batched from the
+caller). Ranking is by similarity, descending; ties are broken by GALLERY ORDER (the order of
+the gallery images in the protocol list, then the detection order inside an image): of two
+detections with equal similarity the earlier one ranks higher. Average precision has
+scikit-learn's ``average_precision_score`` semantics, where tied scores share one threshold
+and tie-breaking cannot change AP.
+"""
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+
+TOPK = (1, 5, 10)
+
+
+def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of row i of [N,4] ``a`` with row i of [N,4] ``b``, [x1,y1,x2,y2] with no +1."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0.0)
+    ih = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0.0)
+    inter = iw * ih
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def box_iou(boxes: np.ndarray, box) -> np.ndarray:
+    """IoU of [N,4] boxes against one box, [x1,y1,x2,y2] with no +1."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return paired_iou(boxes, np.broadcast_to(np.asarray(box, dtype=np.float64), boxes.shape))
+
+
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [N,M] of [N,4] and [M,4] boxes, no +1."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.maximum(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0)
+    ih = np.maximum(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def positive_iou_threshold(gt_boxes):
+    """The small-box rule per GT box (w, h): min(0.5, w*h / ((w+10)*(h+10)))."""
+    gt = np.asarray(gt_boxes, dtype=np.float64)
+    w, h = gt[..., 2] - gt[..., 0], gt[..., 3] - gt[..., 1]
+    return np.minimum(0.5, w * h / ((w + 10.0) * (h + 10.0)))
+
+
+def pick_positives(sims, boxes, groups, gt_boxes):
+    """The single positive of each positive image: index into the detections, or -1.
+
+    ``sims``/``boxes``/``groups`` are the detections of all positive images concatenated
+    (``groups[i]`` = which positive image, in gallery order, detections in model order);
+    ``gt_boxes`` [P,4] the query person's box per image. Per image, detections are visited by
+    similarity (descending, ties: earlier detection first); the first whose IoU with the GT
+    reaches the small-box threshold is the positive, every other detection is a negative.
+    """
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    chosen = np.full(len(gt_boxes), -1, dtype=np.int64)
+    if len(sims) == 0:
+        return chosen
+    ok = np.nonzero(paired_iou(boxes, gt_boxes[groups]) >= positive_iou_threshold(gt_boxes)[groups])[0]
+    if len(ok) == 0:
+        return chosen
+    ok = ok[np.lexsort((ok, -sims[ok], groups[ok]))]
+    first = np.ones(len(ok), dtype=bool)
+    first[1:] = groups[ok[1:]] != groups[ok[:-1]]
+    chosen[groups[ok[first]]] = ok[first]
+    return chosen
+
+
+def ap_from_positives(y_score: np.ndarray, pos_scores: np.ndarray) -> float:
+    """sklearn's average precision of ``y_score`` whose positives have scores ``pos_scores``.
+
+    AP = mean over positives p of (#positives with score >= s_p) / (#all with score >= s_p),
+    which equals sklearn's step-wise sum over distinct thresholds. Only scores >= the lowest
+    positive score are sorted, so a query costs O(M + C log C).
+    """
+    if len(pos_scores) == 0:
+        return 0.0
+    cand = np.sort(y_score[y_score >= pos_scores.min()])
+    pos_sorted = np.sort(pos_scores)
+    n_ge = len(cand) - np.searchsorted(cand, pos_scores, side="left")
+    tp_ge = len(pos_sorted) - np.searchsorted(pos_sorted, pos_scores, side="left")
+    return float(np.mean(tp_ge / n_ge))
+
+
+@dataclass
+class QueryResult:
+    """The outcome of one query under one protocol."""
+
+    ap: float
+    count_gt: int
+    count_tp: int
+    hits: List[int]  # one 0/1 per k in TOPK
+    top: List[dict] = field(default_factory=list)  # ranked top-10 entries (only when asked)
+
+
+def evaluate_query(sim_row, det_idx, img_offsets, pos_entries, store, want_top=False):
+    """Score one query against its gallery.
+
+    sim_row: similarities of the query to ALL kept gallery detections (store order).
+    det_idx: store indices of the detections of this query's gallery, in gallery order.
+    img_offsets: per list position, the offset of that image's detections inside det_idx.
+    pos_entries: list of (list_position, store image index, gt_box) for the gallery images that
+      contain the query person (count_gt = len(pos_entries)).
+    """
+    y_score = sim_row[det_idx]
+    pos_positions = np.zeros(0, dtype=np.int64)
+    pos_scores = np.zeros(0, dtype=y_score.dtype)
+    if pos_entries:
+        list_pos = np.array([p for p, _, _ in pos_entries], dtype=np.int64)
+        images = np.array([i for _, i, _ in pos_entries], dtype=np.int64)
+        gts = np.array([g for _, _, g in pos_entries], dtype=np.float64).reshape(-1, 4)
+        idx, offs = store.detection_indices(images)
+        groups = np.repeat(np.arange(len(images)), store.counts[images])
+        chosen = pick_positives(sim_row[idx], store.boxes[idx], groups, gts)
+        hit = chosen >= 0
+        local = chosen[hit] - offs[hit]  # detection index inside its image
+        pos_positions = np.asarray(img_offsets)[list_pos[hit]] + local
+        pos_scores = sim_row[idx[chosen[hit]]]
+    count_gt = len(pos_entries)
+    count_tp = len(pos_positions)
+    ap = ap_from_positives(y_score, pos_scores) * count_tp / count_gt if count_tp else 0.0
+    hits = [0] * len(TOPK)
+    if count_tp:
+        # The best-ranked positive: highest score, earliest in gallery order among equals.
+        s_max = pos_scores.max()
+        best = _rank(y_score, s_max, int(pos_positions[pos_scores == s_max].min()))
+        hits = [int(best < k) for k in TOPK]
+    top = _top_list(y_score, det_idx, set(pos_positions.tolist()), max(TOPK)) if want_top else []
+    return QueryResult(ap=ap, count_gt=count_gt, count_tp=count_tp, hits=hits, top=top)
+
+
+def _rank(y_score, score, position) -> int:
+    """0-based rank: strictly higher scores, plus equal scores earlier in gallery order."""
+    higher = int(np.count_nonzero(y_score > score))
+    ties_before = int(np.count_nonzero(y_score[:position] == score))
+    return higher + ties_before
+
+
+def _top_list(y_score, det_idx, positive_positions, k):
+    """The k best (position, store index, score, correct), ranked with the stable tie rule."""
+    if len(y_score) == 0:
+        return []
+    kth = np.partition(-y_score, min(k, len(y_score)) - 1)[min(k, len(y_score)) - 1]
+    cand = np.nonzero(-y_score <= kth)[0]
+    cand = cand[np.lexsort((cand, -y_score[cand]))][:k]
+    return [
+        {"det": int(det_idx[p]), "similarity": float(y_score[p]), "correct": int(p) in positive_positions}
+        for p in cand
+    ]
