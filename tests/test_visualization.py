@@ -66,6 +66,17 @@ def test_dendrogram_leaves_and_colours_follow_groups(tmp_path):
     # 4 merges: the two pairs in their group colour; oim (0.1) joins the negative pair
     # (average distance 0.575 < 0.775), and the root, both across groups -> grey.
     assert sorted(out["link_colors"]) == sorted([color_of(0), color_of(1), "#555555", "#555555"])
+    assert out["matches_tree_cut"] is True
+
+
+def test_dendrogram_flags_groups_that_are_no_cut_of_the_tree(tmp_path):
+    crossed = [["loss_rpn_cls", "loss_nae_det"], ["loss_rpn_box", "loss_nae_box"], ["loss_nae_oim"]]
+    data = load_groups_json(write_groups_json(str(tmp_path), groups=crossed))
+    out = plot_s_star_dendrogram(data, tmp_path / "d.png")
+    assert out["matches_tree_cut"] is False
+    assert out["leaf_colors"]["loss_rpn_cls"] == out["leaf_colors"]["loss_nae_det"] == color_of(0)
+    # No link joins tasks of one group only: the pairs of the tree are split between groups.
+    assert out["link_colors"] == ["#555555"] * 4
 
 
 def test_dendrogram_rejects_unknown_linkage(tmp_path):
@@ -156,6 +167,16 @@ def test_write_report_full_run(tmp_path):
     assert saved["last_eval"]["search/mAP"] == 42.0
     assert saved["groups"]["groups"] == GROUPS
     assert saved["final_sigma"] == {"g0": 1.2, "g1": 1.7}
+    assert saved["groups"]["matches_tree_cut"] is True
+
+
+def test_write_report_prw_run_has_no_gallery_size_curve(tmp_path):
+    run = str(tmp_path / "run")
+    paths = write_person_images(str(tmp_path / "imgs"), [(0, 0, 255), (0, 255, 0)])
+    write_search_json(run, paths, dataset="prw_gallery", testg={})
+    summary = write_report(run, str(tmp_path / "report"))
+    assert set(summary["figures"]) == {"search_results_prw_gallery"}
+    assert "not a CUHK-SYSU" in summary["skipped"]["map_vs_gallery_size_prw_gallery"]
 
 
 def test_write_report_partial_run_says_what_is_missing(tmp_path):

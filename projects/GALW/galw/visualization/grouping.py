@@ -1,6 +1,6 @@
 """The s* values of the tasks, their hierarchical clustering and the chosen groups."""
 import numpy as np
-from scipy.cluster.hierarchy import dendrogram, linkage
+from scipy.cluster.hierarchy import dendrogram, fcluster, linkage
 
 from .figures import color_of, new_figure, save_figure
 
@@ -14,9 +14,11 @@ def plot_s_star_dendrogram(groups_data, out_path, source="galw_groups.json"):
     The dendrogram is recomputed with scipy's ``linkage`` on the s* values using the
     method named in the JSON; leaves and the links under one group take that group's
     colour (links joining different groups are grey). The colours come from the groups
-    the run chose, so a mismatch with the tree shows in the picture.
+    the run chose, so a mismatch with the tree shows in the picture; a dashed line marks
+    the cut of the tree into G clusters.
     Returns {"leaves": leaf order, "leaf_colors": {task: colour}, "task_group": {task: g},
-    "link_colors": the colour of each drawn link}.
+    "link_colors": the colour of each drawn link, "matches_tree_cut": whether the chosen
+    groups equal scipy's ``fcluster(.., G, "maxclust")`` partition}.
     """
     method = groups_data["linkage"]
     if method not in _LINKAGE_METHODS:
@@ -55,6 +57,14 @@ def plot_s_star_dendrogram(groups_data, out_path, source="galw_groups.json"):
         label.set_color(color)
         label.set_fontsize(8)
         leaf_colors[label.get_text()] = color
+    num_groups = len(groups)
+    if 1 < num_groups < len(tasks):
+        cut = (Z[len(tasks) - num_groups - 1, 2] + Z[len(tasks) - num_groups, 2]) / 2
+        ax_tree.axhline(cut, color="black", ls="--", lw=0.8, label=f"cut into {num_groups} clusters")
+        ax_tree.legend(fontsize=7)
+    labels = fcluster(Z, t=num_groups, criterion="maxclust")
+    tree_partition = {frozenset(t for t, c in zip(tasks, labels) if c == k) for k in set(labels)}
+    matches = tree_partition == {frozenset(members) for members in groups}
     ax_tree.set_ylabel(f"{method} linkage distance")
     ax_tree.set_title("Hierarchical clustering of s*")
     save_figure(fig, out_path)
@@ -63,4 +73,5 @@ def plot_s_star_dendrogram(groups_data, out_path, source="galw_groups.json"):
         "leaf_colors": leaf_colors,
         "task_group": task_group,
         "link_colors": list(tree["color_list"]),
+        "matches_tree_cut": matches,
     }

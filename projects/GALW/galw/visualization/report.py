@@ -45,10 +45,11 @@ def write_galw_plots(output_dir, report_dir, figures, skipped):
 
     if groups is not None:
         tree_path = os.path.join(report_dir, "s_star_dendrogram.png")
-        plot_s_star_dendrogram(groups, tree_path, source=groups_path)
+        tree = plot_s_star_dendrogram(groups, tree_path, source=groups_path)
         figures["s_star_dendrogram"] = tree_path
         summary["groups"] = {k: groups[k] for k in ("groups", "num_groups", "linkage", "s_star")}
         summary["groups"]["slopes"] = groups.get("slopes")
+        summary["groups"]["matches_tree_cut"] = tree["matches_tree_cut"]
     else:
         skipped["s_star_dendrogram"] = "no galw_groups.json"
 
@@ -96,7 +97,8 @@ def write_report(output_dir, report_dir, num_queries=4, topk=5):
         try:
             points = gallery_size_metrics(data["metrics"], source=path)
         except ValueError:
-            continue  # not a CUHK-SYSU evaluation: no gallery-size protocols
+            skipped[f"map_vs_gallery_size_{name}"] = "no search_TestG<N> metrics (not a CUHK-SYSU evaluation)"
+            continue
         out = os.path.join(report_dir, f"map_vs_gallery_size_{name}.png")
         plot_gallery_size_curve([(name, points)], out)
         figures[f"map_vs_gallery_size_{name}"] = out
