@@ -1,4 +1,6 @@
 """Per-task gradient magnitude Gamma over training (the paper's Fig. 3)."""
+from matplotlib.ticker import MaxNLocator
+
 from .figures import color_of, new_figure, save_figure
 
 
@@ -28,6 +30,7 @@ def plot_gradient_magnitudes(series, out_path, xlabel="epoch", title="Gradient m
         for i, (task, (xs, ys)) in enumerate(sorted(series.items())):
             ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, ms=3, color=color_of(i), label=task)
         ax.set_yscale(scale)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(r"$\Gamma$ (mean shared-parameter gradient norm)")
         ax.set_title(f"{title} ({scale} scale)")
