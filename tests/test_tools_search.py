@@ -178,5 +178,16 @@ def test_resize_reads_data_keys_then_falls_back():
     cfg = get_cfg()
     galw.add_galw_config(cfg)
     assert search.inference_resize_sizes(cfg) == (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    cfg.INPUT.PS = CN({"MIN_SIZE_TEST": 900, "MAX_SIZE_TEST": 1500})
+    cfg.INPUT.PS = CN({"TEST_SHORT_SIDE": 900, "TEST_LONG_SIDE": 1500})
     assert search.inference_resize_sizes(cfg) == (900, 1500)
+
+
+def test_resize_fits_both_bounds():
+    """A 3000x1000 (w x h) image at (900, 1500): the long side binds -> 1500x500; 1000x1200 -> 900x1080 (the short side binds)."""
+    from detectron2.data import transforms as T
+
+    aug = T.ResizeShortestEdge([900, 900], 1500)
+    assert aug.get_transform(np.zeros((1000, 3000, 3), np.uint8)).apply_image(
+        np.zeros((1000, 3000, 3), np.uint8)).shape[:2] == (500, 1500)
+    assert aug.get_transform(np.zeros((1200, 1000, 3), np.uint8)).apply_image(
+        np.zeros((1200, 1000, 3), np.uint8)).shape[:2] == (1080, 900)

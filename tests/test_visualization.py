@@ -170,6 +170,15 @@ def test_write_report_full_run(tmp_path):
     assert saved["groups"]["matches_tree_cut"] is True
 
 
+def test_write_report_finds_groups_of_a_first_training_in_a_subfolder(tmp_path):
+    run = str(tmp_path / "run")
+    write_groups_json(os.path.join(run, "galw_phase1"))
+    write_metrics_json(run)
+    summary = write_report(run, str(tmp_path / "report"))
+    assert "s_star_dendrogram" in summary["figures"] and "gradient_magnitudes" in summary["figures"]
+    assert summary["groups"]["file"] == os.path.join(run, "galw_phase1", "galw_groups.json")
+
+
 def test_write_report_prw_run_has_no_gallery_size_curve(tmp_path):
     run = str(tmp_path / "run")
     paths = write_person_images(str(tmp_path / "imgs"), [(0, 0, 255), (0, 255, 0)])

@@ -5,8 +5,9 @@
     python tools/ablation.py ... --only equal galw_g4 --seeds 1 2     # a subset
     python tools/ablation.py ... --dry-run                              # print the commands
 
-Runs train_net.py once per (variant, seed), sequentially, each in OUT/<variant>/seed<k>,
-after the spec's shared runs (e.g. the GALW probe of Algorithm 1) of that seed. Resumable:
+Runs train_net.py once per (variant, seed), sequentially, each in OUT/<variant>/seed<k>.
+A variant with ``groups_from`` reuses the Gamma history and initial weights of an earlier
+variant's first GALW training (one Algorithm-1 probe per seed for G = 2..6). Resumable:
 a run whose ablation_result.json exists is not run again. Writes OUT/ablation.md (mean and
 sample std of mAP and top-1 per variant) and OUT/ablation.json.
 """
@@ -38,83 +39,64 @@ def load_spec(path):
         if key not in spec:
             raise ValueError(f"{path}: missing field {key!r}")
     spec.setdefault("common_opts", [])
-    spec.setdefault("shared_runs", {})
     if not spec["seeds"] or not all(isinstance(s, int) for s in spec["seeds"]):
         raise ValueError(f"{path}: 'seeds' must be a non-empty list of integers, got {spec['seeds']}")
-    names = []
+    seen = []
     for i, v in enumerate(spec["variants"]):
         if not isinstance(v, dict) or "name" not in v or "opts" not in v:
             raise ValueError(f"{path}: variants[{i}] needs 'name' and 'opts'")
+        if v["name"] in seen:
+            raise ValueError(f"{path}: duplicate variant name {v['name']!r}")
         if len(v["opts"]) % 2:
             raise ValueError(f"{path}: variant {v['name']!r} has an odd number of opts (KEY VALUE pairs)")
         v.setdefault("tables", [])
-        names.append(v["name"])
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"{path}: duplicate variant name(s) {dup}")
-    clash = sorted(set(names) & set(spec["shared_runs"]))
-    if clash:
-        raise ValueError(f"{path}: names {clash} are both a variant and a shared run")
-    for name, run in spec["shared_runs"].items():
-        if not isinstance(run, dict) or "opts" not in run:
-            raise ValueError(f"{path}: shared_runs.{name} needs 'opts'")
+        src = v.get("groups_from")
+        if src is not None:
+            missing = [k for k in ("variant", "groups_file", "num_groups") if k not in src]
+            if missing:
+                raise ValueError(f"{path}: variant {v['name']!r}: groups_from needs {missing}")
+            if src["variant"] not in seen:
+                raise ValueError(f"{path}: variant {v['name']!r}: groups_from.variant {src['variant']!r} "
+                                 "must be a variant listed before it")
+        seen.append(v["name"])
     spec["_path"] = path
     return spec
 
 
-def _format_opt(value, seed, shared_dirs, where):
-    if not isinstance(value, str):
-        return str(value)
-    out = value.replace("{seed}", str(seed))
-    while "{shared:" in out:
-        start = out.index("{shared:")
-        end = out.index("}", start)
-        name = out[start + len("{shared:"):end]
-        if name not in shared_dirs:
-            raise ValueError(f"{where}: opts refer to unknown shared run {name!r}")
-        out = out[:start] + shared_dirs[name] + out[end + 1:]
-    return out
-
-
-def shared_names_used(opts):
-    names = set()
-    for v in opts:
-        s = str(v)
-        while "{shared:" in s:
-            start = s.index("{shared:") + len("{shared:")
-            end = s.index("}", start)
-            names.add(s[start:end])
-            s = s[end + 1:]
-    return names
+def _variant(spec, name):
+    return next(v for v in spec["variants"] if v["name"] == name)
 
 
 def plan_runs(spec, out_root, only=None, seeds=None):
-    """The ordered list of runs: per seed, the shared runs the chosen variants use, then the variants."""
+    """The ordered runs: per seed, the variants in spec order (with --only, plus their groups_from sources)."""
     out_root = os.path.abspath(out_root)
-    variants = spec["variants"]
+    names = [v["name"] for v in spec["variants"]]
     if only:
-        unknown = sorted(set(only) - {v["name"] for v in variants})
+        unknown = sorted(set(only) - set(names))
         if unknown:
             raise ValueError(f"{spec['_path']}: no variant(s) named {unknown}")
-        variants = [v for v in variants if v["name"] in only]
+        wanted = set(only)
+        for v in reversed(spec["variants"]):  # sources come earlier in the list
+            if v["name"] in wanted and v.get("groups_from"):
+                wanted.add(v["groups_from"]["variant"])
+        names = [n for n in names if n in wanted]
     seeds = list(seeds) if seeds else list(spec["seeds"])
     runs = []
     for seed in seeds:
-        shared_dirs = {n: os.path.join(out_root, "_shared", n, f"seed{seed}") for n in spec["shared_runs"]}
-        needed = set().union(*[shared_names_used(v["opts"]) for v in variants]) if variants else set()
-        for name in sorted(needed):
-            if name not in spec["shared_runs"]:
-                raise ValueError(f"{spec['_path']}: opts refer to unknown shared run {name!r}")
-            where = f"{spec['_path']}: shared_runs.{name}"
-            runs.append({"kind": "shared", "name": name, "seed": seed, "out_dir": shared_dirs[name],
-                         "opts": [_format_opt(o, seed, shared_dirs, where) for o in spec["shared_runs"][name]["opts"]],
-                         "needs": []})
-        for v in variants:
-            where = f"{spec['_path']}: variant {v['name']}"
-            runs.append({"kind": "variant", "name": v["name"], "seed": seed,
-                         "out_dir": os.path.join(out_root, v["name"], f"seed{seed}"),
-                         "opts": [_format_opt(o, seed, shared_dirs, where) for o in v["opts"]],
-                         "needs": sorted(shared_names_used(v["opts"]))})
+        for name in names:
+            v = _variant(spec, name)
+            run = {"name": name, "seed": seed, "out_dir": os.path.join(out_root, name, f"seed{seed}"),
+                   "opts": [str(o).replace("{seed}", str(seed)) for o in v["opts"]], "groups_from": None}
+            src = v.get("groups_from")
+            if src:
+                src_dir = os.path.join(out_root, src["variant"], f"seed{seed}")
+                run["groups_from"] = {
+                    "variant": src["variant"],
+                    "groups_file": os.path.join(src_dir, src["groups_file"]),
+                    "num_groups": int(src["num_groups"]),
+                    "init_weights": os.path.join(src_dir, src["init_weights"]) if src.get("init_weights") else None,
+                }
+            runs.append(run)
     return runs
 
 
@@ -123,11 +105,46 @@ def base_config_path(spec):
     return spec["base_config"] if os.path.isabs(spec["base_config"]) else os.path.join(ROOT, spec["base_config"])
 
 
-def train_command(spec, run, python=sys.executable, extra_args=()):
+def train_command(spec, run, python=sys.executable, extra_args=(), extra_opts=()):
     """The train_net.py command line of one run."""
     return [python, os.path.join(ROOT, "train_net.py"), "--config-file", base_config_path(spec), *extra_args,
             "OUTPUT_DIR", run["out_dir"], "SEED", str(run["seed"]),
-            *[str(o) for o in spec["common_opts"]], *run["opts"]]
+            *[str(o) for o in spec["common_opts"]], *run["opts"], *extra_opts]
+
+
+def galw_group_tasks(history, num_groups, linkage):
+    """GALW's clustering of Gamma histories (CONTRACTS.md: galw.grouping.group_tasks)."""
+    from galw.grouping import group_tasks
+
+    return group_tasks(history, num_groups, linkage=linkage)
+
+
+def regroup_from_run(src, out_dir, group_tasks=galw_group_tasks):
+    """Groups for G = src["num_groups"] from another run's recorded Gamma history (Algorithm 1's
+    first training is shared by the G = 2..6 variants of one seed, as in the paper's Table 4).
+
+    Writes OUT_DIR/galw_groups_input.json (galw_groups.json format) and returns the config
+    overrides that train with those groups from the source run's initial weights.
+    """
+    if not os.path.isfile(src["groups_file"]):
+        raise FileNotFoundError(f"groups_from: {src['groups_file']} not found (did {src['variant']} finish?)")
+    with open(src["groups_file"]) as f:
+        probe = json.load(f)
+    for key in ("gamma_history", "linkage"):
+        if key not in probe:
+            raise ValueError(f"{src['groups_file']}: missing field {key!r}")
+    regrouped = dict(probe, groups=group_tasks(probe["gamma_history"], src["num_groups"], probe["linkage"]),
+                     num_groups=src["num_groups"], source=src["groups_file"])
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "galw_groups_input.json")
+    with open(path, "w") as f:
+        json.dump(regrouped, f, indent=2)
+    opts = ["MODEL.GALW.GROUPS_FILE", path]
+    if src["init_weights"]:
+        if not os.path.isfile(src["init_weights"]):
+            raise FileNotFoundError(f"groups_from: initial weights {src['init_weights']} not found")
+        opts += ["MODEL.WEIGHTS", src["init_weights"]]
+    return opts
 
 
 # ---------------------------------------------------------------- running
@@ -170,29 +187,38 @@ def collect_metrics(out_dir):
     raise ValueError(f"{out_dir}: no inference/search_*.json and no search/mAP, search/top1 line in metrics.json")
 
 
-def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(), dry_run=False):
+def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(), dry_run=False,
+                 group_tasks=galw_group_tasks):
     """Run every planned run not already done; returns {"results": [...], "failed": [...]}."""
     runs = plan_runs(spec, out_root, only, seeds)
     if not dry_run and not os.path.isfile(base_config_path(spec)):
         raise FileNotFoundError(f"{spec['_path']}: base_config {spec['base_config']!r} does not exist")
-    results, failed, done_shared = [], [], set()
+    results, failed, done = [], [], set()
     for i, run in enumerate(runs, 1):
         result_path = os.path.join(run["out_dir"], RESULT_FILE)
         tag = f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}"
-        cmd = train_command(spec, run, extra_args=extra_args)
+        src = run["groups_from"]
         if dry_run:
-            print(" ".join(cmd))
-            continue
-        missing = [n for n in run["needs"] if (n, run["seed"]) not in done_shared]
-        if missing:
-            logger.error("%s: skipped, its shared run(s) %s failed", tag, missing)
-            failed.append({"name": run["name"], "seed": run["seed"], "reason": f"shared run(s) {missing} failed"})
+            extra = ["MODEL.GALW.GROUPS_FILE", "<regrouped from " + src["groups_file"] + ">"] if src else []
+            print(" ".join(train_command(spec, run, extra_args=extra_args, extra_opts=extra)))
             continue
         if os.path.isfile(result_path):
             logger.info("%s: done before, reusing %s", tag, result_path)
             with open(result_path) as f:
                 result = json.load(f)
         else:
+            if src and (src["variant"], run["seed"]) not in done:
+                logger.error("%s: skipped, its groups_from run %s did not finish", tag, src["variant"])
+                failed.append({"name": run["name"], "seed": run["seed"],
+                               "reason": f"groups_from run {src['variant']} did not finish"})
+                continue
+            try:
+                extra = regroup_from_run(src, run["out_dir"], group_tasks) if src else []
+            except (OSError, ValueError) as e:
+                logger.error("%s: %s", tag, e)
+                failed.append({"name": run["name"], "seed": run["seed"], "reason": str(e)})
+                continue
+            cmd = train_command(spec, run, extra_args=extra_args, extra_opts=extra)
             logger.info("%s: running -> %s", tag, run["out_dir"])
             start = time.time()
             code = runner(cmd, run["out_dir"])
@@ -200,21 +226,18 @@ def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None
                 logger.error("%s: train_net.py exited with %d (log in %s)", tag, code, run["out_dir"])
                 failed.append({"name": run["name"], "seed": run["seed"], "reason": f"exit code {code}"})
                 continue
-            result = {"name": run["name"], "kind": run["kind"], "seed": run["seed"], "command": cmd,
-                      "seconds": round(time.time() - start, 1)}
-            if run["kind"] == "variant":
-                try:
-                    result.update(collect_metrics(run["out_dir"]))
-                except ValueError as e:
-                    logger.error("%s: %s", tag, e)
-                    failed.append({"name": run["name"], "seed": run["seed"], "reason": str(e)})
-                    continue
+            try:
+                metrics = collect_metrics(run["out_dir"])
+            except ValueError as e:
+                logger.error("%s: %s", tag, e)
+                failed.append({"name": run["name"], "seed": run["seed"], "reason": str(e)})
+                continue
+            result = {"name": run["name"], "seed": run["seed"], "command": cmd,
+                      "seconds": round(time.time() - start, 1), **metrics}
             with open(result_path, "w") as f:
                 json.dump(result, f, indent=2)
-        if run["kind"] == "shared":
-            done_shared.add((run["name"], run["seed"]))
-        else:
-            results.append(result)
+        done.add((run["name"], run["seed"]))
+        results.append(result)
     if failed:
         logger.warning("%d run(s) failed or were skipped: %s", len(failed),
                        ", ".join(f"{f['name']}/seed{f['seed']}" for f in failed))

@@ -39,11 +39,17 @@ INDEX_FORMAT = "galw-search-index/1"
 
 
 def inference_resize_sizes(cfg):
-    """(shortest edge, max size) used at test time: INPUT.PS.{MIN,MAX}_SIZE_TEST if the
-    data part defines them, else detectron2's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST."""
+    """(short side, long side) bounds of the test-time resize: the person-search mapper's
+    INPUT.PS.TEST_SHORT_SIDE / TEST_LONG_SIDE (1500x900), else detectron2's
+    INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST.
+
+    detectron2's ResizeShortestEdge(short, long) scales by min(short / min(h, w), long / max(h, w)),
+    the same keep-ratio fit as the mapper's test resize, so gallery and query images are seen
+    at the size the model was evaluated at.
+    """
     ps = cfg.INPUT.get("PS")
-    if ps is not None and "MIN_SIZE_TEST" in ps and "MAX_SIZE_TEST" in ps:
-        return int(ps.MIN_SIZE_TEST), int(ps.MAX_SIZE_TEST)
+    if ps is not None and "TEST_SHORT_SIDE" in ps and "TEST_LONG_SIDE" in ps:
+        return int(ps.TEST_SHORT_SIDE), int(ps.TEST_LONG_SIDE)
     return int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
 
 

@@ -7,6 +7,7 @@ from .gallery_size import plot_gallery_size_curve
 from .gradients import gamma_series_from_groups, plot_gradient_magnitudes
 from .grouping import plot_s_star_dendrogram
 from .run_files import (
+    find_groups_json,
     find_search_jsons,
     gallery_size_metrics,
     last_eval_record,
@@ -28,10 +29,10 @@ def _last_values(series):
 def write_galw_plots(output_dir, report_dir, figures, skipped):
     """Gradient (Fig. 3), s*/dendrogram and sigma/weight plots; returns the summary parts."""
     summary = {}
-    groups_path = os.path.join(output_dir, "galw_groups.json")
+    groups_path = find_groups_json(output_dir)
     metrics_path = os.path.join(output_dir, "metrics.json")
     records = load_metrics_records(metrics_path) if os.path.isfile(metrics_path) else []
-    groups = load_groups_json(groups_path) if os.path.isfile(groups_path) else None
+    groups = load_groups_json(groups_path) if groups_path else None
 
     gamma_path = os.path.join(report_dir, "gradient_magnitudes.png")
     if groups is not None and groups["gamma_history"]:
@@ -48,6 +49,7 @@ def write_galw_plots(output_dir, report_dir, figures, skipped):
         tree = plot_s_star_dendrogram(groups, tree_path, source=groups_path)
         figures["s_star_dendrogram"] = tree_path
         summary["groups"] = {k: groups[k] for k in ("groups", "num_groups", "linkage", "s_star")}
+        summary["groups"]["file"] = groups_path
         summary["groups"]["slopes"] = groups.get("slopes")
         summary["groups"]["matches_tree_cut"] = tree["matches_tree_cut"]
     else:

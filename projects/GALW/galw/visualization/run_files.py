@@ -131,6 +131,22 @@ def last_eval_record(records, key_suffix="search/mAP"):
     return None
 
 
+def find_groups_json(output_dir):
+    """OUTPUT_DIR/galw_groups.json, else one in a direct subfolder (a two-phase run keeps its
+    first training, which writes the file, in a subfolder); None if there is none."""
+    path = os.path.join(output_dir, "galw_groups.json")
+    if os.path.isfile(path):
+        return path
+    found = sorted(
+        os.path.join(output_dir, d, "galw_groups.json")
+        for d in os.listdir(output_dir)
+        if os.path.isfile(os.path.join(output_dir, d, "galw_groups.json"))
+    )
+    if len(found) > 1:
+        logger.warning("%s: several galw_groups.json %s; using the first", output_dir, found)
+    return found[0] if found else None
+
+
 def find_search_jsons(output_dir):
     """Sorted paths of OUTPUT_DIR/inference/search_*.json."""
     inf = os.path.join(output_dir, "inference")

@@ -1,4 +1,4 @@
-"""sigma and effective loss weight 1/(k sigma^2) per group over iterations."""
+"""sigma and loss weights per group (and per task, 1/(k sigma^2)) over iterations."""
 from .figures import color_of, new_figure, save_figure
 from .run_files import scalar_series
 
@@ -15,7 +15,7 @@ def plot_sigma_and_weights(records, out_path, source="metrics.json"):
         raise ValueError(f"{source}: no 'galw/sigma/<group>' scalars (was adaptive weighting on?)")
     task_weights = {k: v for k, v in weight.items() if k not in sigma}
     group_weights = {k: v for k, v in weight.items() if k in sigma}
-    panels = [("sigma per group", sigma), ("effective weight 1/(k sigma^2) per group", group_weights)]
+    panels = [("sigma per group", sigma), ("weight per group", group_weights)]
     if task_weights:
         panels.append(("effective weight per task", task_weights))
     fig = new_figure(5.5 * len(panels), 4)
