@@ -122,7 +122,7 @@ def list_gallery_images(gallery_dir):
 
 
 def build_index(search_model, gallery_dir, score_thresh=0.5):
-    """Detect and embed every person in the gallery; returns the index dict (see save_index)."""
+    """Detect and embed every person in the gallery; returns the index dict (fields listed in docs/tools.md)."""
     images = list_gallery_images(gallery_dir)
     boxes, scores, embeddings, owners = [], [], [], []
     dropped = 0
@@ -130,7 +130,9 @@ def build_index(search_model, gallery_dir, score_thresh=0.5):
         b, s, e = search_model.detect(os.path.abspath(path))
         keep = s >= score_thresh
         dropped += int((~keep).sum())
-        boxes.append(b[keep]), scores.append(s[keep]), embeddings.append(e[keep])
+        boxes.append(b[keep])
+        scores.append(s[keep])
+        embeddings.append(e[keep])
         owners.append(torch.full((int(keep.sum()),), i, dtype=torch.int64))
     logger.info("search: %d detections kept in %d images, %d below score %.2f dropped",
                 sum(len(s) for s in scores), len(images), dropped, score_thresh)
