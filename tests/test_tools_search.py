@@ -183,7 +183,8 @@ def test_resize_reads_data_keys_then_falls_back():
 
 
 def test_resize_fits_both_bounds():
-    """A 3000x1000 (w x h) image at (900, 1500): the long side binds -> 1500x500; 1000x1200 -> 900x1080 (the short side binds)."""
+    """(w x h) at bounds (900, 1500): 3000x1000 -> 1500x500 (the long side binds);
+    1000x1200 -> 900x1080 (the short side binds)."""
     from detectron2.data import transforms as T
 
     aug = T.ResizeShortestEdge([900, 900], 1500)
