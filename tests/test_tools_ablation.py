@@ -1,0 +1,226 @@
+"""tools/ablation.py: planning, resumable orchestration with an injected runner, table maths."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("galw_tools_ablation", os.path.join(ROOT, "tools", "ablation.py"))
+ablation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablation)
+
+# (variant, seed) -> (mAP, top1) that the fake training "reaches".
+FAKE = {("equal", 1): (50.0, 80.0), ("equal", 2): (52.0, 81.0), ("equal", 3): (54.0, 82.5),
+        ("galw_g4", 1): (60.0, 90.0), ("galw_g4", 2): (61.0, 90.0), ("galw_g4", 3): (65.0, 93.0),
+        ("galw_g2", 1): (58.0, 88.0), ("galw_g2", 2): (57.0, 87.0), ("galw_g2", 3): (59.0, 89.0)}
+HISTORY = {"loss_a": [3.0, 2.0], "loss_b": [1.0, 1.5], "loss_c": [2.0, 2.0]}
+
+
+def _write_spec(tmp_path, seeds=(1, 2, 3)):
+    import yaml
+
+    base = tmp_path / "base.yaml"
+    base.write_text("MODEL:\n  DEVICE: cpu\n")
+    spec = {
+        "base_config": str(base),
+        "seeds": list(seeds),
+        "common_opts": ["SOLVER.MAX_ITER", 5],
+        "variants": [
+            {"name": "equal", "tables": ["2", "3"], "opts": ["MODEL.GALW.ENABLED", False]},
+            {"name": "galw_g4", "tables": ["4"], "opts": ["MODEL.GALW.NUM_GROUPS", 4,
+                                                          "MODEL.GALW.RANDOM_SEED", "{seed}"]},
+            {"name": "galw_g2", "tables": ["4"], "opts": ["MODEL.GALW.NUM_GROUPS", 2],
+             "groups_from": {"variant": "galw_g4", "groups_file": "phase1/galw_groups.json",
+                             "init_weights": "phase1/init.pth", "num_groups": 2}},
+        ],
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return ablation.load_spec(str(path))
+
+
+def fake_group_tasks(history, num_groups, linkage):
+    """Stands in for galw.grouping.group_tasks: sorted tasks dealt into num_groups groups."""
+    tasks = sorted(history)
+    return [tasks[g::num_groups] for g in range(num_groups)]
+
+
+class FakeTrainer:
+    """Stands in for train_net.py: writes what a finished run leaves behind."""
+
+    def __init__(self, fail=()):
+        self.calls = []
+        self.fail = set(fail)
+
+    def __call__(self, cmd, out_dir):
+        opts = cmd[cmd.index("OUTPUT_DIR"):]
+        seed = int(opts[opts.index("SEED") + 1])
+        name = os.path.basename(os.path.dirname(out_dir))
+        self.calls.append((name, seed, cmd))
+        if (name, seed) in self.fail:
+            return 1
+        os.makedirs(os.path.join(out_dir, "phase1"), exist_ok=True)
+        if name == "galw_g4":  # a two-phase GALW run leaves its phase-one files
+            with open(os.path.join(out_dir, "phase1", "galw_groups.json"), "w") as f:
+                json.dump({"groups": [["loss_a"], ["loss_b"], ["loss_c"]], "num_groups": 3, "linkage": "ward",
+                           "gamma_history": HISTORY, "s_star": {}}, f)
+            open(os.path.join(out_dir, "phase1", "init.pth"), "w").close()
+        m_ap, top1 = FAKE[(name, seed)]
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            f.write(json.dumps({"iteration": 4, "total_loss": 1.0}) + "\n")
+            f.write(json.dumps({"iteration": 4, "synth_cuhk_gallery/search/mAP": m_ap,
+                                "synth_cuhk_gallery/search/top1": top1}) + "\n")
+        return 0
+
+
+def test_plan_order_and_substitution(tmp_path):
+    spec = _write_spec(tmp_path, seeds=(1, 2))
+    out = str(tmp_path / "out")
+    runs = ablation.plan_runs(spec, out)
+    assert [(r["name"], r["seed"]) for r in runs] == [
+        ("equal", 1), ("galw_g4", 1), ("galw_g2", 1), ("equal", 2), ("galw_g4", 2), ("galw_g2", 2)]
+    g4 = runs[4]
+    assert g4["opts"] == ["MODEL.GALW.NUM_GROUPS", "4", "MODEL.GALW.RANDOM_SEED", "2"]
+    assert runs[5]["groups_from"] == {
+        "variant": "galw_g4", "num_groups": 2,
+        "groups_file": os.path.join(out, "galw_g4", "seed2", "phase1", "galw_groups.json"),
+        "init_weights": os.path.join(out, "galw_g4", "seed2", "phase1", "init.pth")}
+    cmd = ablation.train_command(spec, g4, python="py", extra_opts=["K", "V"])
+    assert cmd[:4] == ["py", os.path.join(ROOT, "train_net.py"), "--config-file", spec["base_config"]]
+    assert cmd[4:] == ["OUTPUT_DIR", os.path.join(out, "galw_g4", "seed2"), "SEED", "2", "SOLVER.MAX_ITER", "5",
+                       "MODEL.GALW.NUM_GROUPS", "4", "MODEL.GALW.RANDOM_SEED", "2", "K", "V"]
+    only_g2 = ablation.plan_runs(spec, out, only=["galw_g2"], seeds=[3])
+    assert [(r["name"], r["seed"]) for r in only_g2] == [("galw_g4", 3), ("galw_g2", 3)]  # its source first
+    with pytest.raises(ValueError, match="no variant"):
+        ablation.plan_runs(spec, out, only=["nope"])
+
+
+def test_runs_regroups_collects_and_resumes(tmp_path):
+    spec = _write_spec(tmp_path)
+    out = str(tmp_path / "out")
+    trainer = FakeTrainer()
+    outcome = ablation.run_ablation(spec, out, runner=trainer, group_tasks=fake_group_tasks)
+    assert len(trainer.calls) == 9 and outcome["failed"] == []
+    assert {(r["name"], r["seed"]): (r["mAP"], r["top1"]) for r in outcome["results"]} == FAKE
+    # galw_g2 trains with G = 2 groups of galw_g4's Gamma history, from galw_g4's initial weights.
+    g2_cmd = [c for n, s, c in trainer.calls if (n, s) == ("galw_g2", 3)][0]
+    groups_file = os.path.join(out, "galw_g2", "seed3", "galw_groups_input.json")
+    assert g2_cmd[-4:] == ["MODEL.GALW.GROUPS_FILE", groups_file,
+                           "MODEL.WEIGHTS", os.path.join(out, "galw_g4", "seed3", "phase1", "init.pth")]
+    with open(groups_file) as f:
+        regrouped = json.load(f)
+    assert regrouped["groups"] == [["loss_a", "loss_c"], ["loss_b"]] and regrouped["num_groups"] == 2
+    assert regrouped["gamma_history"] == HISTORY
+    rows = ablation.write_tables(spec, outcome, out)
+    assert [r["name"] for r in rows] == ["equal", "galw_g4", "galw_g2"]
+    # Resumed: nothing runs again, the same results come back from the result files.
+    again = FakeTrainer(fail=set(FAKE))
+    outcome2 = ablation.run_ablation(spec, out, runner=again, group_tasks=fake_group_tasks)
+    assert again.calls == []
+    assert sorted((r["name"], r["seed"], r["mAP"]) for r in outcome2["results"]) == sorted(
+        (n, s, v[0]) for (n, s), v in FAKE.items())
+    with open(os.path.join(out, "ablation.json")) as f:
+        saved = json.load(f)
+    assert saved["variants"][0]["mAP"] == [50.0, 52.0, 54.0]
+    with open(os.path.join(out, "ablation.md")) as f:
+        md = f.read()
+    assert "| equal | 2, 3 | 3 | 52.00 ± 2.00 | 81.17 ± 1.26 |" in md
+    assert "| galw_g2 | 4 | 3 | 58.00 ± 1.00 | 88.00 ± 1.00 |" in md
+
+
+def test_failures_are_reported_and_retried(tmp_path):
+    spec = _write_spec(tmp_path, seeds=(1, 2))
+    out = str(tmp_path / "out")
+    outcome = ablation.run_ablation(spec, out, runner=FakeTrainer(fail={("equal", 2), ("galw_g4", 1)}),
+                                    group_tasks=fake_group_tasks)
+    failed = sorted((f["name"], f["seed"], f["reason"]) for f in outcome["failed"])
+    assert failed == [("equal", 2, "exit code 1"), ("galw_g2", 1, "groups_from run galw_g4 did not finish"),
+                      ("galw_g4", 1, "exit code 1")]
+    assert sorted((r["name"], r["seed"]) for r in outcome["results"]) == [("equal", 1), ("galw_g2", 2),
+                                                                          ("galw_g4", 2)]
+    assert not os.path.exists(os.path.join(out, "equal", "seed2", ablation.RESULT_FILE))
+    retry = FakeTrainer()
+    outcome = ablation.run_ablation(spec, out, runner=retry, group_tasks=fake_group_tasks)
+    assert sorted((n, s) for n, s, _ in retry.calls) == [("equal", 2), ("galw_g2", 1), ("galw_g4", 1)]
+    assert outcome["failed"] == [] and len(outcome["results"]) == 6
+
+
+def test_regroup_needs_the_phase_one_file(tmp_path):
+    src = {"variant": "galw_g4", "groups_file": str(tmp_path / "none.json"), "num_groups": 2, "init_weights": None}
+    with pytest.raises(FileNotFoundError, match="none.json.*galw_g4"):
+        ablation.regroup_from_run(src, str(tmp_path / "o"), fake_group_tasks)
+    (tmp_path / "none.json").write_text(json.dumps({"groups": []}))
+    with pytest.raises(ValueError, match="none.json.*gamma_history"):
+        ablation.regroup_from_run(src, str(tmp_path / "o"), fake_group_tasks)
+
+
+def test_table_maths_on_hand_values():
+    assert ablation.mean_std([50.0, 52.0, 54.0]) == (52.0, 2.0)
+    mean, std = ablation.mean_std([80.0, 81.0])
+    assert mean == 80.5 and std == pytest.approx(0.5 ** 0.5)
+    assert ablation.mean_std([7.0]) == (7.0, None)
+    rows = [{"name": "x", "tables": ["4"], "runs": 1, "mAP_mean": 7.0, "mAP_std": None,
+             "top1_mean": 9.126, "top1_std": None}]
+    assert ablation.markdown_table(rows).splitlines()[2] == "| x | 4 | 1 | 7.00 | 9.13 |"
+
+
+def test_collect_prefers_search_json(tmp_path):
+    run = tmp_path / "run"
+    (run / "inference").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"search/mAP": 1.0, "search/top1": 2.0}) + "\n")
+    assert ablation.collect_metrics(str(run))["mAP"] == 1.0
+    (run / "inference" / "search_synth_prw_gallery.json").write_text(
+        json.dumps({"dataset": "synth_prw_gallery", "metrics": {"search": {"mAP": 33.5, "top1": 70.0}}, "queries": []}))
+    got = ablation.collect_metrics(str(run))
+    assert (got["mAP"], got["top1"]) == (33.5, 70.0) and got["source"].endswith("search_synth_prw_gallery.json")
+    with pytest.raises(ValueError, match="no inference/search"):
+        ablation.collect_metrics(str(tmp_path))
+
+
+def test_shipped_spec_covers_the_paper_tables(tmp_path):
+    spec = ablation.load_spec(os.path.join(ROOT, "projects", "GALW", "configs", "ablation", "synthetic.yaml"))
+    names = [v["name"] for v in spec["variants"]]
+    for required in ("equal", "manual", "ulwf", "rulwf", "ulwf_grouped_g4", "galw_g2", "galw_g3", "galw_g4",
+                     "galw_g5", "galw_g6", "branch_grouping", "semantic_grouping_2", "semantic_grouping_3",
+                     "random_grouping_g4"):
+        assert required in names
+    runs = ablation.plan_runs(spec, str(tmp_path))
+    assert len(runs) == len(spec["seeds"]) * len(names)
+    assert all("{" not in o for r in runs for o in r["opts"])
+    assert {r["groups_from"]["num_groups"] for r in runs if r["groups_from"]} == {2, 3, 4, 5, 6}
+
+
+def test_spec_validation_names_the_problem(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("base_config: x.yaml\nseeds: [1]\nvariants:\n  - {name: a, opts: [K]}\n")
+    with pytest.raises(ValueError, match="bad.yaml.*odd number"):
+        ablation.load_spec(str(path))
+    path.write_text("base_config: x.yaml\nseeds: [1]\nvariants:\n  - {name: a, opts: []}\n  - {name: a, opts: []}\n")
+    with pytest.raises(ValueError, match="duplicate"):
+        ablation.load_spec(str(path))
+    path.write_text("base_config: x.yaml\nseeds: [1]\nvariants:\n  - {name: a, opts: [], groups_from: "
+                    "{variant: b, groups_file: g.json, num_groups: 2}}\n  - {name: b, opts: []}\n")
+    with pytest.raises(ValueError, match="listed before"):
+        ablation.load_spec(str(path))
+    path.write_text("base_config: missing.yaml\nseeds: [1]\nvariants:\n  - {name: a, opts: []}\n")
+    with pytest.raises(FileNotFoundError, match="base_config"):
+        ablation.run_ablation(ablation.load_spec(str(path)), str(tmp_path / "o"), runner=FakeTrainer())
+
+
+def test_subprocess_runner_logs_and_returns_exit_code(tmp_path):
+    import sys
+
+    out = str(tmp_path / "run")
+    assert ablation.subprocess_runner([sys.executable, "-c", "print('trained')"], out) == 0
+    assert ablation.subprocess_runner([sys.executable, "-c", "import sys; sys.exit(3)"], out) == 3
+    with open(os.path.join(out, "ablation_log.txt")) as f:
+        assert f.read().strip() == "trained"
+
+
+def test_dry_run_prints_commands(tmp_path, capsys):
+    spec = _write_spec(tmp_path, seeds=(1,))
+    ablation.main(["--spec", spec["_path"], "--out", str(tmp_path / "o"), "--dry-run", "--only", "equal"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].endswith("SEED 1 SOLVER.MAX_ITER 5 MODEL.GALW.ENABLED False")
+    assert not os.path.exists(tmp_path / "o")

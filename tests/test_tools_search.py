@@ -1,0 +1,194 @@
+"""tools/search.py ranks gallery people by a fake model whose embeddings are known by hand."""
+import importlib.util
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Boxes, Instances
+
+import galw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("galw_tools_search", os.path.join(ROOT, "tools", "search.py"))
+search = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(search)
+
+FAKE_ARCH = "_GalwToolsFakeSearchNet"
+
+
+class _GalwToolsFakeSearchNet(nn.Module):
+    """Eval contract with hand-checkable embeddings.
+
+    Detections: left half (score 0.9), right half (0.8) and whole image (0.1) of each
+    image. Embedding of a region = normalise(colour at the region's centre pixel of the
+    resized BGR image * channel_weight); channel_weight comes from the checkpoint.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.channel_weight = nn.Parameter(torch.ones(3))
+
+    def _embed(self, image, box):
+        x = int((box[0] + box[2]) / 2)
+        y = int((box[1] + box[3]) / 2)
+        v = image[:, y, x].float() * self.channel_weight
+        return v / v.norm()
+
+    def forward(self, batched_inputs):
+        assert not self.training
+        outputs = []
+        for inp in batched_inputs:
+            img = inp["image"]
+            assert img.dtype == torch.uint8 and img.shape[0] == 3
+            H, W = img.shape[1:]
+            boxes = torch.tensor([[0, 0, W / 2, H], [W / 2, 0, W, H], [0, 0, W, H]], dtype=torch.float32)
+            emb = torch.stack([self._embed(img, b.tolist()) for b in boxes])
+            scale = torch.tensor([inp["width"] / W, inp["height"] / H] * 2)
+            inst = Instances((inp["height"], inp["width"]))
+            inst.pred_boxes = Boxes(boxes * scale)
+            inst.scores = torch.tensor([0.9, 0.8, 0.1])
+            inst.embeddings = emb
+            out = {"instances": inst}
+            if "query_instances" in inp:
+                qbox = inp["query_instances"].gt_boxes.tensor[0].tolist()
+                out["query_embedding"] = self._embed(img, qbox)
+            outputs.append(out)
+        return outputs
+
+
+if FAKE_ARCH not in META_ARCH_REGISTRY:  # a test-only name, registered once per process
+    META_ARCH_REGISTRY.register(_GalwToolsFakeSearchNet)
+
+# BGR colours of (left, right) halves. After the checkpoint's weight [1, 1, 0] (red dropped)
+# the query colour (200, 100, 0) points along (2, 1); cosine similarities by hand:
+# b.right (200,100)->1.000, c.right (100,20)->11/sqrt(130)=0.9648, b.left (100,100)->3/sqrt(10)=0.9487,
+# a.left (200,0)->2/sqrt(5)=0.8944, c.left (50,200)->6/sqrt(85)=0.6508, a.right (0,200)->1/sqrt(5)=0.4472.
+GALLERY = {"a": ((200, 0, 50), (0, 200, 0)), "b": ((100, 100, 250), (200, 100, 0)),
+           "c": ((50, 200, 0), (100, 20, 200))}
+QUERY_COLOR = (200, 100, 0)
+EXPECTED = [("b", "right", 1.0), ("c", "right", 11 / np.sqrt(130)), ("b", "left", 3 / np.sqrt(10)),
+            ("a", "left", 2 / np.sqrt(5)), ("c", "left", 6 / np.sqrt(85)), ("a", "right", 1 / np.sqrt(5))]
+BOXES = {"left": [0.0, 0.0, 20.0, 20.0], "right": [20.0, 0.0, 40.0, 20.0]}
+
+
+def _two_colour_image(path, left, right):
+    img = np.zeros((20, 40, 3), dtype=np.uint8)
+    img[:, :20] = left
+    img[:, 20:] = right
+    cv2.imwrite(path, img)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for name, (left, right) in GALLERY.items():
+        _two_colour_image(str(gallery / f"{name}.png"), left, right)
+    (gallery / "notes.txt").write_text("not an image")
+    query = str(tmp_path / "query.png")
+    _two_colour_image(query, QUERY_COLOR, (0, 0, 0))
+    cfg_path = tmp_path / "fake.yaml"
+    cfg_path.write_text(
+        f"MODEL:\n  META_ARCHITECTURE: {FAKE_ARCH}\n  DEVICE: cpu\nINPUT:\n  MIN_SIZE_TEST: 10\n  MAX_SIZE_TEST: 100\n"
+    )
+    weights = str(tmp_path / "model.pth")
+    torch.save({"model": {"channel_weight": torch.tensor([1.0, 1.0, 0.0])}}, weights)
+    return {"gallery": str(gallery), "query": query, "config": str(cfg_path), "weights": weights, "tmp": tmp_path}
+
+
+def _check_topk(result, gallery, k):
+    got = [(os.path.basename(h["image"]), h["box"], h["similarity"]) for h in result["topk"]]
+    want = [(f"{n}.png", BOXES[side], s) for n, side, s in EXPECTED[:k]]
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert [g[2] for g in got] == pytest.approx([w[2] for w in want], abs=1e-5)
+    assert [h["rank"] for h in result["topk"]] == list(range(1, k + 1))
+    assert all(h["score"] in (pytest.approx(0.9), pytest.approx(0.8)) for h in result["topk"])
+    assert result["num_gallery_images"] == 3
+    assert result["num_detections"] == 6  # whole-image boxes (score 0.1) below 0.5 dropped
+    assert result["gallery_dir"] == os.path.abspath(gallery)
+
+
+def test_direct_search_ranks_by_hand_similarities(setup):
+    out = str(setup["tmp"] / "direct")
+    result = search.main(["search", "--config-file", setup["config"], "--weights", setup["weights"],
+                          "--gallery", setup["gallery"], "--query-image", setup["query"],
+                          "--box", "0", "0", "20", "20", "--topk", "4", "--out", out])
+    _check_topk(result, setup["gallery"], 4)
+    with open(os.path.join(out, "topk.json")) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(result))
+    assert saved["query_box"] == [0.0, 0.0, 20.0, 20.0] and saved["index"] is None
+    assert os.path.getsize(os.path.join(out, "topk.png")) > 5000
+
+
+def test_index_then_query_gives_the_same_ranking(setup):
+    index_path = str(setup["tmp"] / "idx" / "index.pt")
+    index = search.main(["index", "--config-file", setup["config"], "--weights", setup["weights"],
+                         "--gallery", setup["gallery"], "--out", index_path])
+    saved = search.load_index(index_path)
+    assert saved["config_file"] == os.path.abspath(setup["config"])
+    assert saved["weights"] == os.path.abspath(setup["weights"])
+    assert [os.path.basename(p) for p in saved["images"]] == ["a.png", "b.png", "c.png"]
+    assert saved["image_index"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert saved["boxes"].tolist() == [BOXES["left"], BOXES["right"]] * 3
+    assert saved["embeddings"].shape == (6, 3)
+    assert torch.equal(saved["embeddings"], index["embeddings"])
+    out = str(setup["tmp"] / "q")
+    result = search.main(["query", "--index", index_path, "--query-image", setup["query"],
+                          "--box", "0", "0", "20", "20", "--topk", "6", "--out", out])
+    _check_topk(result, setup["gallery"], 6)
+    assert result["index"] == os.path.abspath(index_path)
+    assert os.path.isfile(os.path.join(out, "topk.png"))
+
+
+def test_weights_are_loaded(setup):
+    """Without the checkpoint's [1, 1, 0] the red channel would change the ranking."""
+    model = search.SearchModel(setup["config"], setup["weights"])
+    assert model.model.channel_weight.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_bad_inputs_raise_clear_errors(setup, tmp_path):
+    model = search.SearchModel(setup["config"], setup["weights"])
+    with pytest.raises(ValueError, match="query box"):
+        model.embed_query(setup["query"], [0, 0, 50, 20])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        search.build_index(model, str(empty))
+    with pytest.raises(FileNotFoundError, match="weights"):
+        search.SearchModel(setup["config"], str(tmp_path / "missing.pth"))
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"x": 1}, bogus)
+    with pytest.raises(ValueError, match="not a search index"):
+        search.load_index(str(bogus))
+    index = search.build_index(model, setup["gallery"])
+    with pytest.raises(ValueError, match="dims"):
+        search.rank(index, torch.ones(5), 3)
+
+
+def test_resize_reads_data_keys_then_falls_back():
+    cfg = get_cfg()
+    galw.add_galw_config(cfg)
+    assert search.inference_resize_sizes(cfg) == (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    cfg.INPUT.PS = CN({"TEST_SHORT_SIDE": 900, "TEST_LONG_SIDE": 1500})
+    assert search.inference_resize_sizes(cfg) == (900, 1500)
+
+
+def test_resize_fits_both_bounds():
+    """(w x h) at bounds (900, 1500): 3000x1000 -> 1500x500 (the long side binds);
+    1000x1200 -> 900x1080 (the short side binds)."""
+    from detectron2.data import transforms as T
+
+    aug = T.ResizeShortestEdge([900, 900], 1500)
+    assert aug.get_transform(np.zeros((1000, 3000, 3), np.uint8)).apply_image(
+        np.zeros((1000, 3000, 3), np.uint8)).shape[:2] == (500, 1500)
+    assert aug.get_transform(np.zeros((1200, 1000, 3), np.uint8)).apply_image(
+        np.zeros((1200, 1000, 3), np.uint8)).shape[:2] == (1080, 900)

@@ -1,0 +1,318 @@
+#!/usr/bin/env python
+"""Run the loss-weighting / grouping ablations (the paper's Tables 1-5) and tabulate them.
+
+    python tools/ablation.py --spec projects/GALW/configs/ablation/synthetic.yaml --out output/ablation
+    python tools/ablation.py ... --only equal galw_g4 --seeds 1 2     # a subset
+    python tools/ablation.py ... --dry-run                              # print the commands
+
+Runs train_net.py once per (variant, seed), sequentially, each in OUT/<variant>/seed<k>.
+A variant with ``groups_from`` reuses the Gamma history and initial weights of an earlier
+variant's first GALW training (one Algorithm-1 probe per seed for G = 2..6). Resumable:
+a run whose ablation_result.json exists is not run again. Writes OUT/ablation.md (mean and
+sample std of mAP and top-1 per variant) and OUT/ablation.json.
+"""
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+logger = logging.getLogger("galw.ablation")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_FILE = "ablation_result.json"
+
+
+# ---------------------------------------------------------------- the spec
+def load_spec(path):
+    """The ablation spec YAML (see projects/GALW/configs/ablation/synthetic.yaml), validated."""
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a mapping with base_config, seeds, variants")
+    for key in ("base_config", "seeds", "variants"):
+        if key not in spec:
+            raise ValueError(f"{path}: missing field {key!r}")
+    spec.setdefault("common_opts", [])
+    if not spec["seeds"] or not all(isinstance(s, int) for s in spec["seeds"]):
+        raise ValueError(f"{path}: 'seeds' must be a non-empty list of integers, got {spec['seeds']}")
+    seen = []
+    for i, v in enumerate(spec["variants"]):
+        if not isinstance(v, dict) or "name" not in v or "opts" not in v:
+            raise ValueError(f"{path}: variants[{i}] needs 'name' and 'opts'")
+        if v["name"] in seen:
+            raise ValueError(f"{path}: duplicate variant name {v['name']!r}")
+        if len(v["opts"]) % 2:
+            raise ValueError(f"{path}: variant {v['name']!r} has an odd number of opts (KEY VALUE pairs)")
+        v.setdefault("tables", [])
+        src = v.get("groups_from")
+        if src is not None:
+            missing = [k for k in ("variant", "groups_file", "num_groups") if k not in src]
+            if missing:
+                raise ValueError(f"{path}: variant {v['name']!r}: groups_from needs {missing}")
+            if src["variant"] not in seen:
+                raise ValueError(f"{path}: variant {v['name']!r}: groups_from.variant {src['variant']!r} "
+                                 "must be a variant listed before it")
+        seen.append(v["name"])
+    spec["_path"] = path
+    return spec
+
+
+def _variant(spec, name):
+    return next(v for v in spec["variants"] if v["name"] == name)
+
+
+def plan_runs(spec, out_root, only=None, seeds=None):
+    """The ordered runs: per seed, the variants in spec order (with --only, plus their groups_from sources)."""
+    out_root = os.path.abspath(out_root)
+    names = [v["name"] for v in spec["variants"]]
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"{spec['_path']}: no variant(s) named {unknown}")
+        wanted = set(only)
+        for v in reversed(spec["variants"]):  # sources come earlier in the list
+            if v["name"] in wanted and v.get("groups_from"):
+                wanted.add(v["groups_from"]["variant"])
+        names = [n for n in names if n in wanted]
+    seeds = list(seeds) if seeds else list(spec["seeds"])
+    runs = []
+    for seed in seeds:
+        for name in names:
+            v = _variant(spec, name)
+            run = {"name": name, "seed": seed, "out_dir": os.path.join(out_root, name, f"seed{seed}"),
+                   "opts": [str(o).replace("{seed}", str(seed)) for o in v["opts"]], "groups_from": None}
+            src = v.get("groups_from")
+            if src:
+                src_dir = os.path.join(out_root, src["variant"], f"seed{seed}")
+                run["groups_from"] = {
+                    "variant": src["variant"],
+                    "groups_file": os.path.join(src_dir, src["groups_file"]),
+                    "num_groups": int(src["num_groups"]),
+                    "init_weights": os.path.join(src_dir, src["init_weights"]) if src.get("init_weights") else None,
+                }
+            runs.append(run)
+    return runs
+
+
+def base_config_path(spec):
+    """The base config; a relative path is relative to the repository root."""
+    return spec["base_config"] if os.path.isabs(spec["base_config"]) else os.path.join(ROOT, spec["base_config"])
+
+
+def train_command(spec, run, python=sys.executable, extra_args=(), extra_opts=()):
+    """The train_net.py command line of one run."""
+    return [python, os.path.join(ROOT, "train_net.py"), "--config-file", base_config_path(spec), *extra_args,
+            "OUTPUT_DIR", run["out_dir"], "SEED", str(run["seed"]),
+            *[str(o) for o in spec["common_opts"]], *run["opts"], *extra_opts]
+
+
+def galw_group_tasks(history, num_groups, linkage):
+    """GALW's clustering of Gamma histories (CONTRACTS.md: galw.grouping.group_tasks)."""
+    from galw.grouping import group_tasks
+
+    return group_tasks(history, num_groups, linkage=linkage)
+
+
+def regroup_from_run(src, out_dir, group_tasks=galw_group_tasks):
+    """Groups for G = src["num_groups"] from another run's recorded Gamma history (Algorithm 1's
+    first training is shared by the G = 2..6 variants of one seed, as in the paper's Table 4).
+
+    Writes OUT_DIR/galw_groups_input.json (galw_groups.json format) and returns the config
+    overrides that train with those groups from the source run's initial weights.
+    """
+    if not os.path.isfile(src["groups_file"]):
+        raise FileNotFoundError(f"groups_from: {src['groups_file']} not found (did {src['variant']} finish?)")
+    with open(src["groups_file"]) as f:
+        probe = json.load(f)
+    for key in ("gamma_history", "linkage"):
+        if key not in probe:
+            raise ValueError(f"{src['groups_file']}: missing field {key!r}")
+    regrouped = dict(probe, groups=group_tasks(probe["gamma_history"], src["num_groups"], probe["linkage"]),
+                     num_groups=src["num_groups"], source=src["groups_file"])
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "galw_groups_input.json")
+    with open(path, "w") as f:
+        json.dump(regrouped, f, indent=2)
+    opts = ["MODEL.GALW.GROUPS_FILE", path]
+    if src["init_weights"]:
+        if not os.path.isfile(src["init_weights"]):
+            raise FileNotFoundError(f"groups_from: initial weights {src['init_weights']} not found")
+        opts += ["MODEL.WEIGHTS", src["init_weights"]]
+    return opts
+
+
+# ---------------------------------------------------------------- running
+def subprocess_runner(cmd, out_dir):
+    """Run one training; its output goes to OUT_DIR/ablation_log.txt. Returns the exit code."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "ablation_log.txt"), "a") as log:
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _pick(flat, suffix):
+    for key, value in flat.items():
+        if key == suffix or key.endswith("/" + suffix):
+            return float(value)
+    return None
+
+
+def collect_metrics(out_dir):
+    """{"mAP", "top1", "source"} of a finished run: its search JSON, else metrics.json's last eval line."""
+    inf = os.path.join(out_dir, "inference")
+    searches = sorted(f for f in os.listdir(inf) if f.startswith("search_") and f.endswith(".json")) \
+        if os.path.isdir(inf) else []
+    if len(searches) > 1:
+        raise ValueError(f"{inf}: several search JSONs {searches}; the ablation expects one test set")
+    if searches:
+        path = os.path.join(inf, searches[0])
+        with open(path) as f:
+            metrics = json.load(f).get("metrics", {})
+        if "search" not in metrics or not {"mAP", "top1"} <= set(metrics["search"]):
+            raise ValueError(f"{path}: expected metrics.search.mAP and metrics.search.top1")
+        return {"mAP": float(metrics["search"]["mAP"]), "top1": float(metrics["search"]["top1"]), "source": path}
+    path = os.path.join(out_dir, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        for rec in reversed(lines):
+            m_ap, top1 = _pick(rec, "search/mAP"), _pick(rec, "search/top1")
+            if m_ap is not None and top1 is not None:
+                return {"mAP": m_ap, "top1": top1, "source": path}
+    raise ValueError(f"{out_dir}: no inference/search_*.json and no search/mAP, search/top1 line in metrics.json")
+
+
+def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(), dry_run=False,
+                 group_tasks=galw_group_tasks):
+    """Run every planned run not already done; returns {"results": [...], "failed": [...]}."""
+    runs = plan_runs(spec, out_root, only, seeds)
+    if not dry_run and not os.path.isfile(base_config_path(spec)):
+        raise FileNotFoundError(f"{spec['_path']}: base_config {spec['base_config']!r} does not exist")
+    results, failed, done = [], [], set()
+    for i, run in enumerate(runs, 1):
+        result_path = os.path.join(run["out_dir"], RESULT_FILE)
+        tag = f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}"
+        src = run["groups_from"]
+        if dry_run:
+            extra = ["MODEL.GALW.GROUPS_FILE", "<regrouped from " + src["groups_file"] + ">"] if src else []
+            print(" ".join(train_command(spec, run, extra_args=extra_args, extra_opts=extra)))
+            continue
+        if os.path.isfile(result_path):
+            logger.info("%s: done before, reusing %s", tag, result_path)
+            with open(result_path) as f:
+                result = json.load(f)
+        else:
+            if src and (src["variant"], run["seed"]) not in done:
+                logger.error("%s: skipped, its groups_from run %s did not finish", tag, src["variant"])
+                failed.append({"name": run["name"], "seed": run["seed"],
+                               "reason": f"groups_from run {src['variant']} did not finish"})
+                continue
+            try:
+                extra = regroup_from_run(src, run["out_dir"], group_tasks) if src else []
+            except (OSError, ValueError) as e:
+                logger.error("%s: %s", tag, e)
+                failed.append({"name": run["name"], "seed": run["seed"], "reason": str(e)})
+                continue
+            cmd = train_command(spec, run, extra_args=extra_args, extra_opts=extra)
+            logger.info("%s: running -> %s", tag, run["out_dir"])
+            start = time.time()
+            code = runner(cmd, run["out_dir"])
+            if code != 0:
+                logger.error("%s: train_net.py exited with %d (log in %s)", tag, code, run["out_dir"])
+                failed.append({"name": run["name"], "seed": run["seed"], "reason": f"exit code {code}"})
+                continue
+            try:
+                metrics = collect_metrics(run["out_dir"])
+            except ValueError as e:
+                logger.error("%s: %s", tag, e)
+                failed.append({"name": run["name"], "seed": run["seed"], "reason": str(e)})
+                continue
+            result = {"name": run["name"], "seed": run["seed"], "command": cmd,
+                      "seconds": round(time.time() - start, 1), **metrics}
+            with open(result_path, "w") as f:
+                json.dump(result, f, indent=2)
+        done.add((run["name"], run["seed"]))
+        results.append(result)
+    if failed:
+        logger.warning("%d run(s) failed or were skipped: %s", len(failed),
+                       ", ".join(f"{f['name']}/seed{f['seed']}" for f in failed))
+    return {"results": results, "failed": failed}
+
+
+# ---------------------------------------------------------------- the table
+def mean_std(values):
+    """(mean, sample standard deviation with ddof=1, or None for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def aggregate(spec, results):
+    """Per variant in spec order: runs, seeds, mean and std of mAP and top-1 (variants with no result omitted)."""
+    rows = []
+    for v in spec["variants"]:
+        mine = sorted((r for r in results if r["name"] == v["name"]), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        m_ap, m_std = mean_std([r["mAP"] for r in mine])
+        t1, t_std = mean_std([r["top1"] for r in mine])
+        rows.append({"name": v["name"], "tables": v["tables"], "runs": len(mine), "seeds": [r["seed"] for r in mine],
+                     "mAP_mean": m_ap, "mAP_std": m_std, "top1_mean": t1, "top1_std": t_std,
+                     "mAP": [r["mAP"] for r in mine], "top1": [r["top1"] for r in mine]})
+    return rows
+
+
+def _cell(mean, std):
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(rows):
+    lines = ["| variant | paper tables | runs | mAP (%) | top-1 (%) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {', '.join(r['tables'])} | {r['runs']} | "
+                     f"{_cell(r['mAP_mean'], r['mAP_std'])} | {_cell(r['top1_mean'], r['top1_std'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(spec, outcome, out_root):
+    rows = aggregate(spec, outcome["results"])
+    os.makedirs(out_root, exist_ok=True)
+    note = ("Mean ± sample standard deviation (ddof=1) over seeds; a single run shows its value only.\n")
+    if outcome["failed"]:
+        note += f"Failed or skipped runs (not in the table): {len(outcome['failed'])}, see ablation.json.\n"
+    with open(os.path.join(out_root, "ablation.md"), "w") as f:
+        f.write(f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n")
+        f.write(markdown_table(rows) + "\n" + note)
+    with open(os.path.join(out_root, "ablation.json"), "w") as f:
+        json.dump({"spec": spec["_path"], "base_config": spec["base_config"], "variants": rows,
+                   "runs": outcome["results"], "failed": outcome["failed"]}, f, indent=2)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default=os.path.join(ROOT, "projects/GALW/configs/ablation/synthetic.yaml"))
+    parser.add_argument("--out", default="output/ablation", help="root folder of all runs and the tables")
+    parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
+    parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    spec = load_spec(args.spec)
+    extra = ["--num-gpus", str(args.num_gpus)] if args.num_gpus != 1 else []
+    outcome = run_ablation(spec, args.out, only=args.only, seeds=args.seeds, extra_args=extra, dry_run=args.dry_run)
+    if args.dry_run:
+        return outcome
+    rows = write_tables(spec, outcome, args.out)
+    print(markdown_table(rows))
+    print(f"wrote {os.path.join(args.out, 'ablation.md')} and ablation.json")
+    return outcome
+
+
+if __name__ == "__main__":
+    main()
