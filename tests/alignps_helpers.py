@@ -45,8 +45,8 @@ def small_branch_cfg():
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4"]
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.ALIGNPS.FPN_CHANNELS = 64
-    cfg.MODEL.ALIGNPS.NUM_CONVS = 2
+    cfg.MODEL.ALIGNPS.FPN_CHANNELS = 32
+    cfg.MODEL.ALIGNPS.NUM_CONVS = 1
     cfg.MODEL.ALIGNPS.OIM_QUEUE_SIZE = 16
     return cfg
 
