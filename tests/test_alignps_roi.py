@@ -136,3 +136,27 @@ def test_alignps_model_eval_contract(one_thread):
     with torch.no_grad():
         outputs = model([gallery, query])
     _check_contract(outputs, dim=32)
+
+
+def test_imagenet_res5_reaches_both_branches(tmp_path, one_thread):
+    """The ImageNet checkpoint's res5 initialises the NAE head's res5 AND AlignPS's own res5."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    cfg = tiny_cfg("roi_alignps_R18_synth_cpu.yaml")
+    full = cfg.clone()
+    full.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    torch.manual_seed(1)
+    resnet = build_resnet_backbone(full, ShapeSpec(channels=3))
+    path = str(tmp_path / "r18_d2.pth")
+    torch.save(resnet.state_dict(), path)
+    cfg.MODEL.PERSON_SEARCH.PRETRAINED = path
+    model = build_model(cfg)
+    ckpt = resnet.res5.state_dict()
+    for owner in ("branches.AlignPSBranch.res5", "branches.NAEBranch"):
+        res5 = dict(model.named_modules())[owner]
+        if owner.endswith("NAEBranch"):
+            res5 = next(m for n, m in res5.named_modules() if n.endswith("res5"))
+        for key, value in res5.state_dict().items():
+            assert torch.equal(value, ckpt[key]), (owner, key)
+    assert torch.equal(model.backbone.res4[0].conv1.weight, resnet.res4[0].conv1.weight)
