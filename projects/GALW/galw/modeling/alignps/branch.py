@@ -21,6 +21,7 @@ from torchvision.ops import nms, roi_align
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.logger import log_every_n_seconds
 
 from ..backbone import build_res5_stage, res5_out_channels
 from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
@@ -32,8 +33,6 @@ from .losses import BatchHardTripletLoss, distances_to_boxes, weighted_giou_loss
 from .targets import assign_targets, centerness_target, level_points
 
 __all__ = ["AlignPSBranch"]
-
-logger = logging.getLogger(__name__)
 
 EMBED_POOLINGS = ("center", "roi_average")
 
@@ -170,13 +169,23 @@ class AlignPSBranch(PersonSearchBranch):
         all_points = torch.cat(points, dim=0)
 
         matched, ltrb_t, pids = [], [], []
+        unassigned = 0
         for inst in gt_instances:
             m, t = assign_targets(points, self.strides, self.size_ranges, inst.gt_boxes.tensor, self.center_radius)
+            unassigned += len(inst) - int(m[m >= 0].unique().numel())
             matched.append(m)
             ltrb_t.append(t)
             p = inst.gt_pids.to(m.device)
             pids.append(torch.where(m >= 0, p[m.clamp(min=0)], torch.full_like(m, -2)))
         matched, ltrb_t, pids = torch.stack(matched), torch.stack(ltrb_t), torch.stack(pids)
+        if unassigned:
+            log_every_n_seconds(
+                logging.WARNING,
+                f"AlignPS: {unassigned} ground-truth boxes of this batch own no location (smaller than a "
+                "stride or outside every MODEL.ALIGNPS.SIZE_RANGES) and are not trained on",
+                n=60,
+                name=__name__,
+            )
         fg = matched >= 0
 
         logits = self._flatten(logits).squeeze(2)
