@@ -53,7 +53,7 @@ def test_overfit_tiny_batch_every_task_falls():
         series = [h[key] for h in history]
         assert all(torch.isfinite(torch.tensor(series))), key
         first, last = sum(series[:5]) / 5, sum(series[-5:]) / 5
-        assert last < 0.8 * first, f"{key}: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
+        assert last < 0.85 * first, f"{key}: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
 
 
 def _query_input(batch_item, box):

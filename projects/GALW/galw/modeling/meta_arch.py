@@ -124,18 +124,18 @@ class PersonSearch(nn.Module):
 
     @torch.no_grad()
     def _inference(self, batched_inputs, images, features) -> List[dict]:
+        query_boxes = [self._query_box(x, i) for i, x in enumerate(batched_inputs)]
         detector = self.branches[self.detector]
         embedder = self.branches[self.embedder]
         detections = detector.detect(images, features)
         if embedder is not detector:
             for inst, emb in zip(detections, embedder.embed(images, features, [d.pred_boxes for d in detections])):
                 inst.embeddings = emb
-        for name, branch in self.branches.items():
+        for branch in self.branches.values():
             if hasattr(branch, "predict_attributes"):
                 boxes = [d.pred_boxes for d in detections]
                 for inst, probs in zip(detections, branch.predict_attributes(images, features, boxes)):
                     inst.attribute_probs = probs
-        query_boxes = [self._query_box(x, i) for i, x in enumerate(batched_inputs)]
         query_embeddings = None
         if any(b is not None for b in query_boxes):
             empty = Boxes(torch.zeros((0, 4), device=self.device))
