@@ -4,6 +4,7 @@ from .oim import OIMLoss
 from .backbone import build_person_search_backbone, build_res5_stage, load_imagenet_weights
 from .nae import NAEBranch
 from .meta_arch import PersonSearch
+from . import alignps  # noqa: F401  (registers AlignPSBranch)
 
 __all__ = [
     "PS_BRANCH_REGISTRY",
