@@ -7,6 +7,7 @@
 """
 import logging
 import weakref
+from collections import OrderedDict
 
 import galw  # noqa: F401  (closes detectron2 gaps and registers the project's parts)
 import detectron2.utils.comm as comm
@@ -17,10 +18,35 @@ from detectron2.evaluation import verify_results
 
 from galw import add_galw_config
 from galw.checkpoint import AtomicCheckpointer
+from galw.data import build_person_search_train_loader
+from galw.evaluation import evaluate_person_search, is_person_search_dataset
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's data, evaluation and loss weighting."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if is_person_search_dataset(cfg.DATASETS.TRAIN[0]):
+            return build_person_search_train_loader(cfg)  # gt_pids (+ attributes), multi-scale
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Person-search galleries get the two-pass search protocol; other datasets detectron2's."""
+        person_search = [d for d in cfg.DATASETS.TEST if is_person_search_dataset(d)]
+        others = [d for d in cfg.DATASETS.TEST if d not in person_search]
+        results = OrderedDict()
+        for name in person_search:
+            results[name] = evaluate_person_search(cfg, model, name)
+        if others:
+            cfg_others = cfg.clone()
+            cfg_others.defrost()
+            cfg_others.DATASETS.TEST = tuple(others)
+            results.update(super().test(cfg_others, model, evaluators))
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return results
 
     def build_hooks(self):
         # Runs inside DefaultTrainer.__init__, before the checkpoint hook is built.

@@ -1,5 +1,11 @@
 """Person-search evaluation: the standard search and detection protocols."""
 from .evaluator import PersonSearchEvaluator
 from .inference import inference_person_search
+from .run import evaluate_person_search, is_person_search_dataset
 
-__all__ = ["PersonSearchEvaluator", "inference_person_search"]
+__all__ = [
+    "PersonSearchEvaluator",
+    "evaluate_person_search",
+    "inference_person_search",
+    "is_person_search_dataset",
+]
