@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
@@ -35,29 +35,41 @@ __all__ = ["NAEBranch", "NormAwareEmbedding", "NormAwareROIHeads", "oim_num_labe
 logger = logging.getLogger(__name__)
 
 
+def _train_num_pids(name):
+    """``num_pids`` of a train set; the person-search loaders fill it when the set is loaded.
+
+    The model is built before the train loader, so an unloaded registered set is loaded here
+    (parses are cached). A set that cannot be loaded (e.g. absent in an eval-only setup) gives None.
+    """
+    meta = MetadataCatalog.get(name)
+    if meta.get("num_pids") is None and name in DatasetCatalog.list():
+        try:
+            DatasetCatalog.get(name)
+        except (FileNotFoundError, OSError, ValueError) as e:
+            logger.warning("Could not load %s to read its num_pids: %s", name, e)
+    return MetadataCatalog.get(name).get("num_pids")  # loading replaces the metadata object
+
+
 def oim_num_labeled(cfg) -> int:
     """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED."""
     configured = cfg.MODEL.OIM.NUM_LABELED
-    from_metadata = [
-        MetadataCatalog.get(name).get("num_pids") for name in cfg.DATASETS.TRAIN
-    ]
-    known = [n for n in from_metadata if n is not None]
-    if len(known) > 1:
-        if configured <= 0:
-            raise ValueError(
-                f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} are several datasets with num_pids {from_metadata}: "
-                "their identity labels would overlap; set MODEL.OIM.NUM_LABELED to the size of a joint labelling"
-            )
-        return configured
-    if known:
-        if configured > 0 and configured != known[0]:
+    if configured > 0:
+        loaded = [MetadataCatalog.get(name).get("num_pids") for name in cfg.DATASETS.TRAIN]
+        if len(loaded) == 1 and loaded[0] is not None and loaded[0] != configured:
             raise ValueError(
                 f"MODEL.OIM.NUM_LABELED={configured} but the train dataset {cfg.DATASETS.TRAIN[0]!r} has "
-                f"num_pids={known[0]}; set it to 0 (use the metadata) or to {known[0]}"
+                f"num_pids={loaded[0]}; set it to 0 (use the metadata) or to {loaded[0]}"
             )
-        return int(known[0])
-    if configured > 0:
         return configured
+    from_metadata = [_train_num_pids(name) for name in cfg.DATASETS.TRAIN]
+    known = [n for n in from_metadata if n is not None]
+    if len(known) > 1:
+        raise ValueError(
+            f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} are several datasets with num_pids {from_metadata}: "
+            "their identity labels would overlap; set MODEL.OIM.NUM_LABELED to the size of a joint labelling"
+        )
+    if known:
+        return int(known[0])
     raise ValueError(
         f"OIM needs the number of labeled identities: no train dataset in DATASETS.TRAIN "
         f"{list(cfg.DATASETS.TRAIN)} has 'num_pids' metadata and MODEL.OIM.NUM_LABELED is {configured}"
