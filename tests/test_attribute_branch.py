@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
@@ -94,7 +94,7 @@ def test_branch_rejects_bad_labels():
             branch(None, feats, [instances([[10, 10, 50, 100]], [[1, 0, 1]])])
         bare = instances([[10, 10, 50, 100]], [[1, 0]])
         bare.remove("gt_attributes")
-        with pytest.raises(ValueError, match="no 'gt_attributes'.*DATASETS.ATTRIBUTES_FILE"):
+        with pytest.raises(ValueError, match="no 'gt_attributes'.*attributes.json in the dataset root"):
             branch(None, feats, [bare])
 
 
@@ -110,6 +110,24 @@ def test_config_checks_and_num_attributes_from_metadata():
     try:
         assert build_branch("AttributeBranch", cfg, SHAPES).num_attributes == 3
     finally:
+        MetadataCatalog.remove(name)
+
+
+def test_num_attributes_from_a_train_set_not_loaded_yet():
+    """As the data part does, the loader sets ``attribute_names``; building the branch triggers it."""
+    name = "galw_test_attribute_lazy"
+
+    def load():
+        MetadataCatalog.get(name).set(attribute_names=["hat", "bag", "long_sleeves", "backpack", "skirt"])
+        return []
+
+    DatasetCatalog.register(name, load)
+    cfg = small_cfg(num_attributes=0)
+    cfg.DATASETS.TRAIN = (name,)
+    try:
+        assert build_branch("AttributeBranch", cfg, SHAPES).num_attributes == 5
+    finally:
+        DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
 
 
