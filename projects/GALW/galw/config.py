@@ -43,6 +43,41 @@ def _add_nae_config(cfg):
 
 def _add_alignps_config(cfg):
     """The anchor-free AlignPS branch (AFA FPN, FCOS head, dense re-id)."""
+    cfg.MODEL.ALIGNPS = CN()
+    # Shared-backbone outputs the branch reads, finer first; the second feeds the branch's own res5.
+    cfg.MODEL.ALIGNPS.IN_FEATURES = ["res3", "res4"]
+    # Channels of the AFA maps, which are also the dense re-id embedding dimension.
+    cfg.MODEL.ALIGNPS.FPN_CHANNELS = 256
+    # Conv layers in each of the head's classification and box towers.
+    cfg.MODEL.ALIGNPS.NUM_CONVS = 4
+    # Normalisation in the head towers (detectron2 get_norm name; "" for none).
+    cfg.MODEL.ALIGNPS.HEAD_NORM = "GN"
+    # One [lo, hi] max-regression-distance range per output level P3, P4, P5 (1 to 3 levels).
+    # AlignPS gives every size to P3 ("scale alignment"); FCOS style: [[-1, 64], [64, 128], [128, 1e8]].
+    cfg.MODEL.ALIGNPS.SIZE_RANGES = [[-1.0, 1e8]]
+    # Center sampling: positives lie within radius * stride of the box centre.
+    cfg.MODEL.ALIGNPS.CENTER_SAMPLING_RADIUS = 1.5
+    # Initial foreground probability of the classification logits.
+    cfg.MODEL.ALIGNPS.PRIOR_PROB = 0.01
+    # Sigmoid focal loss parameters (t6).
+    cfg.MODEL.ALIGNPS.FOCAL_ALPHA = 0.25
+    cfg.MODEL.ALIGNPS.FOCAL_GAMMA = 2.0
+    # The branch's own OIM memory (t9); the number of identities is MODEL.OIM.NUM_LABELED.
+    cfg.MODEL.ALIGNPS.OIM_QUEUE_SIZE = 5000
+    cfg.MODEL.ALIGNPS.OIM_MOMENTUM = 0.5
+    cfg.MODEL.ALIGNPS.OIM_TEMPERATURE = 15.0
+    # Batch-hard triplet margin (t10) and whether the OIM table rows of the batch's identities join the batch.
+    cfg.MODEL.ALIGNPS.TRIPLET_MARGIN = 0.3
+    cfg.MODEL.ALIGNPS.TRIPLET_WITH_LUT = True
+    # Inference: candidates with sigmoid(cls) above this; final score = sigmoid(cls) * sigmoid(centerness).
+    cfg.MODEL.ALIGNPS.SCORE_THRESH_TEST = 0.05
+    # Candidates kept per image before NMS (by final score).
+    cfg.MODEL.ALIGNPS.PRE_NMS_TOPK_TEST = 1000
+    cfg.MODEL.ALIGNPS.NMS_THRESH_TEST = 0.5
+    cfg.MODEL.ALIGNPS.DETECTIONS_PER_IMAGE = 100
+    # How embed() reads a given box from the dense map: "center" (location at the box centre on the
+    # level owning its size) or "roi_average" (RoIAlign average over the box on P3).
+    cfg.MODEL.ALIGNPS.EMBED_POOLING = "center"
 
 
 def _add_attribute_config(cfg):

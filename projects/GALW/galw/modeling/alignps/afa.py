@@ -1,0 +1,72 @@
+"""AFA: the aligned feature aggregation neck of AlignPS (an FPN with deformable laterals).
+
+AlignPS replaces the FPN's 1x1 laterals and 3x3 output convs with 3x3 deformable
+convolutions so that features are sampled where the person is rather than on a
+fixed grid, and it merges coarser levels into finer ones by CONCATENATION (not sum)
+before the output conv. The finest output (P3, stride 8) is the map used for both
+detection and re-id in the paper ("scale alignment").
+"""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import DeformConv2d
+
+__all__ = ["DeformConvWithOffsets", "AFAFPN"]
+
+
+class DeformConvWithOffsets(nn.Module):
+    """A 3x3 deformable conv whose sampling offsets are predicted from its input by a conv.
+
+    The offset conv starts at zero, so the layer starts as a plain conv and learns to
+    deform (torchvision's DeformConv2d: no compiled detectron2 op is needed).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        pad = kernel_size // 2
+        self.offset = nn.Conv2d(in_channels, 2 * kernel_size * kernel_size, kernel_size, padding=pad)
+        self.conv = DeformConv2d(in_channels, out_channels, kernel_size, padding=pad)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        nn.init.xavier_uniform_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, self.offset(x))
+
+
+class AFAFPN(nn.Module):
+    """Deformable laterals on every input level, top-down concatenation, deformable outputs.
+
+    Args:
+        in_channels: channels of the input maps, finest first (res3, res4, res5).
+        out_channels: channels of every lateral and output map.
+        num_outs: how many output levels to build, finest first (1 = P3 only, as AlignPS
+            infers; 3 = P3, P4, P5 for FCOS-style multi-level assignment).
+    Output level ``i`` sees the concatenation of lateral ``i`` and the upsampled
+    aggregate of all coarser levels, i.e. ``(L - i) * out_channels`` channels.
+    """
+
+    def __init__(self, in_channels: List[int], out_channels: int, num_outs: int):
+        super().__init__()
+        if not 1 <= num_outs <= len(in_channels):
+            raise ValueError(
+                f"AFAFPN: num_outs must be in [1, {len(in_channels)}] (one per input level); got {num_outs}"
+            )
+        num_in = len(in_channels)
+        self.out_channels = out_channels
+        self.laterals = nn.ModuleList(DeformConvWithOffsets(c, out_channels) for c in in_channels)
+        self.outputs = nn.ModuleList(
+            DeformConvWithOffsets((num_in - i) * out_channels, out_channels) for i in range(num_outs)
+        )
+
+    def forward(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        if len(inputs) != len(self.laterals):
+            raise ValueError(f"AFAFPN expects {len(self.laterals)} input maps; got {len(inputs)}")
+        merged = [lateral(x) for lateral, x in zip(self.laterals, inputs)]
+        for i in range(len(merged) - 1, 0, -1):
+            up = F.interpolate(merged[i], size=merged[i - 1].shape[-2:], mode="nearest")
+            merged[i - 1] = torch.cat([merged[i - 1], up], dim=1)
+        return [conv(merged[i]) for i, conv in enumerate(self.outputs)]

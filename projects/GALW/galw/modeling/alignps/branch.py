@@ -1,0 +1,324 @@
+"""``AlignPSBranch``: the anchor-free AlignPS person-search branch (tasks t6..t10).
+
+Own res5 stage on the shared res4 -> AFA neck over (res3, res4, res5) -> FCOS dense
+head; the AFA map itself (minus its per-image spatial mean, as the reference's
+"sub" variant) is the dense re-id embedding, so detection and re-id read the same
+aligned features. Training returns one key per task:
+``loss_aps_cls`` (focal), ``loss_aps_box`` (GIoU), ``loss_aps_ctr`` (centerness BCE),
+``loss_aps_oim`` (OIM) and ``loss_aps_tri`` (batch-hard triplet), all on the
+locations that target assignment makes positive.
+"""
+import logging
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from fvcore.nn import sigmoid_focal_loss
+from torch import nn
+from torchvision.ops import nms, roi_align
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
+from detectron2.structures import Boxes, ImageList, Instances
+
+from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
+from ..oim import OIMLoss
+from .afa import AFAFPN
+from .head import DenseHead
+from .losses import BatchHardTripletLoss, distances_to_boxes, weighted_giou_loss
+from .targets import assign_targets, centerness_target, level_points
+
+__all__ = ["AlignPSBranch", "build_res5_stage"]
+
+logger = logging.getLogger(__name__)
+
+EMBED_POOLINGS = ("center", "roi_average")
+
+
+def build_res5_stage(cfg, in_channels: int) -> nn.Sequential:
+    """The branch's own res5 (stride 2 on res4), shaped like the backbone's ResNet depth.
+
+    Named ``res5`` inside the branch so that ImageNet checkpoints' ``res5.*`` weights
+    reach it through detectron2's suffix matching.
+    """
+    depth = cfg.MODEL.RESNETS.DEPTH
+    num_blocks = {18: 2, 34: 3, 50: 3, 101: 3, 152: 3}
+    if depth not in num_blocks:
+        raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(num_blocks)} for the AlignPS res5; got {depth}")
+    norm = cfg.MODEL.RESNETS.NORM
+    out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
+    common = dict(in_channels=in_channels, out_channels=out_channels, stride_per_block=[2] + [1] * (num_blocks[depth] - 1), norm=norm)
+    if depth in (18, 34):
+        blocks = ResNet.make_stage(BasicBlock, num_blocks[depth], **common)
+    else:
+        blocks = ResNet.make_stage(
+            BottleneckBlock,
+            num_blocks[depth],
+            bottleneck_channels=cfg.MODEL.RESNETS.NUM_GROUPS * cfg.MODEL.RESNETS.WIDTH_PER_GROUP * 8,
+            num_groups=cfg.MODEL.RESNETS.NUM_GROUPS,
+            stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1,
+            dilation=1,
+            **common,
+        )
+    return nn.Sequential(*blocks)
+
+
+def _mean_over_ranks(value: float) -> float:
+    """Average a count over data-parallel ranks (FCOS normalises by the global positive count)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([value], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        value = t.item() / dist.get_world_size()
+    return value
+
+
+@PS_BRANCH_REGISTRY.register()
+class AlignPSBranch(PersonSearchBranch):
+    """The anchor-free person-search branch of AlignPS (Yan et al., CVPR 2021)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_features: List[str],
+        res5: nn.Module,
+        afa: AFAFPN,
+        head: DenseHead,
+        oim: OIMLoss,
+        triplet: BatchHardTripletLoss,
+        strides: List[int],
+        size_ranges: List[List[float]],
+        center_radius: float,
+        focal_alpha: float,
+        focal_gamma: float,
+        triplet_with_lut: bool,
+        score_thresh: float,
+        pre_nms_topk: int,
+        nms_thresh: float,
+        max_detections: int,
+        embed_pooling: str,
+    ):
+        super().__init__()
+        if embed_pooling not in EMBED_POOLINGS:
+            raise ValueError(f"MODEL.ALIGNPS.EMBED_POOLING must be one of {EMBED_POOLINGS}; got {embed_pooling!r}")
+        self.in_features = in_features
+        self.res5 = res5
+        self.afa = afa
+        self.head = head
+        self.oim = oim
+        self.triplet = triplet
+        self.strides = strides
+        self.size_ranges = size_ranges
+        self.center_radius = center_radius
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.triplet_with_lut = triplet_with_lut
+        self.score_thresh = score_thresh
+        self.pre_nms_topk = pre_nms_topk
+        self.nms_thresh = nms_thresh
+        self.max_detections = max_detections
+        self.embed_pooling = embed_pooling
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        a = cfg.MODEL.ALIGNPS
+        in_features = list(a.IN_FEATURES)
+        if len(in_features) != 2 or any(f not in input_shape for f in in_features):
+            raise ValueError(
+                f"MODEL.ALIGNPS.IN_FEATURES must name two backbone outputs (finer first, the second feeds the "
+                f"branch's res5), e.g. ['res3', 'res4']; got {in_features} (backbone outputs {sorted(input_shape)})"
+            )
+        fine, coarse = input_shape[in_features[0]], input_shape[in_features[1]]
+        res5 = build_res5_stage(cfg, coarse.channels)
+        res5_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
+        size_ranges = [list(map(float, r)) for r in a.SIZE_RANGES]
+        if not 1 <= len(size_ranges) <= 3 or any(len(r) != 2 for r in size_ranges):
+            raise ValueError(
+                f"MODEL.ALIGNPS.SIZE_RANGES must hold 1 to 3 [lo, hi] pairs (P3, P4, P5); got {a.SIZE_RANGES}"
+            )
+        all_strides = [fine.stride, coarse.stride, coarse.stride * 2]
+        strides = all_strides[: len(size_ranges)]
+        channels = a.FPN_CHANNELS
+        return {
+            "in_features": in_features,
+            "res5": res5,
+            "afa": AFAFPN([fine.channels, coarse.channels, res5_channels], channels, len(size_ranges)),
+            "head": DenseHead(channels, a.NUM_CONVS, a.HEAD_NORM, strides, a.PRIOR_PROB),
+            "oim": OIMLoss(
+                channels, cfg.MODEL.OIM.NUM_LABELED, a.OIM_QUEUE_SIZE, a.OIM_MOMENTUM, a.OIM_TEMPERATURE
+            ),
+            "triplet": BatchHardTripletLoss(a.TRIPLET_MARGIN),
+            "strides": strides,
+            "size_ranges": size_ranges,
+            "center_radius": a.CENTER_SAMPLING_RADIUS,
+            "focal_alpha": a.FOCAL_ALPHA,
+            "focal_gamma": a.FOCAL_GAMMA,
+            "triplet_with_lut": a.TRIPLET_WITH_LUT,
+            "score_thresh": a.SCORE_THRESH_TEST,
+            "pre_nms_topk": a.PRE_NMS_TOPK_TEST,
+            "nms_thresh": a.NMS_THRESH_TEST,
+            "max_detections": a.DETECTIONS_PER_IMAGE,
+            "embed_pooling": a.EMBED_POOLING,
+        }
+
+    # ------------------------------------------------------------------ features
+    def dense_features(self, features: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+        """AFA maps (finest first) minus their per-image spatial mean; also the embedding maps."""
+        fine, coarse = (features[f] for f in self.in_features)
+        maps = self.afa([fine, coarse, self.res5(coarse)])
+        return [m - m.mean(dim=(2, 3), keepdim=True) for m in maps]
+
+    @staticmethod
+    def _flatten(maps: List[torch.Tensor]) -> torch.Tensor:
+        """Per-level [N, C, H, W] -> [N, sum(HW), C] (level-major, row-major locations)."""
+        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+
+    # ------------------------------------------------------------------ training
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        gt_instances: Optional[List[Instances]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        if not self.training:
+            raise RuntimeError("AlignPSBranch.forward computes training losses; use detect()/embed() in eval")
+        if gt_instances is None:
+            raise ValueError("AlignPSBranch.forward needs gt_instances (gt_boxes, gt_pids) in training")
+        for i, inst in enumerate(gt_instances):
+            if not inst.has("gt_pids"):
+                raise ValueError(f"AlignPSBranch: training instances of image {i} have no 'gt_pids' field")
+        maps = self.dense_features(features)
+        logits, dists, ctrs = self.head(maps)
+        points = level_points([m.shape[-2:] for m in maps], self.strides, device=maps[0].device)
+        all_points = torch.cat(points, dim=0)
+
+        matched, ltrb_t, pids = [], [], []
+        for inst in gt_instances:
+            m, t = assign_targets(points, self.strides, self.size_ranges, inst.gt_boxes.tensor, self.center_radius)
+            matched.append(m)
+            ltrb_t.append(t)
+            p = inst.gt_pids.to(m.device)
+            pids.append(torch.where(m >= 0, p[m.clamp(min=0)], torch.full_like(m, -2)))
+        matched, ltrb_t, pids = torch.stack(matched), torch.stack(ltrb_t), torch.stack(pids)
+        fg = matched >= 0
+
+        logits = self._flatten(logits).squeeze(2)
+        dists = self._flatten(dists)
+        ctrs = self._flatten(ctrs).squeeze(2)
+        embeds = self._flatten(maps)
+
+        num_pos = int(fg.sum())
+        num_pos_avg = max(_mean_over_ranks(float(num_pos)), 1.0)
+        loss_cls = sigmoid_focal_loss(
+            logits, fg.to(logits.dtype), alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        ) / num_pos_avg
+
+        pos_points = all_points[None].expand(len(gt_instances), -1, -1)[fg]
+        pos_ltrb = ltrb_t[fg]
+        pos_ctr_t = centerness_target(pos_ltrb)
+        ctr_norm = max(_mean_over_ranks(float(pos_ctr_t.sum())), 1e-6)
+        if num_pos > 0:
+            loss_box = weighted_giou_loss(
+                distances_to_boxes(pos_points, dists[fg]), distances_to_boxes(pos_points, pos_ltrb), pos_ctr_t, ctr_norm
+            )
+        else:
+            loss_box = dists.sum() * 0.0
+        loss_ctr = F.binary_cross_entropy_with_logits(ctrs[fg], pos_ctr_t, reduction="sum") / num_pos_avg
+
+        pos_embeds = embeds[fg]
+        pos_pids = pids[fg]
+        loss_tri = self._triplet_loss(pos_embeds, pos_pids)
+        loss_oim = self.oim(pos_embeds, pos_pids)
+        return {
+            "loss_aps_cls": loss_cls,
+            "loss_aps_box": loss_box,
+            "loss_aps_ctr": loss_ctr,
+            "loss_aps_oim": loss_oim,
+            "loss_aps_tri": loss_tri,
+        }
+
+    def _triplet_loss(self, embeds: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        """Batch-hard triplet over labeled positive locations, plus (as the reference's
+        ``triqueue``) the OIM lookup-table rows of the identities in the batch as extra samples.
+        Must run before OIM updates its table with this batch."""
+        if not self.triplet_with_lut:
+            return self.triplet(embeds, pids)
+        ids = pids[pids >= 0].unique()
+        rows = self.oim.lookup_table[ids].detach()
+        known = rows.norm(dim=1) > 0
+        return self.triplet(
+            torch.cat([embeds, rows[known].to(embeds.dtype)]), torch.cat([pids, ids[known]])
+        )
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def detect(self, images: ImageList, features: Dict[str, torch.Tensor]) -> List[Instances]:
+        """Boxes (input scale) with ``scores`` = sigmoid(cls) * sigmoid(centerness) and the
+        L2-normalised embedding of the location that predicted each box."""
+        maps = self.dense_features(features)
+        logits, dists, ctrs = self.head(maps)
+        points = torch.cat(level_points([m.shape[-2:] for m in maps], self.strides, device=maps[0].device))
+        logits = self._flatten(logits).squeeze(2).sigmoid()
+        ctrs = self._flatten(ctrs).squeeze(2).sigmoid()
+        dists = self._flatten(dists)
+        embeds = self._flatten(maps)
+        results = []
+        for i, image_size in enumerate(images.image_sizes):
+            keep = torch.nonzero(logits[i] > self.score_thresh).squeeze(1)
+            scores = logits[i, keep] * ctrs[i, keep]
+            if keep.numel() > self.pre_nms_topk:
+                scores, order = scores.topk(self.pre_nms_topk)
+                keep = keep[order]
+            boxes = Boxes(distances_to_boxes(points[keep], dists[i, keep]))
+            boxes.clip(image_size)
+            kept = nms(boxes.tensor, scores, self.nms_thresh)[: self.max_detections]
+            inst = Instances(image_size)
+            inst.pred_boxes = boxes[kept]
+            inst.scores = scores[kept]
+            inst.pred_classes = torch.zeros_like(kept)
+            inst.embeddings = F.normalize(embeds[i, keep[kept]], dim=1)
+            results.append(inst)
+        return results
+
+    @torch.no_grad()
+    def embed(self, images: ImageList, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> List[torch.Tensor]:
+        """Embeddings of given boxes read from the dense map.
+
+        ``center`` (default): the location nearest the box centre on the level whose size
+        range owns the box (half its longer side), i.e. where training puts the box's
+        positives. ``roi_average``: RoIAlign-average of the finest (P3) map over the box.
+        """
+        maps = self.dense_features(features)
+        out = []
+        for i, b in enumerate(boxes):
+            t = b.tensor.to(maps[0].device)
+            if t.numel() == 0:
+                out.append(maps[0].new_zeros((0, maps[0].shape[1])))
+                continue
+            if self.embed_pooling == "roi_average":
+                rois = torch.cat([t.new_full((t.shape[0], 1), float(i)), t], dim=1)
+                pooled = roi_align(maps[0], rois, (7, 7), spatial_scale=1.0 / self.strides[0], aligned=True)
+                out.append(F.normalize(pooled.mean(dim=(2, 3)), dim=1))
+                continue
+            out.append(F.normalize(self._center_embeddings(maps, i, t), dim=1))
+        return out
+
+    def _center_embeddings(self, maps: List[torch.Tensor], image_index: int, boxes: torch.Tensor) -> torch.Tensor:
+        half = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
+        level = torch.zeros_like(half, dtype=torch.long)
+        for l in range(len(self.size_ranges) - 1, -1, -1):
+            lo, hi = self.size_ranges[l]
+            level[(half >= lo) & (half <= hi)] = l
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        rows = []
+        for j in range(boxes.shape[0]):
+            m = maps[int(level[j])][image_index]
+            s = self.strides[int(level[j])]
+            col = int(torch.round((cx[j] - s // 2) / s).clamp(0, m.shape[2] - 1))
+            row = int(torch.round((cy[j] - s // 2) / s).clamp(0, m.shape[1] - 1))
+            rows.append(m[:, row, col])
+        return torch.stack(rows)

@@ -1,0 +1,109 @@
+"""The AlignPS branch on a shared R-18 trunk: its 5 losses train, detect/embed outputs."""
+import pytest
+import torch
+
+from detectron2.modeling import build_backbone
+from detectron2.structures import Boxes
+
+from alignps_helpers import normalized_images, small_branch_cfg, synthetic_batch
+from galw.modeling import build_branch
+
+APS_KEYS = {"loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Backbone + AlignPS branch trained 25 steps on the synthetic batch; the loss history."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the shared CPU: one thread is several times faster than two under load
+    torch.manual_seed(0)
+    cfg = small_branch_cfg()
+    backbone = build_backbone(cfg)
+    branch = build_branch("AlignPSBranch", cfg, backbone.output_shape())
+    params = list(backbone.parameters()) + list(branch.parameters())
+    opt = torch.optim.SGD(params, lr=0.02, momentum=0.9)
+    batch = synthetic_batch()
+    images = normalized_images(cfg, batch)
+    gts = [b["instances"] for b in batch]
+    history = []
+    for _ in range(25):
+        losses = branch(images, backbone(images.tensor), gts)
+        history.append({k: v.item() for k, v in losses.items()})
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+    backbone.eval()
+    branch.eval()
+    yield cfg, backbone, branch, images, gts, history
+    torch.set_num_threads(threads)
+
+
+def test_losses_one_key_per_task_finite_and_falling(trained):
+    *_, history = trained
+    assert set(history[0]) == APS_KEYS
+    for key in APS_KEYS:
+        values = torch.tensor([h[key] for h in history])
+        assert torch.isfinite(values).all(), key
+        assert values[-5:].mean() < values[:3].mean(), (key, values.tolist())
+
+
+def test_branch_owns_res5_and_reads_res3_res4(trained):
+    cfg, backbone, branch, *_ = trained
+    assert set(backbone.output_shape()) == {"res3", "res4"}
+    # R-18 res5: 2 BasicBlocks, 512 channels, stride 2 on res4
+    assert len(branch.res5) == 2 and branch.res5[0].out_channels == 512
+    assert len(branch.afa.outputs) == 1  # AlignPS: P3 owns every size (SIZE_RANGES default)
+
+
+def test_detect_gives_boxes_scores_normalized_embeddings(trained):
+    _, backbone, branch, images, gts, _ = trained
+    with torch.no_grad():
+        dets = branch.detect(images, backbone(images.tensor))
+    assert len(dets) == 2
+    for inst, gt in zip(dets, gts):
+        assert inst.image_size == (96, 128)
+        n = len(inst)
+        assert n >= 1 and inst.scores.shape == (n,) and inst.embeddings.shape == (n, 32)
+        assert torch.allclose(inst.embeddings.norm(dim=1), torch.ones(n), atol=1e-5)
+        assert (inst.scores[:-1] >= inst.scores[1:]).all()  # NMS output is score-sorted
+        b = inst.pred_boxes.tensor
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= 128).all() and (b[:, 3] <= 96).all()
+
+
+def test_embed_center_and_roi_average(trained):
+    _, backbone, branch, images, gts, _ = trained
+    feats = backbone(images.tensor)
+    boxes = [g.gt_boxes for g in gts]
+    with torch.no_grad():
+        center = branch.embed(images, feats, boxes)
+        maps = branch.dense_features(feats)
+    assert [tuple(e.shape) for e in center] == [(3, 32), (3, 32)]
+    # "center": the P3 location nearest the box centre; box 0 of image 0 has centre (22, 42)
+    # -> column round((22 - 4) / 8) = 2, row round((42 - 4) / 8) = 5
+    expected = torch.nn.functional.normalize(maps[0][0, :, 5, 2], dim=0)
+    assert torch.allclose(center[0][0], expected, atol=1e-5)
+    branch.embed_pooling = "roi_average"
+    try:
+        with torch.no_grad():
+            roi = branch.embed(images, feats, boxes + [])
+            empty = branch.embed(images, feats, [Boxes(torch.zeros((0, 4))), boxes[1]])
+    finally:
+        branch.embed_pooling = "center"
+    assert torch.allclose(roi[0].norm(dim=1), torch.ones(3), atol=1e-5)
+    assert empty[0].shape == (0, 32)
+    # same identity (pid 1) in both images is closer than different identities
+    sim = center[0] @ center[1].t()
+    assert sim[1, 0] > sim[1, 1]
+
+
+def test_bad_config_names_the_key():
+    cfg = small_branch_cfg()
+    backbone = build_backbone(cfg)
+    cfg.MODEL.ALIGNPS.EMBED_POOLING = "max"
+    with pytest.raises(ValueError, match="EMBED_POOLING"):
+        build_branch("AlignPSBranch", cfg, backbone.output_shape())
+    cfg.MODEL.ALIGNPS.EMBED_POOLING = "center"
+    cfg.MODEL.ALIGNPS.IN_FEATURES = ["res4"]
+    with pytest.raises(ValueError, match="IN_FEATURES"):
+        build_branch("AlignPSBranch", cfg, backbone.output_shape())
