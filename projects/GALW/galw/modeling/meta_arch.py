@@ -1,0 +1,157 @@
+"""``PersonSearch``: one shared backbone feeding one or more person-search branches.
+
+Training returns the branches' losses merged into ONE flat dict with one key per
+task (a key that two branches both produce is an error, never a silent sum), so
+loss weighting (GALW) sees every task apart. Inference follows the model eval
+contract: per input, ``instances`` in original image coordinates with
+``pred_boxes``, ``scores`` and unit-norm ``embeddings``; query inputs (with
+``query_instances``) also get ``query_embedding``, the embedding of the given box.
+"""
+import logging
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+
+from .backbone import load_imagenet_weights
+from .branch import PersonSearchBranch, build_branch
+
+__all__ = ["PersonSearch"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class PersonSearch(nn.Module):
+    """Shared trunk (stem..res4) + branches from ``MODEL.PERSON_SEARCH.BRANCHES``."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        branches: Dict[str, PersonSearchBranch],
+        detector: str,
+        embedder: str,
+        pixel_mean,
+        pixel_std,
+        size_divisibility: int = 32,
+        input_format: str = "BGR",
+        pretrained: str = "",
+        stride_in_1x1: bool = True,
+    ):
+        """``pretrained``: ImageNet ResNet checkpoint copied into the trunk and every branch's
+        ``res5`` once the model is built (see ``galw.modeling.backbone``); "" = random init."""
+        super().__init__()
+        for role, name in (("DETECTOR", detector), ("EMBEDDER", embedder)):
+            if name not in branches:
+                raise ValueError(
+                    f"MODEL.PERSON_SEARCH.{role} = {name!r} is not among MODEL.PERSON_SEARCH.BRANCHES {list(branches)}"
+                )
+        self.backbone = backbone
+        self.branches = nn.ModuleDict(branches)
+        self.detector = detector
+        self.embedder = embedder
+        self.size_divisibility = size_divisibility
+        self.input_format = input_format
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        if pretrained:
+            load_imagenet_weights(self, pretrained, stride_in_1x1=stride_in_1x1, input_format=input_format)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        names = list(cfg.MODEL.PERSON_SEARCH.BRANCHES)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"MODEL.PERSON_SEARCH.BRANCHES must name distinct branches; got {names}")
+        branches = {name: build_branch(name, cfg, backbone.output_shape()) for name in names}
+        return {
+            "backbone": backbone,
+            "branches": branches,
+            "detector": cfg.MODEL.PERSON_SEARCH.DETECTOR,
+            "embedder": cfg.MODEL.PERSON_SEARCH.EMBEDDER,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": max(cfg.MODEL.PERSON_SEARCH.SIZE_DIVISIBILITY, backbone.size_divisibility),
+            "input_format": cfg.INPUT.FORMAT,
+            "pretrained": cfg.MODEL.PERSON_SEARCH.PRETRAINED,
+            "stride_in_1x1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
+        """Normalise and pad the images (in ``INPUT.FORMAT`` channel order)."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[dict]):
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        if self.training:
+            return self._losses(batched_inputs, images, features)
+        return self._inference(batched_inputs, images, features)
+
+    def _losses(self, batched_inputs, images, features) -> Dict[str, torch.Tensor]:
+        gt_instances = []
+        for i, x in enumerate(batched_inputs):
+            inst = x.get("instances")
+            if inst is None or not inst.has("gt_boxes") or not inst.has("gt_pids"):
+                raise ValueError(
+                    f"training input {i} ({x.get('file_name', 'no file_name')}): 'instances' with gt_boxes, "
+                    "gt_classes and gt_pids are required (PersonSearchDatasetMapper in training mode)"
+                )
+            gt_instances.append(inst.to(self.device))
+        losses, owner = {}, {}
+        for name, branch in self.branches.items():
+            for key, value in branch(images, features, gt_instances).items():
+                if key in losses:
+                    raise KeyError(
+                        f"loss key {key!r} is produced by both {owner[key]} and {name}; every task needs its own key"
+                    )
+                losses[key], owner[key] = value, name
+        return losses
+
+    @torch.no_grad()
+    def _inference(self, batched_inputs, images, features) -> List[dict]:
+        detector = self.branches[self.detector]
+        embedder = self.branches[self.embedder]
+        detections = detector.detect(images, features)
+        if embedder is not detector:
+            for inst, emb in zip(detections, embedder.embed(images, features, [d.pred_boxes for d in detections])):
+                inst.embeddings = emb
+        query_boxes = [self._query_box(x, i) for i, x in enumerate(batched_inputs)]
+        query_embeddings = None
+        if any(b is not None for b in query_boxes):
+            empty = Boxes(torch.zeros((0, 4), device=self.device))
+            query_embeddings = embedder.embed(
+                images, features, [b if b is not None else empty for b in query_boxes]
+            )
+        outputs = []
+        for i, (x, inst, image_size) in enumerate(zip(batched_inputs, detections, images.image_sizes)):
+            height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
+            out = {"instances": detector_postprocess(inst, height, width)}
+            if query_boxes[i] is not None:
+                out["query_embedding"] = query_embeddings[i][0]
+            outputs.append(out)
+        return outputs
+
+    def _query_box(self, x: dict, index: int):
+        """The single query box of a query input (input scale), or None for a gallery input."""
+        query = x.get("query_instances")
+        if query is None:
+            return None
+        if not isinstance(query, Instances) or not query.has("gt_boxes") or len(query) != 1:
+            raise ValueError(
+                f"query input {index} ({x.get('file_name', 'no file_name')}): 'query_instances' must be "
+                f"Instances holding exactly one gt_boxes entry; got {query!r}"
+            )
+        return query.gt_boxes.to(self.device)

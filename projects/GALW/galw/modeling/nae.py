@@ -1,0 +1,299 @@
+"""The NAE branch: Norm-Aware Embedding person search (Chen et al., CVPR 2020) on res4.
+
+A detectron2 RPN proposes boxes on the shared res4 map; the ROI head ROI-aligns res4
+(14x14), runs the branch's OWN res5 and max-pools both maps. A 256-d embedding is
+projected from the two pooled vectors; its NORM, rescaled by a 1-d BatchNorm, is the
+person/background logit (BCE) and its ANGLE is the identity (OIM on the normalised
+embedding). Boxes are refined from the pooled res5 vector (L1, weight 10 as in the
+ROI-AlignPS reference). Five tasks, five loss keys:
+``loss_rpn_cls`` (t1), ``loss_rpn_box`` (t2), ``loss_nae_det`` (t3), ``loss_nae_box`` (t4),
+``loss_nae_oim`` (t5).
+"""
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.proposal_generator import RPN
+from detectron2.modeling.roi_heads import ROIHeads
+from detectron2.structures import Boxes, ImageList, Instances
+
+from .backbone import build_res5_stage, res5_out_channels
+from .branch import PS_BRANCH_REGISTRY, PersonSearchBranch
+from .oim import IGNORED, OIMLoss
+
+__all__ = ["NAEBranch", "NormAwareEmbedding", "NormAwareROIHeads", "oim_num_labeled"]
+
+logger = logging.getLogger(__name__)
+
+
+def oim_num_labeled(cfg) -> int:
+    """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED."""
+    configured = cfg.MODEL.OIM.NUM_LABELED
+    from_metadata = [
+        MetadataCatalog.get(name).get("num_pids") for name in cfg.DATASETS.TRAIN
+    ]
+    known = [n for n in from_metadata if n is not None]
+    if len(known) > 1:
+        if configured <= 0:
+            raise ValueError(
+                f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} are several datasets with num_pids {from_metadata}: "
+                "their identity labels would overlap; set MODEL.OIM.NUM_LABELED to the size of a joint labelling"
+            )
+        return configured
+    if known:
+        if configured > 0 and configured != known[0]:
+            raise ValueError(
+                f"MODEL.OIM.NUM_LABELED={configured} but the train dataset {cfg.DATASETS.TRAIN[0]!r} has "
+                f"num_pids={known[0]}; set it to 0 (use the metadata) or to {known[0]}"
+            )
+        return int(known[0])
+    if configured > 0:
+        return configured
+    raise ValueError(
+        f"OIM needs the number of labeled identities: no train dataset in DATASETS.TRAIN "
+        f"{list(cfg.DATASETS.TRAIN)} has 'num_pids' metadata and MODEL.OIM.NUM_LABELED is {configured}"
+    )
+
+
+class NormAwareEmbedding(nn.Module):
+    """Embedding from pooled feature vectors whose norm is a person logit, angle an identity.
+
+    Each input vector is projected (Linear + BatchNorm1d) to a slice of the embedding;
+    the slices are concatenated, the norm is taken out and rescaled by a 1-d BatchNorm
+    (so it can cross 0 as a logit), and the rest is the unit-norm embedding.
+    """
+
+    def __init__(self, in_channels: Sequence[int], dim: int):
+        super().__init__()
+        parts = len(in_channels)
+        dims = [dim // parts] * parts
+        dims[-1] += dim - sum(dims)
+        self.projectors = nn.ModuleList()
+        for c, d in zip(in_channels, dims):
+            proj = nn.Sequential(nn.Linear(c, d), nn.BatchNorm1d(d))
+            nn.init.normal_(proj[0].weight, std=0.01)
+            nn.init.normal_(proj[1].weight, std=0.01)
+            nn.init.zeros_(proj[0].bias)
+            nn.init.zeros_(proj[1].bias)
+            self.projectors.append(proj)
+        self.rescaler = nn.BatchNorm1d(1)
+
+    def forward(self, vectors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``vectors``: one [R, C_i] tensor per input. Returns (embeddings [R, D] unit norm, logits [R])."""
+        emb = torch.cat([proj(v) for proj, v in zip(self.projectors, vectors)], dim=1)
+        norms = emb.norm(dim=1, keepdim=True)
+        embeddings = emb / norms.clamp(min=1e-12)
+        return embeddings, self.rescaler(norms).squeeze(1)
+
+
+class NormAwareROIHeads(ROIHeads):
+    """res5 ROI head with the norm-aware embedding, box refinement and OIM.
+
+    Sampling and matching are detectron2's ``ROIHeads`` (gt boxes appended to the
+    proposals); the sampled proposals carry ``gt_pids`` of their matched box, and
+    background proposals get pid -2 so OIM ignores them.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_features: List[str],
+        pooler: ROIPooler,
+        res5: nn.Module,
+        embedding: NormAwareEmbedding,
+        box_predictor: nn.Module,
+        box2box_transform: Box2BoxTransform,
+        box_reg_loss_weight: float,
+        oim: OIMLoss,
+        test_score_thresh: float,
+        test_nms_thresh: float,
+        test_topk_per_image: int,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if self.num_classes != 1:
+            raise ValueError(f"NAE detects one class (person): MODEL.ROI_HEADS.NUM_CLASSES must be 1, got {self.num_classes}")
+        self.in_features = in_features
+        self.pooler = pooler
+        self.res5 = res5
+        self.embedding = embedding
+        self.box_predictor = box_predictor
+        self.box2box_transform = box2box_transform
+        self.box_reg_loss_weight = box_reg_loss_weight
+        self.oim = oim
+        self.test_score_thresh = test_score_thresh
+        self.test_nms_thresh = test_nms_thresh
+        self.test_topk_per_image = test_topk_per_image
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        ret = super().from_config(cfg)
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        if len(in_features) != 1:
+            raise ValueError(f"NAE pools one map (res4): MODEL.ROI_HEADS.IN_FEATURES must have one entry, got {in_features}")
+        in_shape = input_shape[in_features[0]]
+        resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+        res5_channels = res5_out_channels(cfg)
+        dim = cfg.MODEL.NAE.EMBEDDING_DIM
+        box_predictor = nn.Sequential(nn.Linear(res5_channels, 4), nn.BatchNorm1d(4))
+        nn.init.normal_(box_predictor[0].weight, std=0.01)
+        nn.init.zeros_(box_predictor[0].bias)
+        ret.update(
+            in_features=in_features,
+            pooler=ROIPooler(
+                output_size=resolution,
+                scales=(1.0 / in_shape.stride,),
+                sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+                pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+            ),
+            res5=build_res5_stage(cfg, first_stride=2),
+            embedding=NormAwareEmbedding((in_shape.channels, res5_channels), dim),
+            box_predictor=box_predictor,
+            box2box_transform=Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+            box_reg_loss_weight=cfg.MODEL.NAE.BOX_REG_LOSS_WEIGHT,
+            oim=OIMLoss(
+                feat_dim=dim,
+                num_labeled=oim_num_labeled(cfg),
+                queue_size=cfg.MODEL.OIM.QUEUE_SIZE,
+                momentum=cfg.MODEL.OIM.MOMENTUM,
+                temperature=cfg.MODEL.OIM.TEMPERATURE,
+            ),
+            test_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
+        return ret
+
+    def _heads(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
+        """Embeddings, person logits and box deltas of ``boxes`` (concatenated over images)."""
+        pooled = self.pooler([features[f] for f in self.in_features], boxes)
+        res5 = self.res5(pooled)
+        vec4 = pooled.amax(dim=(2, 3))
+        vec5 = res5.amax(dim=(2, 3))
+        embeddings, logits = self.embedding([vec4, vec5])
+        return embeddings, logits, self.box_predictor(vec5)
+
+    def losses(self, features, proposals: List[Instances], targets: List[Instances]) -> Dict[str, torch.Tensor]:
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        embeddings, logits, deltas = self._heads(features, [p.proposal_boxes for p in proposals])
+        gt_classes = torch.cat([p.gt_classes for p in proposals])
+        foreground = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        pids = torch.cat(
+            [
+                p.gt_pids if p.has("gt_pids") else torch.full_like(p.gt_classes, IGNORED)
+                for p in proposals
+            ]
+        )
+        pids = torch.where(foreground, pids, torch.full_like(pids, IGNORED))
+        loss_det = F.binary_cross_entropy_with_logits(logits, foreground.to(logits.dtype))
+        if foreground.any():
+            proposal_boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+            gt_boxes = _gt_boxes_or_dummy(proposals)
+            targets_delta = self.box2box_transform.get_deltas(proposal_boxes[foreground], gt_boxes[foreground])
+            # L1 summed over foreground, averaged over all sampled proposals (as detectron2/mmdet)
+            loss_box = F.l1_loss(deltas[foreground], targets_delta, reduction="sum") / gt_classes.numel()
+        else:
+            loss_box = deltas.sum() * 0.0
+        return {
+            "loss_nae_det": loss_det,
+            "loss_nae_box": loss_box * self.box_reg_loss_weight,
+            "loss_nae_oim": self.oim(embeddings, pids),
+        }
+
+    def inference(self, features, proposals: List[Instances]) -> List[Instances]:
+        boxes = [p.proposal_boxes for p in proposals]
+        counts = [len(b) for b in boxes]
+        embeddings, logits, deltas = self._heads(features, boxes)
+        refined = self.box2box_transform.apply_deltas(deltas, torch.cat([b.tensor for b in boxes]))
+        results = []
+        for image_size, emb, score, box in zip(
+            (p.image_size for p in proposals),
+            embeddings.split(counts),
+            logits.sigmoid().split(counts),
+            refined.split(counts),
+        ):
+            box = Boxes(box)
+            box.clip(image_size)
+            idx = ((score > self.test_score_thresh) & box.nonempty()).nonzero().squeeze(1)
+            kept = batched_nms(box.tensor[idx], score[idx], torch.zeros_like(idx), self.test_nms_thresh)
+            idx = idx[kept[: self.test_topk_per_image]]
+            inst = Instances(image_size)
+            inst.pred_boxes = box[idx]
+            inst.scores = score[idx]
+            inst.pred_classes = torch.zeros_like(idx)
+            inst.embeddings = emb[idx]
+            results.append(inst)
+        return results
+
+    def embed_boxes(self, features, boxes: List[Boxes]) -> List[torch.Tensor]:
+        """Unit-norm embeddings of given boxes (query boxes, another branch's detections)."""
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
+            ref = features[self.in_features[0]]
+            return [ref.new_zeros((0, self.oim.feat_dim)) for _ in boxes]
+        embeddings, _, _ = self._heads(features, boxes)
+        return list(embeddings.split(counts))
+
+
+def _gt_boxes_or_dummy(proposals: List[Instances]) -> torch.Tensor:
+    """gt_boxes of the sampled proposals; images without any gt contribute zeros (all background)."""
+    return torch.cat(
+        [
+            p.gt_boxes.tensor if p.has("gt_boxes") else p.proposal_boxes.tensor.new_zeros((len(p), 4))
+            for p in proposals
+        ]
+    )
+
+
+@PS_BRANCH_REGISTRY.register()
+class NAEBranch(PersonSearchBranch):
+    """RPN on res4 + the norm-aware res5 ROI head; detects and embeds."""
+
+    @configurable
+    def __init__(self, *, rpn: RPN, roi_heads: NormAwareROIHeads):
+        super().__init__()
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        for key in ("RPN", "ROI_HEADS"):
+            wanted = list(cfg.MODEL[key].IN_FEATURES)
+            absent = [f for f in wanted if f not in input_shape]
+            if absent:
+                raise ValueError(
+                    f"MODEL.{key}.IN_FEATURES {wanted}: {absent} not among the shared backbone outputs "
+                    f"{sorted(input_shape)} (MODEL.RESNETS.OUT_FEATURES)"
+                )
+        return {"rpn": RPN(cfg, input_shape), "roi_heads": NormAwareROIHeads(cfg, input_shape)}
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        gt_instances: Optional[List[Instances]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        proposals, rpn_losses = self.rpn(images, features, gt_instances)
+        losses = {
+            "loss_rpn_cls": rpn_losses["loss_rpn_cls"],
+            "loss_rpn_box": rpn_losses["loss_rpn_loc"],
+        }
+        losses.update(self.roi_heads.losses(features, proposals, gt_instances))
+        return losses
+
+    def detect(self, images: ImageList, features: Dict[str, torch.Tensor]) -> List[Instances]:
+        proposals, _ = self.rpn(images, features, None)
+        return self.roi_heads.inference(features, proposals)
+
+    def embed(self, images: ImageList, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> List[torch.Tensor]:
+        return self.roi_heads.embed_boxes(features, boxes)

@@ -1,0 +1,168 @@
+"""The PersonSearch meta-architecture with the NAE branch, on CPU with a tiny synthetic batch."""
+import copy
+import os
+
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from galw.modeling import PersonSearch
+from galw.modeling.backbone import load_imagenet_weights, read_imagenet_checkpoint
+from nae_helpers import synthetic_batch, tiny_nae_cfg
+
+NAE_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim"}
+# faster for tests: 4x4 ROIAlign (2x2 after res5), 8 ROIs per image, stem..res3 frozen
+FAST = ("MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 4, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 8, "MODEL.BACKBONE.FREEZE_AT", 3)
+
+
+def _model(*opts):
+    torch.manual_seed(0)
+    return build_model(tiny_nae_cfg(*FAST, *opts))
+
+
+def test_loss_keys_and_shapes():
+    model = _model().train()
+    with EventStorage():
+        losses = model(synthetic_batch())
+    assert set(losses) == NAE_KEYS
+    for key, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), key
+    # no labeled-identity memory yet: OIM logits are all 0 -> log(num_labeled + queue_size)
+    assert losses["loss_nae_oim"].item() == pytest.approx(torch.log(torch.tensor(3.0 + 8.0)).item(), abs=1e-5)
+
+
+def test_overfit_tiny_batch_every_task_falls():
+    model = _model().train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    batch = synthetic_batch()
+    history = []
+    with EventStorage():
+        for _ in range(30):
+            torch.manual_seed(123)  # the same anchor/ROI sampling draws every step
+            losses = model(batch)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)  # as SOLVER.CLIP_GRADIENTS in the configs
+            opt.step()
+            history.append({k: v.item() for k, v in losses.items()})
+    for key in NAE_KEYS:
+        series = [h[key] for h in history]
+        assert all(torch.isfinite(torch.tensor(series))), key
+        first, last = sum(series[:5]) / 5, sum(series[-5:]) / 5
+        assert last < 0.8 * first, f"{key}: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
+
+
+def _query_input(batch_item, box):
+    q = dict(batch_item)
+    q.pop("instances")
+    inst = Instances((q["height"], q["width"]))
+    inst.gt_boxes = Boxes(torch.tensor([box], dtype=torch.float32))
+    inst.gt_pids = torch.tensor([0])
+    q["query_instances"] = inst
+    return q
+
+
+def test_eval_outputs_follow_contract():
+    model = _model()
+    with EventStorage():  # a few steps so BatchNorm running stats are not the initial ones
+        model(synthetic_batch())
+    model.eval()
+    batch = synthetic_batch()
+    gallery = dict(batch[0])
+    gallery.pop("instances")
+    # original size 192x256 while the input tensor is 96x128: outputs are scaled by 2
+    gallery.update(height=192, width=256)
+    query = _query_input(batch[1], [14, 24, 40, 90])
+    outputs = model([gallery, query])
+    assert len(outputs) == 2
+    inst = outputs[0]["instances"]
+    assert inst.image_size == (192, 256)
+    assert {"pred_boxes", "scores", "embeddings"} <= set(inst.get_fields())
+    n = len(inst)
+    assert n > 0 and inst.embeddings.shape == (n, 32) and inst.scores.shape == (n,)
+    assert torch.allclose(inst.embeddings.norm(dim=1), torch.ones(n), atol=1e-5)
+    assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
+    box = inst.pred_boxes.tensor
+    assert (box[:, 0] >= 0).all() and (box[:, 2] <= 256).all() and (box[:, 3] <= 192).all()
+    assert "query_embedding" not in outputs[0]
+    q = outputs[1]
+    assert q["query_embedding"].shape == (32,)
+    assert q["query_embedding"].norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert q["instances"].image_size == (96, 128) and len(q["instances"]) > 0
+    # the query embedding is the branch's embedding of exactly that box
+    images = model.preprocess_image([query])
+    features = model.backbone(images.tensor)
+    direct = model.branches["NAEBranch"].embed(images, features, [Boxes(torch.tensor([[14.0, 24, 40, 90]]))])[0][0]
+    assert torch.allclose(direct, q["query_embedding"], atol=1e-6)
+
+
+def test_query_with_two_boxes_is_an_error():
+    model = _model().eval()
+    q = _query_input(synthetic_batch()[0], [8, 10, 34, 80])
+    q["query_instances"] = Instances((96, 128), gt_boxes=Boxes(torch.tensor([[8.0, 10, 34, 80], [50, 20, 74, 86]])))
+    with pytest.raises(ValueError, match="exactly one"):
+        model([q])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = _model()
+    with EventStorage():
+        model(synthetic_batch())  # changes BN statistics and the OIM memories
+    path = tmp_path / "model.pth"
+    torch.save(model.state_dict(), path)
+    assert any(k.endswith("oim.lookup_table") for k in model.state_dict())
+    other = _model("SEED", 1)
+    torch.manual_seed(7)
+    for p in other.parameters():
+        p.data.normal_()
+    other.load_state_dict(torch.load(path))
+    for m in (model, other):
+        m.eval()
+    batch = synthetic_batch()
+    for b in batch:
+        b.pop("instances")
+    a, b = model(batch), other(batch)
+    for x, y in zip(a, b):
+        assert torch.equal(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor)
+        assert torch.equal(x["instances"].embeddings, y["instances"].embeddings)
+        assert torch.equal(x["instances"].scores, y["instances"].scores)
+
+
+def test_training_input_without_pids_is_an_error():
+    model = _model().train()
+    batch = synthetic_batch()
+    batch[1]["instances"].remove("gt_pids")
+    with pytest.raises(ValueError, match="synthetic_1.png.*gt_pids"):
+        with EventStorage():
+            model(batch)
+
+
+def test_res5_in_backbone_outputs_is_an_error():
+    with pytest.raises(ValueError, match="res5"):
+        _model("MODEL.RESNETS.OUT_FEATURES", ["res4", "res5"])
+
+
+def test_detector_must_be_a_branch():
+    with pytest.raises(ValueError, match="DETECTOR"):
+        _model("MODEL.PERSON_SEARCH.DETECTOR", "AlignPSBranch")
+
+
+def test_loss_key_collision_raises():
+    from galw.modeling.branch import PS_BRANCH_REGISTRY
+    from galw.modeling.nae import NAEBranch
+
+    name = "NAEBranchCopyForCollisionTest"
+    if name not in PS_BRANCH_REGISTRY:
+        PS_BRANCH_REGISTRY.register(type(name, (NAEBranch,), {}))
+    model = _model("MODEL.PERSON_SEARCH.BRANCHES", ["NAEBranch", name]).train()
+    with pytest.raises(KeyError, match="loss_rpn_cls.*NAEBranch.*" + name):
+        with EventStorage():
+            model(synthetic_batch())
+
+
+def test_meta_arch_is_registered():
+    assert isinstance(_model(), PersonSearch)
