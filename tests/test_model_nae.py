@@ -166,3 +166,36 @@ def test_loss_key_collision_raises():
 
 def test_meta_arch_is_registered():
     assert isinstance(_model(), PersonSearch)
+
+
+def test_attribute_branch_outputs_attribute_probs():
+    """A branch with predict_attributes (the attribute branch's interface) fills attribute_probs."""
+    from galw.modeling.branch import PS_BRANCH_REGISTRY, PersonSearchBranch
+
+    name = "BoxWidthAttributesForTest"
+    if name not in PS_BRANCH_REGISTRY:
+
+        class BoxWidthAttributes(PersonSearchBranch):
+            def __init__(self, cfg, input_shape):
+                super().__init__()
+
+            def forward(self, images, features, gt_instances=None):
+                return {}
+
+            def predict_attributes(self, images, features, boxes):
+                # one "attribute": the box width over the image width, in input scale
+                return [(b.tensor[:, 2:3] - b.tensor[:, 0:1]) / 128.0 for b in boxes]
+
+        BoxWidthAttributes.__name__ = name
+        PS_BRANCH_REGISTRY.register(BoxWidthAttributes)
+    model = _model("MODEL.PERSON_SEARCH.BRANCHES", ["NAEBranch", name])
+    with EventStorage():
+        model(synthetic_batch())
+    model.eval()
+    item = dict(synthetic_batch()[0])
+    item.pop("instances")
+    item.update(height=192, width=256)  # outputs scaled by 2, attributes computed before
+    inst = model([item])[0]["instances"]
+    widths = inst.pred_boxes.tensor[:, 2] - inst.pred_boxes.tensor[:, 0]
+    assert inst.attribute_probs.shape == (len(inst), 1)
+    assert torch.allclose(inst.attribute_probs[:, 0], widths / 256.0, atol=1e-4)

@@ -6,6 +6,8 @@ loss weighting (GALW) sees every task apart. Inference follows the model eval
 contract: per input, ``instances`` in original image coordinates with
 ``pred_boxes``, ``scores`` and unit-norm ``embeddings``; query inputs (with
 ``query_instances``) also get ``query_embedding``, the embedding of the given box.
+A branch with a ``predict_attributes(images, features, boxes)`` method (the attribute
+branch) adds ``attribute_probs`` [N, A] to the detections.
 """
 import logging
 from typing import Dict, List
@@ -104,7 +106,7 @@ class PersonSearch(nn.Module):
         gt_instances = []
         for i, x in enumerate(batched_inputs):
             inst = x.get("instances")
-            if inst is None or not inst.has("gt_boxes") or not inst.has("gt_pids"):
+            if inst is None or not all(inst.has(f) for f in ("gt_boxes", "gt_classes", "gt_pids")):
                 raise ValueError(
                     f"training input {i} ({x.get('file_name', 'no file_name')}): 'instances' with gt_boxes, "
                     "gt_classes and gt_pids are required (PersonSearchDatasetMapper in training mode)"
@@ -128,6 +130,11 @@ class PersonSearch(nn.Module):
         if embedder is not detector:
             for inst, emb in zip(detections, embedder.embed(images, features, [d.pred_boxes for d in detections])):
                 inst.embeddings = emb
+        for name, branch in self.branches.items():
+            if hasattr(branch, "predict_attributes"):
+                boxes = [d.pred_boxes for d in detections]
+                for inst, probs in zip(detections, branch.predict_attributes(images, features, boxes)):
+                    inst.attribute_probs = probs
         query_boxes = [self._query_box(x, i) for i, x in enumerate(batched_inputs)]
         query_embeddings = None
         if any(b is not None for b in query_boxes):
