@@ -93,3 +93,27 @@ def test_predict_attributes_on_the_detectors_boxes(trained_model):
     assert [tuple(p.shape) for p in probs] == [(len(d), 3) for d in detections]
     allp = torch.cat(probs)
     assert bool((allp >= 0).all()) and bool((allp <= 1).all())
+
+
+def test_model_outputs_attribute_probs_in_original_coordinates(trained_model):
+    """The meta-arch fills ``attribute_probs`` from ``predict_attributes`` (eval contract)."""
+    model, _ = trained_model
+    batch = []
+    for x in attribute_batch():
+        # Original size twice the input size: boxes are rescaled, probabilities follow their boxes.
+        batch.append({"image": x["image"], "height": 2 * x["height"], "width": 2 * x["width"]})
+    with torch.no_grad():
+        outputs = model(batch)
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        detections = model.branches[model.detector].detect(images, features)
+        expected = model.branches["AttributeBranch"].predict_attributes(
+            images, features, [d.pred_boxes for d in detections]
+        )
+    assert sum(len(o["instances"]) for o in outputs) > 0
+    for out, det, probs in zip(outputs, detections, expected):
+        inst = out["instances"]
+        assert inst.has("attribute_probs") and inst.attribute_probs.shape == (len(inst), 3)
+        keep = det.pred_boxes.nonempty()
+        assert torch.allclose(inst.attribute_probs, probs[keep])
+        assert torch.allclose(inst.pred_boxes.tensor, det.pred_boxes.tensor[keep] * 2, atol=1e-4)
