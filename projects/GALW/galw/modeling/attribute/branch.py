@@ -99,10 +99,10 @@ class AttributeBranch(PersonSearchBranch):
         # Shallow (fine) to deep (coarse): the top-down fusion walks this order backwards.
         self.in_features = sorted(in_features, key=lambda f: input_shape[f].stride)
         self.num_attributes = num_attributes
-        self.poolers = [
+        self.poolers = nn.ModuleList(
             ROIAlign((pooler_resolution, pooler_resolution), 1.0 / input_shape[f].stride, 0, aligned=True)
             for f in self.in_features
-        ]
+        )
         self.laterals = nn.ModuleList(nn.Conv2d(input_shape[f].channels, conv_dim, 1) for f in self.in_features)
         for conv in self.laterals:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
