@@ -2,15 +2,21 @@
 """Inference speed of person-search models at 1500x900, beside torchvision's Faster R-CNN.
 
     PYTHONPATH=projects/GALW:. python benchmarks/inference_speed.py \
-        --config-file projects/GALW/configs/nae/nae_R50_cuhk.yaml [--config-file other.yaml ...] \
-        [--device cpu|cuda] [--num-images 5] [--warmup 2] [KEY VALUE ...]
+        [--config-file projects/GALW/configs/nae/nae_R50_cuhk.yaml --config-file other.yaml ...] \
+        [--device cpu|cuda] [--amp] [--num-images 5] [--warmup 2] [KEY VALUE ...]
+
+Without --config-file it times the paper's three models: NAE, AlignPS and ROI-AlignPS* (R-50, CUHK-SYSU).
 
 Every model (each --config-file, then torchvision's ``fasterrcnn_resnet50_fpn(weights=None,
 weights_backbone=None)`` as the common yardstick) runs on the SAME synthetic 1500x900 images,
 one image per forward, in this one process; the script prints ms per image and the ratio to
 the yardstick. Random weights (no checkpoint is needed): the models still keep their fixed
 proposal / detection budgets, so the timing is that of a trained model up to the number of
-boxes surviving the score threshold. Paper figures (TITAN RTX, ms per image): NAE 85,
+boxes surviving the score threshold. AlignPS's random-init classifier scores every location near
+its prior (0.01), below MODEL.ALIGNPS.SCORE_THRESH_TEST, so for timing that threshold is set to 0:
+its full pre-NMS top-k goes through NMS and DETECTIONS_PER_IMAGE boxes are embedded (the most
+work a trained model can do). --amp runs the person-search models under CUDA autocast (fp16), as
+the paper's speed setting. Paper figures (TITAN RTX, ms per image): NAE 85,
 AlignPS 65, ROI-AlignPS* 69.
 """
 import argparse
@@ -24,6 +30,11 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 WIDTH, HEIGHT = 1500, 900
+PAPER_MODELS = [
+    "projects/GALW/configs/nae/nae_R50_cuhk.yaml",
+    "projects/GALW/configs/alignps/alignps_R50_cuhk.yaml",
+    "projects/GALW/configs/alignps/roi_alignps_R50_cuhk.yaml",
+]
 
 
 def synthetic_images(num, seed=0):
@@ -40,7 +51,7 @@ def synthetic_images(num, seed=0):
     return images
 
 
-def build_person_search(config_file, opts, device):
+def build_person_search(config_file, opts, device, amp=False):
     cfg = get_cfg()
     galw.add_galw_config(cfg)
     cfg.merge_from_file(config_file)
@@ -49,10 +60,17 @@ def build_person_search(config_file, opts, device):
     cfg.merge_from_list(["MODEL.PERSON_SEARCH.PRETRAINED", "", "DATASETS.TRAIN", (), "MODEL.DEVICE", device])
     if cfg.MODEL.OIM.NUM_LABELED <= 0:
         cfg.merge_from_list(["MODEL.OIM.NUM_LABELED", 1])
+    if "AlignPSBranch" in cfg.MODEL.PERSON_SEARCH.BRANCHES:
+        cfg.merge_from_list(["MODEL.ALIGNPS.SCORE_THRESH_TEST", 0.0])
     if (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) != (HEIGHT, WIDTH):
         raise ValueError(f"{config_file}: INPUT.MIN/MAX_SIZE_TEST should be {HEIGHT}/{WIDTH} (the paper's test size)")
     model = build_model(cfg).eval()
-    return lambda image: model([{"image": image, "height": HEIGHT, "width": WIDTH}])
+
+    def run(image):
+        with torch.autocast("cuda", enabled=amp):
+            return model([{"image": image, "height": HEIGHT, "width": WIDTH}])
+
+    return run
 
 
 def build_torchvision(device):
@@ -81,21 +99,31 @@ def time_model(run, images, device, warmup):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", action="append", required=True, help="person-search config (repeatable)")
+    parser.add_argument(
+        "--config-file", action="append", help="person-search config (repeatable); default: NAE, AlignPS, ROI-AlignPS*"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="CUDA autocast for the person-search models")
     parser.add_argument("--num-images", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every --config-file")
     args = parser.parse_args()
+    if args.amp and not args.device.startswith("cuda"):
+        parser.error("--amp needs --device cuda")
+    config_files = args.config_file or PAPER_MODELS
 
     images = synthetic_images(args.num_images)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {args.device} ({name}); {args.num_images} images of {WIDTH}x{HEIGHT}, warm-up {args.warmup}")
+    print(
+        f"device: {args.device} ({name}); {args.num_images} images of {WIDTH}x{HEIGHT}, warm-up {args.warmup}"
+        + ("; person-search models under AMP" if args.amp else "")
+    )
     ref_ms, ref_all = time_model(build_torchvision(args.device), images, args.device, args.warmup)
     print(f"{'torchvision fasterrcnn_resnet50_fpn':<45s} {ref_ms:9.1f} ms/image  (1.00x)  per image: "
           + ", ".join(f"{t:.0f}" for t in ref_all))
-    for config_file in args.config_file:
-        ms, all_ms = time_model(build_person_search(config_file, args.opts, args.device), images, args.device, args.warmup)
+    for config_file in config_files:
+        run = build_person_search(config_file, args.opts, args.device, args.amp)
+        ms, all_ms = time_model(run, images, args.device, args.warmup)
         print(f"{config_file.split('configs/')[-1]:<45s} {ms:9.1f} ms/image  ({ms / ref_ms:.2f}x)  per image: "
               + ", ".join(f"{t:.0f}" for t in all_ms))
 

@@ -107,3 +107,17 @@ def test_bad_config_names_the_key():
     cfg.MODEL.ALIGNPS.IN_FEATURES = ["res4"]
     with pytest.raises(ValueError, match="IN_FEATURES"):
         build_branch("AlignPSBranch", cfg, backbone.output_shape())
+
+
+def test_box_owning_no_location_is_counted_in_the_log(caplog):
+    cfg = small_branch_cfg()
+    backbone = build_backbone(cfg)
+    branch = build_branch("AlignPSBranch", cfg, backbone.output_shape())
+    batch = synthetic_batch()
+    gts = [b["instances"] for b in batch]
+    gts[0].gt_boxes.tensor[2] = torch.tensor([60.0, 60.0, 62.0, 62.0])  # 2x2: between P3 locations
+    images = normalized_images(cfg, batch)
+    with caplog.at_level("WARNING"):
+        losses = branch(images, backbone(images.tensor), gts)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert "1 ground-truth boxes of this batch own no location" in caplog.text

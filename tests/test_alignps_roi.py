@@ -8,6 +8,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 import galw
 from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
@@ -49,13 +50,15 @@ def roi_alignps(one_thread):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batch = synthetic_batch()
     history = []
-    for _ in range(20):
-        losses = model(batch)
-        history.append({k: v.item() for k, v in losses.items()})
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
+    with EventStorage(0) as storage:  # detectron2's RPN/ROI heads log into it
+        for step in range(20):
+            storage.iter = step
+            losses = model(batch)
+            history.append({k: v.item() for k, v in losses.items()})
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
     model.eval()
     return model, history
 
@@ -118,14 +121,42 @@ def test_eval_contract_alignps_detects_nae_embeds(roi_alignps):
     images = model.preprocess_image([gallery])
     with torch.no_grad():
         own = model.branches["AlignPSBranch"].detect(images, model.backbone(images.tensor))[0]
-    assert torch.allclose(outputs[0]["instances"].pred_boxes.tensor, own.pred_boxes.tensor * 2, atol=1e-3)
+    # (detector_postprocess drops boxes that became empty, so compare as a subset)
+    dist = torch.cdist(outputs[0]["instances"].pred_boxes.tensor, own.pred_boxes.tensor * 2)
+    assert (dist.min(dim=1).values < 0.1).all()
 
 
 def test_alignps_model_eval_contract(one_thread):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("alignps_R18_synth_cpu.yaml"))
+    cfg = tiny_cfg("alignps_R18_synth_cpu.yaml")
+    cfg.MODEL.ALIGNPS.SCORE_THRESH_TEST = 0.0  # untrained: keep candidates to check the output format
+    model = build_model(cfg)
     model.eval()
     gallery, query = _eval_inputs()
     with torch.no_grad():
         outputs = model([gallery, query])
     _check_contract(outputs, dim=32)
+
+
+def test_imagenet_res5_reaches_both_branches(tmp_path, one_thread):
+    """The ImageNet checkpoint's res5 initialises the NAE head's res5 AND AlignPS's own res5."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    cfg = tiny_cfg("roi_alignps_R18_synth_cpu.yaml")
+    full = cfg.clone()
+    full.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    torch.manual_seed(1)
+    resnet = build_resnet_backbone(full, ShapeSpec(channels=3))
+    path = str(tmp_path / "r18_d2.pth")
+    torch.save(resnet.state_dict(), path)
+    cfg.MODEL.PERSON_SEARCH.PRETRAINED = path
+    model = build_model(cfg)
+    ckpt = resnet.res5.state_dict()
+    for owner in ("branches.AlignPSBranch.res5", "branches.NAEBranch"):
+        res5 = dict(model.named_modules())[owner]
+        if owner.endswith("NAEBranch"):
+            res5 = next(m for n, m in res5.named_modules() if n.endswith("res5"))
+        for key, value in res5.state_dict().items():
+            assert torch.equal(value, ckpt[key]), (owner, key)
+    assert torch.equal(model.backbone.res4[0].conv1.weight, resnet.res4[0].conv1.weight)

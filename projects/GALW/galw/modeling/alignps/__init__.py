@@ -1,6 +1,6 @@
 """The anchor-free AlignPS branch: AFA neck, FCOS dense head, dense re-id (tasks t6..t10)."""
 from .afa import AFAFPN, DeformConvWithOffsets
-from .branch import AlignPSBranch, build_res5_stage
+from .branch import AlignPSBranch
 from .head import DenseHead
 from .losses import BatchHardTripletLoss, distances_to_boxes, weighted_giou_loss
 from .targets import assign_targets, centerness_target, level_points
@@ -12,7 +12,6 @@ __all__ = [
     "DeformConvWithOffsets",
     "DenseHead",
     "assign_targets",
-    "build_res5_stage",
     "centerness_target",
     "distances_to_boxes",
     "level_points",

@@ -20,49 +20,21 @@ from torchvision.ops import nms, roi_align
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
 from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.logger import log_every_n_seconds
 
+from ..backbone import build_res5_stage, res5_out_channels
 from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
+from ..nae import oim_num_labeled
 from ..oim import OIMLoss
 from .afa import AFAFPN
 from .head import DenseHead
 from .losses import BatchHardTripletLoss, distances_to_boxes, weighted_giou_loss
 from .targets import assign_targets, centerness_target, level_points
 
-__all__ = ["AlignPSBranch", "build_res5_stage"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["AlignPSBranch"]
 
 EMBED_POOLINGS = ("center", "roi_average")
-
-
-def build_res5_stage(cfg, in_channels: int) -> nn.Sequential:
-    """The branch's own res5 (stride 2 on res4), shaped like the backbone's ResNet depth.
-
-    Named ``res5`` inside the branch so that ImageNet checkpoints' ``res5.*`` weights
-    reach it through detectron2's suffix matching.
-    """
-    depth = cfg.MODEL.RESNETS.DEPTH
-    num_blocks = {18: 2, 34: 3, 50: 3, 101: 3, 152: 3}
-    if depth not in num_blocks:
-        raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(num_blocks)} for the AlignPS res5; got {depth}")
-    norm = cfg.MODEL.RESNETS.NORM
-    out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
-    common = dict(in_channels=in_channels, out_channels=out_channels, stride_per_block=[2] + [1] * (num_blocks[depth] - 1), norm=norm)
-    if depth in (18, 34):
-        blocks = ResNet.make_stage(BasicBlock, num_blocks[depth], **common)
-    else:
-        blocks = ResNet.make_stage(
-            BottleneckBlock,
-            num_blocks[depth],
-            bottleneck_channels=cfg.MODEL.RESNETS.NUM_GROUPS * cfg.MODEL.RESNETS.WIDTH_PER_GROUP * 8,
-            num_groups=cfg.MODEL.RESNETS.NUM_GROUPS,
-            stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1,
-            dilation=1,
-            **common,
-        )
-    return nn.Sequential(*blocks)
 
 
 def _mean_over_ranks(value: float) -> float:
@@ -133,8 +105,8 @@ class AlignPSBranch(PersonSearchBranch):
                 f"branch's res5), e.g. ['res3', 'res4']; got {in_features} (backbone outputs {sorted(input_shape)})"
             )
         fine, coarse = input_shape[in_features[0]], input_shape[in_features[1]]
-        res5 = build_res5_stage(cfg, coarse.channels)
-        res5_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
+        res5 = build_res5_stage(cfg)
+        res5_channels = res5_out_channels(cfg)
         size_ranges = [list(map(float, r)) for r in a.SIZE_RANGES]
         if not 1 <= len(size_ranges) <= 3 or any(len(r) != 2 for r in size_ranges):
             raise ValueError(
@@ -149,7 +121,7 @@ class AlignPSBranch(PersonSearchBranch):
             "afa": AFAFPN([fine.channels, coarse.channels, res5_channels], channels, len(size_ranges)),
             "head": DenseHead(channels, a.NUM_CONVS, a.HEAD_NORM, strides, a.PRIOR_PROB),
             "oim": OIMLoss(
-                channels, cfg.MODEL.OIM.NUM_LABELED, a.OIM_QUEUE_SIZE, a.OIM_MOMENTUM, a.OIM_TEMPERATURE
+                channels, oim_num_labeled(cfg), a.OIM_QUEUE_SIZE, a.OIM_MOMENTUM, a.OIM_TEMPERATURE
             ),
             "triplet": BatchHardTripletLoss(a.TRIPLET_MARGIN),
             "strides": strides,
@@ -197,13 +169,23 @@ class AlignPSBranch(PersonSearchBranch):
         all_points = torch.cat(points, dim=0)
 
         matched, ltrb_t, pids = [], [], []
+        unassigned = 0
         for inst in gt_instances:
             m, t = assign_targets(points, self.strides, self.size_ranges, inst.gt_boxes.tensor, self.center_radius)
+            unassigned += len(inst) - int(m[m >= 0].unique().numel())
             matched.append(m)
             ltrb_t.append(t)
             p = inst.gt_pids.to(m.device)
             pids.append(torch.where(m >= 0, p[m.clamp(min=0)], torch.full_like(m, -2)))
         matched, ltrb_t, pids = torch.stack(matched), torch.stack(ltrb_t), torch.stack(pids)
+        if unassigned:
+            log_every_n_seconds(
+                logging.WARNING,
+                f"AlignPS: {unassigned} ground-truth boxes of this batch own no location (smaller than a "
+                "stride or outside every MODEL.ALIGNPS.SIZE_RANGES) and are not trained on",
+                n=60,
+                name=__name__,
+            )
         fg = matched >= 0
 
         logits = self._flatten(logits).squeeze(2)
