@@ -149,3 +149,14 @@ def _add_alignps_config(cfg):
 
 def _add_attribute_config(cfg):
     """The attribute branch (ALM)."""
+    cfg.MODEL.ATTRIBUTE = CN()
+    # Number of binary attributes; 0 = len(attribute_names) of DATASETS.TRAIN[0]'s metadata.
+    cfg.MODEL.ATTRIBUTE.NUM_ATTRIBUTES = 0
+    # Shared backbone levels whose box crops form the attribute pyramid (any order; sorted by stride).
+    cfg.MODEL.ATTRIBUTE.IN_FEATURES = ["res3", "res4"]
+    # Side of the ROIAlign crop taken from every level (32 in the paper).
+    cfg.MODEL.ATTRIBUTE.POOLER_RESOLUTION = 32
+    # Channels of each level's 1x1 lateral conv; level i of L then has CONV_DIM * (L - i) channels.
+    cfg.MODEL.ATTRIBUTE.CONV_DIM = 256
+    # Channel reduction of the squeeze-and-excitation gate in every ALM (16 in Tang et al.).
+    cfg.MODEL.ATTRIBUTE.SE_REDUCTION = 16

@@ -5,6 +5,7 @@ from .backbone import build_person_search_backbone, build_res5_stage, load_image
 from .nae import NAEBranch
 from .meta_arch import PersonSearch
 from . import alignps  # noqa: F401  (registers AlignPSBranch)
+from . import attribute  # noqa: F401,E402  (registers AttributeBranch)
 
 __all__ = [
     "PS_BRANCH_REGISTRY",
