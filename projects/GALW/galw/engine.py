@@ -109,7 +109,7 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
         for name, s in weighting.sigmas().items():
             scalars[f"galw/sigma/{name}"] = s
             scalars[f"galw/weight/{name}"] = 1.0 / (s * s)
-    storage.put_scalars(**scalars)
+    storage.put_scalars(**scalars, smoothing_hint=False)  # they jump at the switch: no median
 
 
 class _GALWStep:

@@ -174,7 +174,9 @@ class GALWHook(HookBase):
                 self._epoch_sum[t] += gammas[t]
             self._epoch_count += 1
             if comm.is_main_process():
-                get_event_storage().put_scalars(**{f"galw/gamma/{t}": v for t, v in gammas.items()})
+                get_event_storage().put_scalars(
+                    **{f"galw/gamma/{t}": v for t, v in gammas.items()}, smoothing_hint=False
+                )
         if self.phase == "probing" and (it + 1) % self.epoch_iters == 0:
             self._close_epoch()
             if self.probe_epochs > 0 and self._num_epochs() >= self.probe_epochs:
