@@ -194,6 +194,9 @@ class GALWHook(HookBase):
         return len(next(iter(self.gamma_history.values())))
 
     def _close_epoch(self):
+        if self._epoch_count == 0:  # e.g. a run started mid-epoch: nothing measured
+            logger.warning("GALW: no Gamma measured in the epoch ending at iteration %d; left out", self.trainer.iter)
+            return
         for t in self.weighting.tasks:
             self.gamma_history[t].append(self._epoch_sum[t] / self._epoch_count)
             self._epoch_sum[t] = 0.0
