@@ -116,25 +116,25 @@ class ConfigArm:
         return time.perf_counter() - t0
 
 
-def interleaved(arms, rounds, block, warmup):
-    """Seconds per step of each arm, blocks of ``block`` steps in turn (each block holds the same
-    number of probes for every GALW arm, since block is a multiple of every period)."""
+def interleaved(arms, rounds, blocks, warmup):
+    """Seconds per step of each arm; in each round every arm runs its block of steps in turn
+    (a GALW arm's block is a multiple of its probe period, so each block holds its probes)."""
     for a in arms.values():
         a.run(0, warmup)
     totals = {k: 0.0 for k in arms}
-    it = warmup
+    starts = {k: warmup for k in arms}
     for _ in range(rounds):
         for k, a in arms.items():
-            totals[k] += a.run(it, block)
-        it += block
-    return {k: v / (rounds * block) for k, v in totals.items()}
+            totals[k] += a.run(starts[k], blocks[k])
+            starts[k] += blocks[k]
+    return {k: v / (rounds * blocks[k]) for k, v in totals.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--block", type=int, default=20)
+    parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -144,28 +144,32 @@ def main():
             arms = {"equal": ConfigArm(args, False), "galw": ConfigArm(args, True)}
             period = arms["galw"].trainer.cfg.MODEL.GALW.PROBE_PERIOD
             block = max(args.block, period)
-            t = interleaved(arms, args.rounds, block, args.warmup)
+            t = interleaved(arms, args.rounds, {"equal": block, "galw": block}, args.warmup)
         print(f"config {args.config_file}: {t['equal'] * 1e3:.1f} ms/step equal, {t['galw'] * 1e3:.1f} ms/step GALW")
         print(f"step-time ratio GALW (PROBE_PERIOD={period}) / equal: {t['galw'] / t['equal']:.3f}")
         return
     default_period = toy_cfg(0).MODEL.GALW.PROBE_PERIOD
     block = max(args.block, default_period)
+    default = f"galw default (period {default_period})"
     with EventStorage(0):
         arms = {
             "equal": ToyArm(None),
-            f"galw default (period {default_period})": ToyArm(default_period),
+            default: ToyArm(default_period),
+            f"period {default_period}, batched": ToyArm(default_period, batched=True),
+            "galw, never probing": ToyArm(10**6),
             "probe every iteration": ToyArm(1),
             "probe every iteration, batched": ToyArm(1, batched=True),
             "probe every iteration, all params": ToyArm(1, all_params=True),
-            f"period {default_period}, batched": ToyArm(default_period, batched=True),
         }
-        t = interleaved(arms, args.rounds, block, args.warmup)
+        short = max(1, args.block // 10)
+        blocks = {k: (short if "every iteration" in k else block) for k in arms}
+        t = interleaved(arms, args.rounds, blocks, args.warmup)
     base = t["equal"]
-    print(f"toy model (6 tasks, 3-stage conv trunk), threads={torch.get_num_threads()}, "
-          f"{args.rounds} rounds x {block} steps per arm, equal = {base * 1e3:.2f} ms/step")
+    print(f"toy model (6 tasks, 3-stage conv trunk, 8x3x64x64 batches), threads={torch.get_num_threads()}, "
+          f"{args.rounds} rounds, equal = {base * 1e3:.2f} ms/step")
     for k, v in t.items():
         print(f"  {k:40s} {v * 1e3:8.2f} ms/step   ratio {v / base:.3f}")
-    print(f"step-time ratio GALW default / equal: {t[f'galw default (period {default_period})'] / base:.3f}")
+    print(f"step-time ratio GALW default / equal: {t[default] / base:.3f}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def _add_loss_weighting_config(cfg):
     # Shared parameters probed by Eq. 6, by parameter-name prefix (paper: conv2..conv4 = res2..res4).
     cfg.MODEL.GALW.SHARED_PARAM_PREFIXES = ["backbone.res2", "backbone.res3", "backbone.res4"]
     # Measure Gamma every this many iterations (1 .. one epoch); see docs/galw.md for the cost.
-    cfg.MODEL.GALW.PROBE_PERIOD = 20
+    cfg.MODEL.GALW.PROBE_PERIOD = 100
     # All tasks' gradients in one vmapped backward (autograd.grad is_grads_batched) instead of one each.
     cfg.MODEL.GALW.PROBE_BATCHED = False
     # Epochs of Gamma before grouping; 0 = the whole (phase-one) training, as the paper.

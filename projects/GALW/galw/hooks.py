@@ -80,7 +80,7 @@ class GALWHook(HookBase):
         probe_method: str = "equal",
         num_groups: int = 4,
         linkage: str = "ward",
-        probe_period: int = 20,
+        probe_period: int = 100,
         probe_epochs: int = 0,
     ):
         if mode not in MODES:
@@ -153,6 +153,8 @@ class GALWHook(HookBase):
             logger.info("GALW: resumed in phase '%s' with groups %s", self.phase, self.groups)
             return
         if self.phase == "grouped":
+            per_task = _is_per_task(self.groups, self.weighting.tasks)
+            self.weighting.configure(self.method, None if per_task else self.groups)
             logger.info("GALW: %s weighting over fixed groups %s", self.method, self.groups)
             self._write_groups_file(self.trainer.iter)
         else:
@@ -183,7 +185,7 @@ class GALWHook(HookBase):
                 self._finish_probing(it)
 
     def after_train(self):
-        finished = self.trainer.iter + 1 >= self.trainer.max_iter
+        finished = self.trainer.iter >= self.trainer.max_iter  # train() leaves iter = max_iter on success
         if self.phase == "probing" and self.probe_epochs == 0 and finished:
             if self._epoch_count:
                 logger.info("GALW: the last, incomplete epoch (%d probes) is left out of the history", self._epoch_count)

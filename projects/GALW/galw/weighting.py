@@ -8,8 +8,8 @@ with k_i = 1 for classification and 2 for regression. ULWF (Kendall et al.) is t
 without the lambda term. sigma is parametrised as ``sigma = exp(log_sigma)``: positive by
 construction, no clamp, and ``log sigma`` in the objective is the parameter itself.
 
-One ``log_sigma`` slot is allocated per task from the start; a buffer maps each task to the
-slot of its group. Switching from per-task to grouped weighting therefore never changes
+One ``log_sigma`` slot is allocated per task from the start; a (non-persistent) buffer maps
+each task to the slot of its group. Switching from per-task to grouped weighting therefore never changes
 the optimizer's parameter set, so checkpoints and ``--resume`` stay simple.
 """
 import logging
@@ -82,8 +82,10 @@ class LossWeighting(nn.Module):
         self.register_buffer("k", torch.tensor([TASK_KIND_K[k] for k in task_kinds]))
         # sigma = exp(log_sigma); log_sigma = 0 is sigma = 1, where RULWF's assumption is exact.
         self.log_sigma = nn.Parameter(torch.zeros(len(tasks)))
-        # Task i uses slot task_slot[i]; per-task weighting is the identity mapping.
-        self.register_buffer("task_slot", torch.arange(len(tasks)))
+        # Task i uses slot task_slot[i]; per-task weighting is the identity mapping. Derived from
+        # the grouping (whose source of truth is the GALW hook's checkpointed state), so it is not
+        # saved: loading initial weights must not undo a grouping configured before.
+        self.register_buffer("task_slot", torch.arange(len(tasks)), persistent=False)
         self.method = "equal"
         self.groups: List[List[str]] = [[t] for t in tasks]
         self.group_names: List[str] = list(tasks)
