@@ -97,7 +97,11 @@ def groups_by_prefix(tasks: Sequence[str], branch_prefixes: Sequence[Sequence[st
         raise ValueError("MODEL.GALW.GROUPING is 'branch' but MODEL.GALW.BRANCH_PREFIXES is empty")
     groups = [[] for _ in branch_prefixes]
     for t in tasks:
-        hits = [bi for bi, prefixes in enumerate(branch_prefixes) if any(t.startswith(p) for p in _as_list(prefixes))]
+        hits = [
+            bi
+            for bi, prefixes in enumerate(branch_prefixes)
+            if any(t.startswith(p) for p in _as_list(prefixes))
+        ]
         if len(hits) != 1:
             raise ValueError(
                 f"MODEL.GALW.BRANCH_PREFIXES: task '{t}' matches {len(hits)} branches "

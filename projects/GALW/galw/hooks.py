@@ -188,7 +188,10 @@ class GALWHook(HookBase):
         finished = self.trainer.iter >= self.trainer.max_iter  # train() leaves iter = max_iter on success
         if self.phase == "probing" and self.probe_epochs == 0 and finished:
             if self._epoch_count:
-                logger.info("GALW: the last, incomplete epoch (%d probes) is left out of the history", self._epoch_count)
+                logger.info(
+                    "GALW: the last, incomplete epoch (%d probes) is left out of the history",
+                    self._epoch_count,
+                )
             self._finish_probing(self.trainer.iter)
 
     # ------------------------------------------------------------------ phases
@@ -197,7 +200,10 @@ class GALWHook(HookBase):
 
     def _close_epoch(self):
         if self._epoch_count == 0:  # e.g. a run started mid-epoch: nothing measured
-            logger.warning("GALW: no Gamma measured in the epoch ending at iteration %d; left out", self.trainer.iter)
+            logger.warning(
+                "GALW: no Gamma measured in the epoch ending at iteration %d; left out",
+                self.trainer.iter,
+            )
             return
         for t in self.weighting.tasks:
             self.gamma_history[t].append(self._epoch_sum[t] / self._epoch_count)
@@ -261,8 +267,11 @@ class GALWHook(HookBase):
         }
 
     def load_state_dict(self, state):
-        if state.get("groups") is not None and self.fixed_groups is not None and state["groups"] != self.fixed_groups:
-            logger.warning("GALW: the checkpoint's groups %s replace the configured %s", state["groups"], self.fixed_groups)
+        saved = state.get("groups")
+        if saved is not None and self.fixed_groups is not None and saved != self.fixed_groups:
+            logger.warning(
+                "GALW: the checkpoint's groups %s replace the configured %s", saved, self.fixed_groups
+            )
         self.phase = state["phase"]
         self.groups = state["groups"]
         self.gamma_history = {t: list(v) for t, v in state["gamma_history"].items()}
@@ -280,4 +289,6 @@ class GALWHook(HookBase):
 
 
 def _is_per_task(groups, tasks) -> bool:
-    return len(groups) == len(tasks) and all(len(g) == 1 for g in groups) and [g[0] for g in groups] == list(tasks)
+    if len(groups) != len(tasks) or any(len(g) != 1 for g in groups):
+        return False
+    return [g[0] for g in groups] == list(tasks)
