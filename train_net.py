@@ -19,7 +19,9 @@ from detectron2.evaluation import verify_results
 from galw import add_galw_config
 from galw.checkpoint import AtomicCheckpointer
 from galw.data import build_person_search_train_loader
+from galw.engine import attach_weighting, build_optimizer, install_galw
 from galw.evaluation import evaluate_person_search, is_person_search_dataset
+from galw.two_phase import needs_two_phases, train_two_phase
 
 
 class Trainer(DefaultTrainer):
@@ -48,12 +50,20 @@ class Trainer(DefaultTrainer):
             results = list(results.values())[0]
         return results
 
+    @classmethod
+    def build_model(cls, cfg):
+        return attach_weighting(super().build_model(cfg), cfg)  # MODEL.GALW.ENABLED
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)  # detectron2's SGD; GALW sigmas without weight decay
+
     def build_hooks(self):
         # Runs inside DefaultTrainer.__init__, before the checkpoint hook is built.
         self.checkpointer = AtomicCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return super().build_hooks()
+        return install_galw(self, super().build_hooks())  # GALW train step + hook when enabled
 
 
 def setup(args):
@@ -77,6 +87,8 @@ def main(args):
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
+    if needs_two_phases(cfg):  # GALW Algorithm 1: a probing training, then the grouped one
+        return train_two_phase(cfg, Trainer, resume=args.resume)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -1,0 +1,225 @@
+"""Trainer pieces for GALW on any detectron2 model: the weighting on the model, the optimizer,
+and train steps that host the probe (detectron2 v0.6 has no after-backward hook).
+
+Used by ``train_net.Trainer`` with ``MODEL.GALW.ENABLED``; nothing here knows the model.
+"""
+import logging
+import math
+import time
+
+import torch
+from torch import nn
+
+import detectron2.utils.comm as comm
+from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils.events import get_event_storage
+
+from .probe import GradientProbe, select_shared_parameters
+from .weighting import LossWeighting
+
+__all__ = [
+    "attach_weighting",
+    "get_weighting",
+    "build_optimizer",
+    "GALWSimpleTrainer",
+    "GALWAMPTrainer",
+    "galw_train_step",
+    "average_sigma_grad",
+    "write_galw_metrics",
+    "epoch_iters",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Attribute under which the weighting lives on the model (so it is in the model's checkpoint).
+WEIGHTING_ATTR = "galw_weighting"
+
+
+def attach_weighting(model: nn.Module, cfg) -> nn.Module:
+    """Attach ``LossWeighting`` as ``model.galw_weighting`` when MODEL.GALW.ENABLED.
+
+    As a submodule its sigmas are saved and loaded with the model. DistributedDataParallel
+    is told to ignore it (its loss is computed outside the model's forward, and in some
+    phases it takes no gradient); :func:`average_sigma_grad` averages its gradient instead.
+    """
+    if not cfg.MODEL.GALW.ENABLED:
+        return model
+    weighting = LossWeighting(cfg)
+    device = next(model.parameters()).device
+    model.add_module(WEIGHTING_ATTR, weighting.to(device))
+    ignore = [f"{WEIGHTING_ATTR}.{n}" for n, _ in weighting.named_parameters()]
+    ignore += [f"{WEIGHTING_ATTR}.{n}" for n, _ in weighting.named_buffers()]
+    model._ddp_params_and_buffers_to_ignore = list(getattr(model, "_ddp_params_and_buffers_to_ignore", [])) + ignore
+    return model
+
+
+def get_weighting(model: nn.Module) -> LossWeighting:
+    model = getattr(model, "module", model)
+    weighting = getattr(model, WEIGHTING_ATTR, None)
+    if weighting is None:
+        raise AttributeError(
+            "the model has no GALW weighting: build it through galw.engine.attach_weighting "
+            "(train_net.Trainer.build_model does with MODEL.GALW.ENABLED True)"
+        )
+    return weighting
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """detectron2's SGD builder, with the weighting's ``log_sigma`` free of weight decay.
+
+    Decay would pull log sigma to 0 (sigma to 1) on top of RULWF's own regulariser.
+    """
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        overrides={"log_sigma": {"weight_decay": 0.0}},
+    )
+    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+        params,
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
+
+
+@torch.no_grad()
+def average_sigma_grad(weighting: LossWeighting):
+    """Average log_sigma's gradient over ranks (DDP ignores it) so sigmas stay identical."""
+    grad = weighting.log_sigma.grad
+    if comm.get_world_size() > 1 and grad is not None:
+        torch.distributed.all_reduce(grad)
+        grad /= comm.get_world_size()
+
+
+def write_galw_metrics(weighting: LossWeighting, loss_dict):
+    """EventStorage scalars: galw/raw/<task> (mean over ranks), galw/sigma/<group>, galw/weight/*."""
+    raw = {f"galw/raw/{t}": float(loss_dict[t].detach()) for t in weighting.tasks}
+    gathered = comm.gather(raw)
+    if not comm.is_main_process():
+        return
+    storage = get_event_storage()
+    storage.put_scalars(**{k: sum(d[k] for d in gathered) / len(gathered) for k in raw})
+    scalars = {f"galw/weight/{t}": w for t, w in weighting.task_weights().items()}
+    if weighting.uses_sigma:
+        for name, s in weighting.sigmas().items():
+            scalars[f"galw/sigma/{name}"] = s
+            scalars[f"galw/weight/{name}"] = 1.0 / (s * s)
+    storage.put_scalars(**scalars, smoothing_hint=False)  # they jump at the switch: no median
+
+
+class _GALWStep:
+    """The shared part of the GALW train steps; ``weighting`` and ``probe`` are set on init."""
+
+    def _galw_init(self, weighting: LossWeighting, probe: GradientProbe):
+        self.weighting = weighting
+        self.probe = probe
+
+    def _probe_if_due(self, loss_dict, scale=1.0):
+        if self.probe is not None and self.probe.due:
+            self.probe.measure(loss_dict, self.weighting.tasks, scale=scale)
+
+    def _after_backward(self, loss_dict, data_time):
+        average_sigma_grad(self.weighting)
+        self._write_metrics(loss_dict, data_time)
+        write_galw_metrics(self.weighting, loss_dict)
+
+
+class GALWSimpleTrainer(_GALWStep, SimpleTrainer):
+    """SimpleTrainer whose loss is the GALW weighting of the model's loss dict."""
+
+    def __init__(self, model, data_loader, optimizer, weighting=None, probe=None):
+        super().__init__(model, data_loader, optimizer)
+        self._galw_init(weighting if weighting is not None else get_weighting(model), probe)
+
+    def run_step(self):
+        assert self.model.training, "[GALWSimpleTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        loss_dict = self.model(data)
+        losses = self.weighting(loss_dict)
+        self._probe_if_due(loss_dict)  # before backward: the graph is still there
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._after_backward(loss_dict, data_time)
+        self.optimizer.step()
+
+
+class GALWAMPTrainer(_GALWStep, AMPTrainer):
+    """AMPTrainer with the GALW weighting; the probe undoes the loss scale."""
+
+    def __init__(self, model, data_loader, optimizer, grad_scaler=None, weighting=None, probe=None):
+        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler)
+        self._galw_init(weighting if weighting is not None else get_weighting(model), probe)
+
+    def run_step(self):
+        assert self.model.training, "[GALWAMPTrainer] model was changed to eval mode!"
+        assert torch.cuda.is_available(), "[GALWAMPTrainer] CUDA is required for AMP training!"
+        from torch.cuda.amp import autocast
+
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with autocast():
+            loss_dict = self.model(data)
+        losses = self.weighting(loss_dict)  # fp32: sigma terms outside autocast
+        self._probe_if_due(loss_dict, scale=float(self.grad_scaler.get_scale()))
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self._after_backward(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+
+def galw_train_step(inner: SimpleTrainer, cfg) -> SimpleTrainer:
+    """The GALW counterpart of a DefaultTrainer's ``_trainer``, sharing its model, optimizer
+    and running data iterator (no second loader iterator is started)."""
+    cls = GALWAMPTrainer if isinstance(inner, AMPTrainer) else GALWSimpleTrainer
+    new = cls.__new__(cls)
+    TrainerBase.__init__(new)
+    new.model = inner.model
+    new.data_loader = inner.data_loader
+    new._data_loader_iter = inner._data_loader_iter
+    new.optimizer = inner.optimizer
+    if isinstance(inner, AMPTrainer):
+        new.grad_scaler = inner.grad_scaler
+    g = cfg.MODEL.GALW
+    shared = select_shared_parameters(inner.model, g.SHARED_PARAM_PREFIXES)
+    logger.info("GALW probe: %d shared parameter tensors (%s ... %s)", len(shared), shared[0][0], shared[-1][0])
+    new._galw_init(get_weighting(inner.model), GradientProbe(shared, batched=g.PROBE_BATCHED))
+    return new
+
+
+def epoch_iters(cfg) -> int:
+    """MODEL.GALW.EPOCH_ITERS, or (0) the training set size / SOLVER.IMS_PER_BATCH."""
+    if cfg.MODEL.GALW.EPOCH_ITERS > 0:
+        return int(cfg.MODEL.GALW.EPOCH_ITERS)
+    from detectron2.data import get_detection_dataset_dicts
+
+    n = len(
+        get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+    )
+    iters = max(1, math.ceil(n / cfg.SOLVER.IMS_PER_BATCH))
+    logger.info("GALW: one epoch = %d images / %d per batch = %d iterations", n, cfg.SOLVER.IMS_PER_BATCH, iters)
+    return iters
+
+
+def install_galw(trainer, hooks: list) -> list:
+    """For a DefaultTrainer being built (call from its ``build_hooks``): swap its train step for
+    the GALW one and put the GALW hook right after the first hook (the IterationTimer), so its
+    state is current when the checkpointer saves. No-op when MODEL.GALW.ENABLED is False."""
+    cfg = trainer.cfg
+    if not cfg.MODEL.GALW.ENABLED:
+        return hooks
+    from .hooks import GALWHook
+
+    trainer._trainer = galw_train_step(trainer._trainer, cfg)
+    hook = GALWHook(cfg, trainer, epoch_iters(cfg))
+    return hooks[:1] + [hook] + hooks[1:]

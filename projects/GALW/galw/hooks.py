@@ -1,0 +1,294 @@
+"""Algorithm 1 of the paper as a detectron2 hook: probe, group, switch to grouped weighting.
+
+Phases (kept in the hook's state, hence in checkpoints, so ``--resume`` continues in place):
+
+* ``probing``: Gamma per task is measured every PROBE_PERIOD iterations and averaged per
+  epoch, with PROBE_WEIGHTING per task. When PROBE_EPOCHS epochs are recorded (or, with
+  PROBE_EPOCHS = 0, when the training ends) the tasks are clustered (Eqs. 7-8) on rank 0,
+  the groups broadcast and written to ``OUTPUT_DIR/galw_groups.json``. Then, in
+  ``single_run`` mode, the weighting switches in place to WEIGHTING over the groups
+  (sigmas reset to 1, their optimizer state cleared), phase ``grouped``; in ``two_phase``
+  mode (the paper's first training) the phase becomes ``recorded`` and weighting is untouched.
+* ``grouped``: WEIGHTING over the groups (from the clustering, GROUPS_FILE, or a fixed grouping).
+"""
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.config import configurable
+from detectron2.engine.train_loop import HookBase
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.file_io import PathManager
+
+from . import grouping as G
+from .probe import GradientProbe
+from .weighting import LossWeighting
+
+__all__ = ["GALWHook", "GROUPS_FILENAME", "fixed_groups_from_config", "GROUPINGS", "MODES"]
+
+logger = logging.getLogger(__name__)
+
+GROUPS_FILENAME = "galw_groups.json"
+GROUPINGS = ("galw", "per_task", "all", "branch", "explicit", "random")
+MODES = ("two_phase", "single_run")
+
+
+def fixed_groups_from_config(cfg, tasks) -> Optional[List[List[str]]]:
+    """Groups known before training (GROUPS_FILE or a fixed GROUPING); None for GALW's clustering.
+
+    Per-task grouping returns ``[[t] for t in tasks]``.
+    """
+    g = cfg.MODEL.GALW
+    if g.GROUPS_FILE:
+        return G.load_groups_file(g.GROUPS_FILE)
+    if g.GROUPING not in GROUPINGS:
+        raise ValueError(f"MODEL.GALW.GROUPING is '{g.GROUPING}', expected one of {GROUPINGS}")
+    if g.GROUPING == "galw":
+        return None
+    if g.GROUPING == "per_task":
+        return G.per_task_groups(tasks)
+    if g.GROUPING == "all":
+        return G.single_group(tasks)
+    if g.GROUPING == "branch":
+        return G.groups_by_prefix(tasks, g.BRANCH_PREFIXES)
+    if g.GROUPING == "random":
+        return G.random_groups(tasks, g.NUM_GROUPS, g.RANDOM_SEED)
+    if not g.GROUPS:
+        raise ValueError("MODEL.GALW.GROUPING is 'explicit' but MODEL.GALW.GROUPS is empty")
+    return [list(x) for x in g.GROUPS]
+
+
+class GALWHook(HookBase):
+    """Drives the probe and the grouping of a GALW train step (see the module docstring)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        weighting: LossWeighting,
+        probe: GradientProbe,
+        optimizer: torch.optim.Optimizer,
+        output_dir: str,
+        epoch_iters: int,
+        fixed_groups: Optional[List[List[str]]] = None,
+        mode: str = "two_phase",
+        method: str = "rulwf",
+        probe_method: str = "equal",
+        num_groups: int = 4,
+        linkage: str = "ward",
+        probe_period: int = 100,
+        probe_epochs: int = 0,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"MODEL.GALW.MODE is '{mode}', expected one of {MODES}")
+        if epoch_iters < 1:
+            raise ValueError(f"MODEL.GALW.EPOCH_ITERS: an epoch must be >= 1 iteration, got {epoch_iters}")
+        if not 1 <= probe_period <= epoch_iters:
+            raise ValueError(
+                f"MODEL.GALW.PROBE_PERIOD is {probe_period}, expected 1..{epoch_iters} (one epoch), "
+                "so that every epoch has a Gamma measurement"
+            )
+        if fixed_groups is None:
+            if mode == "single_run" and probe_epochs < 2:
+                raise ValueError(
+                    f"MODEL.GALW.PROBE_EPOCHS is {probe_epochs}; single_run mode needs >= 2 epochs "
+                    "of Gamma (Eq. 7 takes differences between epochs)"
+                )
+            if not 1 <= num_groups <= len(weighting.tasks):
+                raise ValueError(f"MODEL.GALW.NUM_GROUPS is {num_groups}, expected 1..{len(weighting.tasks)}")
+        else:
+            weighting.configure(method, None if _is_per_task(fixed_groups, weighting.tasks) else fixed_groups)
+        self.weighting = weighting
+        self.probe = probe
+        self.optimizer = optimizer
+        self.output_dir = output_dir
+        self.epoch_iters = int(epoch_iters)
+        self.fixed_groups = fixed_groups
+        self.mode = mode
+        self.method = method
+        self.probe_method = probe_method
+        self.num_groups = num_groups
+        self.linkage = linkage
+        self.probe_period = int(probe_period)
+        self.probe_epochs = int(probe_epochs)
+        # State (checkpointed).
+        self.phase = "grouped" if fixed_groups is not None else "probing"
+        self.groups: Optional[List[List[str]]] = fixed_groups
+        self.gamma_history: Dict[str, List[float]] = {t: [] for t in weighting.tasks}
+        self._epoch_sum = {t: 0.0 for t in weighting.tasks}
+        self._epoch_count = 0
+        self.slopes: Dict[str, float] = {}
+        self.s_star: Dict[str, float] = {}
+        self.switch_iter: Optional[int] = None
+        self._restored = False
+
+    @classmethod
+    def from_config(cls, cfg, trainer, epoch_iters: int):
+        """``trainer``: a trainer whose ``_trainer`` (or itself) is a GALW train step."""
+        step = getattr(trainer, "_trainer", trainer)
+        g = cfg.MODEL.GALW
+        return {
+            "weighting": step.weighting,
+            "probe": step.probe,
+            "optimizer": step.optimizer,
+            "output_dir": cfg.OUTPUT_DIR,
+            "epoch_iters": epoch_iters,
+            "fixed_groups": fixed_groups_from_config(cfg, step.weighting.tasks),
+            "mode": g.MODE,
+            "method": g.WEIGHTING,
+            "probe_method": g.PROBE_WEIGHTING,
+            "num_groups": g.NUM_GROUPS,
+            "linkage": g.LINKAGE,
+            "probe_period": g.PROBE_PERIOD,
+            "probe_epochs": g.PROBE_EPOCHS,
+        }
+
+    # ------------------------------------------------------------------ hook API
+    def before_train(self):
+        if self._restored:
+            logger.info("GALW: resumed in phase '%s' with groups %s", self.phase, self.groups)
+            return
+        if self.phase == "grouped":
+            per_task = _is_per_task(self.groups, self.weighting.tasks)
+            self.weighting.configure(self.method, None if per_task else self.groups)
+            logger.info("GALW: %s weighting over fixed groups %s", self.method, self.groups)
+            self._write_groups_file(self.trainer.iter)
+        else:
+            self.weighting.configure(self.probe_method, None)
+            logger.info(
+                "GALW: probing %d tasks every %d iterations, epoch = %d iterations (%s weighting meanwhile)",
+                len(self.weighting.tasks), self.probe_period, self.epoch_iters, self.probe_method,
+            )
+
+    def before_step(self):
+        self.probe.due = self.phase == "probing" and self.trainer.iter % self.probe_period == 0
+
+    def after_step(self):
+        it = self.trainer.iter
+        if self.probe.due:
+            self.probe.due = False
+            gammas = self.probe.last
+            for t in self.weighting.tasks:
+                self._epoch_sum[t] += gammas[t]
+            self._epoch_count += 1
+            if comm.is_main_process():
+                get_event_storage().put_scalars(
+                    **{f"galw/gamma/{t}": v for t, v in gammas.items()}, smoothing_hint=False
+                )
+        if self.phase == "probing" and (it + 1) % self.epoch_iters == 0:
+            self._close_epoch()
+            if self.probe_epochs > 0 and self._num_epochs() >= self.probe_epochs:
+                self._finish_probing(it)
+
+    def after_train(self):
+        finished = self.trainer.iter >= self.trainer.max_iter  # train() leaves iter = max_iter on success
+        if self.phase == "probing" and self.probe_epochs == 0 and finished:
+            if self._epoch_count:
+                logger.info(
+                    "GALW: the last, incomplete epoch (%d probes) is left out of the history",
+                    self._epoch_count,
+                )
+            self._finish_probing(self.trainer.iter)
+
+    # ------------------------------------------------------------------ phases
+    def _num_epochs(self) -> int:
+        return len(next(iter(self.gamma_history.values())))
+
+    def _close_epoch(self):
+        if self._epoch_count == 0:  # e.g. a run started mid-epoch: nothing measured
+            logger.warning(
+                "GALW: no Gamma measured in the epoch ending at iteration %d; left out",
+                self.trainer.iter,
+            )
+            return
+        for t in self.weighting.tasks:
+            self.gamma_history[t].append(self._epoch_sum[t] / self._epoch_count)
+            self._epoch_sum[t] = 0.0
+        self._epoch_count = 0
+
+    def _finish_probing(self, it: int):
+        """Cluster on rank 0, broadcast, write the groups file, switch (single_run) or stop probing."""
+        result = None
+        if comm.is_main_process():
+            slopes, s_star = G.slopes_and_s_star(self.gamma_history)
+            result = (G.cluster_s_star(s_star, self.num_groups, self.linkage), slopes, s_star)
+        result = comm.all_gather(result)[0]
+        self.groups, self.slopes, self.s_star = [list(g) for g in result[0]], dict(result[1]), dict(result[2])
+        logger.info("GALW: s* = %s -> groups %s", {t: round(v, 4) for t, v in self.s_star.items()}, self.groups)
+        self._write_groups_file(it)
+        if self.mode == "single_run":
+            self._switch_to_groups(it + 1)
+        else:
+            self.phase = "recorded"
+
+    def _switch_to_groups(self, next_iter: int):
+        self.weighting.configure(self.method, self.groups)
+        self.weighting.reset_sigmas()
+        self.optimizer.state.pop(self.weighting.log_sigma, None)  # fresh momentum for new sigmas
+        self.phase = "grouped"
+        self.switch_iter = next_iter
+        logger.info("GALW: from iteration %d, %s weighting over %d groups", next_iter, self.method, len(self.groups))
+
+    def _write_groups_file(self, it: int):
+        if not comm.is_main_process() or not self.output_dir:
+            return
+        data = {
+            "groups": self.groups,
+            "num_groups": len(self.groups),
+            "linkage": self.linkage,
+            "slopes": self.slopes,
+            "s_star": self.s_star,
+            "gamma_history": self.gamma_history,
+            "iteration": int(it),
+        }
+        PathManager.mkdirs(self.output_dir)
+        path = os.path.join(self.output_dir, GROUPS_FILENAME)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with PathManager.open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+        logger.info("GALW: wrote %s", path)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self):
+        return {
+            "phase": self.phase,
+            "groups": self.groups,
+            "gamma_history": self.gamma_history,
+            "epoch_sum": self._epoch_sum,
+            "epoch_count": self._epoch_count,
+            "slopes": self.slopes,
+            "s_star": self.s_star,
+            "switch_iter": self.switch_iter,
+        }
+
+    def load_state_dict(self, state):
+        saved = state.get("groups")
+        if saved is not None and self.fixed_groups is not None and saved != self.fixed_groups:
+            logger.warning(
+                "GALW: the checkpoint's groups %s replace the configured %s", saved, self.fixed_groups
+            )
+        self.phase = state["phase"]
+        self.groups = state["groups"]
+        self.gamma_history = {t: list(v) for t, v in state["gamma_history"].items()}
+        self._epoch_sum = dict(state["epoch_sum"])
+        self._epoch_count = int(state["epoch_count"])
+        self.slopes = dict(state["slopes"])
+        self.s_star = dict(state["s_star"])
+        self.switch_iter = state["switch_iter"]
+        if self.phase == "grouped":
+            per_task = _is_per_task(self.groups, self.weighting.tasks)
+            self.weighting.configure(self.method, None if per_task else self.groups)
+        else:
+            self.weighting.configure(self.probe_method, None)
+        self._restored = True
+
+
+def _is_per_task(groups, tasks) -> bool:
+    if len(groups) != len(tasks) or any(len(g) != 1 for g in groups):
+        return False
+    return [g[0] for g in groups] == list(tasks)

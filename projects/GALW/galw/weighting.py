@@ -1,0 +1,204 @@
+"""Loss weighting over a named loss dict: equal, manual, ULWF and RULWF, per task or per group.
+
+RULWF (paper Eq. 5), per group g of tasks (Eq. 9; one task per group is the per-task case):
+
+    L = sum_g [ (sum_{i in g} L_i / k_i) / sigma_g^2 + log sigma_g + lambda * |sigma_g - 1| ]
+
+with k_i = 1 for classification and 2 for regression. ULWF (Kendall et al.) is the same
+without the lambda term. sigma is parametrised as ``sigma = exp(log_sigma)``: positive by
+construction, no clamp, and ``log sigma`` in the objective is the parameter itself.
+
+One ``log_sigma`` slot is allocated per task from the start; a (non-persistent) buffer maps
+each task to the slot of its group. Switching from per-task to grouped weighting therefore never changes
+the optimizer's parameter set, so checkpoints and ``--resume`` stay simple.
+"""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+
+__all__ = ["LossWeighting", "WEIGHTING_METHODS", "TASK_KIND_K"]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTING_METHODS = ("equal", "manual", "ulwf", "rulwf")
+#: Eq. 5's k for each declared task kind.
+TASK_KIND_K = {"classification": 1.0, "regression": 2.0}
+
+
+class LossWeighting(nn.Module):
+    """Turns ``{task: loss}`` into the weighted total loss; holds the learnable sigmas."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        tasks: Sequence[str],
+        task_kinds: Sequence[str],
+        method: str = "rulwf",
+        lam: float = 1.0,
+        manual_weights: Optional[Sequence[float]] = None,
+    ):
+        """
+        Args:
+            tasks: the loss-dict keys to weight, in a fixed order (slot i belongs to task i).
+            task_kinds: "classification" (k=1) or "regression" (k=2) for each task.
+            method: one of WEIGHTING_METHODS.
+            lam: lambda of RULWF's regulariser |sigma - 1|.
+            manual_weights: one weight per task, for method "manual".
+        """
+        super().__init__()
+        tasks = list(tasks)
+        if not tasks:
+            raise ValueError("MODEL.GALW.TASKS is empty: list the loss-dict keys to weight")
+        dup = sorted({t for t in tasks if tasks.count(t) > 1})
+        if dup:
+            raise ValueError(f"MODEL.GALW.TASKS lists task(s) {dup} more than once")
+        if len(task_kinds) != len(tasks):
+            raise ValueError(
+                f"MODEL.GALW.TASK_KINDS has {len(task_kinds)} entries but MODEL.GALW.TASKS has "
+                f"{len(tasks)}: give 'classification' or 'regression' for each task"
+            )
+        for task, kind in zip(tasks, task_kinds):
+            if kind not in TASK_KIND_K:
+                raise ValueError(
+                    f"MODEL.GALW.TASK_KINDS: task '{task}' has kind '{kind}', "
+                    f"expected one of {sorted(TASK_KIND_K)}"
+                )
+        self.tasks = tasks
+        self.kinds = dict(zip(tasks, task_kinds))
+        self.lam = float(lam)
+        self.manual_weights = None
+        if manual_weights is not None and len(manual_weights) > 0:
+            if len(manual_weights) != len(tasks):
+                raise ValueError(
+                    f"MODEL.GALW.MANUAL_WEIGHTS has {len(manual_weights)} entries, "
+                    f"expected one per task ({len(tasks)})"
+                )
+            self.manual_weights = dict(zip(tasks, (float(w) for w in manual_weights)))
+        self.register_buffer("k", torch.tensor([TASK_KIND_K[k] for k in task_kinds]))
+        # sigma = exp(log_sigma); log_sigma = 0 is sigma = 1, where RULWF's assumption is exact.
+        self.log_sigma = nn.Parameter(torch.zeros(len(tasks)))
+        # Task i uses slot task_slot[i]; per-task weighting is the identity mapping. Derived from
+        # the grouping (whose source of truth is the GALW hook's checkpointed state), so it is not
+        # saved: loading initial weights must not undo a grouping configured before.
+        self.register_buffer("task_slot", torch.arange(len(tasks)), persistent=False)
+        self.method = "equal"
+        self.groups: List[List[str]] = [[t] for t in tasks]
+        self.group_names: List[str] = list(tasks)
+        self.configure(method, None)
+
+    @classmethod
+    def from_config(cls, cfg):
+        g = cfg.MODEL.GALW
+        return {
+            "tasks": list(g.TASKS),
+            "task_kinds": list(g.TASK_KINDS),
+            "method": g.WEIGHTING,
+            "lam": g.LAMBDA,
+            "manual_weights": list(g.MANUAL_WEIGHTS),
+        }
+
+    # ------------------------------------------------------------------ configuration
+    def configure(self, method: str, groups: Optional[Sequence[Sequence[str]]]):
+        """Select the weighting method and the grouping (None: one group per task).
+
+        Raises naming the task when a task is in two groups or in none, or is unknown.
+        Does not touch the sigma values (see :meth:`reset_sigmas`).
+        """
+        if method not in WEIGHTING_METHODS:
+            raise ValueError(f"MODEL.GALW.WEIGHTING is '{method}', expected one of {WEIGHTING_METHODS}")
+        if method == "manual" and self.manual_weights is None:
+            raise ValueError("MODEL.GALW.WEIGHTING is 'manual' but MODEL.GALW.MANUAL_WEIGHTS is empty")
+        if groups is None:
+            groups = [[t] for t in self.tasks]
+            names = list(self.tasks)
+        else:
+            groups = [list(g) for g in groups]
+            names = [f"g{i}" for i in range(len(groups))]
+        validate_groups(groups, self.tasks)
+        slot = {t: gi for gi, g in enumerate(groups) for t in g}
+        self.task_slot.copy_(torch.tensor([slot[t] for t in self.tasks], device=self.task_slot.device))
+        self.method = method
+        self.groups = groups
+        self.group_names = names
+
+    @torch.no_grad()
+    def reset_sigmas(self):
+        """sigma = 1 in every slot (the start of a training with new groups)."""
+        self.log_sigma.zero_()
+
+    @property
+    def uses_sigma(self) -> bool:
+        return self.method in ("ulwf", "rulwf")
+
+    def sigmas(self) -> Dict[str, float]:
+        """{group name: sigma} for the current grouping."""
+        s = torch.exp(self.log_sigma.detach()).tolist()
+        return {name: s[i] for i, name in enumerate(self.group_names)}
+
+    def task_weights(self) -> Dict[str, float]:
+        """{task: effective weight on its raw loss}: 1/(k sigma^2), the manual weight, or 1."""
+        if self.method == "equal":
+            return {t: 1.0 for t in self.tasks}
+        if self.method == "manual":
+            return dict(self.manual_weights)
+        inv_var = torch.exp(-2.0 * self.log_sigma.detach())[self.task_slot] / self.k
+        return dict(zip(self.tasks, inv_var.tolist()))
+
+    # ------------------------------------------------------------------ objective
+    def check_losses(self, loss_dict: Dict[str, torch.Tensor]):
+        """Every configured task is produced and every produced loss is a configured task."""
+        missing = [t for t in self.tasks if t not in loss_dict]
+        if missing:
+            raise KeyError(
+                f"MODEL.GALW.TASKS: the model produced no loss for task(s) {missing}; "
+                f"it produces {sorted(loss_dict)}"
+            )
+        unheld = [t for t in loss_dict if t not in self.kinds]
+        if unheld:
+            raise KeyError(
+                f"MODEL.GALW.TASKS: the model produces loss(es) {unheld} that no task/group holds; "
+                "add them to MODEL.GALW.TASKS (and TASK_KINDS)"
+            )
+
+    def forward(self, loss_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted total loss (Eq. 5 / Eq. 9 for ULWF and RULWF)."""
+        self.check_losses(loss_dict)
+        if self.method == "equal":
+            return sum(loss_dict[t] for t in self.tasks)
+        if self.method == "manual":
+            return sum(self.manual_weights[t] * loss_dict[t] for t in self.tasks)
+        raw = torch.stack([loss_dict[t].float().reshape(()) for t in self.tasks])
+        num_groups = len(self.groups)
+        group_loss = torch.zeros(num_groups, device=raw.device, dtype=raw.dtype).index_add(
+            0, self.task_slot, raw / self.k
+        )
+        log_sigma = self.log_sigma[:num_groups]
+        total = group_loss * torch.exp(-2.0 * log_sigma) + log_sigma
+        if self.method == "rulwf":
+            total = total + self.lam * torch.abs(torch.exp(log_sigma) - 1.0)
+        return total.sum()
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, lambda={self.lam}, groups={self.groups}"
+
+
+def validate_groups(groups: Sequence[Sequence[str]], tasks: Sequence[str]):
+    """Each task in exactly one group, no unknown task, no empty group."""
+    seen = {}
+    for gi, group in enumerate(groups):
+        if not group:
+            raise ValueError(f"task grouping: group {gi} is empty")
+        for t in group:
+            if t not in tasks:
+                raise ValueError(f"task grouping: group {gi} holds '{t}', which is not in MODEL.GALW.TASKS")
+            if t in seen:
+                raise ValueError(f"task grouping: task '{t}' is in group {seen[t]} and in group {gi}")
+            seen[t] = gi
+    unheld = [t for t in tasks if t not in seen]
+    if unheld:
+        raise ValueError(f"task grouping: task(s) {unheld} are in no group")

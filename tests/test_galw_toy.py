@@ -1,0 +1,90 @@
+"""Algorithm 1 end to end on the toy multi-task model: the real probe and hook recover the
+planted task clusters, switch at the configured point, keep state across resume, and the
+probe leaves the training trajectory unchanged."""
+import json
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine.hooks import PeriodicCheckpointer
+
+from galw.hooks import GROUPS_FILENAME
+from galw_helpers import PLANTED, TOY_TASKS, toy_cfg, toy_training
+
+
+def test_planted_clusters_recovered_and_switch(tmp_path):
+    cfg = toy_cfg(tmp_path)  # single_run, 4 epochs of 5 iterations, probe every iteration, G = 3
+    step, hook = toy_training(cfg)
+    step.train(0, 24)
+    assert hook.groups == PLANTED
+    assert hook.phase == "grouped" and hook.switch_iter == 20
+    assert all(len(v) == 4 for v in hook.gamma_history.values())
+    saved = json.loads((tmp_path / GROUPS_FILENAME).read_text())
+    assert saved["groups"] == PLANTED and saved["num_groups"] == 3 and saved["linkage"] == "ward"
+    assert saved["iteration"] == 19
+    assert set(saved["s_star"]) == set(saved["slopes"]) == set(saved["gamma_history"]) == set(TOY_TASKS)
+    assert saved["s_star"]["loss_t0"] > 0.3 > abs(saved["s_star"]["loss_t2"]) and saved["s_star"]["loss_t4"] < -0.1
+    w = step.weighting
+    assert w.method == "rulwf" and w.groups == PLANTED and w.task_slot.tolist() == [2, 2, 1, 1, 0, 0]
+    sig = w.sigmas()
+    assert len({round(s, 6) for s in sig.values()}) == 3  # the groups' sigmas moved apart
+    weights = w.task_weights()  # 1/(k sigma_g^2): t0 (cls) vs t5 (reg) differ, t0 == t1 (same group, same k)
+    assert weights["loss_t0"] == weights["loss_t1"] != weights["loss_t5"]
+    storage = step.storage
+    assert len(storage.history("galw/gamma/loss_t0").values()) == 20
+    assert "galw/weight/g2" in storage.histories() and "galw/raw/loss_t3" in storage.histories()
+
+
+def test_batched_probe_gives_the_same_groups(tmp_path):
+    step, hook = toy_training(toy_cfg(tmp_path, "MODEL.GALW.PROBE_BATCHED", True))
+    step.train(0, 20)
+    ref_step, ref_hook = toy_training(toy_cfg(tmp_path / "ref"))
+    ref_step.train(0, 20)
+    assert hook.groups == ref_hook.groups == PLANTED
+    for t in TOY_TASKS:
+        assert torch.allclose(torch.tensor(hook.gamma_history[t]), torch.tensor(ref_hook.gamma_history[t]), rtol=1e-4)
+
+
+def test_probe_does_not_change_the_trajectory(tmp_path):
+    # Probing every iteration vs never probing (the period exceeds the run): identical weights.
+    probed, _ = toy_training(toy_cfg(tmp_path / "a", "MODEL.GALW.PROBE_EPOCHS", 10))
+    probed.train(0, 12)
+    plain, plain_hook = toy_training(toy_cfg(tmp_path / "b", "MODEL.GALW.PROBE_EPOCHS", 10))
+    plain_hook.probe_period = 10**9
+    plain.train(1, 13)  # iteration % period is never 0: never probed
+    assert len(probed.storage.history("galw/gamma/loss_t0").values()) == 12
+    assert "galw/gamma/loss_t0" not in plain.storage.histories()
+    a, b = probed.model.state_dict(), plain.model.state_dict()
+    for k in a:
+        if k != "iteration":
+            assert torch.equal(a[k], b[k]), k
+
+
+def _run_with_checkpoints(out, start, max_iter, resume):
+    cfg = toy_cfg(out)
+    step, hook = toy_training(cfg)
+    ckpt = DetectionCheckpointer(step.model, str(out), trainer=step)
+    step.register_hooks([PeriodicCheckpointer(ckpt, 12)])
+    if resume:
+        ckpt.resume_or_load("", resume=True)
+        start = step.iter + 1
+    step.train(start, max_iter)
+    return step, hook
+
+
+def test_resume_keeps_groups_phase_and_sigmas(tmp_path):
+    full, full_hook = _run_with_checkpoints(tmp_path, 0, 24, resume=False)  # checkpoints after iter 11 and 23
+    sigmas = full.weighting.sigmas()
+    # Resume from the last checkpoint (grouped phase) and continue.
+    again, hook = _run_with_checkpoints(tmp_path, None, 26, resume=True)
+    assert hook.phase == "grouped" and hook.groups == full_hook.groups == PLANTED
+    assert hook.switch_iter == 20 and hook.gamma_history == full_hook.gamma_history
+    assert again.weighting.groups == PLANTED and again.weighting.method == "rulwf"
+    # Resume from the mid-probing checkpoint: same phase and Gamma history so far.
+    (tmp_path / "last_checkpoint").write_text("model_0000011.pth")
+    mid = torch.load(tmp_path / "model_0000011.pth", map_location="cpu")
+    assert mid["trainer"]["hooks"]["GALWHook"]["phase"] == "probing"
+    probing, phook = _run_with_checkpoints(tmp_path, None, 12, resume=True)  # loads, runs nothing
+    assert phook.phase == "probing" and probing.weighting.method == "equal"
+    assert phook.gamma_history == {t: v[:2] for t, v in full_hook.gamma_history.items()}
+    assert phook._epoch_count == 2  # iterations 10 and 11 of epoch 3 were probed
+    assert sigmas != {}
