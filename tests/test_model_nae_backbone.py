@@ -141,7 +141,8 @@ def test_paper_schedule(name, images):
     assert cfg.SOLVER.STEPS[1] == pytest.approx(22 * per_epoch, abs=1)
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY) == (0.001, 0.9, 0.0005)
     assert cfg.SOLVER.WARMUP_ITERS == 300 and cfg.SOLVER.GAMMA == 0.1
-    assert (cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST) == (1500, 900)
+    assert (cfg.INPUT.PS.TEST_LONG_SIDE, cfg.INPUT.PS.TEST_SHORT_SIDE) == (1500, 900)
+    assert tuple(cfg.INPUT.PS.TRAIN_LONG_SIDE_RANGE) == (667, 2000)
     assert cfg.MODEL.OIM.TEMPERATURE == 30.0 and cfg.MODEL.NAE.EMBEDDING_DIM == 256
 
 
