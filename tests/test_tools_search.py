@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
@@ -97,7 +96,7 @@ def setup(tmp_path):
     _two_colour_image(query, QUERY_COLOR, (0, 0, 0))
     cfg_path = tmp_path / "fake.yaml"
     cfg_path.write_text(
-        f"MODEL:\n  META_ARCHITECTURE: {FAKE_ARCH}\n  DEVICE: cpu\nINPUT:\n  MIN_SIZE_TEST: 10\n  MAX_SIZE_TEST: 100\n"
+        f"MODEL:\n  META_ARCHITECTURE: {FAKE_ARCH}\n  DEVICE: cpu\nINPUT:\n  PS:\n    TEST_SHORT_SIDE: 10\n    TEST_LONG_SIDE: 100\n"
     )
     weights = str(tmp_path / "model.pth")
     torch.save({"model": {"channel_weight": torch.tensor([1.0, 1.0, 0.0])}}, weights)
@@ -174,12 +173,12 @@ def test_bad_inputs_raise_clear_errors(setup, tmp_path):
         search.rank(index, torch.ones(5), 3)
 
 
-def test_resize_reads_data_keys_then_falls_back():
+def test_resize_reads_the_data_keys():
     cfg = get_cfg()
     galw.add_galw_config(cfg)
-    assert search.inference_resize_sizes(cfg) == (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    cfg.INPUT.PS = CN({"TEST_SHORT_SIDE": 900, "TEST_LONG_SIDE": 1500})
     assert search.inference_resize_sizes(cfg) == (900, 1500)
+    cfg.INPUT.PS.TEST_SHORT_SIDE, cfg.INPUT.PS.TEST_LONG_SIDE = 240, 320
+    assert search.inference_resize_sizes(cfg) == (240, 320)
 
 
 def test_resize_fits_both_bounds():

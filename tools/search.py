@@ -40,17 +40,13 @@ INDEX_FORMAT = "galw-search-index/1"
 
 def inference_resize_sizes(cfg):
     """(short side, long side) bounds of the test-time resize: the person-search mapper's
-    INPUT.PS.TEST_SHORT_SIDE / TEST_LONG_SIDE (1500x900), else detectron2's
-    INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST.
+    INPUT.PS.TEST_SHORT_SIDE / TEST_LONG_SIDE (1500x900 by default).
 
     detectron2's ResizeShortestEdge(short, long) scales by min(short / min(h, w), long / max(h, w)),
     the same keep-ratio fit as the mapper's test resize, so gallery and query images are seen
     at the size the model was evaluated at.
     """
-    ps = cfg.INPUT.get("PS")
-    if ps is not None and "TEST_SHORT_SIDE" in ps and "TEST_LONG_SIDE" in ps:
-        return int(ps.TEST_SHORT_SIDE), int(ps.TEST_LONG_SIDE)
-    return int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
+    return int(cfg.INPUT.PS.TEST_SHORT_SIDE), int(cfg.INPUT.PS.TEST_LONG_SIDE)
 
 
 class SearchModel:
