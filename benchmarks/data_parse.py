@@ -23,21 +23,7 @@ import scipy.io
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "GALW"))
 import galw  # noqa: E402,F401
 from galw.data import CUHKSYSU, PRW  # noqa: E402
-
-
-def structs(names, rows):
-    arr = np.zeros((1, len(rows)), dtype=[(n, object) for n in names])
-    for j, row in enumerate(rows):
-        for n, v in zip(names, row):
-            arr[0, j][n] = v
-    return arr
-
-
-def cell(items):
-    arr = np.empty((len(items), 1), dtype=object)
-    for i, v in enumerate(items):
-        arr[i, 0] = v
-    return arr
+from galw.data.matlab import cell_array as cell, struct_array as structs  # noqa: E402
 
 
 def link_images(src, paths):

@@ -6,21 +6,7 @@ import numpy as np
 import scipy.io
 
 
-def structs(names, rows):
-    """A 1xN MATLAB struct array (numpy structured array of object fields)."""
-    arr = np.zeros((1, len(rows)), dtype=[(n, object) for n in names])
-    for j, row in enumerate(rows):
-        for n, v in zip(names, row):
-            arr[0, j][n] = v
-    return arr
-
-
-def cell(items):
-    """An Nx1 MATLAB cell array."""
-    arr = np.empty((len(items), 1), dtype=object)
-    for i, v in enumerate(items):
-        arr[i, 0] = v
-    return arr
+from galw.data.matlab import cell_array as cell, struct_array as structs  # noqa: F401  (fixtures)
 
 
 def box(*xywh):

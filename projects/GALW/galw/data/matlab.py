@@ -101,6 +101,23 @@ def cell_strings(x, where):
     return [as_str(c, f"{where}{{{i}}}").strip() for i, c in enumerate(x.ravel(order="F"))]
 
 
+def cell_array(items):
+    """An Nx1 MATLAB cell array, nested as ``loadmat`` returns the real split files."""
+    arr = np.empty((len(items), 1), dtype=object)
+    for i, v in enumerate(items):
+        arr[i, 0] = v
+    return arr
+
+
+def struct_array(names, rows):
+    """A 1xN MATLAB struct array: a numpy structured array of object fields ``names``."""
+    arr = np.zeros((1, len(rows)), dtype=[(n, object) for n in names])
+    for j, row in enumerate(rows):
+        for n, v in zip(names, row):
+            arr[0, j][n] = v
+    return arr
+
+
 _HEADER = b"MATLAB 5.0 MAT-file, written by galw.data (deterministic header)"
 
 

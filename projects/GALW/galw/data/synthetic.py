@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .matlab import savemat_deterministic
+from .matlab import cell_array, savemat_deterministic, struct_array
 
 
 __all__ = ["ATTRIBUTE_NAMES", "SIZES", "generate"]
@@ -241,21 +241,6 @@ def _scenes(rng, size, inside_only, desc):
         yield split, cam, img, persons
 
 
-def _cell(strings, shape=None):
-    arr = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings):
-        arr[i, 0] = s
-    return arr if shape is None else arr.reshape(shape)
-
-
-def _structs(dtype_names, rows):
-    arr = np.zeros((1, len(rows)), dtype=[(n, object) for n in dtype_names])
-    for j, row in enumerate(rows):
-        for n, v in zip(dtype_names, row):
-            arr[0, j][n] = v
-    return arr
-
-
 def _write_json(path, obj):
     with open(path, "w") as f:
         json.dump(obj, f, sort_keys=True, separators=(",", ":"))
@@ -291,8 +276,8 @@ def generate_prw(out, size, seed):
                               {key: np.asarray(rows, dtype=np.float64).reshape(-1, 5)})
         attributes[name + ".jpg"] = attr_rows
         names[split].append(name)
-    savemat_deterministic(os.path.join(out, "frame_train.mat"), {"img_index_train": _cell(names["train"])})
-    savemat_deterministic(os.path.join(out, "frame_test.mat"), {"img_index_test": _cell(names["test"])})
+    savemat_deterministic(os.path.join(out, "frame_train.mat"), {"img_index_train": cell_array(names["train"])})
+    savemat_deterministic(os.path.join(out, "frame_test.mat"), {"img_index_test": cell_array(names["test"])})
     savemat_deterministic(os.path.join(out, "ID_train.mat"), {"ID_train": np.asarray([train_orig], np.float64)})
     savemat_deterministic(os.path.join(out, "ID_test.mat"), {"ID_test2": np.asarray([test_orig], np.float64)})
     lines = []
@@ -345,18 +330,18 @@ def generate_cuhk(out, size, seed):
         attributes[name] = attr_rows
         if split == "test":
             pool.append(name)
-    img_arr = _structs(("imname", "nAppear", "box"),
-                       [(name, np.asarray([[len(b)]], np.float64), _structs(("idlocate", "ishard"), b))
+    img_arr = struct_array(("imname", "nAppear", "box"),
+                       [(name, np.asarray([[len(b)]], np.float64), struct_array(("idlocate", "ishard"), b))
                         for name, b in images])
     savemat_deterministic(os.path.join(out, "annotation", "Images.mat"), {"Img": img_arr})
-    savemat_deterministic(os.path.join(out, "annotation", "pool.mat"), {"pool": _cell(pool)})
+    savemat_deterministic(os.path.join(out, "annotation", "pool.mat"), {"pool": cell_array(pool)})
     train = np.empty((len(train_scenes), 1), dtype=object)
     for k, pid in enumerate(sorted(train_scenes)):
         scenes = [(nm, np.asarray([xywh], np.float64), np.asarray([[hard]], np.float64))
                   for nm, xywh, hard, _ in train_scenes[pid]]
-        train[k, 0] = _structs(("idname", "nAppear", "scene"),
+        train[k, 0] = struct_array(("idname", "nAppear", "scene"),
                                [(f"p{pid + 1}", np.asarray([[len(scenes)]], np.float64),
-                                 _structs(("imname", "idlocate", "ishard"), scenes))])
+                                 struct_array(("imname", "idlocate", "ishard"), scenes))])
     savemat_deterministic(os.path.join(tt_dir, "Train.mat"), {"Train": train})
     # one query per test identity seen at least twice; gallery = positives first, then negatives
     queries = []
@@ -376,11 +361,11 @@ def generate_cuhk(out, size, seed):
             gal = [(nm, np.asarray([xywh], np.float64), np.asarray([[hard]], np.float64))
                    for nm, xywh, hard, _ in positives]
             gal += [(nm, np.zeros((1, 0)), np.zeros((1, 0))) for nm in negatives[:max(0, gallery_size - len(gal))]]
-            query = _structs(("imname", "idlocate", "ishard", "idname"),
+            query = struct_array(("imname", "idlocate", "ishard", "idname"),
                              [(qname, np.asarray([qxywh], np.float64), np.asarray([[qhard]], np.float64),
                                f"p{size.train_ids + pid + 1}")])
-            rows.append((query, _structs(("imname", "idlocate", "ishard"), gal)))
-        return _structs(("Query", "Gallery"), rows)
+            rows.append((query, struct_array(("imname", "idlocate", "ishard"), gal)))
+        return struct_array(("Query", "Gallery"), rows)
 
     for g in (50, 100, 500, 1000, 2000, 4000):
         savemat_deterministic(os.path.join(tt_dir, f"TestG{g}.mat"), {f"TestG{g}": protocol(queries, g)})
