@@ -70,3 +70,12 @@ def stock_rcnn_cfg(dataset_name, output_dir, *opts):
         + list(opts)
     )
     return cfg
+
+
+def free_port():
+    """A free TCP port on the loopback, for the 2-process gloo tests."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

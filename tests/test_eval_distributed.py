@@ -1,6 +1,5 @@
 """1 process and 2 gloo processes give identical person-search numbers."""
 import json
-import socket
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -9,6 +8,8 @@ import galw  # noqa: F401
 from galw.evaluation import PersonSearchEvaluator
 
 import eval_helpers as H
+
+from conftest import free_port
 
 
 def _evaluate(ios, gallery, queries, protocols, rank, world):
@@ -34,17 +35,12 @@ def _worker(rank, port, path):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_one_and_two_processes_agree(tmp_path):
     gallery, queries, protocols, ios = H.random_cuhk_scene(seed=3)
     single = _evaluate(ios, gallery, queries, protocols, 0, 1)
     path = tmp_path / "two.json"
-    mp.spawn(_worker, args=(_free_port(), str(path)), nprocs=2)
+    mp.spawn(_worker, args=(free_port(), str(path)), nprocs=2)
     two = json.load(open(path))
     assert json.loads(json.dumps(single)) == two
     assert 0 < single["search"]["mAP"] < 100 and 0 < single["detection"]["recall"] < 100

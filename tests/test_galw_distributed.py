@@ -3,7 +3,6 @@ groups are computed on rank 0 and broadcast, sigma gradients are averaged, so bo
 with identical groups, Gamma history, sigmas and weights although their data differ."""
 import json
 import os
-import socket
 import sys
 
 import torch
@@ -11,11 +10,8 @@ import torch.multiprocessing as mp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+from conftest import free_port
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, port, out_dir):
@@ -58,7 +54,7 @@ def _worker(rank, port, out_dir):
 
 
 def test_two_ranks_agree(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["phase"] == r1["phase"] == "grouped"

@@ -1,7 +1,6 @@
 """OIMLoss: loss and memory updates on hand-computed values; 2-process (gloo) memory sync."""
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,8 @@ import torch.multiprocessing as mp
 from galw.modeling.oim import OIMLoss
 
 S2 = 1 / math.sqrt(2)
+
+from conftest import free_port
 
 
 def _oim(temperature=1.0, queue_size=2, num_labeled=2):
@@ -122,14 +123,9 @@ def _sync_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_rank_memories_identical_and_equal_to_gathered_batch(tmp_path):
-    mp.spawn(_sync_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sync_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pth")
     r1 = torch.load(tmp_path / "rank1.pth")
     for key in r0:
