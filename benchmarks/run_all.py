@@ -20,6 +20,9 @@ their output, then repeats the key lines in a summary with the machine and its l
 each script's own defaults (more images, rounds and both datasets). ``--device cuda``
 times inference and ROI-AlignPS* training on the GPU (``--amp``: autocast fp16 for
 inference, AMPTrainer for training); evaluation, parsing, the toy and the ALM stay on CPU.
+Benchmarks run with OMP_NUM_THREADS=1 unless the environment sets it (on a shared CPU two
+threads mostly wait on each other: a ROI-AlignPS* R-18 step took 3.5 s with one thread and
+12.9 s with two on this project's busy 2-core machine).
 """
 import argparse
 import os
@@ -68,8 +71,11 @@ def benchmarks(args, data_root):
     return {
         "inference": inference,
         "overhead_toy": py + [os.path.join(BENCH, "galw_overhead.py")] + (["--rounds", "2"] if quick else []),
+        # quick: a CPU step of this model takes seconds, so probe every 20 iterations (blocks of 20)
+        # instead of the default 100; the summary projects the measured probe cost to the default.
         "overhead_roi_alignps": py + [os.path.join(BENCH, "galw_overhead.py"), "--config-file", ROI_ALIGNPS_SYNTH]
-        + (["--rounds", "1", "--warmup", "2"] if quick else ["--rounds", "3"]) + overhead_opts,
+        + (["--rounds", "1", "--block", "20", "--warmup", "1"] if quick else ["--rounds", "3"]) + overhead_opts
+        + (["MODEL.GALW.PROBE_PERIOD", "20"] if quick else []),
         "eval": py + [os.path.join(BENCH, "eval_speed.py"), "--dataset", "prw" if quick else "both"],
         "data_parse": py + [os.path.join(BENCH, "data_parse.py")] + (["--skip-cuhk"] if quick else []),
         "alm": py + [os.path.join(BENCH, "attribute_alm.py")] + (["--boxes", "10", "--repeats", "1"] if quick else []),
@@ -91,6 +97,8 @@ def child_env(data_root):
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.join(REPO, "projects", "GALW"), REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["DETECTRON2_DATASETS"] = data_root
+    # One thread unless told otherwise: on a shared CPU, two OpenMP threads wait on each other.
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     return env
 
@@ -109,6 +117,27 @@ def run(name, argv, data_root):
     return proc.wait(), time.perf_counter() - start, lines
 
 
+def projected_overhead(lines, default_period=None):
+    """A probe's cost in step-times from the measured ratio, and the ratio it implies at the
+    default PROBE_PERIOD (a projection, printed as such)."""
+    if default_period is None:
+        sys.path.insert(0, os.path.join(REPO, "projects", "GALW"))
+        from detectron2.config import get_cfg
+
+        import galw
+
+        default_period = galw.add_galw_config(get_cfg()).MODEL.GALW.PROBE_PERIOD
+    text = "\n".join(lines)
+    ms = re.search(r"([\d.]+) ms/step equal, ([\d.]+) ms/step GALW", text)
+    period = re.search(r"PROBE_PERIOD=(\d+)", text)
+    if not (ms and period):
+        return "projection: figures not found"
+    equal, galw_ms, period = float(ms.group(1)), float(ms.group(2)), int(period.group(1))
+    probe = (galw_ms - equal) * period / equal
+    return (f"one probe costs {probe:.2f} step-times (measured at period {period}); projected ratio at the "
+            f"default PROBE_PERIOD={default_period}: {1 + probe / default_period:.3f}")
+
+
 def machine_line():
     import torch
 
@@ -116,8 +145,7 @@ def machine_line():
         gpu = torch.cuda.get_device_name()
     else:
         gpu = "no GPU"
-    return (f"{os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), {gpu}")
+    return (f"{os.cpu_count()} CPU cores, torch {torch.__version__} (benchmarks run with OMP_NUM_THREADS={child_env('')['OMP_NUM_THREADS']}), {gpu}")
 
 
 def main():
@@ -165,6 +193,8 @@ def main():
         for line in lines:
             if re.search(SUMMARY_PATTERNS[name], line):
                 print(f"   {line.strip()}")
+        if name == "overhead_roi_alignps":
+            print(f"   {projected_overhead(lines)}")
         if rc != 0:
             failed.append(name)
             print("   " + "\n   ".join(lines[-5:]))
