@@ -65,12 +65,14 @@ def benchmarks(args, data_root):
     overhead_opts = [
         "MODEL.GALW.TASKS", str(ROI_ALIGNPS_TASKS), "MODEL.GALW.TASK_KINDS", str(ROI_ALIGNPS_KINDS),
         "MODEL.DEVICE", args.device,
+        # the tiny SynthPS-PRW has 5 iterations per epoch; a probe period must fit in an epoch
+        "MODEL.GALW.EPOCH_ITERS", "1000",
     ]
     if args.amp:
         overhead_opts += ["SOLVER.AMP.ENABLED", "True"]
     return {
         "inference": inference,
-        "overhead_toy": py + [os.path.join(BENCH, "galw_overhead.py")] + (["--rounds", "2"] if quick else []),
+        "overhead_toy": py + [os.path.join(BENCH, "galw_overhead.py")] + (["--rounds", "3"] if quick else []),
         # quick: a CPU step of this model takes seconds, so probe every 20 iterations (blocks of 20)
         # instead of the default 100; the summary projects the measured probe cost to the default.
         "overhead_roi_alignps": py + [os.path.join(BENCH, "galw_overhead.py"), "--config-file", ROI_ALIGNPS_SYNTH]
