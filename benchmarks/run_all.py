@@ -47,8 +47,8 @@ ROI_ALIGNPS_KINDS = [
 # Lines of each benchmark's output repeated in the summary.
 SUMMARY_PATTERNS = {
     "inference": r"^device:|ms/image",
-    "overhead_toy": r"^toy model|ratio",
-    "overhead_roi_alignps": r"^config|ratio",
+    "overhead_toy": r"^toy model|ms/step",
+    "overhead_roi_alignps": r"^config|step-time ratio",
     "eval": r"^== |six-size sweep \(wall\)",
     "data_parse": r"parse|cache",
     "alm": r"^boxes=|ratio",
@@ -123,10 +123,13 @@ def projected_overhead(lines, default_period=None):
     """A probe's cost in step-times from the measured ratio, and the ratio it implies at the
     default PROBE_PERIOD (a projection, printed as such)."""
     if default_period is None:
-        sys.path.insert(0, os.path.join(REPO, "projects", "GALW"))
-        from detectron2.config import get_cfg
+        import warnings
 
-        import galw
+        sys.path.insert(0, os.path.join(REPO, "projects", "GALW"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import galw
+            from detectron2.config import get_cfg
 
         default_period = galw.add_galw_config(get_cfg()).MODEL.GALW.PROBE_PERIOD
     text = "\n".join(lines)
