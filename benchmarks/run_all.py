@@ -9,7 +9,8 @@ their output, then repeats the key lines in a summary with the machine and its l
 
 | name | script | measures |
 |---|---|---|
-| inference | inference_speed.py | ms per 1500x900 image: NAE, AlignPS, ROI-AlignPS* (R-50) vs torchvision fasterrcnn_resnet50_fpn |
+| inference | inference_speed.py | ms per 1500x900 image: NAE, AlignPS, ROI-AlignPS* (R-50) vs torchvision's |
+|  |  | fasterrcnn_resnet50_fpn |
 | overhead_toy | galw_overhead.py | GALW step-time ratio over equal weighting, toy 6-task model, and the probe options |
 | overhead_roi_alignps | galw_overhead.py --config-file | the same ratio on ROI-AlignPS* R-18 (synthetic, 10 tasks) |
 | eval | eval_speed.py | evaluation seconds at real scale (PRW; CUHK-SYSU too at --scale full) |
@@ -146,11 +147,9 @@ def projected_overhead(lines, default_period=None):
 def machine_line():
     import torch
 
-    if torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name()
-    else:
-        gpu = "no GPU"
-    return (f"{os.cpu_count()} CPU cores, torch {torch.__version__} (benchmarks run with OMP_NUM_THREADS={child_env('')['OMP_NUM_THREADS']}), {gpu}")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    threads = child_env("")["OMP_NUM_THREADS"]
+    return f"{os.cpu_count()} CPU cores, torch {torch.__version__} (benchmarks run with OMP_NUM_THREADS={threads}), {gpu}"
 
 
 def main():
