@@ -7,3 +7,8 @@ setup:
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Every benchmark, figures printed (BENCH_ARGS e.g. "--scale full", "--device cuda --amp").
+.PHONY: bench
+bench: setup
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -62,8 +62,10 @@ def build_person_search(config_file, opts, device, amp=False):
         cfg.merge_from_list(["MODEL.OIM.NUM_LABELED", 1])
     if "AlignPSBranch" in cfg.MODEL.PERSON_SEARCH.BRANCHES:
         cfg.merge_from_list(["MODEL.ALIGNPS.SCORE_THRESH_TEST", 0.0])
-    if (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) != (HEIGHT, WIDTH):
-        raise ValueError(f"{config_file}: INPUT.MIN/MAX_SIZE_TEST should be {HEIGHT}/{WIDTH} (the paper's test size)")
+    if (cfg.INPUT.PS.TEST_SHORT_SIDE, cfg.INPUT.PS.TEST_LONG_SIDE) != (HEIGHT, WIDTH):
+        raise ValueError(
+            f"{config_file}: INPUT.PS.TEST_SHORT_SIDE/TEST_LONG_SIDE should be {HEIGHT}/{WIDTH} (the paper's test size)"
+        )
     model = build_model(cfg).eval()
 
     def run(image):
