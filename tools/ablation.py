@@ -4,6 +4,7 @@
     python tools/ablation.py --spec projects/GALW/configs/ablation/synthetic.yaml --out output/ablation
     python tools/ablation.py ... --only equal galw_g4 --seeds 1 2     # a subset
     python tools/ablation.py ... --dry-run                              # print the commands
+    python tools/ablation.py ... --max-iter 100 --opts MODEL.GALW.EPOCH_ITERS 25   # reduced scale
 
 Runs train_net.py once per (variant, seed), sequentially, each in OUT/<variant>/seed<k>.
 A variant with ``groups_from`` reuses the Gamma history and initial weights of an earlier
@@ -110,6 +111,23 @@ def train_command(spec, run, python=sys.executable, extra_args=(), extra_opts=()
     return [python, os.path.join(ROOT, "train_net.py"), "--config-file", base_config_path(spec), *extra_args,
             "OUTPUT_DIR", run["out_dir"], "SEED", str(run["seed"]),
             *[str(o) for o in spec["common_opts"]], *run["opts"], *extra_opts]
+
+
+def schedule_opts(spec, max_iter):
+    """Overrides that shorten the base config's schedule to ``max_iter`` iterations, its LR
+    steps scaled by the same factor (a reduced-scale ablation keeps the schedule's shape)."""
+    from galw import add_galw_config  # before detectron2 (galw closes its gaps)
+    from detectron2.config import get_cfg
+
+    if max_iter < 1:
+        raise ValueError(f"--max-iter must be >= 1, got {max_iter}")
+    cfg = get_cfg()
+    add_galw_config(cfg)
+    cfg.merge_from_file(base_config_path(spec))
+    cfg.merge_from_list([str(o) for o in spec["common_opts"]])
+    steps = tuple(int(round(s * max_iter / cfg.SOLVER.MAX_ITER)) for s in cfg.SOLVER.STEPS)
+    return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps),
+            "SOLVER.WARMUP_ITERS", str(min(cfg.SOLVER.WARMUP_ITERS, max_iter))]
 
 
 def galw_group_tasks(history, num_groups, linkage):
@@ -286,6 +304,8 @@ def write_tables(spec, outcome, out_root):
         note += f"Failed or skipped runs (not in the table): {len(outcome['failed'])}, see ablation.json.\n"
     with open(os.path.join(out_root, "ablation.md"), "w") as f:
         f.write(f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n")
+        if spec["common_opts"]:
+            f.write(f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n")
         f.write(markdown_table(rows) + "\n" + note)
     with open(os.path.join(out_root, "ablation.json"), "w") as f:
         json.dump({"spec": spec["_path"], "base_config": spec["base_config"], "variants": rows,
@@ -301,9 +321,19 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
     parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--max-iter", type=int, help="reduced scale: SOLVER.MAX_ITER of every run (LR steps "
+                        "scaled alike); use a fresh --out, finished runs are reused by folder")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides for every run, appended to the spec's common_opts "
+                        "(a variant's own opts still win)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     spec = load_spec(args.spec)
+    if len(args.opts) % 2:
+        parser.error(f"--opts needs KEY VALUE pairs, got {args.opts}")
+    if args.max_iter is not None:
+        spec["common_opts"] = list(spec["common_opts"]) + schedule_opts(spec, args.max_iter)
+    spec["common_opts"] = list(spec["common_opts"]) + list(args.opts)
     extra = ["--num-gpus", str(args.num_gpus)] if args.num_gpus != 1 else []
     outcome = run_ablation(spec, args.out, only=args.only, seeds=args.seeds, extra_args=extra, dry_run=args.dry_run)
     if args.dry_run:

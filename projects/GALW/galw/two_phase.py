@@ -34,7 +34,10 @@ def phase_configs(cfg):
     one.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, PHASE_ONE_DIR)
     if cfg.MODEL.GALW.PROBE_EPOCHS > 0:
         one.SOLVER.MAX_ITER = cfg.MODEL.GALW.PROBE_EPOCHS * epoch_iters(cfg)
-    one.TEST.EVAL_PERIOD = 0  # phase one only measures Gamma
+    # Phase one only measures Gamma: no evaluation (detectron2's EvalHook also evaluates after the
+    # last iteration whatever EVAL_PERIOD is, so the test sets are removed).
+    one.TEST.EVAL_PERIOD = 0
+    one.DATASETS.TEST = ()
     one.freeze()
     two = cfg.clone()
     two.defrost()

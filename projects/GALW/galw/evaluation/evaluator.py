@@ -506,8 +506,12 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 if "attributes" in a:
                     probs.append(g["det_attr"][d])
                     labels.append(a["attributes"])
-        if not probs:
-            raise ValueError("Attribute metrics: no detection matched an annotated gallery box.")
+        if not probs:  # e.g. an early or untrained model: its search metrics still count
+            logger.warning(
+                f"Attribute metrics not computed: none of the {sum(len(g['det_boxes']) for g in ordered)} "
+                f"gallery detections of '{self._dataset_name}' matched an annotated gallery box."
+            )
+            return None
         num = len(labels[0])
         names = self._meta.get("attribute_names", None) or [f"attr{i}" for i in range(num)]
         return evaluate_attributes(np.stack(probs), np.array(labels), names, self._attr_thresh)

@@ -132,19 +132,31 @@ def last_eval_record(records, key_suffix="search/mAP"):
 
 
 def find_groups_json(output_dir):
-    """OUTPUT_DIR/galw_groups.json, else one in a direct subfolder (a two-phase run keeps its
-    first training, which writes the file, in a subfolder); None if there is none."""
+    """The galw_groups.json that holds the clustering (s*, Gamma history): OUTPUT_DIR's, else one
+    in a direct subfolder (a two-phase run's first training writes it there; the second training's
+    own file, read from GROUPS_FILE, has the groups but no s*). None if there is none."""
     path = os.path.join(output_dir, "galw_groups.json")
-    if os.path.isfile(path):
-        return path
     found = sorted(
         os.path.join(output_dir, d, "galw_groups.json")
         for d in os.listdir(output_dir)
         if os.path.isfile(os.path.join(output_dir, d, "galw_groups.json"))
     )
-    if len(found) > 1:
-        logger.warning("%s: several galw_groups.json %s; using the first", output_dir, found)
-    return found[0] if found else None
+    candidates = ([path] if os.path.isfile(path) else []) + found
+    with_s_star = [p for p in candidates if _has_s_star(p)]
+    if len(with_s_star) > 1 and with_s_star[0] != path:
+        logger.warning("%s: several galw_groups.json %s; using the first", output_dir, with_s_star)
+    chosen = (with_s_star or candidates or [None])[0]
+    if chosen is not None and chosen != path and os.path.isfile(path):
+        logger.info("%s has no s*: the groups are drawn from %s", path, chosen)
+    return chosen
+
+
+def _has_s_star(path):
+    try:
+        with open(path) as f:
+            return bool(json.load(f).get("s_star"))
+    except (OSError, ValueError):
+        return False
 
 
 def find_search_jsons(output_dir):

@@ -1,0 +1,227 @@
+"""Every shipped config loads into get_cfg + add_galw_config (no unknown keys); every GALW config's
+TASKS / TASK_KINDS are exactly the losses its model returns, in CONTRACTS.md order and kinds;
+every ablation variant's MODEL.GALW values are accepted by the GALW core."""
+import functools
+import glob
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import galw
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
+from galw.grouping import LINKAGES
+from galw.hooks import MODES, fixed_groups_from_config
+from galw.probe import select_shared_parameters
+from galw.weighting import LossWeighting
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(ROOT, "projects", "GALW", "configs")
+ABLATION_DIR = os.path.join(CONFIG_DIR, "ablation")  # specs of tools/ablation.py, not detectron2 configs
+
+#: CONTRACTS.md: loss key -> GALW kind, in task order t1..t11.
+CONTRACT_KINDS = {
+    "loss_rpn_cls": "classification", "loss_rpn_box": "regression", "loss_nae_det": "classification",
+    "loss_nae_box": "regression", "loss_nae_oim": "classification", "loss_aps_cls": "classification",
+    "loss_aps_box": "regression", "loss_aps_ctr": "classification", "loss_aps_oim": "classification",
+    "loss_aps_tri": "regression", "loss_attr": "classification",
+}
+#: The loss keys each branch documents (docs/models.md, docs/alignps.md, docs/attributes.md).
+BRANCH_KEYS = {
+    "NAEBranch": ["loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim"],
+    "AlignPSBranch": ["loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"],
+    "AttributeBranch": ["loss_attr"],
+}
+NUM_TEST_ATTRIBUTES = 2
+
+_ALL = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
+CONFIGS = [os.path.relpath(p, CONFIG_DIR) for p in _ALL if not p.startswith(ABLATION_DIR + os.sep)]
+SPECS = [os.path.relpath(p, CONFIG_DIR) for p in _ALL if p.startswith(ABLATION_DIR + os.sep)]
+
+
+def load(rel, *opts):
+    cfg = get_cfg()
+    galw.add_galw_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, rel))  # KeyError on a key no part defines
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def galw_configs():
+    return [rel for rel in CONFIGS if load(rel).MODEL.GALW.ENABLED]
+
+
+def expected_tasks(cfg):
+    """The loss keys of the config's branches, in CONTRACTS.md order."""
+    keys = [k for b in cfg.MODEL.PERSON_SEARCH.BRANCHES for k in BRANCH_KEYS[b]]
+    return [k for k in CONTRACT_KINDS if k in keys]
+
+
+def test_the_configs_are_found():
+    assert "alignps/roi_alignps_R50_prw_galw.yaml" in CONFIGS and "stock/faster_rcnn_R18_C4_cpu.yaml" in CONFIGS
+    assert SPECS == ["ablation/synthetic.yaml"]
+    assert len(galw_configs()) >= 10
+
+
+@pytest.mark.parametrize("rel", CONFIGS)
+def test_config_loads_with_known_keys_only(rel):
+    cfg = load(rel)
+    if cfg.MODEL.META_ARCHITECTURE == "PersonSearch":
+        for b in cfg.MODEL.PERSON_SEARCH.BRANCHES:
+            assert b in BRANCH_KEYS, f"{rel}: unknown branch {b}"
+        assert cfg.MODEL.PERSON_SEARCH.DETECTOR in cfg.MODEL.PERSON_SEARCH.BRANCHES
+        assert cfg.MODEL.PERSON_SEARCH.EMBEDDER in cfg.MODEL.PERSON_SEARCH.BRANCHES
+        assert cfg.SOLVER.MAX_ITER > max(cfg.SOLVER.STEPS), rel
+
+
+def test_an_unknown_key_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{os.path.join(CONFIG_DIR, "alignps", "alignps_R50_prw_galw.yaml")}"\n'
+                   "MODEL:\n  GALW:\n    NUM_GROUP: 3\n")
+    with pytest.raises(KeyError, match="NUM_GROUP"):
+        load(str(bad))
+
+
+@pytest.mark.parametrize("rel", [r for r in CONFIGS if r.endswith("_galw.yaml")])
+def test_galw_config_tasks_follow_the_contract(rel):
+    cfg = load(rel)
+    g = cfg.MODEL.GALW
+    assert g.ENABLED
+    assert list(g.TASKS) == expected_tasks(cfg), rel
+    assert list(g.TASK_KINDS) == [CONTRACT_KINDS[t] for t in g.TASKS], rel
+    # The paper's GALW: RULWF over groups from the gradient trends, lambda 1, two trainings.
+    assert (g.WEIGHTING, g.GROUPING, g.LAMBDA, g.MODE, g.PROBE_WEIGHTING) == ("rulwf", "galw", 1.0, "two_phase", "equal")
+    single_branch = len(cfg.MODEL.PERSON_SEARCH.BRANCHES) == 1
+    assert g.NUM_GROUPS == (3 if single_branch else 4)  # paper Table 7: NAE, AlignPS 3; ROI-AlignPS* 4
+    assert g.LINKAGE in LINKAGES and g.MODE in MODES
+    epoch = g.EPOCH_ITERS
+    assert epoch > 0 and 1 <= g.PROBE_PERIOD <= epoch, rel
+    if cfg.MODEL.RESNETS.DEPTH == 50:
+        assert g.PROBE_EPOCHS == 0  # the paper: phase one = the whole first training
+    probed_epochs = g.PROBE_EPOCHS if g.PROBE_EPOCHS > 0 else cfg.SOLVER.MAX_ITER // epoch
+    assert probed_epochs >= 2, f"{rel}: Eq. 7 needs >= 2 epochs of Gamma"
+    assert probed_epochs * epoch <= cfg.SOLVER.MAX_ITER, rel
+
+
+def test_paper_schedule_epochs_are_whole():
+    """EPOCH_ITERS of the R-50 configs: 24 epochs of Gamma in the 24-epoch schedule (hand values)."""
+    for rel, epoch, images in [("alignps/roi_alignps_R50_cuhk_galw.yaml", 2241, 11206),
+                               ("alignps/roi_alignps_R50_prw_galw.yaml", 1140, 5704),
+                               ("attr/roi_alignps_attr_R50_prw_galw.yaml", 1140, 5704),
+                               ("alignps/alignps_R50_cuhk_galw.yaml", 2241, 11206)]:
+        cfg = load(rel)
+        assert cfg.MODEL.GALW.EPOCH_ITERS == epoch == images // cfg.SOLVER.IMS_PER_BATCH
+        assert cfg.SOLVER.MAX_ITER // epoch == 24 and cfg.MODEL.GALW.PROBE_PERIOD == 100
+
+
+def _model_opts(cfg):
+    opts = ["DATASETS.TRAIN", (), "DATASETS.TEST", (), "MODEL.DEVICE", "cpu", "MODEL.PERSON_SEARCH.PRETRAINED", "",
+            "MODEL.OIM.NUM_LABELED", SYNTH_NUM_PIDS, "MODEL.ATTRIBUTE.NUM_ATTRIBUTES", NUM_TEST_ATTRIBUTES]
+    return opts
+
+
+@functools.lru_cache(maxsize=None)
+def _losses_and_shared(branches, depth, rel):
+    """One training forward of the config's model on a tiny batch: (loss keys, shared param names)."""
+    cfg = load(rel)
+    cfg.merge_from_list(_model_opts(cfg))
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_model(cfg)
+        model.train()
+        batch = synthetic_batch()
+        for i, item in enumerate(batch):
+            n = len(item["instances"])
+            item["instances"].gt_attributes = torch.tensor([[1, -1], [0, 1], [1, 0]][:n], dtype=torch.int64)
+        with EventStorage(0):
+            losses = model(batch)
+    finally:
+        torch.set_num_threads(threads)
+    weighting = LossWeighting(cfg)  # raises naming a configured task the model does not produce (or vice versa)
+    total = weighting(losses)
+    assert torch.isfinite(total), rel
+    shared = [n for n, _ in select_shared_parameters(model, cfg.MODEL.GALW.SHARED_PARAM_PREFIXES)]
+    return tuple(losses), tuple(shared)
+
+
+@pytest.mark.parametrize("rel", [r for r in CONFIGS if r.endswith("_galw.yaml")])
+def test_galw_tasks_are_the_models_losses(rel):
+    """R-18 synthetic models run as configured; R-50 ones (which differ only in data and schedule
+    within a branch list) share one build per branch list, all at 128x96 inputs (seconds)."""
+    cfg = load(rel)
+    branches, depth = tuple(cfg.MODEL.PERSON_SEARCH.BRANCHES), cfg.MODEL.RESNETS.DEPTH
+    key_rel = rel
+    if depth == 50:  # the first R-50 GALW config with this branch list stands for all of them
+        key_rel = next(r for r in CONFIGS if r.endswith("_galw.yaml") and load(r).MODEL.RESNETS.DEPTH == 50
+                       and tuple(load(r).MODEL.PERSON_SEARCH.BRANCHES) == branches)
+    loss_keys, shared = _losses_and_shared(branches, depth, key_rel)
+    assert sorted(loss_keys) == sorted(cfg.MODEL.GALW.TASKS), rel
+    # Eq. 6's shared layers are the trunk's trainable res2..res4 (R-50: FrozenBN, res2 frozen).
+    stages = {n.split(".")[1] for n in shared}
+    assert all(n.startswith("backbone.") for n in shared)
+    assert stages == ({"res3", "res4"} if cfg.MODEL.BACKBONE.FREEZE_AT >= 2 else {"res2", "res3", "res4"}), rel
+
+
+def _ablation():
+    spec_path = os.path.join(ROOT, "tools", "ablation.py")
+    spec = importlib.util.spec_from_file_location("galw_tools_ablation_cfg", spec_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _variant_cfgs():
+    ablation = _ablation()
+    spec = ablation.load_spec(os.path.join(CONFIG_DIR, "ablation", "synthetic.yaml"))
+    base = ablation.base_config_path(spec)
+    for run in ablation.plan_runs(spec, "/nonexistent", seeds=spec["seeds"][:1]):
+        cfg = get_cfg()
+        galw.add_galw_config(cfg)
+        cfg.merge_from_file(base)
+        cfg.merge_from_list([str(o) for o in spec["common_opts"]] + run["opts"])  # KeyError on a wrong key
+        yield spec, run, cfg
+
+
+def test_ablation_base_is_roi_alignps_galw():
+    ablation = _ablation()
+    spec = ablation.load_spec(os.path.join(CONFIG_DIR, "ablation", "synthetic.yaml"))
+    assert spec["base_config"] == "projects/GALW/configs/alignps/roi_alignps_R18_synth_galw.yaml"
+    assert os.path.isfile(ablation.base_config_path(spec))
+
+
+def test_ablation_variants_use_real_keys_and_values():
+    seen = set()
+    for spec, run, cfg in _variant_cfgs():
+        g = cfg.MODEL.GALW
+        name = run["name"]
+        seen.add(name)
+        assert list(g.TASKS) == expected_tasks(cfg) and len(g.TASKS) == 10, name  # t1..t10 of ROI-AlignPS*
+        if not g.ENABLED:
+            assert name == "equal"
+            continue
+        weighting = LossWeighting(cfg)
+        assert g.LINKAGE in LINKAGES and g.MODE in MODES, name
+        if run["groups_from"]:
+            assert g.GROUPING == "galw" and 2 <= run["groups_from"]["num_groups"] <= len(g.TASKS), name
+            groups = None
+        else:
+            groups = fixed_groups_from_config(cfg, list(g.TASKS))  # raises on a bad grouping or value
+        weighting.configure(g.WEIGHTING, groups)  # raises on a bad weighting name / manual weights
+        if name == "manual":  # Table 1's best ROI-AlignPS* row: w3 = w5..w9 = 10, others 1
+            assert list(g.MANUAL_WEIGHTS) == [1, 1, 10, 1, 10, 10, 10, 10, 10, 1]
+        if name == "branch_grouping":
+            assert groups == [sorted(BRANCH_KEYS["NAEBranch"]), sorted(BRANCH_KEYS["AlignPSBranch"])]
+        if name == "semantic_grouping_3":  # {t5, t6, t7}, {t3, t10}, {t1, t2, t4, t8, t9}
+            t = list(g.TASKS)
+            assert [sorted(x) for x in groups] == [sorted([t[4], t[5], t[6]]), sorted([t[2], t[9]]),
+                                                    sorted([t[0], t[1], t[3], t[7], t[8]])]
+        if name == "random_grouping_g4":
+            assert len(groups) == 4 and g.RANDOM_SEED == run["seed"]
+    assert {"equal", "manual", "ulwf", "rulwf", "galw_g4", "branch_grouping", "random_grouping_g4"} <= seen

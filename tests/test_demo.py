@@ -1,0 +1,91 @@
+"""tools/demo.py end to end at a tiny size: dataset, untrained baseline, both GALW trainings, report."""
+import importlib.util
+import json
+import os
+
+import cv2
+
+from conftest import ROOT
+
+TASKS = ["loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",
+         "loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"]
+
+# Tiny images and schedule: phase one 3 epochs of 1 iteration (Gamma every iteration), phase two 2.
+TINY_OPTS = [
+    "INPUT.PS.TRAIN_LONG_SIDE_RANGE", "(128, 128)", "INPUT.PS.TRAIN_SHORT_SIDE_RANGE", "(96, 96)",
+    "INPUT.PS.TEST_LONG_SIDE", "128", "INPUT.PS.TEST_SHORT_SIDE", "96",
+    "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "(1,)",
+    "MODEL.GALW.EPOCH_ITERS", "1", "MODEL.GALW.PROBE_PERIOD", "1", "MODEL.GALW.PROBE_EPOCHS", "3",
+]
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("galw_demo", os.path.join(ROOT, "tools", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_tiny_end_to_end(tmp_path, capsys):
+    demo = _load_demo()
+    out, data = str(tmp_path / "demo"), str(tmp_path / "SynthPS-PRW")
+    summary = demo.run_demo(out=out, data_root=data, size="tiny", seed=3, opts=TINY_OPTS)
+    printed = capsys.readouterr().out
+    for n in range(1, demo.NUM_STAGES + 1):  # numbered stages with elapsed time
+        assert f"[demo {n}/{demo.NUM_STAGES}]" in printed
+    assert "elapsed 00:" in printed
+
+    # Algorithm 1: phase one recorded 3 epochs of Gamma for the 10 tasks and grouped them into 4.
+    with open(os.path.join(out, "galw", "galw_phase1", "galw_groups.json")) as f:
+        phase_one = json.load(f)
+    assert sorted(phase_one["gamma_history"]) == sorted(TASKS)
+    assert all(len(v) == 3 for v in phase_one["gamma_history"].values())
+    groups = phase_one["groups"]
+    assert phase_one["num_groups"] == 4 and len(groups) == 4
+    assert sorted(t for g in groups for t in g) == sorted(TASKS)  # a partition of the 10 tasks
+    # phase two trained with those groups from phase one's initial weights and wrote its own file
+    with open(os.path.join(out, "galw", "galw_groups.json")) as f:
+        assert json.load(f)["groups"] == groups
+    assert os.path.isfile(os.path.join(out, "galw", "galw_phase1", "galw_init.pth"))
+    assert os.path.isfile(os.path.join(out, "galw", "model_final.pth"))
+
+    report = os.path.join(out, "report")
+    with open(os.path.join(report, "demo_summary.json")) as f:
+        saved = json.load(f)
+    assert saved["groups"] == groups == summary["groups"]
+    results = saved["results"]
+    assert set(results) == {"untrained (random init)", "ROI-AlignPS* + GALW (trained)"}
+    for r in results.values():
+        assert 0.0 <= r["mAP"] <= 100.0 and 0.0 <= r["top1"] <= 100.0
+    assert saved["dataset"] == {"root": os.path.abspath(data), "size": "tiny", "seed": 3, "state": "generated",
+                                "num_queries": saved["dataset"]["num_queries"]}
+    assert saved["dataset"]["num_queries"] > 0
+    assert saved["phase_one_iters"] == 3 and saved["phase_two_iters"] == 2
+    md = open(os.path.join(report, "demo_summary.md")).read()
+    assert "untrained (random init)" in md and "ROI-AlignPS* + GALW (trained)" in md
+    assert f"{results['untrained (random init)']['mAP']:.2f}" in md
+
+    for png in ("gradient_magnitudes.png", "s_star_dendrogram.png", "sigma_and_weights.png",
+                "search_results_demo_synth_prw_gallery.png", "search_results_untrained.png"):
+        img = cv2.imread(os.path.join(report, png))
+        assert img is not None and img.shape[0] > 50 and img.shape[1] > 50, png
+    assert os.path.isfile(os.path.join(report, "summary.json"))  # write_report's own summary
+
+
+def test_dataset_reused_only_with_same_size_and_seed(tmp_path):
+    demo = _load_demo()
+    root = str(tmp_path / "SynthPS-PRW")
+    assert demo.prepare_dataset(root, "tiny", 1) == "generated"
+    assert demo.prepare_dataset(root, "tiny", 1) == "reused"
+    assert demo.prepare_dataset(root, "tiny", 2) == "generated"  # other seed: written again
+    with open(os.path.join(root, demo.STAMP)) as f:
+        assert json.load(f) == {"layout": "prw", "size": "tiny", "seed": 2}
+    foreign = tmp_path / "other"
+    foreign.mkdir()
+    (foreign / "frames").mkdir()
+    try:
+        demo.prepare_dataset(str(foreign), "tiny", 1)
+    except FileExistsError as e:
+        assert str(foreign) in str(e) and demo.STAMP in str(e)
+    else:
+        raise AssertionError("an unstamped non-empty folder must not be overwritten")
