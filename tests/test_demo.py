@@ -12,8 +12,8 @@ TASKS = ["loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_n
 
 # Tiny images and schedule: phase one 3 epochs of 1 iteration (Gamma every iteration), phase two 2.
 TINY_OPTS = [
-    "INPUT.PS.TRAIN_LONG_SIDE_RANGE", "(128, 128)", "INPUT.PS.TRAIN_SHORT_SIDE_RANGE", "(96, 96)",
-    "INPUT.PS.TEST_LONG_SIDE", "128", "INPUT.PS.TEST_SHORT_SIDE", "96",
+    "INPUT.PS.TRAIN_LONG_SIDE_RANGE", "(96, 96)", "INPUT.PS.TRAIN_SHORT_SIDE_RANGE", "(72, 72)",
+    "INPUT.PS.TEST_LONG_SIDE", "96", "INPUT.PS.TEST_SHORT_SIDE", "72",
     "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "(1,)",
     "MODEL.GALW.EPOCH_ITERS", "1", "MODEL.GALW.PROBE_PERIOD", "1", "MODEL.GALW.PROBE_EPOCHS", "3",
 ]
