@@ -38,11 +38,11 @@ logger = logging.getLogger(__name__)
 def _train_num_pids(name):
     """``num_pids`` of a train set; the person-search loaders fill it when the set is loaded.
 
-    The model is built before the train loader, so an unloaded registered set is loaded here
-    (parses are cached). A set that cannot be loaded (e.g. absent in an eval-only setup) gives None.
+    The model is built before the train loader, so a registered set is loaded here (parses are
+    cached): metadata left by an earlier load may describe another root ($DETECTRON2_DATASETS).
+    A set that cannot be loaded (e.g. absent in an eval-only setup) keeps what it has.
     """
-    meta = MetadataCatalog.get(name)
-    if meta.get("num_pids") is None and name in DatasetCatalog.list():
+    if name in DatasetCatalog.list():
         try:
             DatasetCatalog.get(name)
         except (FileNotFoundError, OSError, ValueError) as e:
