@@ -79,3 +79,25 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def train_losses(compute_losses, params, steps, lr):
+    """SGD (momentum 0.9, grad-norm clip 10 as the configs) on ``compute_losses()``'s summed dict.
+
+    Returns each step's losses as floats; runs inside an EventStorage (detectron2's heads log into it).
+    """
+    from detectron2.utils.events import EventStorage
+
+    params = list(params)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    history = []
+    with EventStorage(0) as storage:
+        for step in range(steps):
+            storage.iter = step
+            losses = compute_losses()
+            history.append({k: v.item() for k, v in losses.items()})
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            opt.step()
+    return history

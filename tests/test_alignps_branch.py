@@ -7,6 +7,7 @@ from detectron2.structures import Boxes
 
 from alignps_helpers import normalized_images, small_branch_cfg, synthetic_batch
 from galw.modeling import build_branch
+from conftest import train_losses
 
 APS_KEYS = {"loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"}
 
@@ -21,18 +22,10 @@ def trained():
     backbone = build_backbone(cfg)
     branch = build_branch("AlignPSBranch", cfg, backbone.output_shape())
     params = list(backbone.parameters()) + list(branch.parameters())
-    opt = torch.optim.SGD(params, lr=0.02, momentum=0.9)
     batch = synthetic_batch()
     images = normalized_images(cfg, batch)
     gts = [b["instances"] for b in batch]
-    history = []
-    for _ in range(25):
-        losses = branch(images, backbone(images.tensor), gts)
-        history.append({k: v.item() for k, v in losses.items()})
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
+    history = train_losses(lambda: branch(images, backbone(images.tensor), gts), params, steps=25, lr=0.02)
     backbone.eval()
     branch.eval()
     yield cfg, backbone, branch, images, gts, history

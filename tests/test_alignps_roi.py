@@ -8,10 +8,10 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 
 import galw
 from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
+from conftest import train_losses
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "GALW", "configs")
 TEN_TASKS = {
@@ -47,18 +47,8 @@ def roi_alignps(one_thread):
     cfg = tiny_cfg("roi_alignps_R18_synth_cpu.yaml")
     model = build_model(cfg)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batch = synthetic_batch()
-    history = []
-    with EventStorage(0) as storage:  # detectron2's RPN/ROI heads log into it
-        for step in range(20):
-            storage.iter = step
-            losses = model(batch)
-            history.append({k: v.item() for k, v in losses.items()})
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
+    history = train_losses(lambda: model(batch), model.parameters(), steps=20, lr=0.01)
     model.eval()
     return model, history
 

@@ -10,10 +10,10 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 
 import galw
 from alignps_helpers import SYNTH_NUM_PIDS, SYNTH_PEOPLE, synthetic_batch
+from conftest import train_losses
 
 CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -53,17 +53,8 @@ def trained_model():
         ])
         model = build_model(cfg)
         model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         batch = attribute_batch()
-        history = []
-        with EventStorage():
-            for _ in range(8):
-                losses = model(batch)
-                history.append({k: v.item() for k, v in losses.items()})
-                opt.zero_grad()
-                sum(losses.values()).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                opt.step()
+        history = train_losses(lambda: model(batch), model.parameters(), steps=8, lr=0.01)
         model.eval()
         yield model, history
     finally:

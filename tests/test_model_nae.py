@@ -12,6 +12,7 @@ from detectron2.utils.events import EventStorage
 from galw.modeling import PersonSearch
 from galw.modeling.backbone import load_imagenet_weights, read_imagenet_checkpoint
 from nae_helpers import synthetic_batch, tiny_nae_cfg
+from conftest import train_losses
 
 NAE_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim"}
 # faster for tests: 4x4 ROIAlign (2x2 after res5), 8 ROIs per image, stem..res3 frozen
@@ -37,18 +38,13 @@ def test_loss_keys_and_shapes():
 def test_overfit_tiny_batch_every_task_falls():
     model = _model().train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     batch = synthetic_batch()
-    history = []
-    with EventStorage():
-        for _ in range(30):
-            torch.manual_seed(123)  # the same anchor/ROI sampling draws every step
-            losses = model(batch)
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)  # as SOLVER.CLIP_GRADIENTS in the configs
-            opt.step()
-            history.append({k: v.item() for k, v in losses.items()})
+
+    def step_losses():
+        torch.manual_seed(123)  # the same anchor/ROI sampling draws every step
+        return model(batch)
+
+    history = train_losses(step_losses, params, steps=30, lr=0.01)
     for key in NAE_KEYS:
         series = [h[key] for h in history]
         assert all(torch.isfinite(torch.tensor(series))), key
