@@ -5,7 +5,7 @@ query) under ``$DETECTRON2_DATASETS``.
 """
 from .attributes import AttributeFileError, attach_attributes, load_attribute_file
 from .build import build_person_search_test_loader, build_person_search_train_loader
-from .builtin import register_all, register_person_search
+from .builtin import current_metadata, register_all, register_person_search
 from .cuhk_sysu import CUHKSYSU
 from .mapper import PersonSearchDatasetMapper
 from .matlab import MatFormatError
@@ -22,6 +22,7 @@ __all__ = [
     "attach_attributes",
     "build_person_search_test_loader",
     "build_person_search_train_loader",
+    "current_metadata",
     "load_attribute_file",
     "register_person_search",
 ]

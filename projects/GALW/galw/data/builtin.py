@@ -15,7 +15,7 @@ from .prw import PRW
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["register_person_search", "datasets_root", "ATTRIBUTE_FILE", "ATTRIBUTE_IOU_THRESHOLD"]
+__all__ = ["register_person_search", "current_metadata", "datasets_root", "ATTRIBUTE_FILE", "ATTRIBUTE_IOU_THRESHOLD"]
 
 ATTRIBUTE_FILE = "attributes.json"
 # A record box takes the attributes of the file box it overlaps with at least this IoU.
@@ -62,6 +62,19 @@ def _load(prefix, kind, root_fn, split):
         _update_metadata(f"{prefix}_{split}", attribute_names=names)
     logger.info("Loaded %d %s records from %s", len(records), f"{prefix}_{split}", root)
     return records
+
+
+def current_metadata(name):
+    """The metadata of a registered dataset after loading it.
+
+    File-derived fields (``num_pids``, ``attribute_names``, ...) are set when a split is loaded,
+    and may describe another root ($DETECTRON2_DATASETS) after an earlier load; models are built
+    before their loader, so they read these fields through here. Loading replaces the Metadata
+    object, hence the fresh lookup. Parses are cached, so a second load is cheap.
+    """
+    if name in DatasetCatalog.list():
+        DatasetCatalog.get(name)
+    return MetadataCatalog.get(name)
 
 
 def register_person_search(prefix, kind, root=None, subdir=None):

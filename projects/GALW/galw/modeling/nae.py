@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
@@ -26,6 +26,7 @@ from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import ROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
 
+from ..data import current_metadata
 from .backbone import build_res5_stage, res5_out_channels
 from .branch import PS_BRANCH_REGISTRY, PersonSearchBranch
 from .oim import IGNORED, OIMLoss
@@ -36,18 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 def _train_num_pids(name):
-    """``num_pids`` of a train set; the person-search loaders fill it when the set is loaded.
-
-    The model is built before the train loader, so a registered set is loaded here (parses are
-    cached): metadata left by an earlier load may describe another root ($DETECTRON2_DATASETS).
-    A set that cannot be loaded (e.g. absent in an eval-only setup) keeps what it has.
-    """
-    if name in DatasetCatalog.list():
-        try:
-            DatasetCatalog.get(name)
-        except (FileNotFoundError, OSError, ValueError) as e:
-            logger.warning("Could not load %s to read its num_pids: %s", name, e)
-    return MetadataCatalog.get(name).get("num_pids")  # loading replaces the metadata object
+    """``num_pids`` of a train set, current for its root; a set that cannot be loaded (e.g. absent
+    in an eval-only setup) keeps what its metadata has."""
+    try:
+        return current_metadata(name).get("num_pids")
+    except (FileNotFoundError, OSError, ValueError) as e:
+        logger.warning("Could not load %s to read its num_pids: %s", name, e)
+        return MetadataCatalog.get(name).get("num_pids")
 
 
 def oim_num_labeled(cfg) -> int:

@@ -16,7 +16,6 @@ Boxes: the ground-truth boxes in training; at inference whatever boxes the
 meta-architecture passes to :meth:`AttributeBranch.predict_attributes` (the
 detector branch's detections), all in the network's input scale.
 """
-import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -24,27 +23,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import ROIAlign, ShapeSpec
 from detectron2.modeling.poolers import convert_boxes_to_pooler_format
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
+from ...data import current_metadata
 from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
 from .alm import AttributeLocalization
 from .loss import UNKNOWN, check_attribute_targets, masked_attribute_bce
 
 __all__ = ["AttributeBranch"]
 
-logger = logging.getLogger(__name__)
 
 
 def _num_attributes_from_config(cfg) -> int:
     """MODEL.ATTRIBUTE.NUM_ATTRIBUTES, or (when 0) the length of the train set's ``attribute_names``.
 
     The data part sets ``attribute_names`` when it loads a split whose root holds an
-    ``attributes.json``; the model is built before the loader, so the split is loaded here
-    when its metadata does not have the names yet.
+    ``attributes.json``; the model is built before the loader, so the split is loaded here.
     """
     num = cfg.MODEL.ATTRIBUTE.NUM_ATTRIBUTES
     if num > 0:
@@ -54,10 +51,7 @@ def _num_attributes_from_config(cfg) -> int:
     if not cfg.DATASETS.TRAIN:
         raise ValueError("MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0 and DATASETS.TRAIN is empty: set NUM_ATTRIBUTES")
     name = cfg.DATASETS.TRAIN[0]
-    if MetadataCatalog.get(name).get("attribute_names", None) is None and name in DatasetCatalog.list():
-        logger.info("Loading %s to read its attribute_names (MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0)", name)
-        DatasetCatalog.get(name)
-    names = MetadataCatalog.get(name).get("attribute_names", None)
+    names = current_metadata(name).get("attribute_names", None)
     if not names:
         raise ValueError(
             f"MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0 but the metadata of {name!r} has no 'attribute_names': "
