@@ -216,6 +216,56 @@ def test_subprocess_runner_logs_and_returns_exit_code(tmp_path):
     assert ablation.subprocess_runner([sys.executable, "-c", "import sys; sys.exit(3)"], out) == 3
     with open(os.path.join(out, "ablation_log.txt")) as f:
         assert f.read().strip() == "trained"
+    show = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])"
+    assert ablation.subprocess_runner([sys.executable, "-c", show], str(tmp_path / "t"), threads=3) == 0
+    with open(os.path.join(tmp_path, "t", "ablation_log.txt")) as f:
+        assert f.read().strip() == "3 3"
+
+
+def test_jobs_run_seeds_side_by_side_in_dependency_order(tmp_path):
+    """--jobs 2: the two seeds' chains are in flight together (a barrier only two concurrent
+    first runs can pass), each seed's galw_g4 finishes before its galw_g2, results in plan order."""
+    import threading
+
+    spec = _write_spec(tmp_path, seeds=(1, 2))
+    out = str(tmp_path / "out")
+    barrier, trainer = threading.Barrier(2, timeout=30), FakeTrainer()
+
+    def runner(cmd, out_dir):
+        if os.path.basename(os.path.dirname(out_dir)) == "equal":
+            barrier.wait()  # raises BrokenBarrierError if the other seed is not running meanwhile
+        return trainer(cmd, out_dir)
+
+    outcome = ablation.run_ablation(spec, out, runner=runner, group_tasks=fake_group_tasks, jobs=2)
+    assert outcome["failed"] == []
+    assert [(r["name"], r["seed"]) for r in outcome["results"]] == [
+        ("equal", 1), ("galw_g4", 1), ("galw_g2", 1), ("equal", 2), ("galw_g4", 2), ("galw_g2", 2)]
+    for seed in (1, 2):
+        order = [n for n, s, _ in trainer.calls if s == seed]
+        assert order == ["equal", "galw_g4", "galw_g2"]
+    sequential = ablation.run_ablation(spec, str(tmp_path / "seq"), runner=FakeTrainer(),
+                                       group_tasks=fake_group_tasks)
+    assert [(r["name"], r["seed"], r["mAP"]) for r in sequential["results"]] == [
+        (r["name"], r["seed"], r["mAP"]) for r in outcome["results"]]
+    with pytest.raises(ValueError, match="jobs"):
+        ablation.run_ablation(spec, out, runner=trainer, jobs=0)
+
+
+def test_table_has_top10_and_detection_ap_when_every_run_has_them(tmp_path):
+    results = []
+    for seed, (m_ap, top10, det) in enumerate([(10.0, 40.0, 20.0), (14.0, 50.0, 30.0)], 1):
+        run = tmp_path / f"seed{seed}"
+        (run / "inference").mkdir(parents=True)
+        (run / "inference" / "search_g.json").write_text(json.dumps({"metrics": {
+            "search": {"mAP": m_ap, "top1": 5.0, "top10": top10}, "detection": {"AP": det, "recall": 90.0}}}))
+        results.append(dict(ablation.collect_metrics(str(run)), name="equal", seed=seed))
+    assert (results[0]["top10"], results[0]["det_AP"]) == (40.0, 20.0)
+    spec = _write_spec(tmp_path)
+    rows = ablation.aggregate(spec, results)
+    assert rows[0]["det_AP"] == [20.0, 30.0] and rows[0]["top10_mean"] == 45.0
+    lines = ablation.markdown_table(rows).splitlines()
+    assert lines[0] == "| variant | paper tables | runs | mAP (%) | top-1 (%) | top-10 (%) | detection AP (%) |"
+    assert lines[2] == "| equal | 2, 3 | 2 | 12.00 ± 2.83 | 5.00 ± 0.00 | 45.00 ± 7.07 | 25.00 ± 7.07 |"
 
 
 def test_dry_run_prints_commands(tmp_path, capsys):

@@ -5,12 +5,14 @@
     python tools/ablation.py ... --only equal galw_g4 --seeds 1 2     # a subset
     python tools/ablation.py ... --dry-run                              # print the commands
     python tools/ablation.py ... --max-iter 100 --opts MODEL.GALW.EPOCH_ITERS 25   # reduced scale
+    python tools/ablation.py ... --jobs 2                               # two seeds at a time
 
-Runs train_net.py once per (variant, seed), sequentially, each in OUT/<variant>/seed<k>.
+Runs train_net.py once per (variant, seed), each in OUT/<variant>/seed<k>; one seed's runs go in
+spec order, and --jobs N runs N seeds side by side.
 A variant with ``groups_from`` reuses the Gamma history and initial weights of an earlier
 variant's first GALW training (one Algorithm-1 probe per seed for G = 2..6). Resumable:
 a run whose ablation_result.json exists is not run again. Writes OUT/ablation.md (mean and
-sample std of mAP and top-1 per variant) and OUT/ablation.json.
+sample std of search mAP, top-1, top-10 and detection AP per variant) and OUT/ablation.json.
 """
 import argparse
 import json
@@ -19,6 +21,8 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import yaml
@@ -166,11 +170,17 @@ def regroup_from_run(src, out_dir, group_tasks=galw_group_tasks):
 
 
 # ---------------------------------------------------------------- running
-def subprocess_runner(cmd, out_dir):
-    """Run one training; its output goes to OUT_DIR/ablation_log.txt. Returns the exit code."""
+def subprocess_runner(cmd, out_dir, threads=None):
+    """Run one training; its output goes to OUT_DIR/ablation_log.txt. Returns the exit code.
+
+    ``threads``: OMP/MKL thread count of the run (parallel CPU runs share the cores).
+    """
     os.makedirs(out_dir, exist_ok=True)
+    env = None
+    if threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(os.path.join(out_dir, "ablation_log.txt"), "a") as log:
-        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
 def _pick(flat, suffix):
@@ -193,7 +203,12 @@ def collect_metrics(out_dir):
             metrics = json.load(f).get("metrics", {})
         if "search" not in metrics or not {"mAP", "top1"} <= set(metrics["search"]):
             raise ValueError(f"{path}: expected metrics.search.mAP and metrics.search.top1")
-        return {"mAP": float(metrics["search"]["mAP"]), "top1": float(metrics["search"]["top1"]), "source": path}
+        search, detection = metrics["search"], metrics.get("detection", {})
+        got = {"mAP": float(search["mAP"]), "top1": float(search["top1"]), "source": path}
+        for key, value in (("top10", search.get("top10")), ("det_AP", detection.get("AP"))):
+            if value is not None:
+                got[key] = float(value)
+        return got
     path = os.path.join(out_dir, "metrics.json")
     if os.path.isfile(path):
         with open(path) as f:
@@ -201,61 +216,88 @@ def collect_metrics(out_dir):
         for rec in reversed(lines):
             m_ap, top1 = _pick(rec, "search/mAP"), _pick(rec, "search/top1")
             if m_ap is not None and top1 is not None:
-                return {"mAP": m_ap, "top1": top1, "source": path}
+                got = {"mAP": m_ap, "top1": top1, "source": path}
+                for key, suffix in (("top10", "search/top10"), ("det_AP", "detection/AP")):
+                    if _pick(rec, suffix) is not None:
+                        got[key] = _pick(rec, suffix)
+                return got
     raise ValueError(f"{out_dir}: no inference/search_*.json and no search/mAP, search/top1 line in metrics.json")
 
 
+def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
+    """One planned run (reused when its result file exists): (result, None) or (None, failure)."""
+    result_path = os.path.join(run["out_dir"], RESULT_FILE)
+    src = run["groups_from"]
+
+    def failure(reason):
+        logger.error("%s: %s", tag, reason)
+        return None, {"name": run["name"], "seed": run["seed"], "reason": reason}
+
+    if os.path.isfile(result_path):
+        logger.info("%s: done before, reusing %s", tag, result_path)
+        with open(result_path) as f:
+            return json.load(f), None
+    if src and (src["variant"], run["seed"]) not in done:
+        return failure(f"groups_from run {src['variant']} did not finish")
+    try:
+        extra = regroup_from_run(src, run["out_dir"], group_tasks) if src else []
+    except (OSError, ValueError) as e:
+        return failure(str(e))
+    cmd = train_command(spec, run, extra_args=extra_args, extra_opts=extra)
+    logger.info("%s: running -> %s", tag, run["out_dir"])
+    start = time.time()
+    code = runner(cmd, run["out_dir"])
+    if code != 0:
+        return failure(f"exit code {code}")
+    try:
+        metrics = collect_metrics(run["out_dir"])
+    except ValueError as e:
+        return failure(str(e))
+    result = {"name": run["name"], "seed": run["seed"], "command": cmd,
+              "seconds": round(time.time() - start, 1), **metrics}
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=2)
+    logger.info("%s: mAP %.2f, top-1 %.2f in %.0f s", tag, result["mAP"], result["top1"], result["seconds"])
+    return result, None
+
+
 def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(), dry_run=False,
-                 group_tasks=galw_group_tasks):
-    """Run every planned run not already done; returns {"results": [...], "failed": [...]}."""
+                 group_tasks=galw_group_tasks, jobs=1):
+    """Run every planned run not already done; returns {"results": [...], "failed": [...]} in plan order.
+
+    ``jobs`` > 1 runs the seeds' chains concurrently (a chain is one seed's runs in spec order,
+    so a ``groups_from`` source always finishes before the runs that regroup it).
+    """
     runs = plan_runs(spec, out_root, only, seeds)
-    if not dry_run and not os.path.isfile(base_config_path(spec)):
-        raise FileNotFoundError(f"{spec['_path']}: base_config {spec['base_config']!r} does not exist")
-    results, failed, done = [], [], set()
-    for i, run in enumerate(runs, 1):
-        result_path = os.path.join(run["out_dir"], RESULT_FILE)
-        tag = f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}"
-        src = run["groups_from"]
-        if dry_run:
+    if dry_run:
+        for run in runs:
+            src = run["groups_from"]
             extra = ["MODEL.GALW.GROUPS_FILE", "<regrouped from " + src["groups_file"] + ">"] if src else []
             print(" ".join(train_command(spec, run, extra_args=extra_args, extra_opts=extra)))
-            continue
-        if os.path.isfile(result_path):
-            logger.info("%s: done before, reusing %s", tag, result_path)
-            with open(result_path) as f:
-                result = json.load(f)
-        else:
-            if src and (src["variant"], run["seed"]) not in done:
-                logger.error("%s: skipped, its groups_from run %s did not finish", tag, src["variant"])
-                failed.append({"name": run["name"], "seed": run["seed"],
-                               "reason": f"groups_from run {src['variant']} did not finish"})
+        return {"results": [], "failed": []}
+    if not os.path.isfile(base_config_path(spec)):
+        raise FileNotFoundError(f"{spec['_path']}: base_config {spec['base_config']!r} does not exist")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    chains = {}
+    for i, run in enumerate(runs, 1):
+        chains.setdefault(run["seed"], []).append((f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}", run))
+
+    def run_chain(chain):
+        results, failed, done = [], [], set()
+        for tag, run in chain:
+            result, failure = _run_one(spec, run, tag, runner, extra_args, group_tasks, done)
+            if failure:
+                failed.append(failure)
                 continue
-            try:
-                extra = regroup_from_run(src, run["out_dir"], group_tasks) if src else []
-            except (OSError, ValueError) as e:
-                logger.error("%s: %s", tag, e)
-                failed.append({"name": run["name"], "seed": run["seed"], "reason": str(e)})
-                continue
-            cmd = train_command(spec, run, extra_args=extra_args, extra_opts=extra)
-            logger.info("%s: running -> %s", tag, run["out_dir"])
-            start = time.time()
-            code = runner(cmd, run["out_dir"])
-            if code != 0:
-                logger.error("%s: train_net.py exited with %d (log in %s)", tag, code, run["out_dir"])
-                failed.append({"name": run["name"], "seed": run["seed"], "reason": f"exit code {code}"})
-                continue
-            try:
-                metrics = collect_metrics(run["out_dir"])
-            except ValueError as e:
-                logger.error("%s: %s", tag, e)
-                failed.append({"name": run["name"], "seed": run["seed"], "reason": str(e)})
-                continue
-            result = {"name": run["name"], "seed": run["seed"], "command": cmd,
-                      "seconds": round(time.time() - start, 1), **metrics}
-            with open(result_path, "w") as f:
-                json.dump(result, f, indent=2)
-        done.add((run["name"], run["seed"]))
-        results.append(result)
+            done.add((run["name"], run["seed"]))
+            results.append(result)
+        return results, failed
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = list(pool.map(run_chain, chains.values()))
+    results = [r for chain_results, _ in outcomes for r in chain_results]
+    failed = [f for _, chain_failed in outcomes for f in chain_failed]
     if failed:
         logger.warning("%d run(s) failed or were skipped: %s", len(failed),
                        ", ".join(f"{f['name']}/seed{f['seed']}" for f in failed))
@@ -269,18 +311,25 @@ def mean_std(values):
     return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
 
 
+#: Columns of the table: (result key, header); top-10 and detection AP only when every run has them.
+COLUMNS = (("mAP", "mAP (%)"), ("top1", "top-1 (%)"), ("top10", "top-10 (%)"), ("det_AP", "detection AP (%)"))
+
+
 def aggregate(spec, results):
-    """Per variant in spec order: runs, seeds, mean and std of mAP and top-1 (variants with no result omitted)."""
+    """Per variant in spec order: runs, seeds, per-run values, mean and std of every column it has."""
     rows = []
     for v in spec["variants"]:
         mine = sorted((r for r in results if r["name"] == v["name"]), key=lambda r: r["seed"])
         if not mine:
             continue
-        m_ap, m_std = mean_std([r["mAP"] for r in mine])
-        t1, t_std = mean_std([r["top1"] for r in mine])
-        rows.append({"name": v["name"], "tables": v["tables"], "runs": len(mine), "seeds": [r["seed"] for r in mine],
-                     "mAP_mean": m_ap, "mAP_std": m_std, "top1_mean": t1, "top1_std": t_std,
-                     "mAP": [r["mAP"] for r in mine], "top1": [r["top1"] for r in mine]})
+        row = {"name": v["name"], "tables": v["tables"], "runs": len(mine), "seeds": [r["seed"] for r in mine]}
+        for key, _ in COLUMNS:
+            values = [r.get(key) for r in mine]
+            if any(x is None for x in values):
+                continue
+            row[key] = values
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+        rows.append(row)
     return rows
 
 
@@ -289,10 +338,12 @@ def _cell(mean, std):
 
 
 def markdown_table(rows):
-    lines = ["| variant | paper tables | runs | mAP (%) | top-1 (%) |", "|---|---|---|---|---|"]
+    columns = [(k, h) for k, h in COLUMNS if any(f"{k}_mean" in r for r in rows)]
+    lines = ["| variant | paper tables | runs | " + " | ".join(h for _, h in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for r in rows:
-        lines.append(f"| {r['name']} | {', '.join(r['tables'])} | {r['runs']} | "
-                     f"{_cell(r['mAP_mean'], r['mAP_std'])} | {_cell(r['top1_mean'], r['top1_std'])} |")
+        cells = [_cell(r[f"{k}_mean"], r[f"{k}_std"]) if f"{k}_mean" in r else "n/a" for k, _ in columns]
+        lines.append(f"| {r['name']} | {', '.join(r['tables'])} | {r['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +371,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
     parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run concurrently (each seed's variants stay in order), each with "
+                        "cpu_count/jobs threads")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--max-iter", type=int, help="reduced scale: SOLVER.MAX_ITER of every run (LR steps "
                         "scaled alike); use a fresh --out, finished runs are reused by folder")
@@ -335,7 +389,11 @@ def main(argv=None):
         spec["common_opts"] = list(spec["common_opts"]) + schedule_opts(spec, args.max_iter)
     spec["common_opts"] = list(spec["common_opts"]) + list(args.opts)
     extra = ["--num-gpus", str(args.num_gpus)] if args.num_gpus != 1 else []
-    outcome = run_ablation(spec, args.out, only=args.only, seeds=args.seeds, extra_args=extra, dry_run=args.dry_run)
+    runner = subprocess_runner
+    if args.jobs > 1:  # the CPU's cores shared out between the concurrent runs
+        runner = partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // args.jobs))
+    outcome = run_ablation(spec, args.out, runner=runner, only=args.only, seeds=args.seeds, extra_args=extra,
+                           dry_run=args.dry_run, jobs=args.jobs)
     if args.dry_run:
         return outcome
     rows = write_tables(spec, outcome, args.out)
