@@ -111,3 +111,10 @@ def test_builtin_synth_names_follow_detectron2_datasets(tmp_path, monkeypatch):
     DatasetCatalog.get("synth_prw_train")
     assert MetadataCatalog.get("synth_prw_train").num_pids == 3
     assert MetadataCatalog.get("synth_prw_train").evaluator_type == "prw"
+    assert MetadataCatalog.get("synth_prw_train").attribute_names == list(ATTRIBUTE_NAMES)
+    # a root without attributes.json: the earlier root's attribute names do not survive
+    os.remove(other / "SynthPS-PRW" / "attributes.json")
+    records = DatasetCatalog.get("synth_prw_train")
+    assert not any("attributes" in a for r in records for a in r["annotations"])
+    assert "attribute_names" not in MetadataCatalog.get("synth_prw_train").as_dict()
+    assert MetadataCatalog.get("synth_prw_train").num_pids == 3

@@ -35,31 +35,37 @@ def datasets_root():
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def _update_metadata(name, **kwargs):
-    """Set file-derived metadata, replacing values of an earlier load (the root may have changed)."""
+#: Metadata fields a load derives from the dataset's files; a load sets them all anew.
+FILE_DERIVED_FIELDS = ("num_pids", "pid_mapping", "gallery_protocols", "attribute_names")
+
+
+def _set_file_metadata(name, **fields):
+    """Replace all file-derived metadata of ``name`` by ``fields``: an earlier load's values
+    (of another root, perhaps) never survive, e.g. attribute_names when the new root has none."""
     meta = MetadataCatalog.get(name)
-    keep = {k: v for k, v in meta.as_dict().items() if k not in kwargs and k != "name"}
+    keep = {k: v for k, v in meta.as_dict().items() if k not in FILE_DERIVED_FIELDS and k != "name"}
     MetadataCatalog.remove(name)
-    MetadataCatalog.get(name).set(**keep, **kwargs)
+    MetadataCatalog.get(name).set(**keep, **fields)
 
 
 def _load(prefix, kind, root_fn, split):
     root = root_fn()
+    fields = {}
     if kind == "cuhk_sysu":
         ds = CUHKSYSU(root)
         records, num_pids = ds.records(split)
         if split == "train":
-            _update_metadata(f"{prefix}_train", num_pids=num_pids)
+            fields["num_pids"] = num_pids
         if split == "gallery":
-            _update_metadata(f"{prefix}_gallery", gallery_protocols=ds.protocols())
+            fields["gallery_protocols"] = ds.protocols()
     else:
         records, mapping = PRW(root).records(split)
         if split == "train":
-            _update_metadata(f"{prefix}_train", num_pids=len(mapping), pid_mapping=mapping)
+            fields.update(num_pids=len(mapping), pid_mapping=mapping)
     attr_path = os.path.join(root, ATTRIBUTE_FILE)
     if split != "query" and os.path.isfile(attr_path):
-        names = attach_attributes(records, attr_path, ATTRIBUTE_IOU_THRESHOLD)
-        _update_metadata(f"{prefix}_{split}", attribute_names=names)
+        fields["attribute_names"] = attach_attributes(records, attr_path, ATTRIBUTE_IOU_THRESHOLD)
+    _set_file_metadata(f"{prefix}_{split}", **fields)
     logger.info("Loaded %d %s records from %s", len(records), f"{prefix}_{split}", root)
     return records
 
