@@ -44,7 +44,7 @@ def test_stock_rcnn_single_run_switches_to_groups(box_dataset, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.json").read_text().splitlines()]
     grouped = [x for x in lines if "galw/sigma/g0" in x]
     assert grouped and grouped[-1]["iteration"] == 2
-    assert {"galw/sigma/g1", "galw/weight/g1", "galw/raw/loss_cls", "galw/weight/loss_box_reg"} <= set(grouped[-1])
+    assert {"galw/sigma/g1", "galw/group_weight/g1", "galw/raw/loss_cls", "galw/weight/loss_box_reg"} <= set(grouped[-1])
     assert any("galw/gamma/loss_rpn_cls" in x for x in lines)
     saved_model = torch.load(tmp_path / "model_final.pth", map_location="cpu")
     assert "galw_weighting.log_sigma" in saved_model["model"]

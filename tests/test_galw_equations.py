@@ -166,3 +166,20 @@ def test_optimizer_has_no_weight_decay_on_sigma():
     groups = [g for g in step.optimizer.param_groups if any(p is step.weighting.log_sigma for p in g["params"])]
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0 and len(groups[0]["params"]) == 1
     assert any(g["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY for g in build_optimizer(cfg, step.model).param_groups)
+
+
+def test_logged_weights_per_task_and_per_group_do_not_collide():
+    """Per-task weighting names each group after its task: galw/weight/<task> must still be the
+    weight the task's loss gets, 1/(k sigma^2), and 1/sigma^2 goes to galw/group_weight/<group>."""
+    from detectron2.utils.events import EventStorage
+
+    from galw.engine import write_galw_metrics
+
+    w = _weighting("rulwf")  # sigma: a 2 (k=1), b 1 (k=2), c 0.5 (k=1)
+    with EventStorage(0) as storage:
+        write_galw_metrics(w, LOSSES)
+        got = {k: v[0] for k, v in storage.latest().items()}
+    assert got["galw/weight/a"] == pytest.approx(0.25) and got["galw/group_weight/a"] == pytest.approx(0.25)
+    assert got["galw/weight/b"] == pytest.approx(0.5) and got["galw/group_weight/b"] == pytest.approx(1.0)
+    assert got["galw/weight/c"] == pytest.approx(4.0) and got["galw/sigma/c"] == pytest.approx(0.5)
+    assert got["galw/raw/b"] == pytest.approx(4.0)

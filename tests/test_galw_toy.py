@@ -31,7 +31,7 @@ def test_planted_clusters_recovered_and_switch(tmp_path):
     assert weights["loss_t0"] == weights["loss_t1"] != weights["loss_t5"]
     storage = step.storage
     assert len(storage.history("galw/gamma/loss_t0").values()) == 20
-    assert "galw/weight/g2" in storage.histories() and "galw/raw/loss_t3" in storage.histories()
+    assert "galw/group_weight/g2" in storage.histories() and "galw/raw/loss_t3" in storage.histories()
 
 
 def test_batched_probe_gives_the_same_groups(tmp_path):

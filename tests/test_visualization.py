@@ -104,6 +104,8 @@ def test_sigma_and_weight_curves(tmp_path):
     _png_ok(tmp_path / "w.png")
     assert drawn["sigma"]["g1"] == ([19, 39, 59], [1.5, 1.6, 1.7])
     assert drawn["weight"]["loss_rpn_cls"][1] == pytest.approx([0.9, 0.8, 0.7])
+    assert drawn["group_weight"]["g0"][1] == pytest.approx([1.0, 1 / 1.1, 1 / 1.2])
+    assert set(drawn["weight"]) == {"loss_rpn_cls"}
     with pytest.raises(ValueError, match="galw/sigma"):
         plot_sigma_and_weights([{"iteration": 1, "total_loss": 1.0}], tmp_path / "x.png")
 

@@ -43,7 +43,7 @@ def write_metrics_json(run_dir, iterations=(19, 39, 59), eval_map=42.0):
         rec = {"iteration": it, "total_loss": 3.0 - k}
         for g in ("g0", "g1"):
             rec[f"galw/sigma/{g}"] = 1.0 + 0.1 * k + (0.5 if g == "g1" else 0.0)
-            rec[f"galw/weight/{g}"] = 1.0 / (1.0 + 0.1 * k)
+            rec[f"galw/group_weight/{g}"] = 1.0 / (1.0 + 0.1 * k)
         rec["galw/weight/loss_rpn_cls"] = 0.9 - 0.1 * k
         rec["galw/gamma/loss_rpn_cls"] = 2.0 - 0.5 * k
         rec["galw/gamma/loss_nae_oim"] = 1.0 + 0.25 * k

@@ -97,7 +97,9 @@ def average_sigma_grad(weighting: LossWeighting):
 
 
 def write_galw_metrics(weighting: LossWeighting, loss_dict):
-    """EventStorage scalars: galw/raw/<task> (mean over ranks), galw/sigma/<group>, galw/weight/*."""
+    """EventStorage scalars: galw/raw/<task> (mean over ranks), galw/weight/<task> (the weight a task's
+    loss gets), galw/sigma/<group> and galw/group_weight/<group> (1/sigma^2; its own namespace, as
+    per-task weighting names its groups after the tasks)."""
     raw = {f"galw/raw/{t}": float(loss_dict[t].detach()) for t in weighting.tasks}
     gathered = comm.gather(raw)
     if not comm.is_main_process():
@@ -108,7 +110,7 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
     if weighting.uses_sigma:
         for name, s in weighting.sigmas().items():
             scalars[f"galw/sigma/{name}"] = s
-            scalars[f"galw/weight/{name}"] = 1.0 / (s * s)
+            scalars[f"galw/group_weight/{name}"] = 1.0 / (s * s)
     storage.put_scalars(**scalars, smoothing_hint=False)  # they jump at the switch: no median
 
 

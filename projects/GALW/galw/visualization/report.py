@@ -60,6 +60,7 @@ def write_galw_plots(output_dir, report_dir, figures, skipped):
         drawn = plot_sigma_and_weights(records, weights_path, source=metrics_path)
         figures["sigma_and_weights"] = weights_path
         summary["final_sigma"] = _last_values(drawn["sigma"])
+        summary["final_group_weight"] = _last_values(drawn["group_weight"])
         summary["final_weight"] = _last_values(drawn["weight"])
     else:
         skipped["sigma_and_weights"] = "no galw/sigma/* scalars in metrics.json"
