@@ -225,3 +225,10 @@ def test_ablation_variants_use_real_keys_and_values():
         if name == "random_grouping_g4":
             assert len(groups) == 4 and g.RANDOM_SEED == run["seed"]
     assert {"equal", "manual", "ulwf", "rulwf", "galw_g4", "branch_grouping", "random_grouping_g4"} <= seen
+
+
+def test_ablation_schedule_is_pinned_in_the_spec():
+    """The ablation keeps its own schedule (100 iterations, step at 80) whatever the demo trains."""
+    for spec, run, cfg in _variant_cfgs():
+        assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (100, (80,), 10), run["name"]
+        assert cfg.MODEL.GALW.PROBE_EPOCHS * cfg.MODEL.GALW.EPOCH_ITERS == 25, run["name"]
