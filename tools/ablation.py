@@ -183,6 +183,10 @@ def subprocess_runner(cmd, out_dir, threads=None):
         return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
+#: A result's metrics: (key, detectron2 "<task>/<metric>" name); mAP and top-1 are required.
+METRICS = (("mAP", "search/mAP"), ("top1", "search/top1"), ("top10", "search/top10"), ("det_AP", "detection/AP"))
+
+
 def _pick(flat, suffix):
     for key, value in flat.items():
         if key == suffix or key.endswith("/" + suffix):
@@ -190,8 +194,16 @@ def _pick(flat, suffix):
     return None
 
 
+def _metrics_of(flat, source):
+    """METRICS found in a flat {"<task>/<metric>": value} record, or None without mAP and top-1."""
+    found = {key: _pick(flat, name) for key, name in METRICS}
+    if found["mAP"] is None or found["top1"] is None:
+        return None
+    return dict({k: v for k, v in found.items() if v is not None}, source=source)
+
+
 def collect_metrics(out_dir):
-    """{"mAP", "top1", "source"} of a finished run: its search JSON, else metrics.json's last eval line."""
+    """METRICS (and "source") of a finished run: its search JSON, else metrics.json's last eval line."""
     inf = os.path.join(out_dir, "inference")
     searches = sorted(f for f in os.listdir(inf) if f.startswith("search_") and f.endswith(".json")) \
         if os.path.isdir(inf) else []
@@ -201,25 +213,19 @@ def collect_metrics(out_dir):
         path = os.path.join(inf, searches[0])
         with open(path) as f:
             metrics = json.load(f).get("metrics", {})
-        if "search" not in metrics or not {"mAP", "top1"} <= set(metrics["search"]):
+        flat = {f"{task}/{name}": value for task, values in metrics.items() if isinstance(values, dict)
+                for name, value in values.items()}
+        got = _metrics_of(flat, path)
+        if got is None:
             raise ValueError(f"{path}: expected metrics.search.mAP and metrics.search.top1")
-        search, detection = metrics["search"], metrics.get("detection", {})
-        got = {"mAP": float(search["mAP"]), "top1": float(search["top1"]), "source": path}
-        for key, value in (("top10", search.get("top10")), ("det_AP", detection.get("AP"))):
-            if value is not None:
-                got[key] = float(value)
         return got
     path = os.path.join(out_dir, "metrics.json")
     if os.path.isfile(path):
         with open(path) as f:
             lines = [json.loads(line) for line in f if line.strip()]
         for rec in reversed(lines):
-            m_ap, top1 = _pick(rec, "search/mAP"), _pick(rec, "search/top1")
-            if m_ap is not None and top1 is not None:
-                got = {"mAP": m_ap, "top1": top1, "source": path}
-                for key, suffix in (("top10", "search/top10"), ("det_AP", "detection/AP")):
-                    if _pick(rec, suffix) is not None:
-                        got[key] = _pick(rec, suffix)
+            got = _metrics_of(rec, path)
+            if got is not None:
                 return got
     raise ValueError(f"{out_dir}: no inference/search_*.json and no search/mAP, search/top1 line in metrics.json")
 
@@ -229,8 +235,8 @@ def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
     result_path = os.path.join(run["out_dir"], RESULT_FILE)
     src = run["groups_from"]
 
-    def failure(reason):
-        logger.error("%s: %s", tag, reason)
+    def failure(reason, where=""):
+        logger.error("%s: %s%s", tag, reason, where)
         return None, {"name": run["name"], "seed": run["seed"], "reason": reason}
 
     if os.path.isfile(result_path):
@@ -248,7 +254,7 @@ def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
     start = time.time()
     code = runner(cmd, run["out_dir"])
     if code != 0:
-        return failure(f"exit code {code}")
+        return failure(f"exit code {code}", f" (train_net.py log in {run['out_dir']}/ablation_log.txt)")
     try:
         metrics = collect_metrics(run["out_dir"])
     except ValueError as e:
