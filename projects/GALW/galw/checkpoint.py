@@ -4,6 +4,8 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+__all__ = ["AtomicCheckpointer", "atomic_write"]
+
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose files are complete or absent, never truncated.
@@ -23,15 +25,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to %s", save_file)
-        _atomic_write(save_file, lambda f: torch.save(data, f))
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(os.path.basename(save_file))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
+    """Call ``write(f)`` on a binary temporary file, sync it and rename it onto ``path``: the file
+    is complete or absent, never truncated (checkpoints, the GALW groups, caches)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

@@ -22,9 +22,9 @@ import detectron2.utils.comm as comm
 from detectron2.config import configurable
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.file_io import PathManager
 
 from . import grouping as G
+from .checkpoint import atomic_write
 from .probe import GradientProbe
 from .weighting import LossWeighting
 
@@ -245,12 +245,9 @@ class GALWHook(HookBase):
             "gamma_history": self.gamma_history,
             "iteration": int(it),
         }
-        PathManager.mkdirs(self.output_dir)
+        os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, GROUPS_FILENAME)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with PathManager.open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
         logger.info("GALW: wrote %s", path)
 
     # ------------------------------------------------------------------ checkpoint state

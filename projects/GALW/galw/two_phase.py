@@ -7,6 +7,7 @@ import torch
 
 import detectron2.utils.comm as comm
 
+from .checkpoint import atomic_write
 from .hooks import GROUPS_FILENAME
 
 __all__ = ["needs_two_phases", "phase_configs", "train_two_phase", "PHASE_ONE_DIR", "INIT_WEIGHTS"]
@@ -74,7 +75,5 @@ def train_two_phase(cfg, trainer_cls, resume: bool = False):
 def _save_init_weights(model, path):
     model = getattr(model, "module", model)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save({"model": model.state_dict()}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save({"model": model.state_dict()}, f))
     logger.info("GALW: initial weights saved to %s", path)

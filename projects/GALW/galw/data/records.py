@@ -9,6 +9,8 @@ import numpy as np
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from ..checkpoint import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["image_size", "xywh_to_xyxy", "cached_parse", "pack_records", "unpack_records", "CACHE_VERSION"]
@@ -100,10 +102,7 @@ def cached_parse(root, name, source_files, parse_fn):
     value = parse_fn()
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            pickle.dump((key, value), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: pickle.dump((key, value), f, protocol=pickle.HIGHEST_PROTOCOL))
     except OSError as e:
         logger.warning("Parse cache disabled for %s (%s)", root, e)
     return value
