@@ -43,6 +43,11 @@ def test_grouped_rulwf_eq9_and_effective_weights():
     assert w.task_slot.tolist() == [0, 0, 1]
     assert w.sigmas() == pytest.approx({"g0": 2.0, "g1": 1.0})
     assert w.task_weights() == pytest.approx({"a": 0.25, "b": 0.125, "c": 1.0})
+    # one group per task in task order is per-task weighting, named after the tasks
+    w.configure("rulwf", [["a"], ["b"], ["c"]])
+    assert w.group_names == TASKS and w.task_slot.tolist() == [0, 1, 2]
+    w.configure("rulwf", [["b"], ["a"], ["c"]])
+    assert w.group_names == ["g0", "g1", "g2"]
 
 
 def test_rulwf_dsigma_matches_analytic():

@@ -101,7 +101,7 @@ class GALWHook(HookBase):
             if not 1 <= num_groups <= len(weighting.tasks):
                 raise ValueError(f"MODEL.GALW.NUM_GROUPS is {num_groups}, expected 1..{len(weighting.tasks)}")
         else:
-            weighting.configure(method, None if _is_per_task(fixed_groups, weighting.tasks) else fixed_groups)
+            weighting.configure(method, fixed_groups)
         self.weighting = weighting
         self.probe = probe
         self.optimizer = optimizer
@@ -153,8 +153,7 @@ class GALWHook(HookBase):
             logger.info("GALW: resumed in phase '%s' with groups %s", self.phase, self.groups)
             return
         if self.phase == "grouped":
-            per_task = _is_per_task(self.groups, self.weighting.tasks)
-            self.weighting.configure(self.method, None if per_task else self.groups)
+            self.weighting.configure(self.method, self.groups)
             logger.info("GALW: %s weighting over fixed groups %s", self.method, self.groups)
             self._write_groups_file(self.trainer.iter)
         else:
@@ -278,14 +277,8 @@ class GALWHook(HookBase):
         self.s_star = dict(state["s_star"])
         self.switch_iter = state["switch_iter"]
         if self.phase == "grouped":
-            per_task = _is_per_task(self.groups, self.weighting.tasks)
-            self.weighting.configure(self.method, None if per_task else self.groups)
+            self.weighting.configure(self.method, self.groups)
         else:
             self.weighting.configure(self.probe_method, None)
         self._restored = True
 
-
-def _is_per_task(groups, tasks) -> bool:
-    if len(groups) != len(tasks) or any(len(g) != 1 for g in groups):
-        return False
-    return [g[0] for g in groups] == list(tasks)

@@ -106,6 +106,9 @@ class LossWeighting(nn.Module):
     def configure(self, method: str, groups: Optional[Sequence[Sequence[str]]]):
         """Select the weighting method and the grouping (None: one group per task).
 
+        One group per task, in task order, is per-task weighting however it is given: its
+        groups are named after the tasks (``g0, g1, ...`` name real groups).
+
         Raises naming the task when a task is in two groups or in none, or is unknown.
         Does not touch the sigma values (see :meth:`reset_sigmas`).
         """
@@ -113,12 +116,9 @@ class LossWeighting(nn.Module):
             raise ValueError(f"MODEL.GALW.WEIGHTING is '{method}', expected one of {WEIGHTING_METHODS}")
         if method == "manual" and self.manual_weights is None:
             raise ValueError("MODEL.GALW.WEIGHTING is 'manual' but MODEL.GALW.MANUAL_WEIGHTS is empty")
-        if groups is None:
-            groups = [[t] for t in self.tasks]
-            names = list(self.tasks)
-        else:
-            groups = [list(g) for g in groups]
-            names = [f"g{i}" for i in range(len(groups))]
+        per_task = [[t] for t in self.tasks]
+        groups = per_task if groups is None else [list(g) for g in groups]
+        names = list(self.tasks) if groups == per_task else [f"g{i}" for i in range(len(groups))]
         validate_groups(groups, self.tasks)
         slot = {t: gi for gi, g in enumerate(groups) for t in g}
         self.task_slot.copy_(torch.tensor([slot[t] for t in self.tasks], device=self.task_slot.device))
