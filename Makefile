@@ -5,8 +5,10 @@ PY := .venv/bin/python
 setup:
 	bash tools/setup.sh
 
+# Lint (ruff, configured in pyproject.toml), then the suite with its slowest tests listed.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q --durations=15 tests
 
 # GALW end to end on CPU: SynthPS, untrained baseline, both GALW trainings, evaluation, report.
 demo: setup

@@ -12,7 +12,6 @@ access, so the gallery/query/train loads need only TestG50.
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -20,10 +19,9 @@ import cv2
 import numpy as np
 import scipy.io
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "GALW"))
-import galw  # noqa: E402,F401
-from galw.data import CUHKSYSU, PRW  # noqa: E402
-from galw.data.matlab import cell_array as cell, struct_array as structs  # noqa: E402
+import galw  # noqa: F401
+from galw.data import CUHKSYSU, PRW
+from galw.data.matlab import cell_array as cell, struct_array as structs
 
 
 def link_images(src, paths):
@@ -129,8 +127,8 @@ def main():
                   f"images, {nb} boxes, {num_pids} train ids, {len(queries)} queries", flush=True)
             print(f"CUHK-SYSU load of train+gallery+query from the cache: {t_warm:.2f} s", flush=True)
             for s in sizes:
-                t_p, entries = timed(lambda: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
-                t_pw, _ = timed(lambda: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
+                t_p, entries = timed(lambda s=s: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
+                t_pw, _ = timed(lambda s=s: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
                 print(f"CUHK-SYSU protocol TestG{s}: {len(entries)} queries x {len(entries[0]['gallery'])}, "
                       f"cold {t_p:.2f} s, cached {t_pw:.2f} s", flush=True)
         if not args.skip_prw:

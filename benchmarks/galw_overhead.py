@@ -5,14 +5,12 @@ both measured in this one run, interleaved in blocks so load changes hit both ar
     PYTHONPATH=projects/GALW:. python benchmarks/galw_overhead.py                 # toy model
     PYTHONPATH=projects/GALW:. python benchmarks/galw_overhead.py --config-file CFG [KEY VALUE ...]
 
-With a config file the model is built by train_net.Trainer (its MODEL.GALW.* keys must name
+With a config file the model is built by galw.engine.Trainer (its MODEL.GALW.* keys must name
 the tasks); the equal-weighting arm is the same config with MODEL.GALW.ENABLED False.
 Also prints the probe options: every iteration, batched per-task gradients, and gradients
 with respect to all trainable parameters instead of the shared ones only.
 """
 import argparse
-import os
-import sys
 import tempfile
 import time
 
@@ -20,10 +18,10 @@ import galw  # noqa: F401  (before detectron2)
 import torch
 from detectron2.utils.events import EventStorage, get_event_storage
 
-from galw.engine import GALWSimpleTrainer, attach_weighting, build_optimizer
-from galw.hooks import GALWHook
-from galw.probe import GradientProbe, select_shared_parameters
-from galw.toy import ToyMultiTask, toy_batches
+from galw.core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer
+from galw.core.hook import GALWHook
+from galw.core.probe import GradientProbe, select_shared_parameters
+from galw.core.toy import ToyMultiTask, toy_batches
 
 
 def toy_cfg(period, batched=False):
@@ -84,12 +82,12 @@ class ToyArm:
 
 
 class ConfigArm:
-    """One arm built by train_net.Trainer from a config file."""
+    """One arm built by galw.engine.Trainer from a config file."""
 
     def __init__(self, args, enabled):
-        sys.path.insert(0, os.getcwd())
-        import train_net
         from detectron2.config import get_cfg
+
+        from galw.engine import Trainer
 
         cfg = get_cfg()
         galw.add_galw_config(cfg)
@@ -99,7 +97,7 @@ class ConfigArm:
             cfg.MODEL.GALW.MODE = "single_run"
             cfg.MODEL.GALW.PROBE_EPOCHS = 10**6
         cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
-        self.trainer = train_net.Trainer(cfg)
+        self.trainer = Trainer(cfg)
         self.trainer.storage = self.trainer._trainer.storage = get_event_storage()
         self.trainer.before_train()
         self.step = self.trainer._trainer

@@ -126,7 +126,6 @@ def projected_overhead(lines, default_period=None):
     if default_period is None:
         import warnings
 
-        sys.path.insert(0, os.path.join(REPO, "projects", "GALW"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import galw

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS_DIR)
 # This checkout's package and train_net.py come first (also in other worktrees).
 for _p in (os.path.join(ROOT, "projects", "GALW"), ROOT):
     if _p not in sys.path:

@@ -204,7 +204,7 @@ def random_cuhk_scene(seed=0, n_gallery=30, n_query=8, dim=8, gallery_size=10):
         entries.append(entries[-1])
         protocols["TestG100"].append({"query_index": q, "gallery": entries})
     qembs = []
-    for q in range(n_query):
+    for _ in range(n_query):
         e = rng.normal(size=dim)
         qembs.append((e / np.linalg.norm(e)).round(1).tolist())
     ios = [gallery_io(r, dets[r["file_name"].split("/")[-1]]) for r in gallery]

@@ -6,11 +6,16 @@ import torch
 import galw
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
+from conftest import CONFIG_DIR
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "GALW", "configs")
 
 #: (top colour, bottom colour) in BGR of each labeled identity; -1 is an unlabeled person.
-PERSON_COLOURS = {0: ((0, 0, 255), (255, 0, 0)), 1: ((0, 255, 0), (0, 0, 128)), 2: ((255, 255, 0), (0, 128, 255)), -1: ((200, 200, 200), (60, 60, 60))}
+PERSON_COLOURS = {
+    0: ((0, 0, 255), (255, 0, 0)),
+    1: ((0, 255, 0), (0, 0, 128)),
+    2: ((255, 255, 0), (0, 128, 255)),
+    -1: ((200, 200, 200), (60, 60, 60)),
+}
 
 
 def tiny_nae_cfg(*opts):
@@ -58,5 +63,8 @@ def synthetic_batch():
         inst.gt_boxes = Boxes(torch.tensor([box for _, box in people], dtype=torch.float32))
         inst.gt_classes = torch.zeros(len(people), dtype=torch.int64)
         inst.gt_pids = torch.tensor([pid for pid, _ in people], dtype=torch.int64)
-        batch.append({"image": _person_image(h, w, people, seed=i), "height": h, "width": w, "instances": inst, "file_name": f"synthetic_{i}.png", "image_id": i})
+        batch.append({
+            "image": _person_image(h, w, people, seed=i), "height": h, "width": w, "instances": inst,
+            "file_name": f"synthetic_{i}.png", "image_id": i,
+        })
     return batch

@@ -15,13 +15,12 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
-from galw.grouping import LINKAGES
-from galw.hooks import MODES, fixed_groups_from_config
-from galw.probe import select_shared_parameters
-from galw.weighting import LossWeighting
+from galw.core.grouping import LINKAGES
+from galw.core.hook import MODES, fixed_groups_from_config
+from galw.core.probe import select_shared_parameters
+from galw.core.weighting import LossWeighting
+from conftest import CONFIG_DIR, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(ROOT, "projects", "GALW", "configs")
 ABLATION_DIR = os.path.join(CONFIG_DIR, "ablation")  # specs of tools/ablation.py, not detectron2 configs
 
 #: CONTRACTS.md: loss key -> GALW kind, in task order t1..t11.
@@ -137,7 +136,7 @@ def _losses_and_shared(branches, depth, rel):
         model = build_model(cfg)
         model.train()
         batch = synthetic_batch()
-        for i, item in enumerate(batch):
+        for _i, item in enumerate(batch):
             n = len(item["instances"])
             item["instances"].gt_attributes = torch.tensor([[1, -1], [0, 1], [1, 0]][:n], dtype=torch.int64)
         with EventStorage(0):
@@ -198,7 +197,7 @@ def test_ablation_base_is_roi_alignps_galw():
 
 def test_ablation_variants_use_real_keys_and_values():
     seen = set()
-    for spec, run, cfg in _variant_cfgs():
+    for _spec, run, cfg in _variant_cfgs():
         g = cfg.MODEL.GALW
         name = run["name"]
         seen.add(name)
@@ -229,6 +228,6 @@ def test_ablation_variants_use_real_keys_and_values():
 
 def test_ablation_schedule_is_pinned_in_the_spec():
     """The ablation keeps its own schedule (100 iterations, step at 80) whatever the demo trains."""
-    for spec, run, cfg in _variant_cfgs():
+    for _spec, run, cfg in _variant_cfgs():
         assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (100, (80,), 10), run["name"]
         assert cfg.MODEL.GALW.PROBE_EPOCHS * cfg.MODEL.GALW.EPOCH_ITERS == 25, run["name"]

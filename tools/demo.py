@@ -3,7 +3,7 @@
 
 Stages: (1) write SynthPS-PRW (reused when its stamp says same seed and size), (2) evaluate an
 UNTRAINED ROI-AlignPS* (random init) for a baseline, (3) train ROI-AlignPS* (R-18) with GALW,
-both trainings of Algorithm 1 through train_net.py's Trainer (phase one records Gamma and groups
+both trainings of Algorithm 1 through galw.engine.Trainer (phase one records Gamma and groups
 the 10 tasks, phase two trains from the same initial weights with RULWF per group) and evaluate
 it on the synthetic gallery, (4) write the report folder (Fig. 3 gradient curves, s* dendrogram
 and groups, sigma/weight curves, top-k search pictures) and a summary that puts the trained
@@ -16,28 +16,25 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 
+import galw  # noqa: F401  (before any detectron2 import)
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from galw import add_galw_config
+from galw.core import train_two_phase
+from galw.data import register_person_search
+from galw.data.builtin import datasets_root
+from galw.data.synthetic import SIZES, generate
+from galw.engine import Trainer
+from galw.visualization import write_report
+from galw.visualization.search_results import plot_search_results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _p in (os.path.join(ROOT, "projects", "GALW"), ROOT):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-import galw  # noqa: E402,F401  (before any detectron2 import)
-import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.utils.env import seed_all_rng  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from galw import add_galw_config  # noqa: E402
-from galw.data import register_person_search  # noqa: E402
-from galw.data.builtin import datasets_root  # noqa: E402
-from galw.data.synthetic import SIZES, generate  # noqa: E402
-from galw.two_phase import train_two_phase  # noqa: E402
-from galw.visualization import write_report  # noqa: E402
-from galw.visualization.search_results import plot_search_results  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, "projects", "GALW", "configs", "alignps", "roi_alignps_R18_synth_galw.yaml")
 #: Written into the dataset root after generation; a later demo reuses the data only if it matches.
@@ -139,8 +136,6 @@ def _headline(metrics):
 
 def evaluate_untrained(cfg):
     """Search / detection metrics of a randomly initialised model (the baseline)."""
-    from train_net import Trainer
-
     seed_all_rng(cfg.SEED)
     model = Trainer.build_model(cfg)
     Trainer.test(cfg, model)
@@ -148,9 +143,7 @@ def evaluate_untrained(cfg):
 
 
 def train_galw(cfg):
-    """Both trainings of Algorithm 1 through train_net.py's Trainer; phase two ends with evaluation."""
-    from train_net import Trainer
-
+    """Both trainings of Algorithm 1 through galw.engine.Trainer; phase two ends with evaluation."""
     seed_all_rng(cfg.SEED)
     train_two_phase(cfg, Trainer)
     return _search_json(cfg.OUTPUT_DIR)

@@ -22,7 +22,7 @@ $PIP install -q "numpy>=1.26,<3" "fvcore==0.1.5.post20221221" "iopath==0.1.9" \
   "opencv-python-headless>=4.10,<5" "yacs==0.1.8" "tensorboard>=2.17,<3" \
   "matplotlib>=3.9,<4" "tqdm>=4.66,<5" "pytest>=8,<10" "Pillow>=10" \
   "cloudpickle" "tabulate" "termcolor" "omegaconf>=2.1,<2.4" "hydra-core>=1.1" \
-  "pyyaml" "setuptools" "wheel"
+  "pyyaml" "setuptools" "wheel" "ruff==0.17.6"
 # detectron2: keep an importable build with compiled ops; otherwise install the
 # PyPI sdist pb1-detectron2==0.6 in pure-Python mode (its C++ sources are absent).
 if ! "$VENV/bin/python" -c "import detectron2._C" 2>/dev/null; then

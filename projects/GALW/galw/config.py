@@ -4,12 +4,14 @@ One function per concept below, so each part of the project owns its keys.
 """
 from detectron2.config import CfgNode as CN
 
+from .core import add_galw_core_config
+
 
 def add_galw_config(cfg):
     """Add the GALW-PS keys to a detectron2 config (idempotent)."""
     if "GALW" in cfg.MODEL:
         return cfg
-    _add_loss_weighting_config(cfg)
+    add_galw_core_config(cfg)
     _add_data_config(cfg)
     _add_evaluation_config(cfg)
     _add_person_search_config(cfg)
@@ -17,52 +19,6 @@ def add_galw_config(cfg):
     _add_alignps_config(cfg)
     _add_attribute_config(cfg)
     return cfg
-
-
-def _add_loss_weighting_config(cfg):
-    """MODEL.GALW: loss weighting, gradient probing and task grouping (the GALW core)."""
-    cfg.MODEL.GALW = CN()
-    # Weight the model's loss dict with GALW's machinery (train_net.Trainer); off = detectron2's sum.
-    cfg.MODEL.GALW.ENABLED = False
-    # Loss-dict keys to weight, in order. Every loss the model returns must be listed.
-    cfg.MODEL.GALW.TASKS = []
-    # One per task: "classification" (Eq. 5's k = 1) or "regression" (k = 2).
-    cfg.MODEL.GALW.TASK_KINDS = []
-    # Weighting after grouping: "equal", "manual", "ulwf" (Kendall et al.) or "rulwf" (Eq. 5).
-    cfg.MODEL.GALW.WEIGHTING = "rulwf"
-    # Weighting per task while Gamma is recorded (phase one); same choices as WEIGHTING.
-    cfg.MODEL.GALW.PROBE_WEIGHTING = "equal"
-    # lambda of RULWF's regulariser |sigma - 1| (paper: 1).
-    cfg.MODEL.GALW.LAMBDA = 1.0
-    # One weight per task for WEIGHTING "manual" (fixed per task, whatever the grouping).
-    cfg.MODEL.GALW.MANUAL_WEIGHTS = []
-    # "galw" (cluster Gamma trends), "per_task", "all", "branch", "explicit" or "random".
-    cfg.MODEL.GALW.GROUPING = "galw"
-    # G: number of groups for "galw" and "random" (paper's best: 4 of 10 tasks).
-    cfg.MODEL.GALW.NUM_GROUPS = 4
-    # scipy linkage for "galw": ward (default), single, complete, average or weighted.
-    cfg.MODEL.GALW.LINKAGE = "ward"
-    # Groups for "explicit": list of lists of task names.
-    cfg.MODEL.GALW.GROUPS = []
-    # Groups from a galw_groups.json (phase one's output): skips probing.
-    cfg.MODEL.GALW.GROUPS_FILE = ""
-    # Branches for "branch": list of lists of loss-name prefixes, e.g. [["loss_rpn_", "loss_nae_"], ["loss_aps_"]].
-    cfg.MODEL.GALW.BRANCH_PREFIXES = []
-    # Seed of the "random" grouping.
-    cfg.MODEL.GALW.RANDOM_SEED = 0
-    # Shared parameters probed by Eq. 6, by parameter-name prefix (paper: conv2..conv4 = res2..res4).
-    cfg.MODEL.GALW.SHARED_PARAM_PREFIXES = ["backbone.res2", "backbone.res3", "backbone.res4"]
-    # Measure Gamma every this many iterations (1 .. one epoch); see docs/galw.md for the cost.
-    cfg.MODEL.GALW.PROBE_PERIOD = 100
-    # All tasks' gradients in one vmapped backward (autograd.grad is_grads_batched) instead of one each.
-    cfg.MODEL.GALW.PROBE_BATCHED = False
-    # Epochs of Gamma before grouping; 0 = the whole (phase-one) training, as the paper.
-    cfg.MODEL.GALW.PROBE_EPOCHS = 0
-    # Iterations per epoch; 0 = training-set size / SOLVER.IMS_PER_BATCH.
-    cfg.MODEL.GALW.EPOCH_ITERS = 0
-    # "two_phase" (paper: a probing training, then a training from the same initial weights with
-    # the groups; train_net.py runs both) or "single_run" (probe PROBE_EPOCHS, then switch in place).
-    cfg.MODEL.GALW.MODE = "two_phase"
 
 
 def _add_data_config(cfg):

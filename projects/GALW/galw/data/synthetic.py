@@ -181,7 +181,7 @@ def _render_frame(rng, size, people, cam_colors, cam_light, inside_only):
         placed.append((foot, pid, app, x1, y1, h))
     placed.sort(key=lambda t: t[0])  # far people first: near ones occlude them
     out, masks = [], []
-    for foot, pid, app, x1, y1, h in placed:
+    for _foot, pid, app, x1, y1, h in placed:
         w = _draw_person(img, x1, y1, h, app, rng, light * rng.uniform(0.85, 1.15))
         out.append([pid, [x1, y1, x1 + w, y1 + h], app.attributes])
         masks.append((x1, y1, x1 + w, y1 + h))
@@ -286,7 +286,7 @@ def generate_prw(out, size, seed):
         if len(occ) < 2:
             continue  # a query needs a gallery match in another frame
         seen = set()
-        for o, cam, name, orig, xywh in sorted(occ, key=lambda t: t[0]):  # least occluded per camera
+        for _o, cam, name, orig, xywh in sorted(occ, key=lambda t: t[0]):  # least occluded per camera
             if cam in seen or len(seen) == 2:
                 continue
             seen.add(cam)

@@ -20,7 +20,6 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import ROIHeads

@@ -5,7 +5,7 @@ any pyplot backend of the caller alone.
 """
 from .gallery_size import plot_gallery_size_curve
 from .gradients import gamma_series_from_groups, plot_gradient_magnitudes
-from .grouping import plot_s_star_dendrogram
+from .dendrogram import plot_s_star_dendrogram
 from .report import write_report
 from .run_files import (
     gallery_size_metrics,

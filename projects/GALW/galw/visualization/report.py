@@ -5,7 +5,7 @@ import os
 
 from .gallery_size import plot_gallery_size_curve
 from .gradients import gamma_series_from_groups, plot_gradient_magnitudes
-from .grouping import plot_s_star_dendrogram
+from .dendrogram import plot_s_star_dendrogram
 from .run_files import (
     find_groups_json,
     find_search_jsons,

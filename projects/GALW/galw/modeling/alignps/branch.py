@@ -292,9 +292,9 @@ class AlignPSBranch(PersonSearchBranch):
     def _center_embeddings(self, maps: List[torch.Tensor], image_index: int, boxes: torch.Tensor) -> torch.Tensor:
         half = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
         level = torch.zeros_like(half, dtype=torch.long)
-        for l in range(len(self.size_ranges) - 1, -1, -1):
-            lo, hi = self.size_ranges[l]
-            level[(half >= lo) & (half <= hi)] = l
+        for lvl in range(len(self.size_ranges) - 1, -1, -1):
+            lo, hi = self.size_ranges[lvl]
+            level[(half >= lo) & (half <= hi)] = lvl
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         rows = []
         for j in range(boxes.shape[0]):

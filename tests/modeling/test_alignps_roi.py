@@ -11,9 +11,8 @@ from detectron2.structures import Boxes, Instances
 
 import galw
 from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
-from conftest import train_losses
+from conftest import CONFIG_DIR, train_losses
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "GALW", "configs")
 TEN_TASKS = {
     "loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",
     "loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri",

@@ -4,8 +4,8 @@ import os
 
 import pytest
 import yaml
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("galw_tools_ablation_cli", os.path.join(ROOT, "tools", "ablation.py"))
 ablation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ablation)

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from tools_helpers import TESTG, write_groups_json, write_metrics_json, write_person_images, write_search_json
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_tool(name):

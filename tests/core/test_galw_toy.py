@@ -7,7 +7,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine.hooks import PeriodicCheckpointer
 
-from galw.hooks import GROUPS_FILENAME
+from galw.core.hook import GROUPS_FILENAME
 from galw_helpers import PLANTED, TOY_TASKS, toy_cfg, toy_training
 
 

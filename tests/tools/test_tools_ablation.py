@@ -4,8 +4,8 @@ import json
 import os
 
 import pytest
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("galw_tools_ablation", os.path.join(ROOT, "tools", "ablation.py"))
 ablation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ablation)
@@ -41,7 +41,7 @@ def _write_spec(tmp_path, seeds=(1, 2, 3)):
 
 
 def fake_group_tasks(history, num_groups, linkage):
-    """Stands in for galw.grouping.group_tasks: sorted tasks dealt into num_groups groups."""
+    """Stands in for galw.core.grouping.group_tasks: sorted tasks dealt into num_groups groups."""
     tasks = sorted(history)
     return [tasks[g::num_groups] for g in range(num_groups)]
 

@@ -15,6 +15,7 @@ from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.events import get_event_storage
 
+from .hook import GALWHook
 from .probe import GradientProbe, select_shared_parameters
 from .weighting import LossWeighting
 
@@ -59,7 +60,7 @@ def get_weighting(model: nn.Module) -> LossWeighting:
     weighting = getattr(model, WEIGHTING_ATTR, None)
     if weighting is None:
         raise AttributeError(
-            "the model has no GALW weighting: build it through galw.engine.attach_weighting "
+            "the model has no GALW weighting: build it through galw.core.train_step.attach_weighting "
             "(train_net.Trainer.build_model does with MODEL.GALW.ENABLED True)"
         )
     return weighting
@@ -220,8 +221,6 @@ def install_galw(trainer, hooks: list) -> list:
     cfg = trainer.cfg
     if not cfg.MODEL.GALW.ENABLED:
         return hooks
-    from .hooks import GALWHook
-
     trainer._trainer = galw_train_step(trainer._trainer, cfg)
     hook = GALWHook(cfg, trainer, epoch_iters(cfg))
     return hooks[:1] + [hook] + hooks[1:]

@@ -4,7 +4,7 @@ import os
 import torch
 
 import train_net
-from conftest import stock_rcnn_cfg
+from conftest import CONFIG_DIR, stock_rcnn_cfg
 
 
 def _state(model):
@@ -61,7 +61,7 @@ def test_eval_only_main_runs_with_weights(box_dataset, tmp_path):
     args = train_net.default_argument_parser().parse_args(
         [
             "--config-file",
-            os.path.join(train_net.__file__.rsplit("/", 1)[0], "projects/GALW/configs/stock/faster_rcnn_R18_C4_cpu.yaml"),
+            os.path.join(CONFIG_DIR, "stock", "faster_rcnn_R18_C4_cpu.yaml"),
             "--eval-only",
             "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
             "DATASETS.TRAIN", f"('{box_dataset}',)",

@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from galw.modeling.oim import OIMLoss
 
 S2 = 1 / math.sqrt(2)
-
-from conftest import free_port
 
 
 def _oim(temperature=1.0, queue_size=2, num_labeled=2):

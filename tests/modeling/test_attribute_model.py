@@ -13,11 +13,9 @@ from detectron2.modeling import build_model
 
 import galw
 from alignps_helpers import SYNTH_NUM_PIDS, SYNTH_PEOPLE, synthetic_batch
-from conftest import train_losses
+from conftest import CONFIG_DIR, train_losses
 
-CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "projects", "GALW", "configs", "attr", "roi_alignps_attr_R18_synth_cpu.yaml",
+CONFIG = os.path.join(CONFIG_DIR, "attr", "roi_alignps_attr_R18_synth_cpu.yaml",
 )
 ELEVEN_TASKS = {
     "loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",

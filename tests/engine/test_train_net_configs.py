@@ -9,9 +9,8 @@ import torch
 
 import train_net
 from galw.data.synthetic import generate
+from conftest import CONFIG_DIR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(ROOT, "projects", "GALW", "configs")
 GALLERY = "synth_prw_gallery"
 
 #: Tiny frames are 192x144: train and test at their native size, 2 images per batch.

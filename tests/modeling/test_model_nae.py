@@ -1,6 +1,4 @@
 """The PersonSearch meta-architecture with the NAE branch, on CPU with a tiny synthetic batch."""
-import copy
-import os
 
 import pytest
 import torch
@@ -10,7 +8,6 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from galw.modeling import PersonSearch
-from galw.modeling.backbone import load_imagenet_weights, read_imagenet_checkpoint
 from nae_helpers import synthetic_batch, tiny_nae_cfg
 from conftest import train_losses
 

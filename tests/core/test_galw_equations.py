@@ -4,16 +4,19 @@ import math
 import pytest
 import torch
 
-from galw import grouping as G
-from galw.probe import GradientProbe, select_shared_parameters
-from galw.weighting import LossWeighting
+from galw.core import grouping as G
+from galw.core.probe import GradientProbe, select_shared_parameters
+from galw.core.weighting import LossWeighting
 
 TASKS = ["a", "b", "c"]
 KINDS = ["classification", "regression", "classification"]
 LOSSES = {"a": torch.tensor(3.0), "b": torch.tensor(4.0), "c": torch.tensor(1.0)}
 
 
-def _weighting(method, log_sigma=(math.log(2.0), 0.0, math.log(0.5)), **kw):
+LOG_SIGMA = (math.log(2.0), 0.0, math.log(0.5))
+
+
+def _weighting(method, log_sigma=LOG_SIGMA, **kw):
     w = LossWeighting(tasks=TASKS, task_kinds=KINDS, method=method, **kw)
     with torch.no_grad():
         w.log_sigma.copy_(torch.tensor(log_sigma))
@@ -163,7 +166,7 @@ def test_fixed_groupings():
 
 
 def test_optimizer_has_no_weight_decay_on_sigma():
-    from galw.engine import build_optimizer
+    from galw.core.train_step import build_optimizer
     from galw_helpers import toy_cfg, toy_training
 
     cfg = toy_cfg()
@@ -178,7 +181,7 @@ def test_logged_weights_per_task_and_per_group_do_not_collide():
     weight the task's loss gets, 1/(k sigma^2), and 1/sigma^2 goes to galw/group_weight/<group>."""
     from detectron2.utils.events import EventStorage
 
-    from galw.engine import write_galw_metrics
+    from galw.core.train_step import write_galw_metrics
 
     w = _weighting("rulwf")  # sigma: a 2 (k=1), b 1 (k=2), c 0.5 (k=1)
     with EventStorage(0) as storage:

@@ -7,8 +7,9 @@ import torch
 
 import detectron2.utils.comm as comm
 
-from .checkpoint import atomic_write
-from .hooks import GROUPS_FILENAME
+from ..checkpoint import atomic_write
+from .hook import GROUPS_FILENAME
+from .train_step import epoch_iters
 
 __all__ = ["needs_two_phases", "phase_configs", "train_two_phase", "PHASE_ONE_DIR", "INIT_WEIGHTS"]
 
@@ -28,7 +29,6 @@ def needs_two_phases(cfg) -> bool:
 def phase_configs(cfg):
     """(phase-one cfg, phase-two cfg). Phase one writes into OUTPUT_DIR/galw_phase1 and, with
     PROBE_EPOCHS > 0, lasts PROBE_EPOCHS epochs; phase two reads its groups file and weights."""
-    from .engine import epoch_iters
 
     one = cfg.clone()
     one.defrost()

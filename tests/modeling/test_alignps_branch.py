@@ -54,7 +54,7 @@ def test_detect_gives_boxes_scores_normalized_embeddings(trained):
     with torch.no_grad():
         dets = branch.detect(images, backbone(images.tensor))
     assert len(dets) == 2
-    for inst, gt in zip(dets, gts):
+    for inst, _gt in zip(dets, gts):
         assert inst.image_size == (96, 128)
         n = len(inst)
         assert n >= 1 and inst.scores.shape == (n,) and inst.embeddings.shape == (n, 32)

@@ -14,8 +14,8 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
 import galw
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("galw_tools_search", os.path.join(ROOT, "tools", "search.py"))
 search = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(search)
@@ -96,7 +96,8 @@ def setup(tmp_path):
     _two_colour_image(query, QUERY_COLOR, (0, 0, 0))
     cfg_path = tmp_path / "fake.yaml"
     cfg_path.write_text(
-        f"MODEL:\n  META_ARCHITECTURE: {FAKE_ARCH}\n  DEVICE: cpu\nINPUT:\n  PS:\n    TEST_SHORT_SIDE: 10\n    TEST_LONG_SIDE: 100\n"
+        f"MODEL:\n  META_ARCHITECTURE: {FAKE_ARCH}\n  DEVICE: cpu\n"
+        "INPUT:\n  PS:\n    TEST_SHORT_SIDE: 10\n    TEST_LONG_SIDE: 100\n"
     )
     weights = str(tmp_path / "model.pth")
     torch.save({"model": {"channel_weight": torch.tensor([1.0, 1.0, 0.0])}}, weights)

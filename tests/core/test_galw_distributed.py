@@ -8,23 +8,20 @@ import sys
 import torch
 import torch.multiprocessing as mp
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-from conftest import free_port
-
+from conftest import TESTS_DIR, free_port
 
 
 def _worker(rank, port, out_dir):
-    sys.path.insert(0, HERE)
+    sys.path.insert(0, TESTS_DIR)  # spawned: conftest and the helpers are not on its path
     import conftest  # noqa: F401  (this checkout's package first)
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     import detectron2.utils.comm as comm
-    from galw.engine import GALWSimpleTrainer, attach_weighting, build_optimizer, get_weighting
-    from galw.hooks import GALWHook
-    from galw.probe import GradientProbe, select_shared_parameters
-    from galw.toy import ToyMultiTask, toy_batches
+    from galw.core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer, get_weighting
+    from galw.core.hook import GALWHook
+    from galw.core.probe import GradientProbe, select_shared_parameters
+    from galw.core.toy import ToyMultiTask, toy_batches
     from galw_helpers import toy_cfg
 
     torch.set_num_threads(1)

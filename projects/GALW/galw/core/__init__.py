@@ -1,0 +1,39 @@
+"""The GALW core: weight any detectron2 model's loss dict by groups of tasks (paper Sec. 3).
+
+Model-agnostic on purpose: nothing here imports person-search code, so a user puts GALW on
+any detectron2 model with ``add_galw_core_config(cfg)``, ``MODEL.GALW.*`` keys naming the
+loss-dict entries, and :func:`install_galw` in their DefaultTrainer's ``build_hooks``.
+"""
+from .config import add_galw_core_config
+from .grouping import group_tasks, load_groups_file
+from .hook import GROUPS_FILENAME, GALWHook
+from .probe import GradientProbe, select_shared_parameters
+from .train_step import (
+    GALWAMPTrainer,
+    GALWSimpleTrainer,
+    attach_weighting,
+    build_optimizer,
+    get_weighting,
+    install_galw,
+)
+from .two_phase import needs_two_phases, train_two_phase
+from .weighting import LossWeighting
+
+__all__ = [
+    "GALWAMPTrainer",
+    "GALWHook",
+    "GALWSimpleTrainer",
+    "GROUPS_FILENAME",
+    "GradientProbe",
+    "LossWeighting",
+    "add_galw_core_config",
+    "attach_weighting",
+    "build_optimizer",
+    "get_weighting",
+    "group_tasks",
+    "install_galw",
+    "load_groups_file",
+    "needs_two_phases",
+    "select_shared_parameters",
+    "train_two_phase",
+]
