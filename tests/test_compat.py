@@ -82,11 +82,13 @@ def test_noop_on_official_build():
             compat.has_compiled_ops(),
             type(sys.modules["detectron2._C"]).__name__,
             Image.LINEAR,
-            "detectron2.engine" in sys.modules,  # compat patched no trainer
+            # compat patched no trainer
+            sys.modules["detectron2.engine.defaults"].DefaultTrainer.state_dict
+            is not compat._default_trainer_state_dict,
         )))
         """
     )
-    assert result == "([], True, 'Compiled', 'sentinel', False)"
+    assert result == "([], True, 'Compiled', 'sentinel', True)"
 
 
 def test_apply_is_idempotent():
