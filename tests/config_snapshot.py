@@ -20,8 +20,7 @@ SNAPSHOT = os.path.join(TESTS_DIR, "configs_resolved.json")
 def config_files():
     """Config paths relative to CONFIG_DIR, sorted."""
     paths = glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
-    rels = (os.path.relpath(p, CONFIG_DIR) for p in paths)
-    return sorted(r for r in rels if not r.startswith("ablation" + os.sep))
+    return sorted(os.path.relpath(p, CONFIG_DIR) for p in paths)
 
 
 def _flatten(node, prefix=""):
