@@ -36,15 +36,6 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks")
 ROI_ALIGNPS_SYNTH = "projects/GALW/configs/alignps/roi_alignps_R18_synth_cpu.yaml"
-# ROI-AlignPS*'s ten tasks (CONTRACTS.md t1..t10) and their GALW kinds (t10 regression-like).
-ROI_ALIGNPS_TASKS = [
-    "loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",
-    "loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri",
-]
-ROI_ALIGNPS_KINDS = [
-    "classification", "regression", "classification", "regression", "classification",
-    "classification", "regression", "classification", "classification", "regression",
-]
 # Lines of each benchmark's output repeated in the summary.
 SUMMARY_PATTERNS = {
     "inference": r"^device:|ms/image",
@@ -64,7 +55,7 @@ def benchmarks(args, data_root):
     inference += ["--num-images", "2", "--warmup", "1"] if quick else []
     inference += ["--amp"] if args.amp else []
     overhead_opts = [
-        "MODEL.GALW.TASKS", str(ROI_ALIGNPS_TASKS), "MODEL.GALW.TASK_KINDS", str(ROI_ALIGNPS_KINDS),
+        # the config's base (Base-ROI-AlignPS.yaml) lists the ten tasks; galw_overhead.py enables GALW
         "MODEL.DEVICE", args.device,
         # the tiny SynthPS-PRW has 5 iterations per epoch; a probe period must fit in an epoch
         "MODEL.GALW.EPOCH_ITERS", "1000",

@@ -1,5 +1,5 @@
 """Every shipped config loads into get_cfg + add_galw_config (no unknown keys); every GALW config's
-TASKS / TASK_KINDS are exactly the losses its model returns, in CONTRACTS.md order and kinds;
+TASKS / TASK_KINDS are exactly the losses its model returns, in the order and kinds of the task table (projects/GALW/README.md);
 every ablation variant's MODEL.GALW values are accepted by the GALW core."""
 import functools
 import glob
@@ -21,9 +21,9 @@ from galw.core.probe import select_shared_parameters
 from galw.core.weighting import LossWeighting
 from conftest import CONFIG_DIR, ROOT
 
-ABLATION_DIR = os.path.join(CONFIG_DIR, "ablation")  # specs of tools/ablation.py, not detectron2 configs
+ABLATION_SPEC = os.path.join(ROOT, "tools", "ablation_spec.yaml")  # tools/ablation.py's table, not a detectron2 config
 
-#: CONTRACTS.md: loss key -> GALW kind, in task order t1..t11.
+#: The task table of projects/GALW/README.md: loss key -> GALW kind, in task order t1..t11.
 CONTRACT_KINDS = {
     "loss_rpn_cls": "classification", "loss_rpn_box": "regression", "loss_nae_det": "classification",
     "loss_nae_box": "regression", "loss_nae_oim": "classification", "loss_aps_cls": "classification",
@@ -38,9 +38,7 @@ BRANCH_KEYS = {
 }
 NUM_TEST_ATTRIBUTES = 2
 
-_ALL = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
-CONFIGS = [os.path.relpath(p, CONFIG_DIR) for p in _ALL if not p.startswith(ABLATION_DIR + os.sep)]
-SPECS = [os.path.relpath(p, CONFIG_DIR) for p in _ALL if p.startswith(ABLATION_DIR + os.sep)]
+CONFIGS = sorted(os.path.relpath(p, CONFIG_DIR) for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
 
 
 def load(rel, *opts):
@@ -56,14 +54,14 @@ def galw_configs():
 
 
 def expected_tasks(cfg):
-    """The loss keys of the config's branches, in CONTRACTS.md order."""
+    """The loss keys of the config's branches, in task order."""
     keys = [k for b in cfg.MODEL.PERSON_SEARCH.BRANCHES for k in BRANCH_KEYS[b]]
     return [k for k in CONTRACT_KINDS if k in keys]
 
 
 def test_the_configs_are_found():
     assert "alignps/roi_alignps_R50_prw_galw.yaml" in CONFIGS and "stock/faster_rcnn_R18_C4_cpu.yaml" in CONFIGS
-    assert SPECS == ["ablation/synthetic.yaml"]
+    assert os.path.isfile(ABLATION_SPEC)
     assert len(galw_configs()) >= 10
 
 
@@ -178,7 +176,7 @@ def _ablation():
 
 def _variant_cfgs():
     ablation = _ablation()
-    spec = ablation.load_spec(os.path.join(CONFIG_DIR, "ablation", "synthetic.yaml"))
+    spec = ablation.load_spec(ABLATION_SPEC)
     base = ablation.base_config_path(spec)
     for run in ablation.plan_runs(spec, "/nonexistent", seeds=spec["seeds"][:1]):
         cfg = get_cfg()
@@ -190,7 +188,7 @@ def _variant_cfgs():
 
 def test_ablation_base_is_roi_alignps_galw():
     ablation = _ablation()
-    spec = ablation.load_spec(os.path.join(CONFIG_DIR, "ablation", "synthetic.yaml"))
+    spec = ablation.load_spec(ABLATION_SPEC)
     assert spec["base_config"] == "projects/GALW/configs/alignps/roi_alignps_R18_synth_galw.yaml"
     assert os.path.isfile(ablation.base_config_path(spec))
 

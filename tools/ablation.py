@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the loss-weighting / grouping ablations (the paper's Tables 1-5) and tabulate them.
 
-    python tools/ablation.py --spec projects/GALW/configs/ablation/synthetic.yaml --out output/ablation
+    python tools/ablation.py --spec tools/ablation_spec.yaml --out output/ablation
     python tools/ablation.py ... --only equal galw_g4 --seeds 1 2     # a subset
     python tools/ablation.py ... --dry-run                              # print the commands
     python tools/ablation.py ... --max-iter 100 --opts MODEL.GALW.EPOCH_ITERS 25   # reduced scale
@@ -35,7 +35,7 @@ RESULT_FILE = "ablation_result.json"
 
 # ---------------------------------------------------------------- the spec
 def load_spec(path):
-    """The ablation spec YAML (see projects/GALW/configs/ablation/synthetic.yaml), validated."""
+    """The ablation spec YAML (see tools/ablation_spec.yaml), validated."""
     with open(path) as f:
         spec = yaml.safe_load(f)
     if not isinstance(spec, dict):
@@ -135,7 +135,7 @@ def schedule_opts(spec, max_iter):
 
 
 def galw_group_tasks(history, num_groups, linkage):
-    """GALW's clustering of Gamma histories (CONTRACTS.md: galw.core.grouping.group_tasks)."""
+    """GALW's clustering of Gamma histories (galw.core.grouping.group_tasks)."""
     from galw.core.grouping import group_tasks
 
     return group_tasks(history, num_groups, linkage=linkage)
@@ -372,7 +372,7 @@ def write_tables(spec, outcome, out_root):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", default=os.path.join(ROOT, "projects/GALW/configs/ablation/synthetic.yaml"))
+    parser.add_argument("--spec", default=os.path.join(ROOT, "tools", "ablation_spec.yaml"))
     parser.add_argument("--out", default="output/ablation", help="root folder of all runs and the tables")
     parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")

@@ -179,7 +179,7 @@ def test_collect_prefers_search_json(tmp_path):
 
 
 def test_shipped_spec_covers_the_paper_tables(tmp_path):
-    spec = ablation.load_spec(os.path.join(ROOT, "projects", "GALW", "configs", "ablation", "synthetic.yaml"))
+    spec = ablation.load_spec(os.path.join(ROOT, "tools", "ablation_spec.yaml"))
     names = [v["name"] for v in spec["variants"]]
     for required in ("equal", "manual", "ulwf", "rulwf", "ulwf_grouped_g4", "galw_g2", "galw_g3", "galw_g4",
                      "galw_g5", "galw_g6", "branch_grouping", "semantic_grouping_2", "semantic_grouping_3",
