@@ -89,32 +89,31 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._attr_thresh = float(attribute_thresh)
         self._distributed = distributed
 
-        self._meta = MetadataCatalog.get(dataset_name)
-        self._type = self._meta.get("evaluator_type", None)
+        # Loading a registered split replaces its Metadata object (galw.data sets the file-derived
+        # fields anew), so the records are loaded first and the metadata looked up afterwards.
+        self._type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if self._type not in ("cuhk_sysu", "prw"):
             raise ValueError(
                 f"MetadataCatalog['{dataset_name}'].evaluator_type must be 'cuhk_sysu' or 'prw', got {self._type!r}."
             )
-        query_set = self._meta.get("query_set", None)
+        query_set = MetadataCatalog.get(dataset_name).get("query_set", None)
         if query_set is None:
             raise ValueError(f"MetadataCatalog['{dataset_name}'] has no 'query_set'.")
         self._query_set = query_set
         self._gallery_records = DatasetCatalog.get(dataset_name)
         self._query_records = DatasetCatalog.get(query_set)
+        self._meta = MetadataCatalog.get(dataset_name)
         self._gallery_index = {}
         for i, r in enumerate(self._gallery_records):
             base = os.path.basename(r["file_name"])
             if base in self._gallery_index:
                 raise ValueError(f"Gallery '{dataset_name}': image name {base} occurs twice.")
             self._gallery_index[base] = i
-        self._query_index = {}
+        self._query_index = {}  # (file_name, person_id) -> record indices (PRW repeats some with other boxes)
         for i, r in enumerate(self._query_records):
             if "query" not in r:
                 raise ValueError(f"Query set '{query_set}': record {i} ({r.get('file_name')}) has no 'query'.")
-            key = (r["file_name"], int(r["query"]["person_id"]))
-            if key in self._query_index:
-                raise ValueError(f"Query set '{query_set}': two queries share image and person {key}.")
-            self._query_index[key] = i
+            self._query_index.setdefault((r["file_name"], int(r["query"]["person_id"])), []).append(i)
         if self._type == "cuhk_sysu":
             protocols = self._meta.get("gallery_protocols", None)
             if protocols is None or self._default_protocol not in protocols:
@@ -229,10 +228,13 @@ class PersonSearchEvaluator(DatasetEvaluator):
         key = (inp["file_name"], int(qi.gt_pids[0]))
         if key not in self._query_index:
             raise ValueError(f"Query input {key} is not a record of '{self._query_set}'.")
-        index = self._query_index[key]
-        if index in self._queries:
+        indices = self._query_index[key]
+        if len(indices) > 1:
+            indices = self._closest_query_records(inp, qi, indices)
+        if all(i in self._queries for i in indices):
             self._counts["duplicate_outputs"] += 1
             return
+        index = indices[0]
         emb = None
         if self._query_feature == "best_iou_detection":
             boxes, _, dets, _ = self._instances_arrays(inp, out, "query")
@@ -249,7 +251,19 @@ class PersonSearchEvaluator(DatasetEvaluator):
             raise ValueError(f"Model output for query image {name}: query embedding contains NaN or inf.")
         self._check_dim(emb.shape[0], name)
         self._count_unnormalised(emb[None])
-        self._queries[index] = emb
+        for i in indices:
+            self._queries[i] = emb
+
+    def _closest_query_records(self, inp, qi, indices):
+        """The records (of one image and person) whose box, scaled to the input, is nearest the input's box.
+
+        Several when their boxes are equal: they are the same query and share the output.
+        """
+        h, w = qi.image_size
+        scale = np.array([w / inp["width"], h / inp["height"]] * 2)
+        given = qi.gt_boxes.tensor[0].detach().cpu().double().numpy()
+        dist = [float(np.abs(np.asarray(self._query_records[i]["query"]["bbox"]) * scale - given).sum()) for i in indices]
+        return [i for i, d in zip(indices, dist) if d == min(dist)]
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self):
@@ -311,9 +325,6 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 protocols["MultiView"] = self._prw_protocol(True)
             names = list(protocols)
             default = "standard"
-        for name in names:
-            if name not in protocols:
-                logger.warning(f"CUHK-SYSU protocol {name} is not in the gallery metadata; not reported.")
         names = [n for n in names if n in protocols]
         per_protocol = self._search({n: protocols[n] for n in names}, store, query_embs, default)
         default_queries = None
@@ -334,9 +345,18 @@ class PersonSearchEvaluator(DatasetEvaluator):
         for name in set(self._cuhk_protocols) | {self._default_protocol}:
             source = "TestG50" if name == "WholeGallery" else name
             if source not in raw:
+                logger.warning(f"CUHK-SYSU protocol {name} is not in the gallery metadata; not reported.")
+                continue
+            entries = raw[source]
+            try:
+                len(entries)  # galw.data parses a protocol file on first access
+            except FileNotFoundError as e:
+                if name == self._default_protocol:
+                    raise
+                logger.warning(f"CUHK-SYSU protocol {name} skipped: {e}")
                 continue
             by_query = {}
-            for e in raw[source]:
+            for e in entries:
                 qi = int(e["query_index"])
                 if qi in by_query:
                     raise ValueError(f"gallery_protocols['{source}'] lists query {qi} twice.")
