@@ -19,7 +19,7 @@ from .attribute_metrics import evaluate_attributes
 from .cbgm import SEQNET_CBGM, cbgm_rescore, query_context
 from .detection_metrics import evaluate_detection, mutual_argmax_matches
 from .gallery_store import SearchGalleryStore
-from .search_metrics import TOPK, box_iou, evaluate_query
+from .search_metrics import TOPK, box_iou, evaluate_queries
 
 logger = logging.getLogger(__name__)
 
@@ -540,20 +540,27 @@ class PersonSearchEvaluator(DatasetEvaluator):
             self._cpu_timings["similarity"] += time.process_time() - c0
             for name, by_query in protocols.items():
                 t0, c0 = time.perf_counter(), time.process_time()
-                for row, qi in zip(sims, batch):
+                rows, galleries, positives, scored = [], [], [], []
+                for row, qi in enumerate(batch):
                     if qi not in by_query:
                         continue
                     imgs, pos = by_query[qi]()
                     if not pos:
                         skipped[name].append(qi)
                         continue
-                    det_idx, offsets = store.detection_indices(imgs)
-                    if name == "CBGM":
-                        row = row.copy()
+                    rows.append(row)
+                    galleries.append(imgs)
+                    positives.append(pos)
+                    scored.append(qi)
+                batch_sims = sims
+                if name == "CBGM":
+                    batch_sims, rows = sims[rows], np.arange(len(rows))
+                    for row, qi, imgs in zip(batch_sims, scored, galleries):
+                        det_idx, _ = store.detection_indices(imgs)
                         row[det_idx] = cbgm_rescore(row[det_idx], det_idx, query_embs[qi], query_contexts[qi],
                                                     store, self._cbgm_top)
-                    res = evaluate_query(row, det_idx, offsets, pos, store, want_top=name == default)
-                    per_query[name].append((qi, res))
+                results = evaluate_queries(batch_sims, galleries, positives, store, want_top=name == default, rows=rows)
+                per_query[name].extend(zip(scored, results))
                 self._timings[name] += time.perf_counter() - t0
                 self._cpu_timings[name] += time.process_time() - c0
         for name, d in self._dups.items():
