@@ -5,7 +5,7 @@ from sklearn.metrics import average_precision_score
 
 import galw  # noqa: F401
 from galw.evaluation.attribute_metrics import evaluate_attributes
-from galw.evaluation.detection_metrics import evaluate_detection, mutual_argmax_matches
+from galw.evaluation.detection_metrics import batched_mutual_argmax_matches, evaluate_detection, mutual_argmax_matches
 from galw.evaluation.gallery_store import SearchGalleryStore
 from galw.evaluation.search_metrics import (
     ap_from_positives,
@@ -132,6 +132,23 @@ def test_topk_boundaries():
     assert evaluate_query(sims, det_idx, offsets, [(5, 5, gt)], store).hits == [0, 0, 1]  # rank 6
     assert evaluate_query(sims, det_idx, offsets, [(4, 4, gt)], store).hits == [0, 1, 1]  # rank 5
     assert evaluate_query(sims, det_idx, offsets, [(10, 10, gt)], store).hits == [0, 0, 0]  # rank 11
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_batched_detection_matches_equal_per_image(seed):
+    rng = np.random.default_rng(seed)
+    dets, gts = [], []
+    for _ in range(int(rng.integers(1, 6))):
+        for out, n in ((dets, int(rng.integers(0, 5))), (gts, int(rng.integers(0, 4)))):
+            xy, wh = rng.integers(0, 20, size=(n, 2)), rng.integers(3, 15, size=(n, 2))
+            out.append(np.concatenate([xy, xy + wh], 1).astype(float))
+    det_img = np.repeat(np.arange(len(dets)), [len(d) for d in dets])
+    gt_img = np.repeat(np.arange(len(gts)), [len(g) for g in gts])
+    got = batched_mutual_argmax_matches(np.concatenate(dets), det_img, np.concatenate(gts), gt_img, 0.3)
+    first = np.cumsum([0] + [len(g) for g in gts])
+    ref = [np.where(m >= 0, m + first[i], -1) for i, m in
+           enumerate(mutual_argmax_matches(d, g, 0.3) for d, g in zip(dets, gts))]
+    assert got.tolist() == np.concatenate(ref).tolist()
 
 
 def test_mutual_argmax_differs_from_greedy():
