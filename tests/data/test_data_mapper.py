@@ -81,6 +81,17 @@ def test_test_mapper_gallery_and_query(cuhk):
     assert qi.gt_pids.tolist() == [0]
 
 
+def test_test_mapper_oracle_boxes(cuhk):
+    """GT-box oracle: gallery dicts carry their GT boxes at input scale; queries do not."""
+    mapper = PersonSearchDatasetMapper(_cfg(), is_train=False, oracle_boxes=True)
+    g = mapper(DatasetCatalog.get("t_map_gallery")[0])  # s4: [10,10,30,50], [50,10,70,50]; scale 1.13 x 1.125
+    oi = g["oracle_instances"]
+    assert oi.image_size == (90, 113) and "instances" not in g
+    assert torch.allclose(oi.gt_boxes.tensor, torch.tensor([[11.3, 11.25, 33.9, 56.25], [56.5, 11.25, 79.1, 56.25]]))
+    assert "oracle_instances" not in mapper(DatasetCatalog.get("t_map_query")[0])
+    assert "oracle_instances" not in PersonSearchDatasetMapper(_cfg(), is_train=False)(DatasetCatalog.get("t_map_gallery")[0])
+
+
 def test_unreadable_image_in_mapper(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"garbage")

@@ -5,11 +5,12 @@ from sklearn.metrics import average_precision_score
 
 import galw  # noqa: F401
 from galw.evaluation.attribute_metrics import evaluate_attributes
-from galw.evaluation.detection_metrics import evaluate_detection, mutual_argmax_matches
+from galw.evaluation.detection_metrics import batched_mutual_argmax_matches, evaluate_detection, mutual_argmax_matches
 from galw.evaluation.gallery_store import SearchGalleryStore
 from galw.evaluation.search_metrics import (
     ap_from_positives,
     box_iou,
+    evaluate_queries,
     evaluate_query,
     pick_positives,
     positive_iou_threshold,
@@ -85,6 +86,43 @@ def test_query_ap_times_recall_topk_and_ties():
     assert r.ap == pytest.approx(0.25) and r.hits == [1, 1, 1]
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_batched_queries_equal_the_per_query_reference(seed):
+    """evaluate_queries (the evaluator's vectorised path) == evaluate_query per query: AP, counts,
+    top-k and the top-10 list, on random galleries with many ties, missed and undetected positives."""
+    rng = np.random.default_rng(seed)
+    n_img, dim = int(rng.integers(1, 30)), 4
+    boxes, embs = [], []
+    for _ in range(n_img):
+        k = int(rng.integers(0, 5))
+        xy, wh = rng.integers(0, 50, size=(k, 2)), rng.integers(5, 40, size=(k, 2))
+        boxes.append(np.concatenate([xy, xy + wh], 1).astype(np.float32))
+        embs.append(rng.normal(size=(k, dim)))
+    store = SearchGalleryStore(boxes, embs, dim)
+    nq = int(rng.integers(1, 8))
+    sims = np.round(rng.normal(size=(nq + 2, len(store.boxes))), 1).astype(np.float32)
+    rows = rng.permutation(nq + 2)[:nq]
+    galleries, positives = [], []
+    for _ in range(nq):
+        g = rng.permutation(n_img)[: int(rng.integers(0, n_img + 1))]
+        pos = []
+        for lp, img in enumerate(g):
+            if rng.random() < 0.3:
+                if store.counts[img] and rng.random() < 0.7:
+                    box = store.boxes[store.starts[img] + rng.integers(store.counts[img])] + rng.integers(-3, 4, 4)
+                else:
+                    box = np.array([0, 0, 10, 20.0])
+                pos.append((lp, int(img), np.asarray(box, np.float64)))
+        galleries.append(g)
+        positives.append(pos)
+    got = evaluate_queries(sims, galleries, positives, store, want_top=True, rows=rows)
+    for q in range(nq):
+        det_idx, offsets = store.detection_indices(galleries[q])
+        ref = evaluate_query(sims[rows[q]], det_idx, offsets, positives[q], store, want_top=True)
+        assert got[q].ap == pytest.approx(ref.ap, abs=1e-12)
+        assert (got[q].count_gt, got[q].count_tp, got[q].hits, got[q].top) == (ref.count_gt, ref.count_tp, ref.hits, ref.top)
+
+
 def test_topk_boundaries():
     n = 12
     store = SearchGalleryStore([np.array([[0, 0, 10, 10]])] * n, [np.array([[1.0, 0]])] * n, 2)
@@ -94,6 +132,23 @@ def test_topk_boundaries():
     assert evaluate_query(sims, det_idx, offsets, [(5, 5, gt)], store).hits == [0, 0, 1]  # rank 6
     assert evaluate_query(sims, det_idx, offsets, [(4, 4, gt)], store).hits == [0, 1, 1]  # rank 5
     assert evaluate_query(sims, det_idx, offsets, [(10, 10, gt)], store).hits == [0, 0, 0]  # rank 11
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_batched_detection_matches_equal_per_image(seed):
+    rng = np.random.default_rng(seed)
+    dets, gts = [], []
+    for _ in range(int(rng.integers(1, 6))):
+        for out, n in ((dets, int(rng.integers(0, 5))), (gts, int(rng.integers(0, 4)))):
+            xy, wh = rng.integers(0, 20, size=(n, 2)), rng.integers(3, 15, size=(n, 2))
+            out.append(np.concatenate([xy, xy + wh], 1).astype(float))
+    det_img = np.repeat(np.arange(len(dets)), [len(d) for d in dets])
+    gt_img = np.repeat(np.arange(len(gts)), [len(g) for g in gts])
+    got = batched_mutual_argmax_matches(np.concatenate(dets), det_img, np.concatenate(gts), gt_img, 0.3)
+    first = np.cumsum([0] + [len(g) for g in gts])
+    ref = [np.where(m >= 0, m + first[i], -1) for i, m in
+           enumerate(mutual_argmax_matches(d, g, 0.3) for d, g in zip(dets, gts))]
+    assert got.tolist() == np.concatenate(ref).tolist()
 
 
 def test_mutual_argmax_differs_from_greedy():

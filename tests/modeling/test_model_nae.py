@@ -192,3 +192,21 @@ def test_attribute_branch_outputs_attribute_probs():
     widths = inst.pred_boxes.tensor[:, 2] - inst.pred_boxes.tensor[:, 0]
     assert inst.attribute_probs.shape == (len(inst), 1)
     assert torch.allclose(inst.attribute_probs[:, 0], widths / 256.0, atol=1e-4)
+
+
+def test_oracle_instances_are_embedded_like_query_boxes():
+    """The GT-box oracle (TEST.PERSON_SEARCH.GT_BOX_ORACLE): a gallery input's oracle_instances get
+    oracle_embeddings [M, D], each equal to the query embedding of the same box."""
+    model = _model().eval()
+    batch = synthetic_batch()
+    gallery = dict(batch[0])
+    gallery.pop("instances")
+    boxes = [[14.0, 24, 40, 90], [50, 20, 74, 86]]
+    gallery["oracle_instances"] = Instances((96, 128), gt_boxes=Boxes(torch.tensor(boxes)))
+    out = model([gallery])[0]
+    assert out["oracle_embeddings"].shape == (2, 32)
+    for i, b in enumerate(boxes):
+        q = model([_query_input(batch[0], b)])[0]["query_embedding"]
+        assert torch.allclose(out["oracle_embeddings"][i], q, atol=1e-5)
+    del gallery["oracle_instances"]
+    assert "oracle_embeddings" not in model([gallery])[0]

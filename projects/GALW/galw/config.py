@@ -63,6 +63,21 @@ def _add_evaluation_config(cfg):
     cfg.TEST.PERSON_SEARCH.QUERY_BATCH_SIZE = 256
     # Probability threshold for attribute accuracy (mA).
     cfg.TEST.PERSON_SEARCH.ATTRIBUTE_THRESH = 0.5
+    # Also report the default protocol re-scored with SeqNet/COAT's context bipartite graph
+    # matching as "search_CBGM" (the standard protocol has no re-scoring).
+    cfg.TEST.PERSON_SEARCH.CBGM = False
+    # CBGM k1: the gallery images of the query's k1 most similar detections are re-scored;
+    # 0 = SeqNet's value (10 CUHK-SYSU, 30 PRW).
+    cfg.TEST.PERSON_SEARCH.CBGM_TOP_DETECTIONS = 0
+    # CBGM k2: the query person plus the k2 - 1 highest-scoring other people of the query image;
+    # 0 = SeqNet's value (3 CUHK-SYSU, 4 PRW).
+    cfg.TEST.PERSON_SEARCH.CBGM_CONTEXT = 0
+    # Also report the default protocol searched over the GT gallery boxes embedded by the model
+    # as "search_GTOracle" (the re-id upper bound SeqNet and PS-ARM report).
+    cfg.TEST.PERSON_SEARCH.GT_BOX_ORACLE = False
+    # PRW: also report the same-camera setting (gallery = the query camera's other frames) as
+    # "search_SameCamera".
+    cfg.TEST.PERSON_SEARCH.PRW_SAME_CAMERA = False
 
 
 def _add_person_search_config(cfg):

@@ -11,6 +11,10 @@ def build_person_search_train_loader(cfg):
     return build_detection_train_loader(cfg, mapper=PersonSearchDatasetMapper(cfg, True))
 
 
-def build_person_search_test_loader(cfg, dataset_name):
-    """Inference loader for one gallery or query dataset (test-time resize, batch size 1)."""
-    return build_detection_test_loader(cfg, dataset_name, mapper=PersonSearchDatasetMapper(cfg, False))
+def build_person_search_test_loader(cfg, dataset_name, oracle_boxes=False):
+    """Inference loader for one gallery or query dataset (test-time resize, batch size 1).
+
+    ``oracle_boxes``: gallery inputs also carry their GT boxes (``oracle_instances``) for the GT-box oracle.
+    """
+    mapper = PersonSearchDatasetMapper(cfg, False, oracle_boxes=oracle_boxes)
+    return build_detection_test_loader(cfg, dataset_name, mapper=mapper)

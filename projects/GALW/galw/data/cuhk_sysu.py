@@ -133,6 +133,9 @@ class CUHKSYSU:
             qbox = as_numbers(field(q, "idlocate", f"{where}.Query"), f"{where}.Query.idlocate", 4)
             if qbox.size != 4:
                 raise MatFormatError(f"{where}.Query.idlocate: expected [x, y, w, h], got an empty array")
+            if not (np.isfinite(qbox).all() and qbox[2] > 0 and qbox[3] > 0):
+                raise MatFormatError(f"{where}.Query.idlocate: expected [x, y, w, h] with finite values and positive "
+                                     f"width and height, got {qbox.tolist()}")
             idname = as_str(field(q, "idname", f"{where}.Query"), f"{where}.Query.idname") \
                 if "idname" in q.dtype.names else ""
             query = (as_str(field(q, "imname", f"{where}.Query"), f"{where}.Query.imname"), qbox, idname)

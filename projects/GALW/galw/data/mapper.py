@@ -55,19 +55,22 @@ class PersonSearchDatasetMapper:
     Training dicts get ``gt_boxes``, ``gt_classes`` (zeros), ``gt_pids`` (-1 unlabeled) and, when the
     dataset has attributes, ``gt_attributes`` [N, A] (-1 unknown). Test dicts keep the original
     ``height``/``width`` so predictions are rescaled to the original image; query dicts also carry
-    ``query_instances`` with the query box transformed like the image.
+    ``query_instances`` with the query box transformed like the image. With ``oracle_boxes`` (the
+    evaluation's GT-box oracle) test gallery dicts also carry ``oracle_instances``: their GT boxes,
+    transformed like the image, for the model to embed.
     """
 
     @configurable
-    def __init__(self, is_train, *, augmentations, image_format="BGR"):
+    def __init__(self, is_train, *, augmentations, image_format="BGR", oracle_boxes=False):
         self.is_train = is_train
+        self.oracle_boxes = oracle_boxes
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         logger.info("[PersonSearchDatasetMapper] %s augmentations: %s", "train" if is_train else "test",
                     augmentations)
 
     @classmethod
-    def from_config(cls, cfg, is_train=True):
+    def from_config(cls, cfg, is_train=True, oracle_boxes=False):
         ps = cfg.INPUT.PS
         if is_train:
             augs = [RandomLongShortResize(ps.TRAIN_LONG_SIDE_RANGE, ps.TRAIN_SHORT_SIDE_RANGE)]
@@ -75,7 +78,8 @@ class PersonSearchDatasetMapper:
                 augs.append(T.RandomFlip(prob=ps.HFLIP_PROB, horizontal=True, vertical=False))
         else:
             augs = [LongShortResize(ps.TEST_LONG_SIDE, ps.TEST_SHORT_SIDE)]
-        return {"is_train": is_train, "augmentations": augs, "image_format": cfg.INPUT.FORMAT}
+        return {"is_train": is_train, "augmentations": augs, "image_format": cfg.INPUT.FORMAT,
+                "oracle_boxes": oracle_boxes}
 
     def _read(self, file_name):
         try:
@@ -96,6 +100,8 @@ class PersonSearchDatasetMapper:
         query = d.pop("query", None)
         if self.is_train:
             d["instances"] = self._instances(annos or [], transforms, hw)
+        if self.oracle_boxes and not self.is_train and query is None:
+            d["oracle_instances"] = self._instances(annos or [], transforms, hw)
         if query is not None:
             box = transforms.apply_box(np.asarray([query["bbox"]], dtype=np.float64))[0]
             inst = Instances(hw)

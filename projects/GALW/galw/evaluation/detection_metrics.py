@@ -2,7 +2,7 @@
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from .search_metrics import box_iou_matrix
+from .search_metrics import box_iou_matrix, paired_iou
 
 
 def mutual_argmax_matches(det_boxes, gt_boxes, iou_thresh=0.5):
@@ -24,29 +24,74 @@ def mutual_argmax_matches(det_boxes, gt_boxes, iou_thresh=0.5):
     return match
 
 
+def _first_argmax(values, segment, num_segments):
+    """Per segment (``segment`` sorted ascending), the index of its first maximum; -1 if empty."""
+    out = np.full(num_segments, -1, dtype=np.int64)
+    if len(values) == 0:
+        return out
+    order = np.lexsort((np.arange(len(values)), -values, segment))  # segment, value desc, position
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = segment[order[1:]] != segment[order[:-1]]
+    out[segment[order[first]]] = order[first]
+    return out
+
+
+def batched_mutual_argmax_matches(det_boxes, det_image, gt_boxes, gt_image, iou_thresh=0.5):
+    """``mutual_argmax_matches`` of every image at once: the matched GT (global index) per detection, or -1.
+
+    ``det_image`` / ``gt_image``: the image of each detection / GT box, ascending.
+    """
+    n_det, n_gt = len(det_boxes), len(gt_boxes)
+    match = np.full(n_det, -1, dtype=np.int64)
+    if n_det == 0 or n_gt == 0:
+        return match
+    n_images = int(max(det_image.max(initial=-1), gt_image.max(initial=-1))) + 1
+    gt_count = np.bincount(gt_image, minlength=n_images)
+    gt_start = np.cumsum(gt_count) - gt_count
+    per_det = gt_count[det_image]
+    pair_det = np.repeat(np.arange(n_det), per_det)
+    offsets = np.cumsum(per_det) - per_det
+    pair_gt = np.repeat(gt_start[det_image] - offsets, per_det) + np.arange(int(per_det.sum()))
+    if len(pair_det) == 0:
+        return match
+    iou = paired_iou(det_boxes[pair_det], gt_boxes[pair_gt])
+    best_gt_pair = _first_argmax(iou, pair_det, n_det)  # pairs are ordered by det, then gt
+    by_gt = np.argsort(pair_gt, kind="stable")  # then by det within a gt
+    best_det_pair = _first_argmax(iou[by_gt], pair_gt[by_gt], n_gt)
+    best_det_pair = np.where(best_det_pair >= 0, by_gt[np.maximum(best_det_pair, 0)], -1)
+    has = best_gt_pair >= 0
+    dets = np.flatnonzero(has)
+    p = best_gt_pair[has]
+    ok = (best_det_pair[pair_gt[p]] == p) & (iou[p] >= iou_thresh)
+    match[dets[ok]] = pair_gt[p[ok]]
+    return match
+
+
 def evaluate_detection(images, iou_thresh=0.5, labeled_only=False):
     """{"AP", "recall"} (fractions) over ``images``: dicts with det_boxes, det_scores, gt_boxes, gt_pids.
 
     ``labeled_only`` keeps only GT with person_id >= 0 and skips images without any (their
     detections are not scored), as the reference implementation does; only recall is meaningful.
+    All images are matched in one vectorised pass (``batched_mutual_argmax_matches``).
     """
-    y_true, y_score = [], []
-    count_tp = count_gt = 0
+    gts, dets, scores = [], [], []
     for im in images:
         gt = np.asarray(im["gt_boxes"], dtype=np.float64).reshape(-1, 4)
         if labeled_only:
             gt = gt[np.asarray(im["gt_pids"]) >= 0]
             if len(gt) == 0:
                 continue
-        match = mutual_argmax_matches(im["det_boxes"], gt, iou_thresh)
-        y_true.append(match >= 0)
-        y_score.append(np.asarray(im["det_scores"], dtype=np.float64))
-        count_tp += int((match >= 0).sum())
-        count_gt += len(gt)
+        gts.append(gt)
+        dets.append(np.asarray(im["det_boxes"], dtype=np.float64).reshape(-1, 4))
+        scores.append(np.asarray(im["det_scores"], dtype=np.float64).reshape(-1))
+    count_gt = sum(len(g) for g in gts)
     if count_gt == 0:
         raise ValueError("Detection evaluation: the gallery records have no ground-truth boxes.")
+    det_image = np.repeat(np.arange(len(dets)), [len(d) for d in dets])
+    gt_image = np.repeat(np.arange(len(gts)), [len(g) for g in gts])
+    match = batched_mutual_argmax_matches(np.concatenate(dets), det_image, np.concatenate(gts), gt_image, iou_thresh)
+    y_true = match >= 0
+    count_tp = int(y_true.sum())
     recall = count_tp / count_gt
-    y_true = np.concatenate(y_true) if y_true else np.zeros(0, bool)
-    y_score = np.concatenate(y_score) if y_score else np.zeros(0)
-    ap = float(average_precision_score(y_true, y_score)) * recall if count_tp else 0.0
+    ap = float(average_precision_score(y_true, np.concatenate(scores))) * recall if count_tp else 0.0
     return {"AP": ap, "recall": recall}

@@ -16,9 +16,10 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from .attribute_metrics import evaluate_attributes
+from .cbgm import SEQNET_CBGM, cbgm_rescore, query_context
 from .detection_metrics import evaluate_detection, mutual_argmax_matches
 from .gallery_store import SearchGalleryStore
-from .search_metrics import TOPK, box_iou, evaluate_query
+from .search_metrics import TOPK, box_iou, evaluate_queries
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class PersonSearchEvaluator(DatasetEvaluator):
         prw_multi_view=True,
         query_batch_size=256,
         attribute_thresh=0.5,
+        cbgm=False,
+        cbgm_top_detections=0,
+        cbgm_context=0,
+        gt_box_oracle=False,
+        prw_same_camera=False,
         distributed=True,
     ):
         """
@@ -70,6 +76,16 @@ class PersonSearchEvaluator(DatasetEvaluator):
             cuhk_protocols: further CUHK-SYSU protocols reported as "search_<name>".
             prw_multi_view: also report PRW's cross-camera setting as "search_MultiView".
             query_batch_size: queries per similarity matrix product (memory vs speed).
+            cbgm: also report the default protocol with SeqNet's CBGM re-scoring as "search_CBGM"
+                (needs the query images' detections, ``instances``, in the query outputs).
+            cbgm_top_detections, cbgm_context: CBGM's k1 (gallery images of the k1 most similar
+                detections are re-scored) and k2 (the query person and k2 - 1 other people of the
+                query image); 0 = SeqNet's values (10, 3 on CUHK-SYSU; 30, 4 on PRW).
+            gt_box_oracle: also report the default protocol searched over the ground-truth gallery
+                boxes, embedded by the model (gallery outputs' ``oracle_embeddings``), as
+                "search_GTOracle": the re-id upper bound without detection errors.
+            prw_same_camera: also report PRW's same-camera setting (gallery = the other frames of
+                the query's camera) as "search_SameCamera".
         """
         if query_feature not in QUERY_FEATURES:
             raise ValueError(f"query_feature must be one of {QUERY_FEATURES}, got {query_feature!r}.")
@@ -87,34 +103,42 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._prw_multi_view = bool(prw_multi_view)
         self._batch = int(query_batch_size)
         self._attr_thresh = float(attribute_thresh)
+        self._cbgm = bool(cbgm)
+        self._gt_oracle = bool(gt_box_oracle)
+        self._prw_same_camera = bool(prw_same_camera)
         self._distributed = distributed
 
-        self._meta = MetadataCatalog.get(dataset_name)
-        self._type = self._meta.get("evaluator_type", None)
+        # Loading a registered split replaces its Metadata object (galw.data sets the file-derived
+        # fields anew), so the records are loaded first and the metadata looked up afterwards.
+        self._type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if self._type not in ("cuhk_sysu", "prw"):
             raise ValueError(
                 f"MetadataCatalog['{dataset_name}'].evaluator_type must be 'cuhk_sysu' or 'prw', got {self._type!r}."
             )
-        query_set = self._meta.get("query_set", None)
+        query_set = MetadataCatalog.get(dataset_name).get("query_set", None)
         if query_set is None:
             raise ValueError(f"MetadataCatalog['{dataset_name}'] has no 'query_set'.")
         self._query_set = query_set
         self._gallery_records = DatasetCatalog.get(dataset_name)
         self._query_records = DatasetCatalog.get(query_set)
+        self._meta = MetadataCatalog.get(dataset_name)
         self._gallery_index = {}
         for i, r in enumerate(self._gallery_records):
             base = os.path.basename(r["file_name"])
             if base in self._gallery_index:
                 raise ValueError(f"Gallery '{dataset_name}': image name {base} occurs twice.")
             self._gallery_index[base] = i
-        self._query_index = {}
+        self._query_index = {}  # (file_name, person_id) -> record indices (PRW repeats some with other boxes)
         for i, r in enumerate(self._query_records):
             if "query" not in r:
                 raise ValueError(f"Query set '{query_set}': record {i} ({r.get('file_name')}) has no 'query'.")
-            key = (r["file_name"], int(r["query"]["person_id"]))
-            if key in self._query_index:
-                raise ValueError(f"Query set '{query_set}': two queries share image and person {key}.")
-            self._query_index[key] = i
+            self._query_index.setdefault((r["file_name"], int(r["query"]["person_id"])), []).append(i)
+        k1, k2 = SEQNET_CBGM[self._type]
+        self._cbgm_top = int(cbgm_top_detections) or k1
+        self._cbgm_context = int(cbgm_context) or k2
+        if self._cbgm_top < 1 or self._cbgm_context < 1:
+            raise ValueError(f"CBGM needs cbgm_top_detections >= 1 and cbgm_context >= 1 (0 = SeqNet's), got "
+                             f"{cbgm_top_detections} and {cbgm_context}.")
         if self._type == "cuhk_sysu":
             protocols = self._meta.get("gallery_protocols", None)
             if protocols is None or self._default_protocol not in protocols:
@@ -138,6 +162,11 @@ class PersonSearchEvaluator(DatasetEvaluator):
             "prw_multi_view": ps.PRW_MULTI_VIEW,
             "query_batch_size": ps.QUERY_BATCH_SIZE,
             "attribute_thresh": ps.ATTRIBUTE_THRESH,
+            "cbgm": ps.CBGM,
+            "cbgm_top_detections": ps.CBGM_TOP_DETECTIONS,
+            "cbgm_context": ps.CBGM_CONTEXT,
+            "gt_box_oracle": ps.GT_BOX_ORACLE,
+            "prw_same_camera": ps.PRW_SAME_CAMERA,
         }
 
     @property
@@ -154,6 +183,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
     def reset(self):
         self._gallery = {}
         self._queries = {}
+        self._contexts = {}
         self._dim = None
         self._counts = {"unnormalised_embeddings": 0, "query_fallback_to_gt": 0, "duplicate_outputs": 0}
 
@@ -220,6 +250,22 @@ class PersonSearchEvaluator(DatasetEvaluator):
             "search_boxes": boxes[srch],
             "search_emb": emb[srch],
         }
+        if self._gt_oracle:
+            self._gallery[name]["oracle_emb"] = self._oracle_embeddings(inp, out, name)
+
+    def _oracle_embeddings(self, inp, out, name):
+        """The model's embeddings of the record's GT boxes, in annotation order."""
+        num_gt = len(self._gallery_records[self._gallery_index[name]].get("annotations", []))
+        if "oracle_embeddings" not in out:
+            raise ValueError(f"Model output for gallery image {inp['file_name']} has no 'oracle_embeddings' "
+                             "(gt_box_oracle needs the GT boxes embedded: oracle_instances in the input).")
+        emb = out["oracle_embeddings"].detach().float().cpu().numpy()
+        if emb.ndim != 2 or len(emb) != num_gt or not np.isfinite(emb).all():
+            raise ValueError(f"Model output for gallery image {inp['file_name']}: 'oracle_embeddings' "
+                             f"{tuple(emb.shape)} must be finite [{num_gt}, D], one per GT box of the record.")
+        if num_gt:
+            self._check_dim(emb.shape[1], name)
+        return emb
 
     def _process_query(self, inp, out):
         name = inp.get("file_name", "?")
@@ -229,10 +275,13 @@ class PersonSearchEvaluator(DatasetEvaluator):
         key = (inp["file_name"], int(qi.gt_pids[0]))
         if key not in self._query_index:
             raise ValueError(f"Query input {key} is not a record of '{self._query_set}'.")
-        index = self._query_index[key]
-        if index in self._queries:
+        indices = self._query_index[key]
+        if len(indices) > 1:
+            indices = self._closest_query_records(inp, qi, indices)
+        if all(i in self._queries for i in indices):
             self._counts["duplicate_outputs"] += 1
             return
+        index = indices[0]
         emb = None
         if self._query_feature == "best_iou_detection":
             boxes, _, dets, _ = self._instances_arrays(inp, out, "query")
@@ -249,7 +298,24 @@ class PersonSearchEvaluator(DatasetEvaluator):
             raise ValueError(f"Model output for query image {name}: query embedding contains NaN or inf.")
         self._check_dim(emb.shape[0], name)
         self._count_unnormalised(emb[None])
-        self._queries[index] = emb
+        for i in indices:
+            self._queries[i] = emb
+        if self._cbgm:
+            boxes, scores, dets, _ = self._instances_arrays(inp, out, "query")
+            for i in indices:
+                qbox = self._query_records[i]["query"]["bbox"]
+                self._contexts[i] = query_context(qbox, boxes, scores, dets, self._cbgm_context - 1)
+
+    def _closest_query_records(self, inp, qi, indices):
+        """The records (of one image and person) whose box, scaled to the input, is nearest the input's box.
+
+        Several when their boxes are equal: they are the same query and share the output.
+        """
+        h, w = qi.image_size
+        scale = np.array([w / inp["width"], h / inp["height"]] * 2)
+        given = qi.gt_boxes.tensor[0].detach().cpu().double().numpy()
+        dist = [float(np.abs(np.asarray(self._query_records[i]["query"]["bbox"]) * scale - given).sum()) for i in indices]
+        return [i for i, d in zip(indices, dist) if d == min(dist)]
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self):
@@ -257,11 +323,12 @@ class PersonSearchEvaluator(DatasetEvaluator):
             comm.synchronize()
             galleries = comm.gather(self._gallery, dst=0)
             queries = comm.gather(self._queries, dst=0)
+            contexts = comm.gather(self._contexts, dst=0)
             counts = comm.gather(self._counts, dst=0)
             if not comm.is_main_process():
                 return {}
         else:
-            galleries, queries, counts = [self._gallery], [self._queries], [self._counts]
+            galleries, queries, contexts, counts = [self._gallery], [self._queries], [self._contexts], [self._counts]
         gallery, query_embs = {}, {}
         for part in galleries:
             for k, v in part.items():
@@ -269,16 +336,21 @@ class PersonSearchEvaluator(DatasetEvaluator):
         for part in queries:
             for k, v in part.items():
                 query_embs.setdefault(k, v)
+        query_contexts = {}
+        for part in contexts:
+            for k, v in part.items():
+                query_contexts.setdefault(k, v)
         totals = {k: sum(c[k] for c in counts) for k in counts[0]}
         totals["duplicate_outputs"] += sum(len(p) for p in galleries) - len(gallery)
         totals["duplicate_outputs"] += sum(len(p) for p in queries) - len(query_embs)
         for k, v in totals.items():
             if v:
                 logger.warning(f"Person-search evaluation on {self._dataset_name}: {k} = {v}.")
-        return self.compute(gallery, query_embs)
+        return self.compute(gallery, query_embs, query_contexts)
 
-    def compute(self, gallery, query_embs):
-        """All metrics from merged outputs: {image basename: arrays} and {query index: embedding}."""
+    def compute(self, gallery, query_embs, query_contexts=None):
+        """All metrics from merged outputs: {image basename: arrays}, {query index: embedding} and,
+        for CBGM, {query index: [C, D] embeddings of the other people in the query image}."""
         missing = [os.path.basename(r["file_name"]) for r in self._gallery_records
                    if os.path.basename(r["file_name"]) not in gallery]
         if missing:
@@ -306,16 +378,23 @@ class PersonSearchEvaluator(DatasetEvaluator):
             names = [self._default_protocol] + [p for p in self._cuhk_protocols if p != self._default_protocol]
             default = self._default_protocol
         else:
-            protocols = {"standard": self._prw_protocol(False)}
+            protocols = {"standard": self._prw_protocol("standard")}
             if self._prw_multi_view:
-                protocols["MultiView"] = self._prw_protocol(True)
+                protocols["MultiView"] = self._prw_protocol("multi_view")
+            if self._prw_same_camera:
+                protocols["SameCamera"] = self._prw_protocol("same_camera")
             names = list(protocols)
             default = "standard"
-        for name in names:
-            if name not in protocols:
-                logger.warning(f"CUHK-SYSU protocol {name} is not in the gallery metadata; not reported.")
         names = [n for n in names if n in protocols]
-        per_protocol = self._search({n: protocols[n] for n in names}, store, query_embs, default)
+        if self._cbgm:
+            protocols["CBGM"] = protocols[default]
+            names.append("CBGM")
+        per_protocol = self._search({n: protocols[n] for n in names}, store, query_embs, default, query_contexts)
+        if self._gt_oracle:
+            boxes = [self._gt(r)[0] for r in self._gallery_records]
+            oracle = SearchGalleryStore(boxes, [g["oracle_emb"] for g in ordered], dim)
+            per_protocol.update(self._search({"GTOracle": protocols[default]}, oracle, query_embs, None))
+            names.append("GTOracle")
         default_queries = None
         for name in names:
             metrics, per_query = per_protocol[name]
@@ -334,9 +413,18 @@ class PersonSearchEvaluator(DatasetEvaluator):
         for name in set(self._cuhk_protocols) | {self._default_protocol}:
             source = "TestG50" if name == "WholeGallery" else name
             if source not in raw:
+                logger.warning(f"CUHK-SYSU protocol {name} is not in the gallery metadata; not reported.")
+                continue
+            entries = raw[source]
+            try:
+                len(entries)  # galw.data parses a protocol file on first access
+            except FileNotFoundError as e:
+                if name == self._default_protocol:
+                    raise
+                logger.warning(f"CUHK-SYSU protocol {name} skipped: {e}")
                 continue
             by_query = {}
-            for e in raw[source]:
+            for e in entries:
                 qi = int(e["query_index"])
                 if qi in by_query:
                     raise ValueError(f"gallery_protocols['{source}'] lists query {qi} twice.")
@@ -383,7 +471,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
             imgs = np.concatenate([imgs, np.flatnonzero(rest)])
         return imgs, pos
 
-    def _prw_protocol(self, multi_view):
+    def _prw_protocol(self, mode):
+        """mode: "standard" (every other frame), "multi_view" (other cameras only) or "same_camera"."""
+        multi_view, same_camera = mode == "multi_view", mode == "same_camera"
         recs = self._gallery_records
         cams = np.array([int(r.get("camera_id", -1)) for r in recs], dtype=np.int64)
         by_pid = {}
@@ -400,25 +490,30 @@ class PersonSearchEvaluator(DatasetEvaluator):
             qimg = self._gallery_index.get(os.path.basename(q["file_name"]), -1)
             pid = int(q["query"]["person_id"])
             cam = int(q.get("camera_id", -1))
+            if (multi_view or same_camera) and cam < 0:
+                raise ValueError(f"PRW {mode} needs camera_id; query {qi} ({q['file_name']}) has none.")
             if multi_view:
-                if cam < 0:
-                    raise ValueError(f"PRW multi-view needs camera_id; query {qi} ({q['file_name']}) has none.")
                 if cam not in other_cam:
                     other_cam[cam] = all_imgs[cams != cam]
                 imgs = other_cam[cam]  # the query frame is in the query camera: already out
+            elif same_camera:
+                imgs = all_imgs[(cams == cam) & (all_imgs != qimg)]
             else:
                 imgs = np.delete(all_imgs, qimg) if qimg >= 0 else all_imgs
             pos = [
                 (int(np.searchsorted(imgs, img)), img, box)
                 for img, box in by_pid.get(pid, {}).items()
-                if img != qimg and not (multi_view and cams[img] == cam)
+                if img != qimg and not (multi_view and cams[img] == cam) and not (same_camera and cams[img] != cam)
             ]
             return imgs, pos
 
         return {qi: functools.partial(spec, qi) for qi in range(len(self._query_records))}
 
-    def _search(self, protocols, store, query_embs, default):
-        """Metrics of every protocol; one similarity product per query batch serves them all."""
+    def _search(self, protocols, store, query_embs, default, query_contexts=None):
+        """Metrics of every protocol; one similarity product per query batch serves them all.
+
+        The protocol named "CBGM" is re-scored with CBGM (``query_contexts``) before it is ranked.
+        """
         self._dups = {}
         queries = sorted(set().union(*[set(p) for p in protocols.values()]))
         missing = [q for q in queries if q not in query_embs]
@@ -430,7 +525,13 @@ class PersonSearchEvaluator(DatasetEvaluator):
         per_query = {name: [] for name in protocols}
         skipped = {name: [] for name in protocols}
         for key in ["similarity", *protocols]:
-            self._timings[key] = self._cpu_timings[key] = 0.0
+            self._timings.setdefault(key, 0.0)
+            self._cpu_timings.setdefault(key, 0.0)
+        if "CBGM" in protocols:
+            missing = [q for q in queries if q not in (query_contexts or {})]
+            if missing:
+                raise ValueError(f"CBGM: {len(missing)} queries (e.g. {missing[:5]}) have no query-image detections; "
+                                 "the query outputs need 'instances'.")
         for b in range(0, len(queries), self._batch):
             batch = queries[b : b + self._batch]
             t0, c0 = time.perf_counter(), time.process_time()
@@ -439,16 +540,27 @@ class PersonSearchEvaluator(DatasetEvaluator):
             self._cpu_timings["similarity"] += time.process_time() - c0
             for name, by_query in protocols.items():
                 t0, c0 = time.perf_counter(), time.process_time()
-                for row, qi in zip(sims, batch):
+                rows, galleries, positives, scored = [], [], [], []
+                for row, qi in enumerate(batch):
                     if qi not in by_query:
                         continue
                     imgs, pos = by_query[qi]()
                     if not pos:
                         skipped[name].append(qi)
                         continue
-                    det_idx, offsets = store.detection_indices(imgs)
-                    res = evaluate_query(row, det_idx, offsets, pos, store, want_top=name == default)
-                    per_query[name].append((qi, res))
+                    rows.append(row)
+                    galleries.append(imgs)
+                    positives.append(pos)
+                    scored.append(qi)
+                batch_sims = sims
+                if name == "CBGM":
+                    batch_sims, rows = sims[rows], np.arange(len(rows))
+                    for row, qi, imgs in zip(batch_sims, scored, galleries):
+                        det_idx, _ = store.detection_indices(imgs)
+                        row[det_idx] = cbgm_rescore(row[det_idx], det_idx, query_embs[qi], query_contexts[qi],
+                                                    store, self._cbgm_top)
+                results = evaluate_queries(batch_sims, galleries, positives, store, want_top=name == default, rows=rows)
+                per_query[name].extend(zip(scored, results))
                 self._timings[name] += time.perf_counter() - t0
                 self._cpu_timings[name] += time.process_time() - c0
         for name, d in self._dups.items():

@@ -25,6 +25,13 @@ class SearchGalleryStore:
         )
 
     @property
+    def image_of(self):
+        """[num detections] the image index of every detection."""
+        if getattr(self, "_image_of", None) is None:
+            self._image_of = np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts)
+        return self._image_of
+
+    @property
     def num_images(self):
         return len(self.counts)
 

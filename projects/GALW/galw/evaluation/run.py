@@ -29,7 +29,8 @@ def evaluate_person_search(cfg, model, gallery_name: str):
             f"DATASETS.TEST entry '{gallery_name}' is a person-search dataset without a query set: "
             "name the gallery split (e.g. prw_gallery), not the train or query split."
         )
-    gallery_loader = build_person_search_test_loader(cfg, gallery_name)
+    gallery_loader = build_person_search_test_loader(
+        cfg, gallery_name, oracle_boxes=cfg.TEST.PERSON_SEARCH.GT_BOX_ORACLE)
     query_loader = build_person_search_test_loader(cfg, meta.query_set)
     evaluator = PersonSearchEvaluator(cfg, gallery_name)
     results = inference_person_search(model, gallery_loader, query_loader, evaluator)

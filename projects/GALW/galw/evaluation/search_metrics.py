@@ -156,3 +156,112 @@ def _top_list(y_score, det_idx, positive_positions, k):
         {"det": int(det_idx[p]), "similarity": float(y_score[p]), "correct": int(p) in positive_positions}
         for p in cand
     ]
+
+
+def _descending_bits(y):
+    """uint64 codes of float32 ``y`` whose ascending order is descending ``y`` (equal floats, equal codes)."""
+    u = (np.asarray(y, dtype=np.float32) + np.float32(0.0)).view(np.uint32).astype(np.uint64)  # -0.0 -> +0.0
+    ascending = np.where(u >= 0x80000000, 0xFFFFFFFF - u, u + 0x80000000)
+    return np.uint64(0xFFFFFFFF) - ascending
+
+
+def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=None):
+    """``evaluate_query`` for a batch of queries at once, with identical results (tested).
+
+    sims: [R, num store detections] similarities (rows of one product); query i uses row ``rows[i]``
+      (default: row i).
+    galleries: per query, its gallery image indices (store order of images, no repeats).
+    positives: per query, [(list position, image, gt box)] of the images holding the person.
+    All queries' gallery detections are laid out in one array (query by query, gallery order), so
+    picking positives, AP, top-k and the top-10 list take a fixed number of numpy calls per batch;
+    only the scores at or above a query's lowest positive score are sorted.
+    """
+    nq = len(galleries)
+    rows = np.arange(nq, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    n_img = np.array([len(g) for g in galleries], dtype=np.int64)
+    images = np.concatenate([np.asarray(g, np.int64) for g in galleries]) if nq else np.zeros(0, np.int64)
+    counts = store.counts[images]
+    img_start = np.cumsum(counts) - counts  # where each (query, list position) starts in the layout
+    total = int(counts.sum())
+    det_idx = np.repeat(store.starts[images] - img_start, counts) + np.arange(total, dtype=np.int64)
+    q_of = np.repeat(np.repeat(np.arange(nq, dtype=np.int64), n_img), counts)
+    y = sims[rows[q_of], det_idx]
+    per_query = np.bincount(q_of, minlength=nq)
+    seg_start = np.cumsum(per_query) - per_query
+    pair_start = np.cumsum(n_img) - n_img
+
+    # The single positive of every positive image (as pick_positives, all queries at once).
+    pq = np.array([q for q, p in enumerate(positives) for _ in p], dtype=np.int64)
+    plist = np.array([e[0] for p in positives for e in p], dtype=np.int64)
+    pimg = np.array([e[1] for p in positives for e in p], dtype=np.int64)
+    pgt = np.array([e[2] for p in positives for e in p], dtype=np.float64).reshape(-1, 4)
+    count_gt = np.bincount(pq, minlength=nq)
+    idx, offs = store.detection_indices(pimg)
+    groups = np.repeat(np.arange(len(pimg)), store.counts[pimg])
+    chosen = pick_positives(sims[rows[pq[groups]], idx], store.boxes[idx], groups, pgt)
+    hit = chosen >= 0
+    pos_at = img_start[pair_start[pq[hit]] + plist[hit]] + (chosen[hit] - offs[hit])  # positions in the layout
+    pos_q = pq[hit]
+    pos_s = y[pos_at]
+    count_tp = np.bincount(pos_q, minlength=nq)
+
+    # AP: per positive, #positives and #all with score >= its score, in its query.
+    min_pos = np.full(nq, np.inf, dtype=np.float64)
+    np.minimum.at(min_pos, pos_q, pos_s.astype(np.float64))
+    cand = np.flatnonzero(y >= min_pos[q_of])
+    key = (q_of[cand].astype(np.uint64) << np.uint64(32)) | _descending_bits(y[cand])
+    order = np.argsort(key, kind="stable")  # stable: equal keys stay in layout order
+    key_sorted, cand_sorted = key[order], cand[order]
+    query_key = np.arange(nq, dtype=np.uint64) << np.uint64(32)
+    cand_start = np.searchsorted(key_sorted, query_key, side="left")
+    pkey = (pos_q.astype(np.uint64) << np.uint64(32)) | _descending_bits(pos_s)
+    n_ge = np.searchsorted(key_sorted, pkey, side="right") - cand_start[pos_q]
+    pkey_sorted = np.sort(pkey)
+    tp_ge = np.searchsorted(pkey_sorted, pkey, side="right") - np.searchsorted(pkey_sorted, query_key, side="left")[pos_q]
+    ap_sum = np.bincount(pos_q, weights=tp_ge / n_ge, minlength=nq)
+    tp = np.maximum(count_tp, 1)
+    ap = np.where(count_tp > 0, ap_sum / tp * count_tp / np.maximum(count_gt, 1), 0.0)
+
+    # top-k: 0-based rank of the best positive = its index among the sorted candidates (ties by layout).
+    rank_of = np.empty(len(cand), dtype=np.int64)  # by index into cand (ascending layout positions)
+    rank_of[order] = np.arange(len(cand)) - cand_start[q_of[cand_sorted]]
+    pos_rank = rank_of[np.searchsorted(cand, pos_at)]
+    best = np.full(nq, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, pos_q, pos_rank)
+    hits = np.stack([best < k for k in TOPK], axis=1).astype(int)
+
+    tops = [[] for _ in range(nq)]
+    if want_top:
+        tops = _top_lists(y, det_idx, q_of, seg_start, per_query, cand_sorted, cand_start, pos_at, max(TOPK))
+    return [
+        QueryResult(ap=float(ap[q]), count_gt=int(count_gt[q]), count_tp=int(count_tp[q]), hits=hits[q].tolist(),
+                    top=tops[q])
+        for q in range(nq)
+    ]
+
+
+def _top_lists(y, det_idx, q_of, seg_start, per_query, cand_sorted, cand_start, pos_at, k):
+    """Per query, its k best layout entries as in ``_top_list`` (ties: earlier in gallery order)."""
+    nq = len(per_query)
+    n_cand = np.diff(np.append(cand_start, len(cand_sorted)))
+    positive = np.zeros(len(y), dtype=bool)
+    positive[pos_at] = True
+    tops = []
+    for q in range(nq):
+        if n_cand[q] >= k:  # the k best are among the sorted candidates
+            best = cand_sorted[cand_start[q] : cand_start[q] + k]
+        else:
+            s = y[seg_start[q] : seg_start[q] + per_query[q]]
+            best = seg_start[q] + np.asarray(_top_positions(s, k), dtype=np.int64)
+        tops.append([{"det": int(det_idx[p]), "similarity": float(y[p]), "correct": bool(positive[p])} for p in best])
+    return tops
+
+
+def _top_positions(y_score, k):
+    """Positions of the k best of ``y_score`` (descending, ties: earlier first)."""
+    if len(y_score) == 0:
+        return []
+    m = min(k, len(y_score))
+    kth = np.partition(-y_score, m - 1)[m - 1]
+    cand = np.nonzero(-y_score <= kth)[0]
+    return cand[np.lexsort((cand, -y_score[cand]))][:k].tolist()

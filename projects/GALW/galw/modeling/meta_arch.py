@@ -136,11 +136,18 @@ class PersonSearch(nn.Module):
                 boxes = [d.pred_boxes for d in detections]
                 for inst, probs in zip(detections, branch.predict_attributes(images, features, boxes)):
                     inst.attribute_probs = probs
+        empty = Boxes(torch.zeros((0, 4), device=self.device))
         query_embeddings = None
         if any(b is not None for b in query_boxes):
-            empty = Boxes(torch.zeros((0, 4), device=self.device))
             query_embeddings = embedder.embed(
                 images, features, [b if b is not None else empty for b in query_boxes]
+            )
+        oracle_boxes = [x["oracle_instances"].gt_boxes.to(self.device) if "oracle_instances" in x else None
+                        for x in batched_inputs]
+        oracle_embeddings = None
+        if any(b is not None for b in oracle_boxes):  # the evaluation's GT-box oracle
+            oracle_embeddings = embedder.embed(
+                images, features, [b if b is not None else empty for b in oracle_boxes]
             )
         outputs = []
         for i, (x, inst, image_size) in enumerate(zip(batched_inputs, detections, images.image_sizes)):
@@ -148,6 +155,8 @@ class PersonSearch(nn.Module):
             out = {"instances": detector_postprocess(inst, height, width)}
             if query_boxes[i] is not None:
                 out["query_embedding"] = query_embeddings[i][0]
+            if oracle_boxes[i] is not None:
+                out["oracle_embeddings"] = oracle_embeddings[i]
             outputs.append(out)
         return outputs
 
