@@ -103,13 +103,16 @@ def log_drops(dataset, root, split, drops):
         logger.warning("%s %s (%s): %s: %s", dataset, split, root, what, where)
 
 
+_ONE_BOX = {"non_finite": "a box with non-finite values", "degenerate": "a box with w<=0 or h<=0",
+            "outside": "a box outside the image"}
+
+
 def dropped_by_image(root, split, drops):
     """{image basename: [(annotation file, what was dropped)]} of the boxes dropped from ``split``."""
     out = {}
     for s, kind, rel, image in drops:
-        if s == split and image is not None and kind in ("non_finite", "degenerate", "outside"):
-            what = DROP_KINDS[kind].format(n="a", box="box").split(" ", 1)[1]
-            out.setdefault(image, []).append((os.path.join(root, rel), what))
+        if s == split and image is not None and kind in _ONE_BOX:
+            out.setdefault(image, []).append((os.path.join(root, rel), _ONE_BOX[kind]))
     return out
 
 
