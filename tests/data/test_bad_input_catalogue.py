@@ -25,8 +25,9 @@ Bad boxes (6): non-finite values are rejected, never clipped; every drop is logg
 
 Parse cache that runs code (7)
   - test_planted_pickle_in_parse_cache_does_not_run: a pickle planted in <root>/.galw_cache
-    (under the old and the new cache names) that writes a marker file when unpickled: nothing
-    runs, the planted files are named in the log and the cache is rebuilt.
+    (under the old and the new cache names; raw, or as an object array inside an .npz) that
+    writes a marker file when unpickled: nothing runs, the planted files are named in the log
+    and the cache is rebuilt.
   - test_parse_cache_files_load_without_pickle: every cache file loads with
     numpy.load(allow_pickle=False).
 
@@ -242,11 +243,14 @@ def test_planted_pickle_in_parse_cache_does_not_run(tmp_path, caplog, kind):
     marker = str(tmp_path / "code_ran")
     names = ["cuhk_sysu_base", "cuhk_sysu_TestG100"] if kind == "cuhk_sysu" else ["prw_train", "prw_gallery", "prw_query"]
     planted = []
-    for name in names:
+    for i, name in enumerate(names):
         for ext in (".pkl", ".npz"):  # the old loader's name and the cache's own
             planted.append(os.path.join(cache, name + ext))
             with open(planted[-1], "wb") as f:
-                pickle.dump(("key", _WritesMarker(marker)), f)
+                if ext == ".npz" and i > 0:  # a real .npz whose arrays are pickled objects
+                    np.savez(f, __key__=np.array([_WritesMarker(marker)], dtype=object))
+                else:
+                    pickle.dump(("key", _WritesMarker(marker)), f)
     with caplog.at_level(logging.WARNING):
         loaded = _load_all(kind, root)
     assert not os.path.exists(marker)
