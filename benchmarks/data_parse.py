@@ -9,9 +9,13 @@ Builds (in a temp dir) CUHK-SYSU with 18,184 images / ~95,500 boxes / 5,532 trai
 Writing a TestG<N>.mat with scipy.io.savemat costs about 0.5 ms per gallery entry (TestG4000
 holds 11.6M), so by default only TestG50 is written at full size; protocols are parsed on first
 access, so the gallery/query/train loads need only TestG50.
+
+The cache is an .npz read with numpy.load(allow_pickle=False); the last lines compare reading it
+(cache hit, before building the records) with unpickling the same value, measured in this run.
 """
 import argparse
 import os
+import pickle
 import tempfile
 import time
 
@@ -22,6 +26,7 @@ import scipy.io
 import galw  # noqa: F401
 from galw.data import CUHKSYSU, PRW
 from galw.data.matlab import cell_array as cell, struct_array as structs
+from galw.data.records import _fingerprint, cached_parse
 
 
 def link_images(src, paths):
@@ -104,6 +109,30 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
+def cache_vs_pickle(label, root, name, sources):
+    """Seconds to read one cache file (a hit: key from the sources' stats + numpy.load) vs the
+    former format, a pickle of (key, value) read the same way (our own file, written here)."""
+    def fail():
+        raise AssertionError(f"{name}: expected a cache hit")
+
+    t_npz, value = timed(lambda: cached_parse(root, name, sources, fail))
+    path = os.path.join(root, ".galw_cache", f"{name}.bench-pickle")
+    with open(path, "wb") as f:
+        pickle.dump((_fingerprint(root, sources), value), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def read_pickle():
+        key = _fingerprint(root, sources)
+        with open(path, "rb") as f:
+            stored_key, stored = pickle.load(f)
+        assert stored_key == key
+        return stored
+
+    t_pkl, _ = timed(read_pickle)
+    os.remove(path)
+    print(f"{label} cache file read: npz {t_npz:.3f} s, pickle of the same value {t_pkl:.3f} s "
+          f"(ratio {t_npz / max(t_pkl, 1e-9):.2f})", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cuhk-gallery-sizes", default="50", help="TestG files to write at full size")
@@ -131,6 +160,10 @@ def main():
                 t_pw, _ = timed(lambda s=s: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
                 print(f"CUHK-SYSU protocol TestG{s}: {len(entries)} queries x {len(entries[0]['gallery'])}, "
                       f"cold {t_p:.2f} s, cached {t_pw:.2f} s", flush=True)
+            ds = CUHKSYSU(root)
+            cache_vs_pickle("CUHK-SYSU base", root, "cuhk_sysu_base", ds._existing(ds._base_sources()))
+            cache_vs_pickle(f"CUHK-SYSU TestG{sizes[-1]}", root, f"cuhk_sysu_TestG{sizes[-1]}",
+                            [ds.protocol_path(f"TestG{sizes[-1]}"), ds.protocol_path("TestG50")])
         if not args.skip_prw:
             t_build, root = timed(lambda: build_prw(os.path.join(tmp, "PRW"), rng))
             print(f"PRW fixture written in {t_build:.1f} s", flush=True)
@@ -141,6 +174,11 @@ def main():
                   f"{cold['gallery'][0]:.2f} s ({n['gallery']} frames), query {cold['query'][0]:.2f} s "
                   f"({n['query']} queries); {len(cold['train'][1][1])} train ids", flush=True)
             print(f"PRW load of train+gallery+query from the cache: {warm:.2f} s", flush=True)
+            ds = PRW(root)
+            names = ds._split_names("train")
+            sources = [ds._file("frame_train.mat"), ds._file("frame_test.mat"), ds._file("ID_train.mat")] + [
+                os.path.join(ds.annotations, n + ".mat") for n in names]
+            cache_vs_pickle("PRW train", root, "prw_train", sources)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,20 @@ def _protocol(queries):
     return structs(("Query", "Gallery"), [(_query(q, b, f"p{10 + i}"), _gallery(g)) for i, (q, b, g) in enumerate(queries)])
 
 
-def write_cuhk_sysu(root, images=True):
-    """CUHK-SYSU fixture: 3 train images, a pool of 3, 2 train identities, 2 queries."""
+CUHK_TRAIN = [  # (idname, scenes (image, box)) as in Train.mat
+    ("p1", [("s1.jpg", (10, 10, 20, 40)), ("s2.jpg", (5, 5, 20, 40))]),
+    ("p2", [("s1.jpg", (40, 5, 15, 30)), ("s3.jpg", (30, 10, 20, 50))]),
+]
+
+
+def write_cuhk_sysu(root, images=True, boxes=None, train=None, queries=None):
+    """CUHK-SYSU fixture: 3 train images, a pool of 3, 2 train identities, 2 queries.
+
+    ``boxes``, ``train`` and ``queries`` replace CUHK_IMAGES, CUHK_TRAIN and CUHK_QUERIES (bad-input cases).
+    """
+    boxes = CUHK_IMAGES if boxes is None else boxes
+    train = CUHK_TRAIN if train is None else train
+    queries = CUHK_QUERIES if queries is None else queries
     ann = os.path.join(root, "annotation")
     os.makedirs(os.path.join(ann, "test", "train_test"), exist_ok=True)
     os.makedirs(os.path.join(ann, "test", "subset"), exist_ok=True)
@@ -63,22 +75,18 @@ def write_cuhk_sysu(root, images=True):
             write_image(os.path.join(root, "Image", "SSM", name), 100, 80, seed=i)
     img = structs(("imname", "nAppear", "box"), [
         (n, np.array([[len(b)]], float), structs(("idlocate", "ishard"), [(box(*x), np.zeros((1, 1))) for x in b]))
-        for n, b in CUHK_IMAGES.items()])
+        for n, b in boxes.items()])
     scipy.io.savemat(os.path.join(ann, "Images.mat"), {"Img": img})
     scipy.io.savemat(os.path.join(ann, "pool.mat"), {"pool": cell(CUHK_POOL)})
-    train = cell([
-        structs(("idname", "nAppear", "scene"), [("p1", np.array([[2.0]]), structs(
-            ("imname", "idlocate", "ishard"), [("s1.jpg", box(10, 10, 20, 40), np.zeros((1, 1))),
-                                               ("s2.jpg", box(5, 5, 20, 40), np.zeros((1, 1)))]))]),
-        structs(("idname", "nAppear", "scene"), [("p2", np.array([[2.0]]), structs(
-            ("imname", "idlocate", "ishard"), [("s1.jpg", box(40, 5, 15, 30), np.zeros((1, 1))),
-                                               ("s3.jpg", box(30, 10, 20, 50), np.zeros((1, 1)))]))]),
-    ])
-    scipy.io.savemat(os.path.join(ann, "test", "train_test", "Train.mat"), {"Train": train})
+    identities = cell([
+        structs(("idname", "nAppear", "scene"), [(idname, np.array([[float(len(scenes))]]), structs(
+            ("imname", "idlocate", "ishard"), [(n, box(*b), np.zeros((1, 1))) for n, b in scenes]))])
+        for idname, scenes in train])
+    scipy.io.savemat(os.path.join(ann, "test", "train_test", "Train.mat"), {"Train": identities})
     for n in (50, 100, 500, 1000, 2000, 4000):
-        scipy.io.savemat(os.path.join(ann, "test", "train_test", f"TestG{n}.mat"), {f"TestG{n}": _protocol(CUHK_QUERIES)})
-    scipy.io.savemat(os.path.join(ann, "test", "subset", "Occlusion.mat"), {"Occlusion1": _protocol(CUHK_QUERIES[1:])})
-    scipy.io.savemat(os.path.join(ann, "test", "subset", "Resolution.mat"), {"Test_Size": _protocol(CUHK_QUERIES[:1])})
+        scipy.io.savemat(os.path.join(ann, "test", "train_test", f"TestG{n}.mat"), {f"TestG{n}": _protocol(queries)})
+    scipy.io.savemat(os.path.join(ann, "test", "subset", "Occlusion.mat"), {"Occlusion1": _protocol(queries[1:])})
+    scipy.io.savemat(os.path.join(ann, "test", "subset", "Resolution.mat"), {"Test_Size": _protocol(queries[:1])})
     return root
 
 
@@ -94,20 +102,25 @@ PRW_TEST = {
 PRW_QUERY_INFO = "7 -2.5 10 22.5 40 c1s1_000040\r\n9 60 10 20 40 c4s1_000050\r\n"
 
 
-def write_prw(root, images=True):
-    """PRW fixture: 3 train frames (ids 5, 480, 932), 2 test frames, 2 queries (CRLF, negative x)."""
+def write_prw(root, images=True, train=None, query_info=None):
+    """PRW fixture: 3 train frames (ids 5, 480, 932), 2 test frames, 2 queries (CRLF, negative x).
+
+    ``train`` and ``query_info`` replace PRW_TRAIN and PRW_QUERY_INFO (bad-input cases).
+    """
+    train = PRW_TRAIN if train is None else train
+    query_info = PRW_QUERY_INFO if query_info is None else query_info
     os.makedirs(os.path.join(root, "frames"), exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    for i, (name, (key, rows)) in enumerate({**PRW_TRAIN, **PRW_TEST}.items()):
+    for i, (name, (key, rows)) in enumerate({**train, **PRW_TEST}.items()):
         if images:
             write_image(os.path.join(root, "frames", name + ".jpg"), 100, 80, seed=i)
         scipy.io.savemat(os.path.join(root, "annotations", name + ".jpg.mat"), {key: np.asarray(rows, float)})
-    scipy.io.savemat(os.path.join(root, "frame_train.mat"), {"img_index_train": cell(list(PRW_TRAIN))})
+    scipy.io.savemat(os.path.join(root, "frame_train.mat"), {"img_index_train": cell(list(train))})
     scipy.io.savemat(os.path.join(root, "frame_test.mat"), {"img_index_test": cell(list(PRW_TEST))})
     scipy.io.savemat(os.path.join(root, "ID_train.mat"), {"ID_train": np.array([[5.0, 480.0, 932.0]])})
     scipy.io.savemat(os.path.join(root, "ID_test.mat"), {"ID_test2": np.array([[7.0, 9.0]])})
     with open(os.path.join(root, "query_info.txt"), "w", newline="") as f:
-        f.write(PRW_QUERY_INFO)
+        f.write(query_info)
     return root
 
 

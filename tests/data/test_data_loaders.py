@@ -87,7 +87,7 @@ def test_prw_train_clipping_remapping_cameras(prw, caplog):
         [([10.0, 10.0, 30.0, 50.0], 1)],  # the w=0 row is dropped
         [([60.0, 30.0, 100.0, 80.0], 2)],  # clipped to the 100x80 image
     ]
-    assert "dropped 1 boxes with w<=0 or h<=0" in caplog.text
+    assert "dropped 1 box with w<=0 or h<=0" in caplog.text
     meta = MetadataCatalog.get("t_prw_train")
     assert meta.num_pids == 3 and meta.pid_mapping == {5: 0, 480: 1, 932: 2}
     assert [r["image_id"] for r in train] == [0, 2, 3]
@@ -111,7 +111,7 @@ def test_prw_gallery_and_crlf_queries(prw):
 def test_parse_cache_is_used_and_invalidated(tmp_path):
     root = write_cuhk_sysu(str(tmp_path / "CUHK-SYSU"))
     first, _ = CUHKSYSU(root).records("train")
-    assert os.path.isfile(os.path.join(root, ".galw_cache", "cuhk_sysu_base.pkl"))
+    assert os.path.isfile(os.path.join(root, ".galw_cache", "cuhk_sysu_base.npz"))
     cached, _ = CUHKSYSU(root).records("train")
     assert cached == first
     # rewrite pool.mat without s4: s4 becomes a training image

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from .matlab import MatFormatError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AttributeFileError", "load_attribute_file", "attach_attributes"]
@@ -68,12 +70,16 @@ def _iou(a, b):
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def attach_attributes(records, path, iou_threshold=0.9):
+def attach_attributes(records, path, iou_threshold=0.9, dropped=None):
     """Give every annotation an ``attributes`` list from the file box with IoU >= threshold.
 
     A file box matching no record box is an error (naming the file, image and box); record boxes
-    with no file entry get all -1, counted in the log. Returns the attribute names.
+    with no file entry get all -1, counted in the log. ``dropped`` ({image basename: [(annotation
+    file, what)]}, the loader's ``dropped``): when the unmatched box's image lost boxes at load, the
+    annotation file is the culprit and the error (MatFormatError) names it first. Returns the
+    attribute names.
     """
+    dropped = dropped or {}
     names, images = load_attribute_file(path)
     unknown = [-1] * len(names)
     missing = 0
@@ -93,6 +99,11 @@ def attach_attributes(records, path, iou_threshold=0.9):
         for k, (box, attrs) in enumerate(entries):
             j = int(iou[k].argmax()) if iou.shape[1] else -1
             if j < 0 or iou[k, j] < iou_threshold:
+                if base in dropped:
+                    source, what = dropped[base][0]
+                    raise MatFormatError(
+                        f"{source}: {what} of image {base} was dropped when loading, so box {box.tolist()} "
+                        f"of {path} matches no annotated box (IoU >= {iou_threshold}); fix {source}")
                 raise AttributeFileError(
                     f"{path}: box {box.tolist()} of image {base} matches no annotated box of the dataset "
                     f"(IoU >= {iou_threshold})")

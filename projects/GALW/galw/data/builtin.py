@@ -59,12 +59,13 @@ def _load(prefix, kind, root_fn, split):
         if split == "gallery":
             fields["gallery_protocols"] = ds.protocols()
     else:
-        records, mapping = PRW(root).records(split)
+        ds = PRW(root)
+        records, mapping = ds.records(split)
         if split == "train":
             fields.update(num_pids=len(mapping), pid_mapping=mapping)
     attr_path = os.path.join(root, ATTRIBUTE_FILE)
     if split != "query" and os.path.isfile(attr_path):
-        fields["attribute_names"] = attach_attributes(records, attr_path, ATTRIBUTE_IOU_THRESHOLD)
+        fields["attribute_names"] = attach_attributes(records, attr_path, ATTRIBUTE_IOU_THRESHOLD, ds.dropped)
     _set_file_metadata(f"{prefix}_{split}", **fields)
     logger.info("Loaded %d %s records from %s", len(records), f"{prefix}_{split}", root)
     return records

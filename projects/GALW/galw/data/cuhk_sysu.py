@@ -14,7 +14,8 @@ from detectron2.structures import BoxMode
 
 from .matlab import (MatFormatError, as_numbers, as_str, cell_strings, field, load_mat, mat_key,
                      struct_elements, unwrap)
-from .records import cached_parse, image_size, pack_records, unpack_records, xywh_to_xyxy
+from .records import (cached_parse, dropped_by_image, image_size, log_drops, pack_records, unpack_records,
+                      xywh_to_xyxy)
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,34 @@ def _gallery_entries(gallery, where):
     return out
 
 
+def _unpack_protocol(packed):
+    """Protocol entries {"query_index", "gallery": [{"image", "bbox" xyxy or None}]} from their columns."""
+    names, index = packed["images"].tolist(), packed["image_index"].tolist()
+    has, boxes = packed["has_box"].tolist(), packed["boxes"].tolist()
+    entries, k, b = [], 0, 0
+    for qi, c in zip(packed["query_index"].tolist(), packed["counts"].tolist()):
+        gallery = []
+        for j in range(k, k + c):
+            if has[j]:
+                gallery.append({"image": names[index[j]], "bbox": boxes[b]})
+                b += 1
+            else:
+                gallery.append({"image": names[index[j]], "bbox": None})
+        entries.append({"query_index": qi, "gallery": gallery})
+        k += c
+    return entries
+
+
 class CUHKSYSU:
-    """Parses one CUHK-SYSU root; ``records(split)`` gives the detectron2 dicts of a split."""
+    """Parses one CUHK-SYSU root; ``records(split)`` gives the detectron2 dicts of a split.
+
+    After ``records(split)``, ``dropped`` maps image basenames to the (annotation file, what)
+    of the boxes the split lost (for errors that must blame the right file).
+    """
 
     def __init__(self, root):
         self.root = root
+        self.dropped = {}
         self.ann = os.path.join(root, "annotation")
         self.image_dir = os.path.join(root, "Image", "SSM")
         if not os.path.isdir(root):
@@ -97,10 +121,13 @@ class CUHKSYSU:
                 self._path("test", "train_test", "Train.mat"), self.protocol_path("TestG50")]
 
     # ---------- parsing
-    def _parse_images(self):
+    def _parse_images(self, drops):
+        """{image name: [K,4] xywh}; boxes with non-finite values, w<=0 or h<=0 go to ``drops``
+        as [None (split decided later), kind, file, image]."""
         path = self._path("Images.mat")
+        rel = os.path.relpath(path, self.root)
         img = mat_key(load_mat(path, LAYOUT), path, ("Img",))
-        images, dropped = {}, 0
+        images = {}
         for i, rec in enumerate(struct_elements(img, f"{path}:Img")):
             where = f"{path}:Img({i + 1})"
             name = as_str(field(rec, "imname", where), f"{where}.imname")
@@ -109,13 +136,13 @@ class CUHKSYSU:
                 xywh = as_numbers(field(b, "idlocate", f"{where}.box({j + 1})"), f"{where}.box({j + 1}).idlocate", 4)
                 if xywh.size == 0:
                     continue
-                if xywh[2] <= 0 or xywh[3] <= 0:
-                    dropped += 1
-                    continue
-                boxes.append(xywh)
+                if not np.isfinite(xywh).all():
+                    drops.append([None, "non_finite", rel, name])
+                elif xywh[2] <= 0 or xywh[3] <= 0:
+                    drops.append([None, "degenerate", rel, name])
+                else:
+                    boxes.append(xywh)
             images[name] = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        if dropped:
-            logger.warning("CUHK-SYSU %s: dropped %d boxes with w<=0 or h<=0", path, dropped)
         return images
 
     def _parse_queries(self, name):
@@ -143,44 +170,47 @@ class CUHKSYSU:
         return out
 
     def _parse_base(self):
-        images = self._parse_images()
+        drops = []
+        images = self._parse_images(drops)
         pool_path = self._path("pool.mat")
         pool = cell_strings(mat_key(load_mat(pool_path, LAYOUT), pool_path, ("pool",)), f"{pool_path}:pool")
         missing = [n for n in pool if n not in images]
         if missing:
             raise MatFormatError(f"{pool_path}:pool names {missing[:5]} (of {len(missing)}) are not in Images.mat")
         pool_set = set(pool)
+        for d in drops:
+            d[0] = "gallery" if d[3] in pool_set else "train"
         index = {n: {tuple(b): k for k, b in enumerate(np.rint(boxes).astype(np.int64).tolist())}
                  for n, boxes in images.items()}
         pids = {n: np.full(len(b), -1, dtype=np.int64) for n, b in images.items()}
-        unmatched = 0
 
-        def assign(name, xywh, pid):
-            nonlocal unmatched
+        def assign(name, xywh, pid, split, rel):
+            if not np.isfinite(xywh).all():
+                drops.append([split, "identity_non_finite", rel, None])
+                return
             k = index.get(name, {}).get(_box_key(xywh))
             if k is None:
-                unmatched += 1
+                drops.append([split, "identity_unmatched", rel, None])
             else:
                 pids[name][k] = pid
 
         train_path = self._path("test", "train_test", "Train.mat")
         train = mat_key(load_mat(train_path, LAYOUT), train_path, ("Train",))
         identities = struct_elements(train, f"{train_path}:Train")
+        train_rel = os.path.relpath(train_path, self.root)
         for pid, ident in enumerate(identities):
             where = f"{train_path}:Train{{{pid + 1}}}"
             for j, s in enumerate(struct_elements(field(ident, "scene", where), f"{where}.scene")):
                 sw = f"{where}.scene({j + 1})"
                 assign(as_str(field(s, "imname", sw), f"{sw}.imname"),
-                       as_numbers(field(s, "idlocate", sw), f"{sw}.idlocate", 4), pid)
+                       as_numbers(field(s, "idlocate", sw), f"{sw}.idlocate", 4), pid, "train", train_rel)
         queries = self._parse_queries("TestG50")
+        test_rel = os.path.relpath(self.protocol_path("TestG50"), self.root)
         for qi, ((qname, qbox, _), gallery) in enumerate(queries):
-            assign(qname, qbox, qi)
+            assign(qname, qbox, qi, "gallery", test_rel)
             for gname, gbox in gallery:
                 if gbox is not None:
-                    assign(gname, gbox, qi)
-        if unmatched:
-            logger.warning("CUHK-SYSU %s: %d identity boxes of Train.mat/TestG50.mat match no Images.mat box "
-                           "(exact [x,y,w,h]); they stay unlabeled", self.ann, unmatched)
+                    assign(gname, gbox, qi, "gallery", test_rel)
 
         names = list(images)
         sizes = {n: image_size(os.path.join(self.image_dir, n)) for n in names}
@@ -208,7 +238,7 @@ class CUHKSYSU:
                     for b, pid in zip(_to_xyxy(images[n]), p.tolist())
                 ]
                 recs.append(r)
-            out[split] = pack_records(recs)
+            out[split] = pack_records(recs, self.root)
         query_recs = []
         for qi, ((qname, qbox, idname), _) in enumerate(queries):
             if qname not in sizes:
@@ -216,14 +246,17 @@ class CUHKSYSU:
             r = record(image_ids[qname], qname)
             r["query"] = {"bbox": xywh_to_xyxy(qbox), "person_id": qi, "idname": idname}
             query_recs.append(r)
-        out["query"] = pack_records(query_recs)
+        out["query"] = pack_records(query_recs, self.root)
         out["num_pids"] = len(identities)
+        out["drops"] = drops
         return out
 
     # ---------- public
     def records(self, split):
         base = cached_parse(self.root, "cuhk_sysu_base", self._existing(self._base_sources()), self._parse_base)
-        return unpack_records(base[split]), base["num_pids"]
+        log_drops("CUHK-SYSU", self.root, split, base["drops"])
+        self.dropped = dropped_by_image(self.root, split, base["drops"])
+        return unpack_records(base[split], self.root), base["num_pids"]
 
     def _existing(self, paths):
         for p in paths:
@@ -236,21 +269,32 @@ class CUHKSYSU:
         sources = self._existing([self.protocol_path(name), self.protocol_path("TestG50")])
 
         def parse():
+            path, key = self.protocol_path(name), _PROTOCOL_FILES[name][1][0]
             queries = self._parse_queries(name)
             main_queries = queries if name == "TestG50" else self._parse_queries("TestG50")
             main = {(q[0], _box_key(q[1])): i for i, (q, _) in enumerate(main_queries)}
-            entries = []
-            for (qname, qbox, _), gallery in queries:
+            query_index, counts, images, image_index, has_box, boxes = [], [], {}, [], [], []
+            for i, ((qname, qbox, _), gallery) in enumerate(queries):
                 qi = main.get((qname, _box_key(qbox)))
                 if qi is None:
-                    raise MatFormatError(f"{self.protocol_path(name)}: query {qname} {qbox.tolist()} is not a "
-                                         f"query of TestG50.mat")
-                entries.append({"query_index": qi, "gallery": [
-                    {"image": g, "bbox": None if b is None else [b[0], b[1], b[0] + b[2], b[1] + b[3]]}
-                    for g, b in ((g, None if b is None else b.tolist()) for g, b in gallery)]})
-            return entries
+                    raise MatFormatError(f"{path}: query {qname} {qbox.tolist()} is not a query of TestG50.mat")
+                query_index.append(qi)
+                counts.append(len(gallery))
+                for j, (g, b) in enumerate(gallery):
+                    image_index.append(images.setdefault(g, len(images)))
+                    has_box.append(b is not None)
+                    if b is not None:
+                        if not np.isfinite(b).all():
+                            raise MatFormatError(f"{path}:{key}({i + 1}).Gallery({j + 1}).idlocate: non-finite "
+                                                 f"values {b.tolist()}")
+                        boxes.append(b)
+            xywh = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            return {"query_index": np.asarray(query_index, np.int64), "counts": np.asarray(counts, np.int64),
+                    "images": np.asarray(list(images), dtype=str),
+                    "image_index": np.asarray(image_index, np.int64), "has_box": np.asarray(has_box, bool),
+                    "boxes": np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)}
 
-        return cached_parse(self.root, f"cuhk_sysu_{name}", sources, parse)
+        return _unpack_protocol(cached_parse(self.root, f"cuhk_sysu_{name}", sources, parse))
 
     def protocols(self):
         return {name: LazyProtocol(self, name) for name in PROTOCOL_NAMES}

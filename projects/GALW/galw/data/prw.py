@@ -7,7 +7,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 
 from .matlab import MatFormatError, as_numbers, cell_strings, load_mat, mat_key
-from .records import cached_parse, image_size, pack_records, unpack_records
+from .records import cached_parse, dropped_by_image, image_size, log_drops, pack_records, unpack_records
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,15 @@ def _clip(x, y, w, h, width, height):
 
 
 class PRW:
-    """Parses one PRW root; ``records(split)`` gives (records, train pid mapping or None)."""
+    """Parses one PRW root; ``records(split)`` gives (records, train pid mapping or None).
+
+    After ``records(split)``, ``dropped`` maps image basenames to the (annotation file, what)
+    of the boxes the split lost (for errors that must blame the right file).
+    """
 
     def __init__(self, root):
         self.root = root
+        self.dropped = {}
         self.frames = os.path.join(root, "frames")
         self.annotations = os.path.join(root, "annotations")
         if not os.path.isdir(root):
@@ -58,25 +63,27 @@ class PRW:
         names = cell_strings(mat_key(load_mat(path, LAYOUT), path, (key,)), f"{path}:{key}")
         return [n if n.endswith(".jpg") else n + ".jpg" for n in names]
 
-    def _frame_boxes(self, name):
-        """(pids, xywh) of one frame; rows with w<=0 or h<=0 are dropped (count returned)."""
+    def _frame_boxes(self, name, split, drops):
+        """(pids, xywh) of one frame; rows with a non-finite value, w<=0 or h<=0 go to ``drops``."""
         path = os.path.join(self.annotations, name + ".mat")
         arr = np.asarray(mat_key(load_mat(path, LAYOUT), path, _ANNO_KEYS), dtype=np.float64)
         if arr.size == 0:
-            return np.zeros(0, np.int64), np.zeros((0, 4)), 0
+            return np.zeros(0, np.int64), np.zeros((0, 4))
         if arr.ndim != 2 or arr.shape[1] != 5:
             raise MatFormatError(f"{path}: expected an Nx5 array [pid, x, y, w, h] under {'/'.join(_ANNO_KEYS)}, "
                                  f"got shape {arr.shape}")
-        keep = (arr[:, 3] > 0) & (arr[:, 4] > 0)
-        return arr[keep, 0].astype(np.int64), arr[keep, 1:5], int((~keep).sum())
+        finite = np.isfinite(arr).all(axis=1)
+        keep = finite & (np.where(finite, arr[:, 3], 0) > 0) & (np.where(finite, arr[:, 4], 0) > 0)
+        rel = os.path.relpath(path, self.root)
+        drops.extend([split, "non_finite", rel, name] for _ in range(int((~finite).sum())))
+        drops.extend([split, "degenerate", rel, name] for _ in range(int((finite & ~keep).sum())))
+        return arr[keep, 0].astype(np.int64), arr[keep, 1:5]
 
     def _parse(self, split):
         names = self._split_names("train" if split == "train" else "test")
-        dropped = clipped_out = 0
-        parsed = []
+        drops, parsed = [], []
         for n in names:
-            pids, boxes, d = self._frame_boxes(n)
-            dropped += d
+            pids, boxes = self._frame_boxes(n, split, drops)
             parsed.append((n, pids, boxes))
         mapping = None
         if split == "train":
@@ -96,7 +103,8 @@ class PRW:
             for pid, (x, y, bw, bh) in zip(pids, boxes):
                 box = _clip(x, y, bw, bh, w, h)
                 if box[2] <= box[0] or box[3] <= box[1]:
-                    clipped_out += 1
+                    drops.append([split, "outside", os.path.relpath(os.path.join(self.annotations, n + ".mat"),
+                                                                    self.root), n])
                     continue
                 if pid < 0:
                     label = -1
@@ -105,10 +113,8 @@ class PRW:
                 annos.append({"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "person_id": label})
             records.append({"file_name": os.path.join(self.frames, n), "image_id": image_ids[n], "height": h,
                             "width": w, "camera_id": camera_of(n), "annotations": annos})
-        if dropped or clipped_out:
-            logger.warning("PRW %s %s: dropped %d boxes with w<=0 or h<=0 and %d boxes outside the image",
-                           self.root, split, dropped, clipped_out)
-        return {"records": pack_records(records), "pid_mapping": mapping}
+        return {"records": pack_records(records, self.root), "drops": drops,
+                "pid_mapping": None if mapping is None else sorted(mapping.items())}
 
     def _image_ids(self):
         names = sorted(self._split_names("train") + self._split_names("test"))
@@ -126,7 +132,12 @@ class PRW:
                 continue
             if len(parts) != 6:
                 raise MatFormatError(f"{path}:{ln}: expected 'pid x y w h frame_name', got {line!r}")
-            pid, x, y, w, h = (float(v) for v in parts[:5])
+            try:
+                pid, x, y, w, h = (float(v) for v in parts[:5])
+            except ValueError as e:
+                raise MatFormatError(f"{path}:{ln}: expected numbers 'pid x y w h', got {line!r}") from e
+            if not np.isfinite([pid, x, y, w, h]).all():
+                raise MatFormatError(f"{path}:{ln}: non-finite value in query {line!r}")
             name = parts[5] if parts[5].endswith(".jpg") else parts[5] + ".jpg"
             if name not in image_ids:
                 raise MatFormatError(f"{path}:{ln}: query frame {name} is in neither frame_train.mat nor frame_test.mat")
@@ -139,7 +150,7 @@ class PRW:
             records.append({"file_name": os.path.join(self.frames, name), "image_id": image_ids[name],
                             "height": ih, "width": iw, "camera_id": camera_of(name),
                             "query": {"bbox": box, "person_id": int(pid)}})
-        return {"records": pack_records(records), "pid_mapping": None}
+        return {"records": pack_records(records, self.root), "drops": [], "pid_mapping": None}
 
     def records(self, split):
         split_file = "frame_train.mat" if split == "train" else "frame_test.mat"
@@ -155,4 +166,8 @@ class PRW:
             extra = [os.path.join(self.root, "ID_train.mat")] if split == "train" and os.path.isfile(
                 os.path.join(self.root, "ID_train.mat")) else []
             parsed = cached_parse(self.root, f"prw_{split}", sources + extra + anno, lambda: self._parse(split))
-        return unpack_records(parsed["records"]), parsed["pid_mapping"]
+        log_drops("PRW", self.root, split, parsed["drops"])
+        self.dropped = dropped_by_image(self.root, split, parsed["drops"])
+        mapping = parsed["pid_mapping"]
+        return unpack_records(parsed["records"], self.root), None if mapping is None else dict(
+            (int(p), int(label)) for p, label in mapping)

@@ -36,17 +36,21 @@ logger = logging.getLogger(__name__)
 
 
 def _train_num_pids(name):
-    """``num_pids`` of a train set, current for its root; a set that cannot be loaded (e.g. absent
-    in an eval-only setup) keeps what its metadata has."""
+    """(``num_pids`` of a train set current for its root, None) or, when the set cannot be loaded
+    (e.g. absent in an eval-only setup), (what its metadata has, the load error)."""
     try:
-        return current_metadata(name).get("num_pids")
+        return current_metadata(name).get("num_pids"), None
     except (FileNotFoundError, OSError, ValueError) as e:
         logger.warning("Could not load %s to read its num_pids: %s", name, e)
-        return MetadataCatalog.get(name).get("num_pids")
+        return MetadataCatalog.get(name).get("num_pids"), e
 
 
 def oim_num_labeled(cfg) -> int:
-    """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED."""
+    """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED.
+
+    When no size is known and a train set failed to load, that load error (naming the file or
+    folder) is raised: it is the cause, not the missing size.
+    """
     configured = cfg.MODEL.OIM.NUM_LABELED
     if configured > 0:
         loaded = [MetadataCatalog.get(name).get("num_pids") for name in cfg.DATASETS.TRAIN]
@@ -56,7 +60,8 @@ def oim_num_labeled(cfg) -> int:
                 f"num_pids={loaded[0]}; set it to 0 (use the metadata) or to {loaded[0]}"
             )
         return configured
-    from_metadata = [_train_num_pids(name) for name in cfg.DATASETS.TRAIN]
+    looked_up = [_train_num_pids(name) for name in cfg.DATASETS.TRAIN]
+    from_metadata, errors = [n for n, _ in looked_up], [e for _, e in looked_up]
     known = [n for n in from_metadata if n is not None]
     if len(known) > 1:
         raise ValueError(
@@ -65,6 +70,10 @@ def oim_num_labeled(cfg) -> int:
         )
     if known:
         return int(known[0])
+    for error in errors:
+        if error is not None:
+            error.add_note("(loading the train set for the OIM size: MODEL.OIM.NUM_LABELED is 0)")
+            raise error
     raise ValueError(
         f"OIM needs the number of labeled identities: no train dataset in DATASETS.TRAIN "
         f"{list(cfg.DATASETS.TRAIN)} has 'num_pids' metadata and MODEL.OIM.NUM_LABELED is {configured}"
