@@ -45,8 +45,9 @@ def _train_num_pids(name):
         return MetadataCatalog.get(name).get("num_pids")
 
 
-def oim_num_labeled(cfg) -> int:
-    """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED."""
+def oim_num_labeled(cfg) -> Optional[int]:
+    """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED;
+    None when neither says it (no train data: inference), and the table is sized by the checkpoint."""
     configured = cfg.MODEL.OIM.NUM_LABELED
     if configured > 0:
         loaded = [MetadataCatalog.get(name).get("num_pids") for name in cfg.DATASETS.TRAIN]
@@ -65,10 +66,12 @@ def oim_num_labeled(cfg) -> int:
         )
     if known:
         return int(known[0])
-    raise ValueError(
-        f"OIM needs the number of labeled identities: no train dataset in DATASETS.TRAIN "
-        f"{list(cfg.DATASETS.TRAIN)} has 'num_pids' metadata and MODEL.OIM.NUM_LABELED is {configured}"
+    logger.info(
+        "OIM lookup-table size: MODEL.OIM.NUM_LABELED is 0 and no train dataset in %s has 'num_pids'; "
+        "the checkpoint loaded gives it (inference); training needs one of them",
+        list(cfg.DATASETS.TRAIN),
     )
+    return None
 
 
 class NormAwareEmbedding(nn.Module):
