@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 
 import galw  # noqa: F401  (before detectron2: compat and registrations)
 import numpy as np
@@ -117,8 +118,13 @@ def list_gallery_images(gallery_dir):
     return images
 
 
-def build_index(search_model, gallery_dir, score_thresh=0.5):
-    """Detect and embed every person in the gallery; returns the index dict (fields listed in docs/tools.md)."""
+def build_index(search_model, gallery_dir, score_thresh=None):
+    """Detect and embed every person in the gallery; returns the index dict (fields listed in docs/tools.md).
+
+    ``score_thresh`` None = the config's TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH (as the evaluation).
+    """
+    if score_thresh is None:
+        score_thresh = search_model.cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
     images = list_gallery_images(gallery_dir)
     boxes, scores, embeddings, owners = [], [], [], []
     dropped = 0
@@ -149,12 +155,21 @@ def build_index(search_model, gallery_dir, score_thresh=0.5):
 
 
 def save_index(index, path):
+    """Tensors, strings and numbers only, so that loading with ``weights_only=True`` runs no code."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save(index, path)
 
 
 def load_index(path):
-    index = torch.load(path, map_location="cpu", weights_only=False)
+    """Load an index without running code: a file holding anything but tensors, strings, numbers,
+    lists and dicts (e.g. a planted pickle) is refused, never executed."""
+    try:
+        index = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: not a search index: it holds objects other than tensors, strings and numbers, which are "
+            f"not loaded (they could run code): {str(e).splitlines()[-1] if str(e) else type(e).__name__}"
+        ) from None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
         raise ValueError(f"{path}: not a search index (expected field format == {INDEX_FORMAT!r})")
     return index
@@ -212,6 +227,12 @@ def _add_model_args(p, required=True):
     p.add_argument("--weights", required=required, help="trained weights (.pth)")
 
 
+def _add_score_thresh(p):
+    p.add_argument("--score-thresh", type=float, default=None,
+                   help="keep gallery detections with score >= this (default: the config's "
+                        "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH)")
+
+
 def _add_query_args(p):
     p.add_argument("--query-image", required=True)
     p.add_argument("--box", required=True, nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"))
@@ -219,18 +240,18 @@ def _add_query_args(p):
     p.add_argument("--out", required=True, help="output folder for topk.json and topk.png")
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_search = sub.add_parser("search", help="index a gallery folder in memory and answer one query")
     _add_model_args(p_search)
     p_search.add_argument("--gallery", required=True, help="folder of gallery images")
-    p_search.add_argument("--score-thresh", type=float, default=0.5)
+    _add_score_thresh(p_search)
     _add_query_args(p_search)
     p_index = sub.add_parser("index", help="detect and embed every person of a gallery folder, save to disk")
     _add_model_args(p_index)
     p_index.add_argument("--gallery", required=True, help="folder of gallery images")
-    p_index.add_argument("--score-thresh", type=float, default=0.5)
+    _add_score_thresh(p_index)
     p_index.add_argument("--out", required=True, help="index file to write (e.g. index.pt)")
     p_query = sub.add_parser("query", help="answer a query against a saved index")
     p_query.add_argument("--index", required=True)
@@ -238,7 +259,11 @@ def main(argv=None):
     _add_query_args(p_query)
     for p in (p_search, p_index, p_query):
         p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.command == "query":

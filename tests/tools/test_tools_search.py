@@ -192,3 +192,47 @@ def test_resize_fits_both_bounds():
         np.zeros((1000, 3000, 3), np.uint8)).shape[:2] == (500, 1500)
     assert aug.get_transform(np.zeros((1200, 1000, 3), np.uint8)).apply_image(
         np.zeros((1200, 1000, 3), np.uint8)).shape[:2] == (1080, 900)
+
+
+def test_score_threshold_defaults_to_the_configs(setup):
+    """--score-thresh mirrors TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH: the config's 0.05 keeps the
+    whole-image boxes (score 0.1) too; an override in opts or on the command line wins."""
+    cfg_path = setup["tmp"] / "low_thresh.yaml"
+    cfg_path.write_text(open(setup["config"]).read() + "TEST:\n  PERSON_SEARCH:\n    SEARCH_SCORE_THRESH: 0.05\n")
+    common = ["index", "--config-file", str(cfg_path), "--weights", setup["weights"], "--gallery", setup["gallery"]]
+    index = search.main(common + ["--out", str(setup["tmp"] / "a.pt")])
+    assert index["score_thresh"] == pytest.approx(0.05)
+    assert sorted(index["scores"].tolist()) == pytest.approx([0.1] * 3 + [0.8] * 3 + [0.9] * 3)
+    index = search.main(common + ["--out", str(setup["tmp"] / "b.pt"), "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", "0.85"])
+    assert index["score_thresh"] == pytest.approx(0.85) and index["scores"].tolist() == pytest.approx([0.9] * 3)
+    index = search.main(common + ["--score-thresh", "0.75", "--out", str(setup["tmp"] / "c.pt")])
+    assert index["score_thresh"] == pytest.approx(0.75) and len(index["scores"]) == 6
+    parser = search.build_parser()
+    for command in ("search", "index"):
+        assert parser.parse_args([command, "--config-file", "c", "--weights", "w", "--gallery", "g", "--out", "o"]
+                                 + (["--query-image", "q", "--box", "0", "0", "1", "1"] if command == "search" else [])
+                                 ).score_thresh is None  # None = the config's value
+
+
+class _PlantedCode:
+    """Unpickling this creates the file ``marker`` (it would run any code the same way)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_index_loading_runs_no_code(setup, tmp_path):
+    marker = tmp_path / "code_ran"
+    planted = tmp_path / "planted.pt"
+    index = search.build_index(search.SearchModel(setup["config"], setup["weights"]), setup["gallery"])
+    index["boxes_note"] = _PlantedCode(str(marker))
+    torch.save(index, planted)
+    torch.load(planted, weights_only=False)  # the old loader: the planted object runs
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ValueError, match="planted.pt.*not a search index"):
+        search.load_index(str(planted))
+    assert not marker.exists()
