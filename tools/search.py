@@ -9,19 +9,24 @@ Index once, query many times (the index stores the config and weights paths):
     python tools/search.py index --config-file C.yaml --weights model_final.pth --gallery photos/ --out index.pt
     python tools/search.py query --index index.pt --query-image me.jpg --box 120 40 220 380 --topk 10 --out results/
 
-Every person the model detects in the gallery (score >= --score-thresh) is ranked by the
-cosine similarity of its embedding to the query box's embedding. The top-k is written as
-OUT/topk.json and OUT/topk.png.
+The gallery is a folder of images and/or videos, or one video file; videos are sampled at
+--sample-fps frames per second (0 = every frame) and each hit names its video, frame and time.
+Every person the model detects in the gallery (score >= --score-thresh, by default the config's
+TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH) is ranked by the cosine similarity of its embedding to the
+query box's embedding. The top-k is written as OUT/topk.json and OUT/topk.png.
 """
 import argparse
 import json
 import logging
+import math
 import os
 import pickle
 
 import galw  # noqa: F401  (before detectron2: compat and registrations)
+import cv2
 import numpy as np
 import torch
+from PIL import Image
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import detection_utils
@@ -36,6 +41,7 @@ from galw.visualization import plot_search_results
 logger = logging.getLogger("galw.search")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 INDEX_FORMAT = "galw-search-index/1"
 
 
@@ -62,6 +68,7 @@ class SearchModel:
         add_galw_config(cfg)
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
+        cfg.MODEL.WEIGHTS = os.path.abspath(weights)  # what the model is built for (see PersonSearch.from_config)
         cfg.MODEL.DEVICE = cfg.MODEL.DEVICE if torch.cuda.is_available() else "cpu"
         cfg.freeze()
         self.cfg = cfg
@@ -73,8 +80,13 @@ class SearchModel:
         self.resize = T.ResizeShortestEdge([short, short], longest)
         self.input_format = cfg.INPUT.FORMAT
 
-    def _inputs(self, path):
-        image = detection_utils.read_image(path, format=self.input_format)
+    def _inputs(self, image):
+        """Model input of ``image`` (a file path, or a BGR array such as a video frame) at the test size."""
+        path = image if isinstance(image, str) else "<frame>"
+        if isinstance(image, str):
+            image = detection_utils.read_image(image, format=self.input_format)
+        elif self.input_format != "BGR":
+            image = detection_utils.convert_PIL_to_numpy(Image.fromarray(image[:, :, ::-1]), self.input_format)
         height, width = image.shape[:2]
         tfm = self.resize.get_transform(image)
         resized = tfm.apply_image(image)
@@ -82,9 +94,9 @@ class SearchModel:
         return {"image": tensor, "height": height, "width": width, "file_name": path, "image_id": path}, tfm
 
     @torch.no_grad()
-    def detect(self, path):
-        """(boxes [N,4] in original coordinates, scores [N], embeddings [N,D]) of one image."""
-        inputs, _ = self._inputs(path)
+    def detect(self, image):
+        """(boxes [N,4] in original coordinates, scores [N], embeddings [N,D]) of one image (path or BGR array)."""
+        inputs, _ = self._inputs(image)
         inst = self.model([inputs])[0]["instances"].to("cpu")
         return inst.pred_boxes.tensor.float(), inst.scores.float(), inst.embeddings.float()
 
@@ -104,40 +116,124 @@ class SearchModel:
         return self.model([inputs])[0]["query_embedding"].to("cpu").float().flatten()
 
 
-def list_gallery_images(gallery_dir):
-    """Sorted image paths directly inside ``gallery_dir`` (other files are counted and logged)."""
-    if not os.path.isdir(gallery_dir):
-        raise FileNotFoundError(f"search: gallery folder {gallery_dir!r} not found")
-    names = sorted(os.listdir(gallery_dir))
-    images = [os.path.join(gallery_dir, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
-    others = len([n for n in names if os.path.isfile(os.path.join(gallery_dir, n))]) - len(images)
+def list_gallery(gallery):
+    """Sorted image and video paths of a gallery folder (directly inside it; other files are counted
+    and logged), or ``[gallery]`` for one video file."""
+    if os.path.isfile(gallery) and gallery.lower().endswith(VIDEO_EXTENSIONS):
+        return [gallery]
+    if not os.path.isdir(gallery):
+        raise FileNotFoundError(f"search: gallery {gallery!r} is neither a folder nor a video ({', '.join(VIDEO_EXTENSIONS)})")
+    names = sorted(os.listdir(gallery))
+    sources = [os.path.join(gallery, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
+    others = len([n for n in names if os.path.isfile(os.path.join(gallery, n))]) - len(sources)
     if others:
-        logger.info("search: %d non-image file(s) in %s ignored", others, gallery_dir)
-    if not images:
-        raise ValueError(f"search: no images ({', '.join(IMAGE_EXTENSIONS)}) in gallery folder {gallery_dir!r}")
-    return images
+        logger.info("search: %d file(s) neither image nor video in %s ignored", others, gallery)
+    if not sources:
+        raise ValueError(
+            f"search: no images ({', '.join(IMAGE_EXTENSIONS)}) or videos ({', '.join(VIDEO_EXTENSIONS)}) "
+            f"in gallery folder {gallery!r}"
+        )
+    return sources
 
 
-def build_index(search_model, gallery_dir, score_thresh=None):
+def is_video(path):
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def starts_sample(index, fps, sample_fps):
+    """Whether frame ``index`` of a ``fps`` video is the first of its 1/``sample_fps`` s slot
+    (``sample_fps`` 0: every frame is taken)."""
+    if sample_fps <= 0 or index == 0:
+        return True
+    return math.floor(index * sample_fps / fps + 1e-9) != math.floor((index - 1) * sample_fps / fps + 1e-9)
+
+
+def timestamp(seconds):
+    """``H:MM:SS.mmm`` of a time in seconds."""
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3600000}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def sample_video(path, sample_fps):
+    """Yield (frame index, time in s, BGR frame) of the frames of ``path`` taken at ``sample_fps``."""
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise ValueError(f"search: OpenCV cannot open video {path!r}")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    if not fps > 0:
+        cap.release()
+        raise ValueError(f"search: video {path!r} states no frame rate (got {fps}); frame times are unknown")
+    index = 0
+    try:
+        while cap.grab():
+            if starts_sample(index, fps, sample_fps):
+                ok, frame = cap.retrieve()
+                if not ok:
+                    raise ValueError(f"search: video {path!r}: frame {index} cannot be decoded")
+                yield index, index / fps, frame
+            index += 1
+    finally:
+        cap.release()
+    if index == 0:
+        raise ValueError(f"search: video {path!r} has no frames that OpenCV can read")
+
+
+def read_video_frame(path, index):
+    """Frame ``index`` of the video ``path`` (BGR), read in order from the start (exact for every codec)."""
+    cap = cv2.VideoCapture(path)
+    try:
+        for _ in range(index):
+            if not cap.grab():
+                break
+        ok, frame = cap.read()
+    finally:
+        cap.release()
+    if not ok:
+        raise ValueError(f"search: video {path!r} has no frame {index}")
+    return frame
+
+
+def _gallery_images(gallery, sample_fps):
+    """(source path, frame index or None, time or None, image path or BGR frame) of every gallery image."""
+    for source in list_gallery(gallery):
+        source = os.path.abspath(source)
+        if not is_video(source):
+            yield source, None, None, source
+            continue
+        count = 0
+        for index, time, frame in sample_video(source, sample_fps):
+            count += 1
+            yield source, index, time, frame
+        logger.info("search: %d frames of %s taken (%s)", count, source,
+                    "every frame" if sample_fps <= 0 else f"{sample_fps:g} per second")
+
+
+def build_index(search_model, gallery, score_thresh=None, sample_fps=1.0):
     """Detect and embed every person in the gallery; returns the index dict (fields listed in docs/tools.md).
 
     ``score_thresh`` None = the config's TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH (as the evaluation).
+    ``sample_fps``: video frames taken per second (0 = all).
     """
     if score_thresh is None:
         score_thresh = search_model.cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
-    images = list_gallery_images(gallery_dir)
+    sources, frames, times = [], [], []
     boxes, scores, embeddings, owners = [], [], [], []
     dropped = 0
-    for i, path in enumerate(tqdm(images, desc="indexing gallery", unit="img")):
-        b, s, e = search_model.detect(os.path.abspath(path))
+    for i, (source, frame, time, image) in enumerate(
+        tqdm(_gallery_images(gallery, sample_fps), desc="indexing gallery", unit="img")
+    ):
+        b, s, e = search_model.detect(image)
         keep = s >= score_thresh
         dropped += int((~keep).sum())
+        sources.append(source)
+        frames.append(frame)
+        times.append(time)
         boxes.append(b[keep])
         scores.append(s[keep])
         embeddings.append(e[keep])
         owners.append(torch.full((int(keep.sum()),), i, dtype=torch.int64))
     logger.info("search: %d detections kept in %d images, %d below score %.2f dropped",
-                sum(len(s) for s in scores), len(images), dropped, score_thresh)
+                sum(len(s) for s in scores), len(sources), dropped, score_thresh)
     dim = embeddings[0].shape[1] if embeddings else 0
     return {
         "format": INDEX_FORMAT,
@@ -145,8 +241,11 @@ def build_index(search_model, gallery_dir, score_thresh=None):
         "weights": search_model.weights,
         "opts": search_model.opts,
         "score_thresh": float(score_thresh),
-        "gallery_dir": os.path.abspath(gallery_dir),
-        "images": [os.path.abspath(p) for p in images],
+        "sample_fps": float(sample_fps),
+        "gallery_dir": os.path.abspath(gallery),
+        "images": sources,
+        "frames": frames,
+        "times": times,
         "image_index": torch.cat(owners),
         "boxes": torch.cat(boxes).reshape(-1, 4),
         "scores": torch.cat(scores),
@@ -186,17 +285,39 @@ def rank(index, query_embedding, topk):
         )
     sims = index["embeddings"] @ query_embedding
     order = torch.sort(sims, descending=True, stable=True).indices[:topk]
-    return [
-        {
+    frames = index.get("frames") or [None] * len(index["images"])
+    hits = []
+    for r, j in enumerate(order.tolist()):
+        owner = int(index["image_index"][j])
+        hit = {
             "rank": r + 1,
-            "image": index["images"][int(index["image_index"][j])],
+            "image": index["images"][owner],
             "box": [round(float(v), 2) for v in index["boxes"][j]],
             "similarity": float(sims[j]),
             "score": float(index["scores"][j]),
             "correct": None,
         }
-        for r, j in enumerate(order.tolist())
-    ]
+        if frames[owner] is not None:
+            time = index["times"][owner]
+            hit.update(video=hit["image"], frame=frames[owner], time=time, timestamp=timestamp(time),
+                       label=f"{os.path.basename(hit['image'])} frame {frames[owner]}, {timestamp(time)}")
+        hits.append(hit)
+    return hits
+
+
+def _pictured(hits, out_dir):
+    """The hits as the picture draws them: a video hit's frame is written to OUT/frames/ and shown."""
+    pictured = []
+    for hit in hits:
+        if "frame" in hit:
+            stem = os.path.splitext(os.path.basename(hit["video"]))[0]
+            path = os.path.join(out_dir, "frames", f"{stem}_frame{hit['frame']:06d}.png")
+            if not os.path.isfile(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                cv2.imwrite(path, read_video_frame(hit["video"], hit["frame"]))
+            hit = dict(hit, image=path)
+        pictured.append(hit)
+    return pictured
 
 
 def answer_query(search_model, index, query_image, box, topk, out_dir, index_path=None):
@@ -216,7 +337,8 @@ def answer_query(search_model, index, query_image, box, topk, out_dir, index_pat
     with open(os.path.join(out_dir, "topk.json"), "w") as f:
         json.dump(result, f, indent=2)
     if hits:
-        plot_search_results([result], os.path.join(out_dir, "topk.png"), topk=topk, title="top-k search results")
+        plot_search_results([dict(result, topk=_pictured(hits, out_dir))], os.path.join(out_dir, "topk.png"),
+                            topk=topk, title="top-k search results")
     else:
         logger.warning("search: the gallery has no detections; no picture written")
     return result
@@ -227,7 +349,10 @@ def _add_model_args(p, required=True):
     p.add_argument("--weights", required=required, help="trained weights (.pth)")
 
 
-def _add_score_thresh(p):
+def _add_gallery_args(p):
+    p.add_argument("--gallery", required=True, help="folder of images and/or videos, or one video file")
+    p.add_argument("--sample-fps", type=float, default=1.0,
+                   help="video frames taken into the gallery per second of video (0 = every frame)")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="keep gallery detections with score >= this (default: the config's "
                         "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH)")
@@ -245,13 +370,11 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     p_search = sub.add_parser("search", help="index a gallery folder in memory and answer one query")
     _add_model_args(p_search)
-    p_search.add_argument("--gallery", required=True, help="folder of gallery images")
-    _add_score_thresh(p_search)
+    _add_gallery_args(p_search)
     _add_query_args(p_search)
     p_index = sub.add_parser("index", help="detect and embed every person of a gallery folder, save to disk")
     _add_model_args(p_index)
-    p_index.add_argument("--gallery", required=True, help="folder of gallery images")
-    _add_score_thresh(p_index)
+    _add_gallery_args(p_index)
     p_index.add_argument("--out", required=True, help="index file to write (e.g. index.pt)")
     p_query = sub.add_parser("query", help="answer a query against a saved index")
     p_query.add_argument("--index", required=True)
@@ -273,14 +396,15 @@ def main(argv=None):
         result = answer_query(model, index, args.query_image, args.box, args.topk, args.out, args.index)
     else:
         model = SearchModel(args.config_file, args.weights, args.opts)
-        index = build_index(model, args.gallery, args.score_thresh)
+        index = build_index(model, args.gallery, args.score_thresh, args.sample_fps)
         if args.command == "index":
             save_index(index, args.out)
             print(f"indexed {index['embeddings'].shape[0]} people in {len(index['images'])} images -> {args.out}")
             return index
         result = answer_query(model, index, args.query_image, args.box, args.topk, args.out)
     for hit in result["topk"]:
-        print(f"{hit['rank']:>3}  {hit['similarity']:.4f}  {hit['image']}  {hit['box']}")
+        where = f"frame {hit['frame']} at {hit['timestamp']}" if "frame" in hit else ""
+        print(f"{hit['rank']:>3}  {hit['similarity']:.4f}  {hit['image']}  {where}  {hit['box']}")
     print(f"wrote {os.path.join(args.out, 'topk.json')}")
     return result
 

@@ -28,7 +28,7 @@ TINY = [
 
 #: Run in a fresh process: the metadata of the parent's loads must not help.
 _CHILD = r"""
-import json, sys
+import importlib.util, json, os, sys
 import cv2, torch
 import galw
 from detectron2.checkpoint import DetectionCheckpointer
@@ -36,7 +36,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from galw.engine import Trainer
 
-config, weights, image = sys.argv[1:4]
+config, weights, image, root = sys.argv[1:5]
 cfg = get_cfg()
 galw.add_galw_config(cfg)
 cfg.merge_from_file(config)
@@ -45,7 +45,12 @@ inst = DefaultPredictor(cfg)(cv2.imread(image))["instances"]
 model = Trainer.build_model(cfg)  # what train_net.py --eval-only does before testing
 DetectionCheckpointer(model).resume_or_load(weights, resume=False)
 lut = [v for k, v in model.state_dict().items() if k.endswith("oim.lookup_table")]
+spec = importlib.util.spec_from_file_location("search_tool", os.path.join(root, "tools", "search.py"))
+search = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(search)
+index = search.build_index(search.SearchModel(config, weights), os.path.dirname(image), score_thresh=0.0)
 print(json.dumps({
+    "search_index_embeddings": index["embeddings"].tolist(),
     "boxes": inst.pred_boxes.tensor.tolist(), "scores": inst.scores.tolist(),
     "embeddings": inst.embeddings.tolist(), "eval_only_lookup_table": [t.tolist() for t in lut],
 }))
@@ -94,7 +99,7 @@ def trained(tmp_path, monkeypatch):
 def _run_child(trained):
     env = dict(os.environ, DETECTRON2_DATASETS=trained["empty"], OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "projects", "GALW"), ROOT]))
-    proc = subprocess.run([sys.executable, "-c", _CHILD, trained["config"], trained["weights"], trained["image"]],
+    proc = subprocess.run([sys.executable, "-c", _CHILD, trained["config"], trained["weights"], trained["image"], ROOT],
                           capture_output=True, text=True, env=env, cwd=str(os.path.dirname(trained["config"])))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -113,6 +118,10 @@ def test_default_predictor_and_eval_only_model_without_datasets(trained):
     # --eval-only building: the lookup table (5 identities) comes from the checkpoint
     assert len(got["eval_only_lookup_table"]) == 1
     np.testing.assert_array_equal(got["eval_only_lookup_table"][0], trained["table"].numpy())
+    # tools/search.py indexes the image folder from the same two files
+    embeddings = np.asarray(got["search_index_embeddings"])
+    assert embeddings.shape[0] > 0 and embeddings.shape[1] == 32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
 def test_a_model_without_identity_count_builds_for_inference_but_refuses_to_train():
