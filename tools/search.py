@@ -27,15 +27,13 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from tqdm import tqdm
 
-from galw import add_galw_config
+from galw.export import build_inference_model, load_exported
 from galw.visualization import plot_search_results
 
 logger = logging.getLogger("galw.search")
@@ -56,29 +54,12 @@ def inference_resize_sizes(cfg):
     return int(cfg.INPUT.PS.TEST_SHORT_SIDE), int(cfg.INPUT.PS.TEST_LONG_SIDE)
 
 
-class SearchModel:
-    """A built model with its weights and test-time resize, embedding one image at a time."""
+class _ImageInputs:
+    """The test-time resize and channel order shared by the eager and the exported model."""
 
-    def __init__(self, config_file, weights, opts=()):
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"search: config file {config_file!r} not found")
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"search: weights file {weights!r} not found")
-        cfg = get_cfg()
-        add_galw_config(cfg)
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-        cfg.MODEL.WEIGHTS = os.path.abspath(weights)  # what the model is built for (see PersonSearch.from_config)
-        cfg.MODEL.DEVICE = cfg.MODEL.DEVICE if torch.cuda.is_available() else "cpu"
-        cfg.freeze()
-        self.cfg = cfg
-        self.config_file, self.weights, self.opts = os.path.abspath(config_file), os.path.abspath(weights), list(opts)
-        self.model = build_model(cfg)
-        DetectionCheckpointer(self.model).load(weights)
-        self.model.eval()
-        short, longest = inference_resize_sizes(cfg)
+    def __init__(self, short, longest, input_format):
         self.resize = T.ResizeShortestEdge([short, short], longest)
-        self.input_format = cfg.INPUT.FORMAT
+        self.input_format = input_format
 
     def _inputs(self, image):
         """Model input of ``image`` (a file path, or a BGR array such as a video frame) at the test size."""
@@ -93,6 +74,30 @@ class SearchModel:
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width, "file_name": path, "image_id": path}, tfm
 
+    def _query_inputs(self, path, box):
+        """(model input, the box [1, 4] at the test size) of a query box in original pixels."""
+        inputs, tfm = self._inputs(path)
+        h, w = inputs["height"], inputs["width"]
+        x1, y1, x2, y2 = [float(v) for v in box]
+        if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+            raise ValueError(f"search: query box {list(box)} is not inside {path!r} ({w}x{h}) with x1<x2, y1<y2")
+        resized_box = tfm.apply_box(np.array([[x1, y1, x2, y2]], dtype=np.float32))
+        return inputs, torch.as_tensor(resized_box, dtype=torch.float32)
+
+
+class SearchModel(_ImageInputs):
+    """A built model with its weights and test-time resize, embedding one image at a time."""
+
+    def __init__(self, config_file, weights, opts=()):
+        try:
+            self.cfg, self.model = build_inference_model(config_file, weights, opts)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"search: {e}") from None
+        self.config_file, self.weights, self.opts = os.path.abspath(config_file), os.path.abspath(weights), list(opts)
+        self.source = {"config_file": self.config_file, "weights": self.weights, "opts": self.opts}
+        self.score_thresh = self.cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
+        super().__init__(*inference_resize_sizes(self.cfg), self.cfg.INPUT.FORMAT)
+
     @torch.no_grad()
     def detect(self, image):
         """(boxes [N,4] in original coordinates, scores [N], embeddings [N,D]) of one image (path or BGR array)."""
@@ -103,17 +108,35 @@ class SearchModel:
     @torch.no_grad()
     def embed_query(self, path, box):
         """The L2-normalised embedding [D] of ``box`` (x1,y1,x2,y2, original pixels) in image ``path``."""
-        inputs, tfm = self._inputs(path)
-        h, w = inputs["height"], inputs["width"]
-        x1, y1, x2, y2 = [float(v) for v in box]
-        if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
-            raise ValueError(f"search: query box {list(box)} is not inside {path!r} ({w}x{h}) with x1<x2, y1<y2")
-        resized_box = tfm.apply_box(np.array([[x1, y1, x2, y2]], dtype=np.float32))
+        inputs, resized_box = self._query_inputs(path, box)
         query = Instances(tuple(inputs["image"].shape[1:]))
-        query.gt_boxes = Boxes(torch.as_tensor(resized_box, dtype=torch.float32))
+        query.gt_boxes = Boxes(resized_box)
         query.gt_pids = torch.tensor([-1], dtype=torch.int64)
         inputs["query_instances"] = query
         return self.model([inputs])[0]["query_embedding"].to("cpu").float().flatten()
+
+
+class ExportedSearchModel(_ImageInputs):
+    """The TorchScript programs of tools/export.py in place of the config and weights."""
+
+    def __init__(self, export_dir):
+        self.gallery, self.query, meta = load_exported(export_dir)
+        self.source = {"exported": os.path.abspath(export_dir)}
+        self.score_thresh = meta["search_score_thresh"]
+        super().__init__(meta["test_short_side"], meta["test_long_side"], meta["input_format"])
+
+    @torch.no_grad()
+    def detect(self, image):
+        inputs, _ = self._inputs(image)
+        boxes, scores, embeddings = self.gallery(inputs["image"])
+        inst = Instances(tuple(inputs["image"].shape[1:]), pred_boxes=Boxes(boxes), scores=scores, embeddings=embeddings)
+        inst = detector_postprocess(inst, inputs["height"], inputs["width"])  # as the model does for its outputs
+        return inst.pred_boxes.tensor.float(), inst.scores.float(), inst.embeddings.float()
+
+    @torch.no_grad()
+    def embed_query(self, path, box):
+        inputs, resized_box = self._query_inputs(path, box)
+        return self.query(inputs["image"], resized_box)[0].float()
 
 
 def list_gallery(gallery):
@@ -215,7 +238,7 @@ def build_index(search_model, gallery, score_thresh=None, sample_fps=1.0):
     ``sample_fps``: video frames taken per second (0 = all).
     """
     if score_thresh is None:
-        score_thresh = search_model.cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH
+        score_thresh = search_model.score_thresh
     sources, frames, times = [], [], []
     boxes, scores, embeddings, owners = [], [], [], []
     dropped = 0
@@ -237,9 +260,7 @@ def build_index(search_model, gallery, score_thresh=None, sample_fps=1.0):
     dim = embeddings[0].shape[1] if embeddings else 0
     return {
         "format": INDEX_FORMAT,
-        "config_file": search_model.config_file,
-        "weights": search_model.weights,
-        "opts": search_model.opts,
+        **search_model.source,
         "score_thresh": float(score_thresh),
         "sample_fps": float(sample_fps),
         "gallery_dir": os.path.abspath(gallery),
@@ -344,9 +365,26 @@ def answer_query(search_model, index, query_image, box, topk, out_dir, index_pat
     return result
 
 
-def _add_model_args(p, required=True):
-    p.add_argument("--config-file", required=required, help="the model's config")
-    p.add_argument("--weights", required=required, help="trained weights (.pth)")
+def _add_model_args(p):
+    p.add_argument("--config-file", help="the model's config (with --weights)")
+    p.add_argument("--weights", help="trained weights (.pth)")
+    p.add_argument("--exported", help="instead of both: a folder written by tools/export.py")
+
+
+def _search_model(args, stored=None):
+    """The model the command names: --exported, or --config-file + --weights (each defaulting to
+    what the index stored, for `query`)."""
+    if args.exported:
+        if args.config_file or args.weights or args.opts:
+            raise SystemExit("search: --exported replaces --config-file, --weights and config overrides")
+        return ExportedSearchModel(args.exported)
+    stored = stored or {}
+    if not (args.config_file or args.weights or args.opts) and stored.get("exported"):
+        return ExportedSearchModel(stored["exported"])
+    config_file, weights = args.config_file or stored.get("config_file"), args.weights or stored.get("weights")
+    if not (config_file and weights):
+        raise SystemExit("search: give --config-file and --weights, or --exported")
+    return SearchModel(config_file, weights, args.opts or stored.get("opts", []))
 
 
 def _add_gallery_args(p):
@@ -378,7 +416,7 @@ def build_parser():
     p_index.add_argument("--out", required=True, help="index file to write (e.g. index.pt)")
     p_query = sub.add_parser("query", help="answer a query against a saved index")
     p_query.add_argument("--index", required=True)
-    _add_model_args(p_query, required=False)
+    _add_model_args(p_query)
     _add_query_args(p_query)
     for p in (p_search, p_index, p_query):
         p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
@@ -391,11 +429,10 @@ def main(argv=None):
 
     if args.command == "query":
         index = load_index(args.index)
-        model = SearchModel(args.config_file or index["config_file"], args.weights or index["weights"],
-                            args.opts or index["opts"])
+        model = _search_model(args, index)
         result = answer_query(model, index, args.query_image, args.box, args.topk, args.out, args.index)
     else:
-        model = SearchModel(args.config_file, args.weights, args.opts)
+        model = _search_model(args)
         index = build_index(model, args.gallery, args.score_thresh, args.sample_fps)
         if args.command == "index":
             save_index(index, args.out)
