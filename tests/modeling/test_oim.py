@@ -141,3 +141,33 @@ def test_two_rank_memories_identical_and_equal_to_gathered_batch(tmp_path):
     assert r0["lookup_table"][4].abs().sum() == 0
     # 1 + 3 unlabeled rows per step, 2 steps -> 8 writes in a queue of 4
     assert r0["queue_head"].item() == 0
+
+
+def test_unsized_table_takes_its_size_from_the_checkpoint_through_detectron2s_checkpointer(tmp_path):
+    """num_labeled None (no train set): the table is outside the state dict until a checkpoint gives
+    it rows, so fvcore's shape check keeps the checkpoint's [3, 2] table instead of dropping it."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    trained = _oim(num_labeled=3)
+    trained.lookup_table.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [S2, S2]]))
+    trained.unlabeled_queue.copy_(torch.tensor([[0.6, 0.8], [0.8, 0.6]]))
+    trained.queue_head.fill_(1)
+    DetectionCheckpointer(torch.nn.Sequential(trained), save_dir=str(tmp_path)).save("oim")
+    unsized = _oim(num_labeled=None)
+    assert "lookup_table" not in unsized.state_dict() and unsized.lookup_table.shape == (0, 2)
+    model = torch.nn.Sequential(unsized)
+    result = DetectionCheckpointer(model).load(str(tmp_path / "oim.pth"))
+    assert result == {}  # nothing else in the file
+    assert unsized.num_labeled == 3
+    assert torch.equal(unsized.lookup_table, trained.lookup_table)
+    assert torch.equal(unsized.unlabeled_queue, trained.unlabeled_queue) and unsized.queue_head.item() == 1
+    assert torch.equal(model.state_dict()["0.lookup_table"], trained.lookup_table)  # saved again from now on
+
+
+def test_unsized_table_cannot_train_and_rejects_a_wrong_checkpoint():
+    unsized = _oim(num_labeled=None).train()
+    with pytest.raises(ValueError, match="MODEL.OIM.NUM_LABELED"):
+        unsized(torch.ones(1, 2), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"lookup_table: expected a \[num_labeled, 2\]"):
+        unsized.load_state_dict({"lookup_table": torch.zeros(3, 5), "unlabeled_queue": torch.zeros(2, 2),
+                                 "queue_head": torch.tensor(0)})

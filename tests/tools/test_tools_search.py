@@ -192,3 +192,142 @@ def test_resize_fits_both_bounds():
         np.zeros((1000, 3000, 3), np.uint8)).shape[:2] == (500, 1500)
     assert aug.get_transform(np.zeros((1200, 1000, 3), np.uint8)).apply_image(
         np.zeros((1200, 1000, 3), np.uint8)).shape[:2] == (1080, 900)
+
+
+def test_score_threshold_defaults_to_the_configs(setup):
+    """--score-thresh mirrors TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH: the config's 0.05 keeps the
+    whole-image boxes (score 0.1) too; an override in opts or on the command line wins."""
+    cfg_path = setup["tmp"] / "low_thresh.yaml"
+    cfg_path.write_text(open(setup["config"]).read() + "TEST:\n  PERSON_SEARCH:\n    SEARCH_SCORE_THRESH: 0.05\n")
+    common = ["index", "--config-file", str(cfg_path), "--weights", setup["weights"], "--gallery", setup["gallery"]]
+    index = search.main(common + ["--out", str(setup["tmp"] / "a.pt")])
+    assert index["score_thresh"] == pytest.approx(0.05)
+    assert sorted(index["scores"].tolist()) == pytest.approx([0.1] * 3 + [0.8] * 3 + [0.9] * 3)
+    index = search.main(common + ["--out", str(setup["tmp"] / "b.pt"), "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", "0.85"])
+    assert index["score_thresh"] == pytest.approx(0.85) and index["scores"].tolist() == pytest.approx([0.9] * 3)
+    index = search.main(common + ["--score-thresh", "0.75", "--out", str(setup["tmp"] / "c.pt")])
+    assert index["score_thresh"] == pytest.approx(0.75) and len(index["scores"]) == 6
+    parser = search.build_parser()
+    for command in ("search", "index"):
+        assert parser.parse_args([command, "--config-file", "c", "--weights", "w", "--gallery", "g", "--out", "o"]
+                                 + (["--query-image", "q", "--box", "0", "0", "1", "1"] if command == "search" else [])
+                                 ).score_thresh is None  # None = the config's value
+
+
+class _PlantedCode:
+    """Unpickling this creates the file ``marker`` (it would run any code the same way)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_index_loading_runs_no_code(setup, tmp_path):
+    marker = tmp_path / "code_ran"
+    planted = tmp_path / "planted.pt"
+    index = search.build_index(search.SearchModel(setup["config"], setup["weights"]), setup["gallery"])
+    index["boxes_note"] = _PlantedCode(str(marker))
+    torch.save(index, planted)
+    torch.load(planted, weights_only=False)  # the old loader: the planted object runs
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ValueError, match="planted.pt.*not a search index"):
+        search.load_index(str(planted))
+    assert not marker.exists()
+
+
+def _write_video(path, frames, fps):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def _decoded(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def _fake_similarity(query, frame, half):
+    """The fake net's cosine similarity (channel weight [1, 1, 0], centre pixel of each half)."""
+    h, w = frame.shape[:2]
+    xs = {"left": int(w / 4), "right": int((w / 2 + w) / 2)}
+    q = query[h // 2, int(w / 4)].astype(np.float64) * [1, 1, 0]
+    g = frame[h // 2, xs[half]].astype(np.float64) * [1, 1, 0]
+    return float(q @ g / np.linalg.norm(q) / np.linalg.norm(g))
+
+
+def test_video_gallery_reports_frames_and_times(setup, tmp_path, monkeypatch):
+    """A folder of two MJPG videos of SynthPS frames: a.avi 8 frames at 4 fps, b.avi 4 frames at 2 fps.
+    At --sample-fps 2: a's frames 0, 2, 4, 6 (0, 0.5, 1, 1.5 s) and all of b's; each hit carries its
+    video, frame index and time; the ranking equals the fake net's similarities on the decoded frames."""
+    from galw.data.synthetic import generate
+
+    generate("prw", str(tmp_path / "synth"), seed=0, size="tiny")
+    names = sorted(os.listdir(tmp_path / "synth" / "frames"))[:12]
+    frames = [cv2.imread(str(tmp_path / "synth" / "frames" / n)) for n in names]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _write_video(videos / "a.avi", frames[:8], 4)
+    _write_video(videos / "b.avi", frames[8:], 2)
+    decoded = {"a.avi": _decoded(videos / "a.avi"), "b.avi": _decoded(videos / "b.avi")}
+    assert [len(v) for v in decoded.values()] == [8, 4]
+    query = str(tmp_path / "query.png")
+    cv2.imwrite(query, decoded["a.avi"][6])  # lossless: the query person is a's frame 6, left half
+    cfg = tmp_path / "native.yaml"
+    cfg.write_text(open(setup["config"]).read().replace("TEST_SHORT_SIDE: 10", "TEST_SHORT_SIDE: 144")
+                   .replace("TEST_LONG_SIDE: 100", "TEST_LONG_SIDE: 192"))
+    drawn = []
+    original_plot = search.plot_search_results
+    monkeypatch.setattr(search, "plot_search_results",
+                        lambda queries, *a, **k: drawn.append(original_plot(queries, *a, **k)))
+    out = tmp_path / "out"
+    result = search.main(["search", "--config-file", str(cfg), "--weights", setup["weights"],
+                          "--gallery", str(videos), "--sample-fps", "2", "--query-image", query,
+                          "--box", "0", "0", "96", "144", "--topk", "16", "--out", str(out)])
+    assert result["num_gallery_images"] == 8 and result["num_detections"] == 16
+    sampled = {("a.avi", f): f / 4 for f in (0, 2, 4, 6)} | {("b.avi", f): f / 2 for f in range(4)}
+    got = [(os.path.basename(h["video"]), h["frame"]) for h in result["topk"]]
+    assert set(got) == set(sampled)
+    for hit in result["topk"]:
+        key = (os.path.basename(hit["video"]), hit["frame"])
+        assert hit["time"] == pytest.approx(sampled[key])
+        half = "left" if hit["box"][0] == 0 else "right"
+        want = _fake_similarity(decoded["a.avi"][6], decoded[key[0]][key[1]], half)
+        assert hit["similarity"] == pytest.approx(want, abs=1e-5)
+        assert hit["label"] == f"{key[0]} frame {key[1]}, {search.timestamp(sampled[key])}"
+    top = result["topk"][0]
+    assert (os.path.basename(top["video"]), top["frame"], top["box"]) == ("a.avi", 6, [0.0, 0.0, 96.0, 144.0])
+    assert top["similarity"] == pytest.approx(1.0, abs=1e-6) and top["timestamp"] == "0:00:01.500"
+    assert drawn[0][0]["titles"][0] == "1.000\na.avi frame 6, 0:00:01.500"
+    frame_file = drawn[0][0]["hits"][0][0]
+    assert np.array_equal(cv2.imread(frame_file), decoded["a.avi"][6])  # the picture shows that frame
+    assert os.path.getsize(out / "topk.png") > 5000
+    # a single video file; the index keeps frames and times for the query command
+    index_path = str(tmp_path / "video_index.pt")
+    index = search.main(["index", "--config-file", str(cfg), "--weights", setup["weights"],
+                         "--gallery", str(videos / "b.avi"), "--sample-fps", "0", "--out", index_path])
+    assert index["frames"] == [0, 1, 2, 3] and index["times"] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    again = search.main(["query", "--index", index_path, "--query-image", query, "--box", "0", "0", "96", "144",
+                         "--topk", "2", "--out", str(tmp_path / "q")])
+    assert all(os.path.basename(h["video"]) == "b.avi" and h["frame"] in range(4) for h in again["topk"])
+
+
+def test_video_sampling_and_timestamps():
+    assert search.timestamp(3725.25) == "1:02:05.250"
+    def sampled(n, fps, sample_fps):
+        return [i for i in range(n) if search.starts_sample(i, fps, sample_fps)]
+
+    assert sampled(10, fps=4, sample_fps=1) == [0, 4, 8]
+    assert sampled(6, fps=25, sample_fps=0) == list(range(6))  # 0 = every frame
+    assert sampled(7, fps=3, sample_fps=2) == [0, 2, 3, 5, 6]  # times 0, 2/3, 1, 5/3, 2 start half-seconds
+    assert sampled(5, fps=2, sample_fps=10) == list(range(5))  # faster than the video: every frame

@@ -10,6 +10,7 @@ A branch with a ``predict_attributes(images, features, boxes)`` method (the attr
 branch) adds ``attribute_probs`` [N, A] to the detections.
 """
 import logging
+import os
 from typing import Dict, List
 
 import torch
@@ -22,6 +23,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from .backbone import load_imagenet_weights
 from .branch import PersonSearchBranch, build_branch
+from .oim import OIMLoss
 
 __all__ = ["PersonSearch"]
 
@@ -73,6 +75,12 @@ class PersonSearch(nn.Module):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"MODEL.PERSON_SEARCH.BRANCHES must name distinct branches; got {names}")
         branches = {name: build_branch(name, cfg, backbone.output_shape()) for name in names}
+        pretrained = cfg.MODEL.PERSON_SEARCH.PRETRAINED
+        if pretrained and not os.path.isfile(pretrained) and cfg.MODEL.WEIGHTS:
+            # Deployment: the weights loaded next replace the ImageNet init, which need not be there.
+            logger.info("MODEL.PERSON_SEARCH.PRETRAINED %s absent: not loaded, MODEL.WEIGHTS %s follows",
+                        pretrained, cfg.MODEL.WEIGHTS)
+            pretrained = ""
         return {
             "backbone": backbone,
             "branches": branches,
@@ -82,7 +90,7 @@ class PersonSearch(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": max(cfg.MODEL.PERSON_SEARCH.SIZE_DIVISIBILITY, backbone.size_divisibility),
             "input_format": cfg.INPUT.FORMAT,
-            "pretrained": cfg.MODEL.PERSON_SEARCH.PRETRAINED,
+            "pretrained": pretrained,
             "stride_in_1x1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
         }
 
@@ -103,6 +111,12 @@ class PersonSearch(nn.Module):
         return self._inference(batched_inputs, images, features)
 
     def _losses(self, batched_inputs, images, features) -> Dict[str, torch.Tensor]:
+        unsized = [name for name, m in self.named_modules() if isinstance(m, OIMLoss) and m.num_labeled is None]
+        if unsized:
+            raise ValueError(
+                f"cannot train: the OIM lookup tables {unsized} have no size (MODEL.OIM.NUM_LABELED is 0, no train "
+                "dataset gave 'num_pids' and no checkpoint was loaded); set MODEL.OIM.NUM_LABELED or fix DATASETS.TRAIN"
+            )
         gt_instances = []
         for i, x in enumerate(batched_inputs):
             inst = x.get("instances")

@@ -45,12 +45,9 @@ def _train_num_pids(name):
         return MetadataCatalog.get(name).get("num_pids"), e
 
 
-def oim_num_labeled(cfg) -> int:
-    """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED.
-
-    When no size is known and a train set failed to load, that load error (naming the file or
-    folder) is raised: it is the cause, not the missing size.
-    """
+def oim_num_labeled(cfg) -> Optional[int]:
+    """Size of the OIM lookup table: the train set's ``num_pids`` metadata, else MODEL.OIM.NUM_LABELED;
+    None when neither says it (no train data: inference), and the table is sized by the checkpoint."""
     configured = cfg.MODEL.OIM.NUM_LABELED
     if configured > 0:
         loaded = [MetadataCatalog.get(name).get("num_pids") for name in cfg.DATASETS.TRAIN]
@@ -70,14 +67,13 @@ def oim_num_labeled(cfg) -> int:
         )
     if known:
         return int(known[0])
-    for error in errors:
-        if error is not None:
-            error.add_note("(loading the train set for the OIM size: MODEL.OIM.NUM_LABELED is 0)")
-            raise error
-    raise ValueError(
-        f"OIM needs the number of labeled identities: no train dataset in DATASETS.TRAIN "
-        f"{list(cfg.DATASETS.TRAIN)} has 'num_pids' metadata and MODEL.OIM.NUM_LABELED is {configured}"
+    failed = [f"{name}: {e}" for name, e in zip(cfg.DATASETS.TRAIN, errors) if e is not None]
+    logger.info(
+        "OIM lookup-table size: MODEL.OIM.NUM_LABELED is 0 and no train dataset in %s has 'num_pids'%s; "
+        "the checkpoint loaded gives it (inference); training needs one of them",
+        list(cfg.DATASETS.TRAIN), f" (load failed: {'; '.join(failed)})" if failed else "",
     )
+    return None
 
 
 class NormAwareEmbedding(nn.Module):

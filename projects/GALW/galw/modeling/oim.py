@@ -8,7 +8,7 @@ only, so under DDP every rank drifts to its own table. Here the features and
 identities of ALL ranks are gathered first and every rank applies the same
 updates in the same order, so the tables stay identical on every rank.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,9 @@ class OIMLoss(nn.Module):
 
     Args:
         feat_dim: embedding dimension D.
-        num_labeled: number of labeled identities (labels are ``0..num_labeled-1``).
+        num_labeled: number of labeled identities (labels are ``0..num_labeled-1``); None when
+            no train set says it (inference from a config and weights alone): the lookup table then
+            takes its size from the first state dict loaded, and training before that is an error.
         queue_size: length of the circular queue of unlabeled features.
         momentum: LUT update ``v <- momentum * v + (1 - momentum) * x`` then renormalised.
         temperature: scale of the cosine similarities before the softmax (30 in OIM/NAE).
@@ -41,13 +43,13 @@ class OIMLoss(nn.Module):
     def __init__(
         self,
         feat_dim: int,
-        num_labeled: int,
+        num_labeled: Optional[int],
         queue_size: int,
         momentum: float = 0.5,
         temperature: float = 30.0,
     ):
         super().__init__()
-        if feat_dim <= 0 or num_labeled <= 0 or queue_size < 0:
+        if feat_dim <= 0 or (num_labeled is not None and num_labeled <= 0) or queue_size < 0:
             raise ValueError(
                 f"OIMLoss expects feat_dim > 0, num_labeled > 0, queue_size >= 0; got "
                 f"feat_dim={feat_dim}, num_labeled={num_labeled}, queue_size={queue_size}"
@@ -59,7 +61,9 @@ class OIMLoss(nn.Module):
         self.queue_size = queue_size
         self.momentum = momentum
         self.temperature = temperature
-        self.register_buffer("lookup_table", torch.zeros(num_labeled, feat_dim))
+        # Unsized: an empty table outside the state dict (so a checkpointer's shape check keeps the
+        # checkpoint's entry) until _load_from_state_dict gives it the checkpoint's size.
+        self.register_buffer("lookup_table", torch.zeros(num_labeled or 0, feat_dim), persistent=num_labeled is not None)
         self.register_buffer("unlabeled_queue", torch.zeros(queue_size, feat_dim))
         self.register_buffer("queue_head", torch.zeros((), dtype=torch.long))
 
@@ -68,6 +72,19 @@ class OIMLoss(nn.Module):
             f"feat_dim={self.feat_dim}, num_labeled={self.num_labeled}, queue_size={self.queue_size}, "
             f"momentum={self.momentum}, temperature={self.temperature}"
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "lookup_table"
+        if self.num_labeled is None and key in state_dict:
+            table = state_dict[key]
+            if table.dim() != 2 or table.shape[1] != self.feat_dim or table.shape[0] == 0:
+                raise ValueError(
+                    f"{key}: expected a [num_labeled, {self.feat_dim}] OIM lookup table, got {tuple(table.shape)}"
+                )
+            self.num_labeled = int(table.shape[0])
+            self.lookup_table = self.lookup_table.new_zeros(tuple(table.shape))
+            self._non_persistent_buffers_set.discard("lookup_table")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         """Loss of ``features`` [N, D] (normalised here) with identities ``pids`` [N].
@@ -79,6 +96,12 @@ class OIMLoss(nn.Module):
         if features.dim() != 2 or features.shape[1] != self.feat_dim:
             raise ValueError(
                 f"OIMLoss expects features of shape [N, {self.feat_dim}]; got {tuple(features.shape)}"
+            )
+        if self.num_labeled is None:
+            raise ValueError(
+                "OIMLoss has no lookup-table size: MODEL.OIM.NUM_LABELED is 0, no train set in DATASETS.TRAIN "
+                "gave 'num_pids' and no checkpoint was loaded; set MODEL.OIM.NUM_LABELED or train on a dataset "
+                "whose metadata has num_pids"
             )
         pids = pids.to(device=features.device, dtype=torch.long).reshape(-1)
         if pids.numel() != features.shape[0]:

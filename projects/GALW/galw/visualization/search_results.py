@@ -47,8 +47,9 @@ def plot_search_results(queries, out_path, topk=5, image_root=None, title=None):
     """Draw ``queries`` (the search JSON's query entries, or the search tool's) as rows.
 
     Each entry needs "query_image", "query_box" and a ranked list under "top10" (or
-    "topk") of {"image", "box", "similarity", "correct" (bool or None)}. Returns the
-    layout drawn: [{"query_image", "hits": [(image, similarity, correct), ...]}].
+    "topk") of {"image", "box", "similarity", "correct" (bool or None)} and an optional
+    "label" printed under the similarity (e.g. a video hit's frame and time). Returns the
+    layout drawn: [{"query_image", "hits": [(image, similarity, correct), ...], "titles": [...]}].
     """
     if not queries:
         raise ValueError("plot_search_results: no queries to draw")
@@ -67,15 +68,16 @@ def plot_search_results(queries, out_path, topk=5, image_root=None, title=None):
         label = "query" if row["ap"] is None else f"query  AP {float(row['ap']):.2f}"
         ax.set_title(label, fontsize=8)
         ax.axis("off")
-        drawn = []
+        drawn, titles = [], []
         for c, hit in enumerate(row["hits"]):
             correct = hit.get("correct")
             ax = fig.add_subplot(len(rows), ncols, r * ncols + 2 + c)
             ax.imshow(crop_with_border(cache.get(hit["image"]), hit["box"], BORDER_COLORS[correct]))
-            ax.set_title(f"{float(hit['similarity']):.3f}", fontsize=8)
+            titles.append(f"{float(hit['similarity']):.3f}" + (f"\n{hit['label']}" if hit.get("label") else ""))
+            ax.set_title(titles[-1], fontsize=8)
             ax.axis("off")
             drawn.append((hit["image"], float(hit["similarity"]), correct))
-        layout.append({"query_image": row["query_image"], "hits": drawn})
+        layout.append({"query_image": row["query_image"], "hits": drawn, "titles": titles})
     if title:
         fig.suptitle(title)
     save_figure(fig, out_path)

@@ -1,0 +1,137 @@
+"""A config and a weights file are enough for inference: on a machine without datasets
+($DETECTRON2_DATASETS an empty folder, a fresh process) detectron2's ``DefaultPredictor`` and the
+``--eval-only`` model building load a checkpoint whose OIM lookup-table size came from the train set,
+and give the same boxes, scores and embeddings as the model that wrote it."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import galw
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+from galw.data.synthetic import generate
+from conftest import CONFIG_DIR, ROOT
+
+#: NAE R-18 shrunk; tiny SynthPS frames are 192x144, DefaultPredictor resizes by INPUT.{MIN,MAX}_SIZE_TEST.
+TINY = [
+    "MODEL.NAE.EMBEDDING_DIM", 32, "MODEL.OIM.QUEUE_SIZE", 8, "MODEL.RPN.POST_NMS_TOPK_TEST", 30,
+    "INPUT.MIN_SIZE_TEST", 144, "INPUT.MAX_SIZE_TEST", 192, "SEED", 0,
+]
+
+#: Run in a fresh process: the metadata of the parent's loads must not help.
+_CHILD = r"""
+import importlib.util, json, os, sys
+import cv2, torch
+import galw
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultPredictor
+from galw.engine import Trainer
+
+config, weights, image, root = sys.argv[1:5]
+cfg = get_cfg()
+galw.add_galw_config(cfg)
+cfg.merge_from_file(config)
+cfg.MODEL.WEIGHTS = weights
+inst = DefaultPredictor(cfg)(cv2.imread(image))["instances"]
+model = Trainer.build_model(cfg)  # what train_net.py --eval-only does before testing
+DetectionCheckpointer(model).resume_or_load(weights, resume=False)
+lut = [v for k, v in model.state_dict().items() if k.endswith("oim.lookup_table")]
+spec = importlib.util.spec_from_file_location("search_tool", os.path.join(root, "tools", "search.py"))
+search = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(search)
+index = search.build_index(search.SearchModel(config, weights), os.path.dirname(image), score_thresh=0.0)
+print(json.dumps({
+    "search_index_embeddings": index["embeddings"].tolist(),
+    "boxes": inst.pred_boxes.tensor.tolist(), "scores": inst.scores.tolist(),
+    "embeddings": inst.embeddings.tolist(), "eval_only_lookup_table": [t.tolist() for t in lut],
+}))
+"""
+
+
+def _tiny_cfg(config="nae/nae_R18_synth_cpu.yaml", *opts):
+    cfg = get_cfg()
+    galw.add_galw_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, config))
+    cfg.merge_from_list(TINY + list(opts))
+    return cfg
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch):
+    """A model built with SynthPS-PRW present (5 train identities), its 'trained' lookup table
+    written by hand, saved with its config; then the datasets are gone."""
+    data = tmp_path / "datasets"
+    generate("prw", str(data / "SynthPS-PRW"), seed=0, size="tiny")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data))
+    torch.manual_seed(0)
+    cfg = _tiny_cfg()
+    model = build_model(cfg)
+    table = [v for k, v in model.state_dict().items() if k.endswith("oim.lookup_table")]
+    assert [tuple(t.shape) for t in table] == [(5, 32)]  # the train set's num_pids
+    table[0].copy_(torch.nn.functional.normalize(torch.randn(5, 32), dim=1))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    config = tmp_path / "config.yaml"
+    # as the shipped R-50 configs: an ImageNet init file the deployment machine does not have
+    config.write_text(cfg.dump().replace('PRETRAINED: ""', "PRETRAINED: pretrained/R-50.pkl").replace(
+        "PRETRAINED: ''", "PRETRAINED: pretrained/R-50.pkl"))
+    assert "pretrained/R-50.pkl" in config.read_text()
+    image = str(tmp_path / "frame.jpg")
+    frames = sorted(os.listdir(data / "SynthPS-PRW" / "frames"))
+    cv2.imwrite(image, cv2.imread(str(data / "SynthPS-PRW" / "frames" / frames[0])))
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model.pth")
+    eager = DefaultPredictor(cfg)(cv2.imread(image))["instances"]
+    empty = tmp_path / "no_datasets"
+    empty.mkdir()
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(empty))
+    return {"config": str(config), "weights": cfg.MODEL.WEIGHTS, "image": image, "eager": eager,
+            "table": table[0].clone(), "empty": str(empty)}
+
+
+def _run_child(trained):
+    env = dict(os.environ, DETECTRON2_DATASETS=trained["empty"], OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "projects", "GALW"), ROOT]))
+    proc = subprocess.run([sys.executable, "-c", _CHILD, trained["config"], trained["weights"], trained["image"], ROOT],
+                          capture_output=True, text=True, env=env, cwd=str(os.path.dirname(trained["config"])))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_default_predictor_and_eval_only_model_without_datasets(trained):
+    assert os.listdir(trained["empty"]) == []
+    got = _run_child(trained)
+    eager = trained["eager"]
+    assert len(eager) > 0
+    np.testing.assert_allclose(got["boxes"], eager.pred_boxes.tensor.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["scores"], eager.scores.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["embeddings"], eager.embeddings.numpy(), atol=1e-5)
+    assert np.allclose(np.linalg.norm(got["embeddings"], axis=1), 1.0, atol=1e-5)
+    # --eval-only building: the lookup table (5 identities) comes from the checkpoint
+    assert len(got["eval_only_lookup_table"]) == 1
+    np.testing.assert_array_equal(got["eval_only_lookup_table"][0], trained["table"].numpy())
+    # tools/search.py indexes the image folder from the same two files
+    embeddings = np.asarray(got["search_index_embeddings"])
+    assert embeddings.shape[0] > 0 and embeddings.shape[1] == 32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_model_without_identity_count_builds_for_inference_but_refuses_to_train():
+    from nae_helpers import synthetic_batch, tiny_nae_cfg
+
+    model = build_model(tiny_nae_cfg("MODEL.OIM.NUM_LABELED", 0))  # DATASETS.TRAIN is empty
+    assert [m.num_labeled for m in model.modules() if type(m).__name__ == "OIMLoss"] == [None]
+    model.eval()
+    out = model(synthetic_batch()[:1])[0]["instances"]
+    assert out.embeddings.shape[1] == 32
+    model.train()
+    with pytest.raises(ValueError, match=r"cannot train: the OIM lookup tables \['branches.NAEBranch.roi_heads.oim'\]"):
+        model(synthetic_batch())
