@@ -18,7 +18,7 @@ from detectron2.utils.file_io import PathManager
 from .attribute_metrics import evaluate_attributes
 from .detection_metrics import evaluate_detection, mutual_argmax_matches
 from .gallery_store import SearchGalleryStore
-from .search_metrics import TOPK, box_iou, evaluate_query
+from .search_metrics import TOPK, SimilarityHistogram, box_iou, evaluate_query
 
 logger = logging.getLogger(__name__)
 
@@ -429,6 +429,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
             )
         per_query = {name: [] for name in protocols}
         skipped = {name: [] for name in protocols}
+        histogram = SimilarityHistogram()
         for key in ["similarity", *protocols]:
             self._timings[key] = self._cpu_timings[key] = 0.0
         for b in range(0, len(queries), self._batch):
@@ -449,6 +450,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
                     det_idx, offsets = store.detection_indices(imgs)
                     res = evaluate_query(row, det_idx, offsets, pos, store, want_top=name == default)
                     per_query[name].append((qi, res))
+                    if name == default:
+                        histogram.add(row[det_idx], res.positive_scores)
                 self._timings[name] += time.perf_counter() - t0
                 self._cpu_timings[name] += time.process_time() - c0
         for name, d in self._dups.items():
@@ -469,6 +472,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
             for j, k in enumerate(TOPK):
                 metrics[f"top{k}"] = 100.0 * float(hits[:, j].mean())
             out[name] = (metrics, {"results": per_query[name], "skipped": skipped[name]})
+        if default in out:
+            out[default][1]["similarity_histogram"] = histogram.as_dict()
         return out
 
     # -- detection / attributes
@@ -545,6 +550,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 "metrics": results,
                 "queries": queries,
                 "queries_without_positives": [int(q) for q in default_queries["skipped"]],
+                "similarity_histogram": default_queries["similarity_histogram"],
             }, f)
         logger.info(f"Per-query search results written to {path}")
 
