@@ -108,6 +108,27 @@ def test_prw_query_frame_excluded_and_multi_view(caplog):
     assert "search_MultiView" not in prw(prw_multi_view=False)
 
 
+def test_similarity_histogram_of_true_matches_and_other_people(tmp_path):
+    gallery, queries, dets = H.prw_scene()
+    name = H.register("prw", gallery, queries)
+    ios = [H.gallery_io(r, dets[r["file_name"].split("/")[-1]]) for r in gallery] + [H.query_io(q) for q in queries]
+    run(name, ios, output_dir=str(tmp_path))
+    hist = json.load(open(tmp_path / f"search_{name}.json"))["similarity_histogram"]
+    # Standard protocol, query 0 over f1 f2 f3: positives f1 .4 and f2 .8, others f1 .9 and f3 .6;
+    # query 1 has no positive and adds nothing.
+    assert sum(hist["positive"]) == 2 and sum(hist["negative"]) == 2
+    assert hist["mean_positive"] == pytest.approx(0.6, abs=1e-6)
+    assert hist["mean_negative"] == pytest.approx(0.75, abs=1e-6)
+    edges = hist["bin_edges"]
+    assert len(edges) == len(hist["positive"]) + 1 and edges[0] == -1.0 and edges[-1] == 1.0
+
+    def centres(counts):
+        return sorted((edges[i] + edges[i + 1]) / 2 for i, c in enumerate(counts) for _ in range(c))
+
+    assert centres(hist["positive"]) == pytest.approx([0.4, 0.8], abs=0.026)
+    assert centres(hist["negative"]) == pytest.approx([0.6, 0.9], abs=0.026)
+
+
 def test_attribute_metrics_from_model_outputs():
     gallery = [H.record("a0.jpg", 0, [H.anno([0, 0, 10, 20], 0, [1, 0]), H.anno([50, 0, 60, 20], -1, [0, -1])]),
                H.record("a1.jpg", 1, [H.anno([0, 0, 10, 20], 1, [0, 1]), H.anno([50, 0, 60, 20], 2, [1, 1])])]

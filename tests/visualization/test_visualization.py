@@ -201,3 +201,25 @@ def test_write_report_partial_run_says_what_is_missing(tmp_path):
                                        "search_results"}
     with pytest.raises(FileNotFoundError, match="nope"):
         write_report(str(tmp_path / "nope"), str(tmp_path / "r2"))
+
+
+def test_similarity_histograms_one_panel_per_model(tmp_path):
+    from galw.visualization import plot_similarity_histograms
+
+    edges = [-1.0, 0.0, 0.5, 1.0]
+    hists = {
+        "collapsed": {"bin_edges": edges, "positive": [0, 0, 3], "negative": [0, 0, 9],
+                      "mean_positive": 0.99, "mean_negative": 0.98},
+        "separated": {"bin_edges": edges, "positive": [0, 0, 2], "negative": [5, 1, 0],
+                      "mean_positive": 0.9, "mean_negative": -0.2},
+    }
+    out = str(tmp_path / "sims.png")
+    drawn = plot_similarity_histograms(hists, out)
+    assert drawn == {"collapsed": (0.99, 0.98), "separated": (0.9, -0.2)}
+    img = cv2.imread(out)
+    assert img is not None and img.shape[1] > img.shape[0] > 100  # two panels side by side
+    bad = {"x": {"bin_edges": edges, "positive": [1, 2], "negative": [1, 2]}}
+    with pytest.raises(ValueError, match="similarity histogram of 'x': 4 bin edges for 2 positive"):
+        plot_similarity_histograms(bad, out)
+    with pytest.raises(ValueError, match="no histograms"):
+        plot_similarity_histograms({}, out)

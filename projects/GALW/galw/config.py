@@ -126,6 +126,9 @@ def _add_alignps_config(cfg):
     cfg.MODEL.ALIGNPS.IN_FEATURES = ["res3", "res4"]
     # Channels of the AFA maps, which are also the dense re-id embedding dimension.
     cfg.MODEL.ALIGNPS.FPN_CHANNELS = 256
+    # Deformable-conv kernel: "auto" (pure-PyTorch grid_sample one on CPU, torchvision's on CUDA),
+    # "torchvision" or "grid_sample"; same function either way (galw/modeling/deform_conv.py).
+    cfg.MODEL.ALIGNPS.DEFORM_CONV_IMPL = "auto"
     # Conv layers in each of the head's classification and box towers.
     cfg.MODEL.ALIGNPS.NUM_CONVS = 4
     # Normalisation in the head towers (detectron2 get_norm name; "" for none).

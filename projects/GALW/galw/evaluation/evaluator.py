@@ -19,7 +19,7 @@ from .attribute_metrics import evaluate_attributes
 from .cbgm import SEQNET_CBGM, cbgm_rescore, query_context
 from .detection_metrics import evaluate_detection, mutual_argmax_matches
 from .gallery_store import SearchGalleryStore
-from .search_metrics import TOPK, box_iou, evaluate_queries
+from .search_metrics import TOPK, SimilarityHistogram, box_iou, evaluate_queries
 
 logger = logging.getLogger(__name__)
 
@@ -524,6 +524,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
             )
         per_query = {name: [] for name in protocols}
         skipped = {name: [] for name in protocols}
+        histogram = SimilarityHistogram()
         for key in ["similarity", *protocols]:
             self._timings.setdefault(key, 0.0)
             self._cpu_timings.setdefault(key, 0.0)
@@ -559,7 +560,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
                         det_idx, _ = store.detection_indices(imgs)
                         row[det_idx] = cbgm_rescore(row[det_idx], det_idx, query_embs[qi], query_contexts[qi],
                                                     store, self._cbgm_top)
-                results = evaluate_queries(batch_sims, galleries, positives, store, want_top=name == default, rows=rows)
+                results = evaluate_queries(batch_sims, galleries, positives, store, want_top=name == default, rows=rows,
+                                           histogram=histogram if name == default else None)
                 per_query[name].extend(zip(scored, results))
                 self._timings[name] += time.perf_counter() - t0
                 self._cpu_timings[name] += time.process_time() - c0
@@ -581,6 +583,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
             for j, k in enumerate(TOPK):
                 metrics[f"top{k}"] = 100.0 * float(hits[:, j].mean())
             out[name] = (metrics, {"results": per_query[name], "skipped": skipped[name]})
+        if default in out:
+            out[default][1]["similarity_histogram"] = histogram.as_dict()
         return out
 
     # -- detection / attributes
@@ -657,6 +661,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 "metrics": results,
                 "queries": queries,
                 "queries_without_positives": [int(q) for q in default_queries["skipped"]],
+                "similarity_histogram": default_queries["similarity_histogram"],
             }, f)
         logger.info(f"Per-query search results written to {path}")
 

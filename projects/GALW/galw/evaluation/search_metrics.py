@@ -100,6 +100,7 @@ class QueryResult:
     count_tp: int
     hits: List[int]  # one 0/1 per k in TOPK
     top: List[dict] = field(default_factory=list)  # ranked top-10 entries (only when asked)
+    positive_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # similarities of the matched positives
 
 
 def evaluate_query(sim_row, det_idx, img_offsets, pos_entries, store, want_top=False):
@@ -135,7 +136,36 @@ def evaluate_query(sim_row, det_idx, img_offsets, pos_entries, store, want_top=F
         best = _rank(y_score, s_max, int(pos_positions[pos_scores == s_max].min()))
         hits = [int(best < k) for k in TOPK]
     top = _top_list(y_score, det_idx, set(pos_positions.tolist()), max(TOPK)) if want_top else []
-    return QueryResult(ap=ap, count_gt=count_gt, count_tp=count_tp, hits=hits, top=top)
+    return QueryResult(ap=ap, count_gt=count_gt, count_tp=count_tp, hits=hits, top=top, positive_scores=pos_scores)
+
+
+class SimilarityHistogram:
+    """Counts of query-to-detection similarities, true matches (the positives search picks) apart
+    from every other detection of the query's gallery; similarities are clipped to [-1, 1]."""
+
+    def __init__(self, bins: int = 40):
+        self.edges = np.linspace(-1.0, 1.0, bins + 1)
+        self.positive = np.zeros(bins, dtype=np.int64)
+        self.all = np.zeros(bins, dtype=np.int64)
+        self.sums = {"positive": 0.0, "all": 0.0}
+
+    def add(self, y_score: np.ndarray, positive_scores: np.ndarray) -> None:
+        y, p = np.clip(y_score, -1.0, 1.0), np.clip(positive_scores, -1.0, 1.0)
+        self.all += np.histogram(y, self.edges)[0]
+        self.positive += np.histogram(p, self.edges)[0]
+        self.sums["all"] += float(y.sum())
+        self.sums["positive"] += float(p.sum())
+
+    def as_dict(self) -> dict:
+        negative = self.all - self.positive
+        n_pos, n_neg = int(self.positive.sum()), int(negative.sum())
+        return {
+            "bin_edges": [float(e) for e in self.edges],
+            "positive": self.positive.tolist(),
+            "negative": negative.tolist(),
+            "mean_positive": self.sums["positive"] / n_pos if n_pos else None,
+            "mean_negative": (self.sums["all"] - self.sums["positive"]) / n_neg if n_neg else None,
+        }
 
 
 def _rank(y_score, score, position) -> int:
@@ -165,7 +195,7 @@ def _descending_bits(y):
     return np.uint64(0xFFFFFFFF) - ascending
 
 
-def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=None):
+def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=None, histogram=None):
     """``evaluate_query`` for a batch of queries at once, with identical results (tested).
 
     sims: [R, num store detections] similarities (rows of one product); query i uses row ``rows[i]``
@@ -175,6 +205,7 @@ def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=Non
     All queries' gallery detections are laid out in one array (query by query, gallery order), so
     picking positives, AP, top-k and the top-10 list take a fixed number of numpy calls per batch;
     only the scores at or above a query's lowest positive score are sorted.
+    histogram: a SimilarityHistogram that takes the batch's similarities and its positives' ones.
     """
     nq = len(galleries)
     rows = np.arange(nq, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -204,6 +235,8 @@ def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=Non
     pos_q = pq[hit]
     pos_s = y[pos_at]
     count_tp = np.bincount(pos_q, minlength=nq)
+    if histogram is not None:
+        histogram.add(y, pos_s)
 
     # AP: per positive, #positives and #all with score >= its score, in its query.
     min_pos = np.full(nq, np.inf, dtype=np.float64)
@@ -235,7 +268,7 @@ def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=Non
         tops = _top_lists(y, det_idx, q_of, seg_start, per_query, cand_sorted, cand_start, pos_at, max(TOPK))
     return [
         QueryResult(ap=float(ap[q]), count_gt=int(count_gt[q]), count_tp=int(count_tp[q]), hits=hits[q].tolist(),
-                    top=tops[q])
+                    top=tops[q], positive_scores=pos_s[pos_q == q])
         for q in range(nq)
     ]
 

@@ -15,6 +15,7 @@ from .run_files import (
     scalar_series,
 )
 from .search_results import plot_search_results
+from .similarity import plot_similarity_histograms
 from .weights import plot_sigma_and_weights
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "plot_s_star_dendrogram",
     "plot_search_results",
     "plot_sigma_and_weights",
+    "plot_similarity_histograms",
     "scalar_series",
     "write_report",
 ]

@@ -11,7 +11,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DeformConv2d
+
+from ..deform_conv import DeformConv2d
 
 __all__ = ["DeformConvWithOffsets", "AFAFPN"]
 
@@ -20,14 +21,15 @@ class DeformConvWithOffsets(nn.Module):
     """A 3x3 deformable conv whose sampling offsets are predicted from its input by a conv.
 
     The offset conv starts at zero, so the layer starts as a plain conv and learns to
-    deform (torchvision's DeformConv2d: no compiled detectron2 op is needed).
+    deform (``galw.modeling.deform_conv``: torchvision's semantics, no compiled detectron2
+    op; ``impl`` picks the kernel, see ``DEFORM_CONV_IMPLS``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, impl: str = "auto"):
         super().__init__()
         pad = kernel_size // 2
         self.offset = nn.Conv2d(in_channels, 2 * kernel_size * kernel_size, kernel_size, padding=pad)
-        self.conv = DeformConv2d(in_channels, out_channels, kernel_size, padding=pad)
+        self.conv = DeformConv2d(in_channels, out_channels, kernel_size, padding=pad, impl=impl)
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
         nn.init.xavier_uniform_(self.conv.weight)
@@ -45,11 +47,12 @@ class AFAFPN(nn.Module):
         out_channels: channels of every lateral and output map.
         num_outs: how many output levels to build, finest first (1 = P3 only, as AlignPS
             infers; 3 = P3, P4, P5 for FCOS-style multi-level assignment).
+        deform_impl: deformable-conv implementation (MODEL.ALIGNPS.DEFORM_CONV_IMPL).
     Output level ``i`` sees the concatenation of lateral ``i`` and the upsampled
     aggregate of all coarser levels, i.e. ``(L - i) * out_channels`` channels.
     """
 
-    def __init__(self, in_channels: List[int], out_channels: int, num_outs: int):
+    def __init__(self, in_channels: List[int], out_channels: int, num_outs: int, deform_impl: str = "auto"):
         super().__init__()
         if not 1 <= num_outs <= len(in_channels):
             raise ValueError(
@@ -57,9 +60,9 @@ class AFAFPN(nn.Module):
             )
         num_in = len(in_channels)
         self.out_channels = out_channels
-        self.laterals = nn.ModuleList(DeformConvWithOffsets(c, out_channels) for c in in_channels)
+        self.laterals = nn.ModuleList(DeformConvWithOffsets(c, out_channels, impl=deform_impl) for c in in_channels)
         self.outputs = nn.ModuleList(
-            DeformConvWithOffsets((num_in - i) * out_channels, out_channels) for i in range(num_outs)
+            DeformConvWithOffsets((num_in - i) * out_channels, out_channels, impl=deform_impl) for i in range(num_outs)
         )
 
     def forward(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:

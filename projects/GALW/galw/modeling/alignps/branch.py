@@ -118,7 +118,9 @@ class AlignPSBranch(PersonSearchBranch):
         return {
             "in_features": in_features,
             "res5": res5,
-            "afa": AFAFPN([fine.channels, coarse.channels, res5_channels], channels, len(size_ranges)),
+            "afa": AFAFPN(
+                [fine.channels, coarse.channels, res5_channels], channels, len(size_ranges), a.DEFORM_CONV_IMPL
+            ),
             "head": DenseHead(channels, a.NUM_CONVS, a.HEAD_NORM, strides, a.PRIOR_PROB),
             "oim": OIMLoss(
                 channels, oim_num_labeled(cfg), a.OIM_QUEUE_SIZE, a.OIM_MOMENTUM, a.OIM_TEMPERATURE

@@ -1,0 +1,172 @@
+"""Deformable convolution with torchvision's semantics, and a choice of implementation.
+
+torchvision's CPU ``deform_conv2d`` is a per-location loop and dominated the demo's CPU
+training step (its backward alone about two thirds of it). ``deform_conv2d_grid_sample``
+computes the same function with one ``grid_sample`` (bilinear, zero outside) that gathers
+all kernel taps at once, then one batched matrix product with the weight, so both
+directions run on PyTorch's vectorised kernels and autograd.
+
+Exactness: torchvision samples pixel ``p`` at ``base + offset`` and differentiates the
+bilinear weights one-sidedly (``floor``) at integer positions, which is where every
+sample sits while the offset convs are still at their zero init. ``grid_sample`` with
+``align_corners=False`` maps a normalised ``g`` back to ``((g + 1) * size - 1) / 2``;
+that round trip is exact in floating point only when ``size`` is a power of two, so the
+input is zero-padded on the bottom/right to power-of-two sizes (zeros are exactly what
+torchvision reads outside the image) and integer positions stay integer.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+from torchvision.ops import DeformConv2d as _TorchvisionDeformConv2d
+from torchvision.ops import deform_conv2d as _torchvision_deform_conv2d
+
+__all__ = ["DEFORM_CONV_IMPLS", "DeformConv2d", "deform_conv2d", "deform_conv2d_grid_sample", "resolve_impl"]
+
+# "auto": grid_sample on CPU, torchvision's compiled kernel on CUDA (where it is fast).
+DEFORM_CONV_IMPLS = ("auto", "torchvision", "grid_sample")
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The concrete implementation ("torchvision" or "grid_sample") for ``impl`` on ``device``."""
+    if impl not in DEFORM_CONV_IMPLS:
+        raise ValueError(f"MODEL.ALIGNPS.DEFORM_CONV_IMPL must be one of {DEFORM_CONV_IMPLS}; got {impl!r}")
+    if impl == "auto":
+        return "grid_sample" if device.type == "cpu" else "torchvision"
+    return impl
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def deform_conv2d_grid_sample(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` (same arguments, layouts and values) in pure PyTorch.
+
+    ``offset`` is ``[N, 2 * G * kh * kw, Ho, Wo]`` holding, per offset group ``G`` and kernel
+    tap (row-major), a (dy, dx) pair; ``mask`` (modulated, v2) is ``[N, G * kh * kw, Ho, Wo]``.
+    Weight groups come from ``weight.shape[1]`` as in torchvision.
+    """
+    stride_h, stride_w = _pair(stride)
+    pad_h, pad_w = _pair(padding)
+    dil_h, dil_w = _pair(dilation)
+    n, c, h, w = input.shape
+    c_out, c_per_group, kh, kw = weight.shape
+    taps = kh * kw
+    if c % c_per_group != 0 or c_out % (c // c_per_group) != 0:
+        raise ValueError(
+            f"deform_conv2d: input channels {c} and output channels {c_out} must be multiples of the "
+            f"weight's {c_per_group} input channels per group"
+        )
+    groups = c // c_per_group
+    h_out = (h + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
+    w_out = (w + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
+    if h_out <= 0 or w_out <= 0:
+        raise ValueError(f"deform_conv2d: output size {h_out}x{w_out} from input {h}x{w} is empty")
+    if offset.shape[0] != n or offset.shape[2:] != (h_out, w_out) or offset.shape[1] % (2 * taps) != 0:
+        raise ValueError(
+            f"deform_conv2d: offset must be [{n}, 2 * offset_groups * {taps}, {h_out}, {w_out}]; "
+            f"got {list(offset.shape)}"
+        )
+    offset_groups = offset.shape[1] // (2 * taps)
+    if c % offset_groups != 0:
+        raise ValueError(f"deform_conv2d: {c} input channels are not divisible by {offset_groups} offset groups")
+    if mask is not None and mask.shape != (n, offset_groups * taps, h_out, w_out):
+        raise ValueError(
+            f"deform_conv2d: mask must be [{n}, {offset_groups * taps}, {h_out}, {w_out}]; got {list(mask.shape)}"
+        )
+
+    # Power-of-two sizes keep grid_sample's coordinate round trip exact (module docstring).
+    hp, wp = _next_pow2(h), _next_pow2(w)
+    padded = F.pad(input, (0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else input
+
+    # Sampling positions (pixels): output location * stride - padding + tap * dilation + offset.
+    dtype, device = offset.dtype, offset.device
+    ky, kx = torch.meshgrid(
+        torch.arange(kh, device=device, dtype=dtype) * dil_h,
+        torch.arange(kw, device=device, dtype=dtype) * dil_w,
+        indexing="ij",
+    )
+    base_y = ky.reshape(taps, 1, 1) + (torch.arange(h_out, device=device, dtype=dtype) * stride_h - pad_h).view(1, -1, 1)
+    base_x = kx.reshape(taps, 1, 1) + (torch.arange(w_out, device=device, dtype=dtype) * stride_w - pad_w).view(1, 1, -1)
+    off = offset.view(n, offset_groups, taps, 2, h_out, w_out)
+    pos_y = base_y + off[:, :, :, 0]
+    pos_x = base_x + off[:, :, :, 1]
+    # Normalised for align_corners=False: g = (2 p + 1) / size - 1 (exact for power-of-two size).
+    grid = torch.stack((pos_x * (2.0 / wp) + (1.0 / wp - 1.0), pos_y * (2.0 / hp) + (1.0 / hp - 1.0)), dim=-1)
+    grid = grid.view(n * offset_groups, taps * h_out, w_out, 2)
+
+    sampled = F.grid_sample(
+        padded.reshape(n * offset_groups, c // offset_groups, hp, wp),
+        grid.to(input.dtype),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )  # [N * G, C / G, taps * Ho, Wo]
+    if mask is not None:
+        sampled = sampled.view(n, offset_groups, c // offset_groups, taps, h_out * w_out) * mask.view(
+            n, offset_groups, 1, taps, h_out * w_out
+        ).to(sampled.dtype)
+    # Columns [N, groups, C/groups * taps, L] against weight [groups, Cout/groups, C/groups * taps].
+    columns = sampled.reshape(n, groups, c_per_group * taps, h_out * w_out)
+    out = torch.matmul(weight.reshape(groups, c_out // groups, c_per_group * taps), columns)
+    out = out.reshape(n, c_out, h_out, w_out)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def deform_conv2d(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    mask: Optional[torch.Tensor] = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Deformable convolution by the implementation ``impl`` names (see ``DEFORM_CONV_IMPLS``)."""
+    if resolve_impl(impl, input.device) == "grid_sample":
+        return deform_conv2d_grid_sample(input, offset, weight, bias, stride, padding, dilation, mask)
+    return _torchvision_deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+class DeformConv2d(_TorchvisionDeformConv2d):
+    """torchvision's ``DeformConv2d`` (same parameters and state-dict keys) with a choice of
+    implementation, resolved per call from the input's device."""
+
+    def __init__(self, *args, impl: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        resolve_impl(impl, torch.device("cpu"))
+        self.impl = impl
+
+    def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return deform_conv2d(
+            input,
+            offset,
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            mask=mask,
+            impl=self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", impl={self.impl}"
+
