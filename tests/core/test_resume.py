@@ -8,13 +8,16 @@ Cases:
   optimizer state and GALW state match.
 - test_sampler_started_at_k_continues_the_uninterrupted_stream: the loader's batch k (indices,
   aspect groups, per-sample augmentation seeds) is the same whether started at 0 or at k.
-- test_stale_temp_files_removed_on_start: ``*.tmp.<pid>`` files of a dead writer are removed
-  when a trainer starts (logged); a live writer's and foreign files are kept.
+- test_stale_temp_files_removed_on_start: ``*.tmp.<pid>`` files of a killed writer (or of a pid now
+  reused by a process that does not hold them) are removed when a checkpointer starts, logged;
+  a live writer's file and other programs' files are kept.
 """
 import itertools
 import json
+import logging
 import os
 import random
+import subprocess
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from detectron2.engine.train_loop import HookBase
 
 import train_net
 from conftest import CONFIG_DIR
+from galw.checkpoint import AtomicCheckpointer
 from galw.core.two_phase import PHASE_ONE_DIR
 from galw.data.resumable_loader import PositionedBatchSampler, _SeededMapping
 from galw.data.synthetic import generate
@@ -162,3 +166,34 @@ def test_kill_in_phase_two_then_resume_matches_uninterrupted(uninterrupted, tmp_
     monkeypatch.undo()
     _main(out, resume=True)
     _assert_same_run(str(uninterrupted), out)
+
+
+def test_stale_temp_files_removed_on_start(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    own = os.getpid()  # alive, but holds none of these files open: a reused pid
+    stale = [f"model_0000099.pth.tmp.{dead.pid}", f"last_checkpoint.tmp.{dead.pid}",
+             f"galw_groups.json.tmp.{own}"]
+    foreign = [f"notes.txt.tmp.{dead.pid}", "model_final.pth.tmp.abc"]
+    for name in stale + foreign:
+        (tmp_path / name).write_bytes(b"partial")
+    in_flight = tmp_path / "model_0000100.pth.tmp.0"
+    in_flight.write_bytes(b"")
+    with open(in_flight, "rb") as held:
+        writer = subprocess.Popen(["sleep", "60"], stdin=held)
+    live = tmp_path / f"model_0000100.pth.tmp.{writer.pid}"
+    in_flight.rename(live)  # the writer holds it open under its own pid's name
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("galw.checkpoint").addHandler(handler)
+    try:
+        AtomicCheckpointer(torch.nn.Linear(1, 1), str(tmp_path))
+    finally:
+        logging.getLogger("galw.checkpoint").removeHandler(handler)
+        writer.kill()
+        writer.wait()
+    left = set(os.listdir(tmp_path))
+    assert left == set(foreign) | {live.name}
+    message = " ".join(r.getMessage() for r in records)
+    assert all(name in message for name in stale) and live.name not in message
