@@ -26,6 +26,7 @@ from detectron2.utils.events import get_event_storage
 from . import grouping as G
 from ..checkpoint import atomic_write
 from .probe import GradientProbe
+from .validation import check_galw_config
 from .weighting import LossWeighting
 
 __all__ = ["GALWHook", "GROUPS_FILENAME", "fixed_groups_from_config", "GROUPINGS", "MODES"]
@@ -129,6 +130,7 @@ class GALWHook(HookBase):
     @classmethod
     def from_config(cls, cfg, trainer, epoch_iters: int):
         """``trainer``: a trainer whose ``_trainer`` (or itself) is a GALW train step."""
+        check_galw_config(cfg, epoch_iters)
         step = getattr(trainer, "_trainer", trainer)
         g = cfg.MODEL.GALW
         return {

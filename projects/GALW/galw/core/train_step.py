@@ -15,6 +15,7 @@ from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.events import get_event_storage
 
+from .finite import check_finite_step
 from .hook import GALWHook
 from .probe import GradientProbe, select_shared_parameters
 from .weighting import LossWeighting
@@ -146,6 +147,7 @@ class GALWSimpleTrainer(_GALWStep, SimpleTrainer):
         data_time = time.perf_counter() - start
         loss_dict = self.model(data)
         losses = self.weighting(loss_dict)
+        check_finite_step(self.weighting, loss_dict, losses, self.iter)
         self._probe_if_due(loss_dict)  # before backward: the graph is still there
         self.optimizer.zero_grad()
         losses.backward()
@@ -171,6 +173,7 @@ class GALWAMPTrainer(_GALWStep, AMPTrainer):
         with autocast():
             loss_dict = self.model(data)
         losses = self.weighting(loss_dict)  # fp32: sigma terms outside autocast
+        check_finite_step(self.weighting, loss_dict, losses, self.iter)
         self._probe_if_due(loss_dict, scale=float(self.grad_scaler.get_scale()))
         self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()

@@ -20,6 +20,8 @@ from torch import nn
 
 from detectron2.config import configurable
 
+from .validation import check_galw_config
+
 __all__ = ["LossWeighting", "WEIGHTING_METHODS", "TASK_KIND_K"]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class LossWeighting(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_galw_config(cfg)
         g = cfg.MODEL.GALW
         return {
             "tasks": list(g.TASKS),

@@ -2,24 +2,30 @@
 import weakref
 from collections import OrderedDict
 
+import detectron2.utils.comm as comm
+from detectron2.data import DatasetMapper
 from detectron2.engine import DefaultTrainer
 
 from ..checkpoint import AtomicCheckpointer
 from ..core import attach_weighting, build_optimizer, install_galw
 from ..data import build_person_search_train_loader
+from ..data.build import build_resumable_train_loader
+from ..data.resumable_loader import ResumableTrainLoader
 from ..evaluation import evaluate_person_search, is_person_search_dataset
+from .reproducible import ReproducibleRun
 
 __all__ = ["Trainer"]
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the project's data, evaluation and loss weighting."""
+    """DefaultTrainer with the project's data, evaluation and loss weighting; ``--resume`` is exact
+    (data order, augmentation and random state follow the iteration, see :class:`ReproducibleRun`)."""
 
     @classmethod
     def build_train_loader(cls, cfg):
         if is_person_search_dataset(cfg.DATASETS.TRAIN[0]):
             return build_person_search_train_loader(cfg)  # gt_pids (+ attributes), multi-scale
-        return super().build_train_loader(cfg)
+        return build_resumable_train_loader(cfg, DatasetMapper(cfg, True))
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -51,4 +57,10 @@ class Trainer(DefaultTrainer):
         self.checkpointer = AtomicCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return install_galw(self, super().build_hooks())  # GALW train step + hook when enabled
+        hooks = install_galw(self, super().build_hooks())  # GALW train step + hook when enabled
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            seed = loader.seed
+        else:
+            seed = self.cfg.SEED if self.cfg.SEED >= 0 else comm.shared_random_seed()
+        return [ReproducibleRun(seed)] + hooks
