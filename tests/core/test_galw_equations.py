@@ -38,7 +38,7 @@ def test_ulwf_equal_manual():
 
 
 def test_grouped_rulwf_eq9_and_effective_weights():
-    w = _weighting("rulwf")
+    w = _weighting("rulwf", group_log_sigma="per_group")
     w.configure("rulwf", [["a", "b"], ["c"]])
     # slot 0 = ln 2 for {a, b}: (3/1 + 4/2)/4 + ln2 + 1; slot 1 = 0 for {c}: 1
     assert w(LOSSES).item() == pytest.approx(1.25 + math.log(2) + 1 + 1, abs=1e-5)

@@ -18,10 +18,17 @@ def add_galw_core_config(cfg):
     cfg.MODEL.GALW.TASK_KINDS = []
     # Weighting after grouping: "equal", "manual", "ulwf" (Kendall et al.) or "rulwf" (Eq. 5).
     cfg.MODEL.GALW.WEIGHTING = "rulwf"
-    # Weighting per task while Gamma is recorded (phase one); same choices as WEIGHTING.
+    # Weighting per task while Gamma is recorded (phase one); same choices as WEIGHTING. The paper's
+    # phase one is its baseline training (ROI-AlignPS*: manual weights, Table 1 last row).
     cfg.MODEL.GALW.PROBE_WEIGHTING = "equal"
+    # Loss whose gradient Gamma measures (Eq. 6): "weighted" (what phase one backpropagates: the
+    # PROBE_WEIGHTING weight times the task's loss) or "raw" (the task's loss as the model returns it).
+    cfg.MODEL.GALW.GAMMA_LOSS = "weighted"
     # lambda of RULWF's regulariser |sigma - 1| (paper: 1).
     cfg.MODEL.GALW.LAMBDA = 1.0
+    # Eq. 9's log sigma term: "per_task" (literal: a group of n tasks adds n log sigma_g, each task's
+    # Eq. 5 loss keeping its own) or "per_group" (one log sigma_g per group). docs/galw.md argues it.
+    cfg.MODEL.GALW.GROUP_LOG_SIGMA = "per_task"
     # One weight per task for WEIGHTING "manual" (fixed per task, whatever the grouping).
     cfg.MODEL.GALW.MANUAL_WEIGHTS = []
     # "galw" (cluster Gamma trends), "per_task", "all", "branch", "explicit" or "random".

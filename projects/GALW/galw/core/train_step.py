@@ -67,10 +67,35 @@ def get_weighting(model: nn.Module) -> LossWeighting:
     return weighting
 
 
+#: SOLVER.CLIP_GRADIENTS.CLIP_TYPE that clips the norm of ALL gradients together (torch's
+#: clip_grad_norm_ over every parameter, as the references do); detectron2 v0.6's "norm" clips each
+#: parameter tensor on its own, "value" each element.
+FULL_MODEL_CLIP = "full_model"
+
+
+def with_full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
+    """``optimizer_cls`` whose step first scales all gradients so that their joint norm is <= max_norm.
+
+    The same construction as detectron2's own projects' ``build_optimizer`` (DETR), which v0.6's
+    ``maybe_add_gradient_clipping`` does not offer.
+    """
+
+    class FullModelGradientClipping(optimizer_cls):
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure)
+
+    FullModelGradientClipping.__name__ = f"{optimizer_cls.__name__}WithFullModelGradientClipping"
+    return FullModelGradientClipping
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """detectron2's SGD builder, with the weighting's ``log_sigma`` free of weight decay.
 
     Decay would pull log sigma to 0 (sigma to 1) on top of RULWF's own regulariser.
+    ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the global norm of all gradients
+    (:func:`with_full_model_clipping`); "value" and "norm" are detectron2's per-tensor clipping.
     """
     params = get_default_optimizer_params(
         model,
@@ -80,7 +105,12 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         overrides={"log_sigma": {"weight_decay": 0.0}},
     )
-    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL_CLIP:
+        optimizer_cls = with_full_model_clipping(torch.optim.SGD, clip.CLIP_VALUE, clip.NORM_TYPE)
+    else:
+        optimizer_cls = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+    return optimizer_cls(
         params,
         lr=cfg.SOLVER.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM,
@@ -116,16 +146,34 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
     storage.put_scalars(**scalars, smoothing_hint=False)  # they jump at the switch: no median
 
 
-class _GALWStep:
-    """The shared part of the GALW train steps; ``weighting`` and ``probe`` are set on init."""
+GAMMA_LOSSES = ("weighted", "raw")
 
-    def _galw_init(self, weighting: LossWeighting, probe: GradientProbe):
+
+def gamma_losses(weighting: LossWeighting, loss_dict, gamma_loss: str):
+    """The per-task losses Gamma is measured on: each task's loss times the weight the current
+    weighting gives it ("weighted": what the training backpropagates), or as returned ("raw")."""
+    if gamma_loss not in GAMMA_LOSSES:
+        raise ValueError(f"MODEL.GALW.GAMMA_LOSS is '{gamma_loss}', expected one of {GAMMA_LOSSES}")
+    if gamma_loss == "raw":
+        return loss_dict
+    weights = weighting.task_weights()
+    return {t: loss_dict[t] * weights[t] for t in weighting.tasks}
+
+
+class _GALWStep:
+    """The shared part of the GALW train steps; ``weighting``, ``probe`` and ``gamma_loss`` are set on init."""
+
+    def _galw_init(self, weighting: LossWeighting, probe: GradientProbe, gamma_loss: str = "weighted"):
+        if gamma_loss not in GAMMA_LOSSES:
+            raise ValueError(f"MODEL.GALW.GAMMA_LOSS is '{gamma_loss}', expected one of {GAMMA_LOSSES}")
         self.weighting = weighting
         self.probe = probe
+        self.gamma_loss = gamma_loss
 
     def _probe_if_due(self, loss_dict, scale=1.0):
         if self.probe is not None and self.probe.due:
-            self.probe.measure(loss_dict, self.weighting.tasks, scale=scale)
+            losses = gamma_losses(self.weighting, loss_dict, self.gamma_loss)
+            self.probe.measure(losses, self.weighting.tasks, scale=scale)
 
     def _after_backward(self, loss_dict, data_time):
         average_sigma_grad(self.weighting)
@@ -136,9 +184,9 @@ class _GALWStep:
 class GALWSimpleTrainer(_GALWStep, SimpleTrainer):
     """SimpleTrainer whose loss is the GALW weighting of the model's loss dict."""
 
-    def __init__(self, model, data_loader, optimizer, weighting=None, probe=None):
+    def __init__(self, model, data_loader, optimizer, weighting=None, probe=None, gamma_loss="weighted"):
         super().__init__(model, data_loader, optimizer)
-        self._galw_init(weighting if weighting is not None else get_weighting(model), probe)
+        self._galw_init(weighting if weighting is not None else get_weighting(model), probe, gamma_loss)
 
     def run_step(self):
         assert self.model.training, "[GALWSimpleTrainer] model was changed to eval mode!"
@@ -158,9 +206,11 @@ class GALWSimpleTrainer(_GALWStep, SimpleTrainer):
 class GALWAMPTrainer(_GALWStep, AMPTrainer):
     """AMPTrainer with the GALW weighting; the probe undoes the loss scale."""
 
-    def __init__(self, model, data_loader, optimizer, grad_scaler=None, weighting=None, probe=None):
+    def __init__(
+        self, model, data_loader, optimizer, grad_scaler=None, weighting=None, probe=None, gamma_loss="weighted"
+    ):
         super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler)
-        self._galw_init(weighting if weighting is not None else get_weighting(model), probe)
+        self._galw_init(weighting if weighting is not None else get_weighting(model), probe, gamma_loss)
 
     def run_step(self):
         assert self.model.training, "[GALWAMPTrainer] model was changed to eval mode!"
@@ -197,7 +247,7 @@ def galw_train_step(inner: SimpleTrainer, cfg) -> SimpleTrainer:
     g = cfg.MODEL.GALW
     shared = select_shared_parameters(inner.model, g.SHARED_PARAM_PREFIXES)
     logger.info("GALW probe: %d shared parameter tensors (%s ... %s)", len(shared), shared[0][0], shared[-1][0])
-    new._galw_init(get_weighting(inner.model), GradientProbe(shared, batched=g.PROBE_BATCHED))
+    new._galw_init(get_weighting(inner.model), GradientProbe(shared, batched=g.PROBE_BATCHED), g.GAMMA_LOSS)
     return new
 
 

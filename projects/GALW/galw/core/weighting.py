@@ -2,10 +2,12 @@
 
 RULWF (paper Eq. 5), per group g of tasks (Eq. 9; one task per group is the per-task case):
 
-    L = sum_g [ (sum_{i in g} L_i / k_i) / sigma_g^2 + log sigma_g + lambda * |sigma_g - 1| ]
+    L = sum_g [ (sum_{i in g} L_i / k_i) / sigma_g^2 + n_g log sigma_g + lambda * |sigma_g - 1| ]
 
-with k_i = 1 for classification and 2 for regression. ULWF (Kendall et al.) is the same
-without the lambda term. sigma is parametrised as ``sigma = exp(log_sigma)``: positive by
+with k_i = 1 for classification and 2 for regression. ``n_g`` is the number of tasks of the group
+(``group_log_sigma="per_task"``: Eq. 9 read literally, each task's Eq. 5 loss keeps its own
+log sigma term) or 1 (``"per_group"``: one log sigma per group); docs/galw.md argues the default.
+ULWF (Kendall et al.) is the same without the lambda term. sigma is parametrised as ``sigma = exp(log_sigma)``: positive by
 construction, no clamp, and ``log sigma`` in the objective is the parameter itself.
 
 One ``log_sigma`` slot is allocated per task from the start; a (non-persistent) buffer maps
@@ -22,13 +24,15 @@ from detectron2.config import configurable
 
 from .validation import check_galw_config
 
-__all__ = ["LossWeighting", "WEIGHTING_METHODS", "TASK_KIND_K"]
+__all__ = ["LossWeighting", "WEIGHTING_METHODS", "TASK_KIND_K", "GROUP_LOG_SIGMA"]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTING_METHODS = ("equal", "manual", "ulwf", "rulwf")
 #: Eq. 5's k for each declared task kind.
 TASK_KIND_K = {"classification": 1.0, "regression": 2.0}
+#: Readings of Eq. 9's log sigma term: one per task of the group (literal) or one per group.
+GROUP_LOG_SIGMA = ("per_task", "per_group")
 
 
 class LossWeighting(nn.Module):
@@ -43,6 +47,7 @@ class LossWeighting(nn.Module):
         method: str = "rulwf",
         lam: float = 1.0,
         manual_weights: Optional[Sequence[float]] = None,
+        group_log_sigma: str = "per_task",
     ):
         """
         Args:
@@ -51,6 +56,8 @@ class LossWeighting(nn.Module):
             method: one of WEIGHTING_METHODS.
             lam: lambda of RULWF's regulariser |sigma - 1|.
             manual_weights: one weight per task, for method "manual".
+            group_log_sigma: "per_task" (a group of n tasks carries n log sigma_g, Eq. 9 read
+                literally) or "per_group" (one log sigma_g per group).
         """
         super().__init__()
         tasks = list(tasks)
@@ -70,6 +77,11 @@ class LossWeighting(nn.Module):
                     f"MODEL.GALW.TASK_KINDS: task '{task}' has kind '{kind}', "
                     f"expected one of {sorted(TASK_KIND_K)}"
                 )
+        if group_log_sigma not in GROUP_LOG_SIGMA:
+            raise ValueError(
+                f"MODEL.GALW.GROUP_LOG_SIGMA is '{group_log_sigma}', expected one of {GROUP_LOG_SIGMA}"
+            )
+        self.group_log_sigma = group_log_sigma
         self.tasks = tasks
         self.kinds = dict(zip(tasks, task_kinds))
         self.lam = float(lam)
@@ -103,6 +115,7 @@ class LossWeighting(nn.Module):
             "method": g.WEIGHTING,
             "lam": g.LAMBDA,
             "manual_weights": list(g.MANUAL_WEIGHTS),
+            "group_log_sigma": g.GROUP_LOG_SIGMA,
         }
 
     # ------------------------------------------------------------------ configuration
@@ -181,13 +194,17 @@ class LossWeighting(nn.Module):
             0, self.task_slot, raw / self.k
         )
         log_sigma = self.log_sigma[:num_groups]
-        total = group_loss * torch.exp(-2.0 * log_sigma) + log_sigma
+        if self.group_log_sigma == "per_task":
+            log_terms = torch.zeros_like(group_loss).index_add(0, self.task_slot, torch.ones_like(raw))
+        else:
+            log_terms = torch.ones_like(group_loss)
+        total = group_loss * torch.exp(-2.0 * log_sigma) + log_terms * log_sigma
         if self.method == "rulwf":
             total = total + self.lam * torch.abs(torch.exp(log_sigma) - 1.0)
         return total.sum()
 
     def extra_repr(self) -> str:
-        return f"method={self.method}, lambda={self.lam}, groups={self.groups}"
+        return f"method={self.method}, lambda={self.lam}, log_sigma={self.group_log_sigma}, groups={self.groups}"
 
 
 def validate_groups(groups: Sequence[Sequence[str]], tasks: Sequence[str]):
