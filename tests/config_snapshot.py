@@ -9,11 +9,9 @@ value changes on purpose, and say which in the commit.
 import glob
 import json
 import os
-import sys
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS_DIR)
-CONFIG_DIR = os.path.join(ROOT, "projects", "GALW", "configs")
+from conftest import CONFIG_DIR, TESTS_DIR  # this checkout's package first on sys.path
+
 SNAPSHOT = os.path.join(TESTS_DIR, "configs_resolved.json")
 
 
@@ -55,8 +53,6 @@ def snapshot():
 
 
 if __name__ == "__main__":
-    for p in (os.path.join(ROOT, "projects", "GALW"), ROOT):
-        sys.path.insert(0, p)
     with open(SNAPSHOT, "w") as f:
         json.dump(snapshot(), f, indent=1, sort_keys=True)
         f.write("\n")

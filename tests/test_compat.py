@@ -45,6 +45,7 @@ def test_pillow_alias_present():
     assert T.ResizeShortestEdge(128).interp == Image.BILINEAR
 
 
+@pytest.mark.slow
 def test_noop_on_official_build():
     """Simulate an official build: the import system finds a compiled ``detectron2._C``."""
     result = _run(

@@ -19,21 +19,14 @@ from galw.core.grouping import LINKAGES
 from galw.core.hook import MODES, fixed_groups_from_config
 from galw.core.probe import select_shared_parameters
 from galw.core.weighting import LossWeighting
-from conftest import CONFIG_DIR, ROOT
+from conftest import ALIGNPS_TASKS, CONFIG_DIR, NAE_TASKS, ROOT, TASK_KINDS
 
 ABLATION_SPEC = os.path.join(ROOT, "tools", "ablation_spec.yaml")  # tools/ablation.py's table, not a detectron2 config
 
-#: The task table of projects/GALW/README.md: loss key -> GALW kind, in task order t1..t11.
-CONTRACT_KINDS = {
-    "loss_rpn_cls": "classification", "loss_rpn_box": "regression", "loss_nae_det": "classification",
-    "loss_nae_box": "regression", "loss_nae_oim": "classification", "loss_aps_cls": "classification",
-    "loss_aps_box": "regression", "loss_aps_ctr": "classification", "loss_aps_oim": "classification",
-    "loss_aps_tri": "regression", "loss_attr": "classification",
-}
 #: The loss keys each branch documents (docs/models.md, docs/alignps.md, docs/attributes.md).
 BRANCH_KEYS = {
-    "NAEBranch": ["loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim"],
-    "AlignPSBranch": ["loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"],
+    "NAEBranch": NAE_TASKS,
+    "AlignPSBranch": ALIGNPS_TASKS,
     "AttributeBranch": ["loss_attr"],
 }
 NUM_TEST_ATTRIBUTES = 2
@@ -56,7 +49,7 @@ def galw_configs():
 def expected_tasks(cfg):
     """The loss keys of the config's branches, in task order."""
     keys = [k for b in cfg.MODEL.PERSON_SEARCH.BRANCHES for k in BRANCH_KEYS[b]]
-    return [k for k in CONTRACT_KINDS if k in keys]
+    return [k for k in TASK_KINDS if k in keys]
 
 
 def test_the_configs_are_found():
@@ -90,7 +83,7 @@ def test_galw_config_tasks_follow_the_contract(rel):
     g = cfg.MODEL.GALW
     assert g.ENABLED
     assert list(g.TASKS) == expected_tasks(cfg), rel
-    assert list(g.TASK_KINDS) == [CONTRACT_KINDS[t] for t in g.TASKS], rel
+    assert list(g.TASK_KINDS) == [TASK_KINDS[t] for t in g.TASKS], rel
     # The paper's GALW: RULWF over groups from the gradient trends, lambda 1, two trainings.
     assert (g.WEIGHTING, g.GROUPING, g.LAMBDA, g.MODE, g.PROBE_WEIGHTING) == ("rulwf", "galw", 1.0, "two_phase", "equal")
     single_branch = len(cfg.MODEL.PERSON_SEARCH.BRANCHES) == 1

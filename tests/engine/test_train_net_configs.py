@@ -73,6 +73,7 @@ def test_nae_trains_and_evaluates(tiny_datasets, tmp_path):
                           "MODEL.OIM.QUEUE_SIZE", 16)
 
 
+@pytest.mark.slow
 def test_alignps_galw_runs_both_trainings(tiny_datasets, tmp_path):
     """AlignPS w/ GALW: phase one (2 epochs of 2 iterations, Gamma every iteration) writes the
     groups, phase two trains 4 iterations with RULWF over them; then --eval-only."""

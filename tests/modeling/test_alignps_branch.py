@@ -7,9 +7,9 @@ from detectron2.structures import Boxes
 
 from alignps_helpers import normalized_images, small_branch_cfg, synthetic_batch
 from galw.modeling import build_branch
-from conftest import train_losses
+from conftest import ALIGNPS_TASKS, train_losses
 
-APS_KEYS = {"loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"}
+APS_KEYS = set(ALIGNPS_TASKS)
 
 
 @pytest.fixture(scope="module")

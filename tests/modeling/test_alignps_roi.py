@@ -11,12 +11,9 @@ from detectron2.structures import Boxes, Instances
 
 import galw
 from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
-from conftest import CONFIG_DIR, train_losses
+from conftest import CONFIG_DIR, ROI_ALIGNPS_TASKS, train_losses
 
-TEN_TASKS = {
-    "loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",
-    "loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri",
-}
+TEN_TASKS = set(ROI_ALIGNPS_TASKS)
 
 
 def tiny_cfg(name):
@@ -52,6 +49,7 @@ def roi_alignps(one_thread):
     return model, history
 
 
+@pytest.mark.slow
 def test_ten_losses_finite_and_falling(roi_alignps):
     _, history = roi_alignps
     assert set(history[0]) == TEN_TASKS

@@ -13,14 +13,11 @@ from detectron2.modeling import build_model
 
 import galw
 from alignps_helpers import SYNTH_NUM_PIDS, SYNTH_PEOPLE, synthetic_batch
-from conftest import CONFIG_DIR, train_losses
+from conftest import CONFIG_DIR, ROI_ALIGNPS_ATTR_TASKS, train_losses
 
 CONFIG = os.path.join(CONFIG_DIR, "attr", "roi_alignps_attr_R18_synth_cpu.yaml",
 )
-ELEVEN_TASKS = {
-    "loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",
-    "loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri", "loss_attr",
-}
+ELEVEN_TASKS = set(ROI_ALIGNPS_ATTR_TASKS)
 # Per person: [wears colour of id 0, unlabeled passer-by, unknown]; the last one is always -1.
 ATTRIBUTES = {0: [1, 0, -1], 1: [0, 0, -1], 2: [0, 0, -1], -1: [0, 1, -1]}
 

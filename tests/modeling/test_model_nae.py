@@ -9,9 +9,9 @@ from detectron2.utils.events import EventStorage
 
 from galw.modeling import PersonSearch
 from nae_helpers import synthetic_batch, tiny_nae_cfg
-from conftest import train_losses
+from conftest import NAE_TASKS, train_losses
 
-NAE_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim"}
+NAE_KEYS = set(NAE_TASKS)
 # faster for tests: 4x4 ROIAlign (2x2 after res5), 8 ROIs per image, stem..res3 frozen
 FAST = ("MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 4, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 8, "MODEL.BACKBONE.FREEZE_AT", 3)
 
@@ -32,6 +32,7 @@ def test_loss_keys_and_shapes():
     assert losses["loss_nae_oim"].item() == pytest.approx(torch.log(torch.tensor(3.0 + 8.0)).item(), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_overfit_tiny_batch_every_task_falls():
     model = _model().train()
     params = [p for p in model.parameters() if p.requires_grad]

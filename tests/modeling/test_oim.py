@@ -123,6 +123,7 @@ def _sync_worker(rank, world, port, out_dir):
 
 
 
+@pytest.mark.slow
 def test_two_rank_memories_identical_and_equal_to_gathered_batch(tmp_path):
     mp.spawn(_sync_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pth")

@@ -4,11 +4,10 @@ import json
 import os
 
 import cv2
+import pytest
 
+from conftest import ROI_ALIGNPS_TASKS as TASKS
 from conftest import ROOT
-
-TASKS = ["loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",
-         "loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"]
 
 # Tiny images and schedule: phase one 3 epochs of 1 iteration (Gamma every iteration), phase two 2.
 TINY_OPTS = [
@@ -26,6 +25,7 @@ def _load_demo():
     return module
 
 
+@pytest.mark.slow
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     demo = _load_demo()
     out, data = str(tmp_path / "demo"), str(tmp_path / "SynthPS-PRW")
