@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 
 
 def _train_num_pids(name):
-    """``num_pids`` of a train set, current for its root; a set that cannot be loaded (e.g. absent
-    in an eval-only setup) keeps what its metadata has."""
+    """``num_pids`` of a train set, current for its root; None when it cannot be loaded (e.g. absent
+    on a deployment machine: the checkpoint then sizes the table; training builds the train loader
+    next, which raises the load's error). Metadata left by an earlier load, of another root
+    perhaps, is not used."""
     try:
         return current_metadata(name).get("num_pids")
     except (FileNotFoundError, OSError, ValueError) as e:
         logger.warning("Could not load %s to read its num_pids: %s", name, e)
-        return MetadataCatalog.get(name).get("num_pids")
+        return None
 
 
 def oim_num_labeled(cfg) -> Optional[int]:
