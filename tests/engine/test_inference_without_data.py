@@ -133,5 +133,30 @@ def test_a_model_without_identity_count_builds_for_inference_but_refuses_to_trai
     out = model(synthetic_batch()[:1])[0]["instances"]
     assert out.embeddings.shape[1] == 32
     model.train()
-    with pytest.raises(ValueError, match=r"cannot train: the OIM lookup tables \['branches.NAEBranch.roi_heads.oim'\]"):
+    with pytest.raises(ValueError, match=r"cannot train: \['branches.NAEBranch.roi_heads.oim'\] have no size"):
         model(synthetic_batch())
+
+
+def test_attribute_model_takes_identity_and_attribute_counts_from_the_checkpoint(tmp_path, monkeypatch):
+    """ROI-AlignPS*-Attr with NUM_LABELED 0 and NUM_ATTRIBUTES 0 and its train set absent: both sizes
+    come from the checkpoint, and detections, embeddings and attribute probabilities equal the saver's."""
+    from nae_helpers import synthetic_batch
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # empty: synth_prw_train cannot load
+    opts = ["MODEL.ALIGNPS.SCORE_THRESH_TEST", 0.0, "MODEL.ALIGNPS.DETECTIONS_PER_IMAGE", 10,
+            "MODEL.ATTRIBUTE.CONV_DIM", 32, "MODEL.ATTRIBUTE.POOLER_RESOLUTION", 8]
+    torch.manual_seed(0)
+    saver = build_model(_tiny_cfg("attr/roi_alignps_attr_R18_synth_cpu.yaml", *opts, "MODEL.OIM.NUM_LABELED", 5,
+                                  "MODEL.ATTRIBUTE.NUM_ATTRIBUTES", 4)).eval()
+    DetectionCheckpointer(saver, save_dir=str(tmp_path)).save("attr_model")
+    model = build_model(_tiny_cfg("attr/roi_alignps_attr_R18_synth_cpu.yaml", *opts))
+    waiting = sorted(n for n, m in model.named_modules() if getattr(m, "awaiting_checkpoint_size", False))
+    assert waiting == ["branches.AlignPSBranch.oim", "branches.AttributeBranch", "branches.NAEBranch.roi_heads.oim"]
+    DetectionCheckpointer(model).load(str(tmp_path / "attr_model.pth"))
+    assert not any(getattr(m, "awaiting_checkpoint_size", False) for m in model.modules())
+    assert model.state_dict().keys() == saver.state_dict().keys()
+    batch = synthetic_batch()[:1]
+    want, got = saver(batch)[0]["instances"], model.eval()(batch)[0]["instances"]
+    assert len(want) > 0 and got.attribute_probs.shape == (len(want), 4)
+    for field in ("scores", "embeddings", "attribute_probs"):
+        torch.testing.assert_close(got.get(field), want.get(field), atol=1e-6, rtol=0)

@@ -3,7 +3,7 @@
 Two programs that need neither this project nor detectron2 to run (``torch.jit.load`` only):
 
 * gallery indexing: ``gallery(image) -> (boxes [N, 4], scores [N], embeddings [N, D])``;
-* query embedding: ``query(image, boxes [Q, 4]) -> embeddings [Q, D]``.
+* query embedding: ``query(image, box [1, 4]) -> embedding [1, D]`` (exactly one box: the traced count).
 
 ``image`` is a uint8 ``[3, H, W]`` tensor in the model's ``INPUT.FORMAT`` channel order, already
 resized to the test size (the resize is the caller's: ``export.json`` holds its bounds); boxes are
@@ -70,7 +70,7 @@ class GalleryIndexer(nn.Module):
 
 
 class QueryEmbedder(nn.Module):
-    """image + boxes -> the embedder branch's embeddings of those boxes."""
+    """image + one box [1, 4] -> the embedder branch's embedding of it [1, D]."""
 
     def __init__(self, model):
         super().__init__()
@@ -94,7 +94,7 @@ def _trace(module, inputs):
 @torch.no_grad()
 def export_torchscript(model, cfg, out_dir, image, query_boxes, meta=None):
     """Trace ``model`` (a built ``PersonSearch`` with its weights, eval mode) on ``image`` (uint8
-    [3, H, W], test size) and ``query_boxes`` [Q, 4]; write gallery.ts, query.ts and export.json to
+    [3, H, W], test size) and ``query_boxes`` [1, 4]; write gallery.ts, query.ts and export.json to
     ``out_dir``. Returns the metadata, with the largest |traced - eager| of each output on ``image``."""
     model.eval()
     query_boxes = query_boxes.to(torch.float32)

@@ -23,7 +23,6 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from .backbone import load_imagenet_weights
 from .branch import PersonSearchBranch, build_branch
-from .oim import OIMLoss
 
 __all__ = ["PersonSearch"]
 
@@ -111,11 +110,12 @@ class PersonSearch(nn.Module):
         return self._inference(batched_inputs, images, features)
 
     def _losses(self, batched_inputs, images, features) -> Dict[str, torch.Tensor]:
-        unsized = [name for name, m in self.named_modules() if isinstance(m, OIMLoss) and m.num_labeled is None]
+        unsized = [name for name, m in self.named_modules() if getattr(m, "awaiting_checkpoint_size", False)]
         if unsized:
             raise ValueError(
-                f"cannot train: the OIM lookup tables {unsized} have no size (MODEL.OIM.NUM_LABELED is 0, no train "
-                "dataset gave 'num_pids' and no checkpoint was loaded); set MODEL.OIM.NUM_LABELED or fix DATASETS.TRAIN"
+                f"cannot train: {unsized} have no size (the OIM identity count MODEL.OIM.NUM_LABELED or the number of "
+                "attributes MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0, no train dataset gave it and no checkpoint was "
+                "loaded); set the key or fix DATASETS.TRAIN"
             )
         gt_instances = []
         for i, x in enumerate(batched_inputs):

@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 
 
 def _train_num_pids(name):
-    """(``num_pids`` of a train set current for its root, None) or, when the set cannot be loaded
-    (e.g. absent in an eval-only setup), (what its metadata has, the load error)."""
+    """(``num_pids`` of a train set current for its root, None) or, when it cannot be loaded (e.g.
+    absent on a deployment machine: the checkpoint then sizes the table; training builds the train
+    loader next, which raises the load's error), (None, the load error). Metadata left by an
+    earlier load, of another root perhaps, is not used."""
     try:
         return current_metadata(name).get("num_pids"), None
     except (FileNotFoundError, OSError, ValueError) as e:
         logger.warning("Could not load %s to read its num_pids: %s", name, e)
-        return MetadataCatalog.get(name).get("num_pids"), e
+        return None, e
 
 
 def oim_num_labeled(cfg) -> Optional[int]:

@@ -73,6 +73,11 @@ class OIMLoss(nn.Module):
             f"momentum={self.momentum}, temperature={self.temperature}"
         )
 
+    @property
+    def awaiting_checkpoint_size(self) -> bool:
+        """True until the lookup table has a size (built without it, no checkpoint loaded yet)."""
+        return self.num_labeled is None
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "lookup_table"
         if self.num_labeled is None and key in state_dict:

@@ -16,6 +16,7 @@ Boxes: the ground-truth boxes in training; at inference whatever boxes the
 meta-architecture passes to :meth:`AttributeBranch.predict_attributes` (the
 detector branch's detections), all in the network's input scale.
 """
+import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -35,10 +36,12 @@ from .loss import UNKNOWN, check_attribute_targets, masked_attribute_bce
 
 __all__ = ["AttributeBranch"]
 
+logger = logging.getLogger(__name__)
 
 
-def _num_attributes_from_config(cfg) -> int:
-    """MODEL.ATTRIBUTE.NUM_ATTRIBUTES, or (when 0) the length of the train set's ``attribute_names``.
+def _num_attributes_from_config(cfg) -> Optional[int]:
+    """MODEL.ATTRIBUTE.NUM_ATTRIBUTES, or (when 0) the length of the train set's ``attribute_names``;
+    None when there is no train set to read (inference: the checkpoint gives the number).
 
     The data part sets ``attribute_names`` when it loads a split whose root holds an
     ``attributes.json``; the model is built before the loader, so the split is loaded here.
@@ -49,9 +52,14 @@ def _num_attributes_from_config(cfg) -> int:
     if num < 0:
         raise ValueError(f"MODEL.ATTRIBUTE.NUM_ATTRIBUTES must be >= 0 (0 = from the train metadata), got {num}")
     if not cfg.DATASETS.TRAIN:
-        raise ValueError("MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0 and DATASETS.TRAIN is empty: set NUM_ATTRIBUTES")
+        logger.info("MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0 and DATASETS.TRAIN is empty: the checkpoint gives it")
+        return None
     name = cfg.DATASETS.TRAIN[0]
-    names = current_metadata(name).get("attribute_names", None)
+    try:
+        names = current_metadata(name).get("attribute_names", None)
+    except (FileNotFoundError, OSError) as e:
+        logger.info("MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0 and %s cannot be loaded (%s): the checkpoint gives it", name, e)
+        return None
     if not names:
         raise ValueError(
             f"MODEL.ATTRIBUTE.NUM_ATTRIBUTES is 0 but the metadata of {name!r} has no 'attribute_names': "
@@ -75,7 +83,7 @@ class AttributeBranch(PersonSearchBranch):
         *,
         input_shape: Dict[str, ShapeSpec],
         in_features: List[str],
-        num_attributes: int,
+        num_attributes: Optional[int],
         pooler_resolution: int = 32,
         conv_dim: int = 256,
         se_reduction: int = 16,
@@ -88,7 +96,7 @@ class AttributeBranch(PersonSearchBranch):
             raise ValueError(
                 f"MODEL.ATTRIBUTE.IN_FEATURES names {missing}, not among the backbone outputs {sorted(input_shape)}"
             )
-        if num_attributes <= 0:
+        if num_attributes is not None and num_attributes <= 0:
             raise ValueError(f"AttributeBranch needs num_attributes > 0, got {num_attributes}")
         # Shallow (fine) to deep (coarse): the top-down fusion walks this order backwards.
         self.in_features = sorted(in_features, key=lambda f: input_shape[f].stride)
@@ -101,13 +109,35 @@ class AttributeBranch(PersonSearchBranch):
         for conv in self.laterals:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
+        self.conv_dim, self.se_reduction = conv_dim, se_reduction
+        self.num_attributes = None
+        if num_attributes is not None:
+            self._build_classifiers(num_attributes)
+
+    def _build_classifiers(self, num_attributes: int) -> None:
+        """The ALMs of every level and the main classifier, for ``num_attributes`` attributes."""
         num_levels = len(self.in_features)
+        self.num_attributes = num_attributes
         self.alms = nn.ModuleList(
-            AttributeLocalization(conv_dim * (num_levels - i), num_attributes, se_reduction) for i in range(num_levels)
+            AttributeLocalization(self.conv_dim * (num_levels - i), num_attributes, self.se_reduction)
+            for i in range(num_levels)
         )
-        self.main_classifier = nn.Linear(conv_dim, num_attributes)
+        self.main_classifier = nn.Linear(self.conv_dim, num_attributes)
         nn.init.normal_(self.main_classifier.weight, std=0.01)
         nn.init.zeros_(self.main_classifier.bias)
+
+    @property
+    def awaiting_checkpoint_size(self) -> bool:
+        """True until the number of attributes is known (built without it, no checkpoint loaded yet)."""
+        return self.num_attributes is None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "main_classifier.weight"
+        if self.num_attributes is None and key in state_dict:
+            # Built without the train set: the checkpoint's classifier gives the number of attributes.
+            self._build_classifiers(int(state_dict[key].shape[0]))
+            self.to(self.laterals[0].weight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -169,6 +199,11 @@ class AttributeBranch(PersonSearchBranch):
         self, images: ImageList, features: Dict[str, torch.Tensor], boxes: List[Boxes]
     ) -> List[torch.Tensor]:
         """Per image, the attribute probabilities ``[N_i, A]`` in [0, 1] of its boxes (input scale)."""
+        if self.num_attributes is None:
+            raise ValueError(
+                "AttributeBranch: the number of attributes is unknown (MODEL.ATTRIBUTE.NUM_ATTRIBUTES 0, no train "
+                "set read and no checkpoint loaded): load the weights first, or set NUM_ATTRIBUTES"
+            )
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
             device = next(self.parameters()).device
