@@ -4,12 +4,11 @@ Every case is written in the real on-disk layouts (tests/data_helpers.py) and fa
 before its fix.
 
 Errors that hide the real error (5)
-  - test_zero_byte_train_image_surfaces_unreadable_image: building the trainer on a train set with
-    a 0-byte frame raises the loader's OSError naming the image, not "OIM needs the number of
-    labeled identities" (the model's OIM size lookup logs the failed load and leaves the size to
-    a checkpoint; the train loader built next raises the load's error).
+  - test_zero_byte_train_image_surfaces_unreadable_image: building the Trainer on a train set with a
+    0-byte frame gives the loader's OSError naming the image, not "OIM needs the number of
+    labeled identities" (MODEL.OIM.NUM_LABELED 0: the size comes from the train set).
   - test_datasets_root_nowhere_surfaces_missing_root: DETECTRON2_DATASETS pointing at a missing
-    folder gives the FileNotFoundError naming the dataset root, for both datasets.
+    folder gives the FileNotFoundError naming the dataset root.
 
 Bad boxes (6): non-finite values are rejected, never clipped; every drop is logged naming its file
   - test_prw_nan_x_is_rejected_not_clipped: NaN x in an annotations/*.jpg.mat row (was a
@@ -48,27 +47,23 @@ import warnings
 
 import numpy as np
 import pytest
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-import galw
-from conftest import CONFIG_DIR
 from data_helpers import (CUHK_IMAGES, CUHK_QUERIES, CUHK_TRAIN, PRW_TRAIN, register, write_cuhk_sysu,
                           write_prw)
 from galw.data import CUHKSYSU, PRW, MatFormatError
-from galw.engine import Trainer
 
 NAN = float("nan")
 
 
-def _train_cfg(tmp_path, *train):
-    """The NAE R-18 CPU config training on ``train``, with the OIM size left to the train set."""
-    cfg = get_cfg()
-    galw.add_galw_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, "nae", "nae_R18_synth_cpu.yaml"))
-    cfg.merge_from_list(["DATASETS.TRAIN", tuple(train), "DATASETS.TEST", (), "MODEL.OIM.NUM_LABELED", 0,
-                         "OUTPUT_DIR", str(tmp_path / "out")])
-    return cfg
+def _build_trainer(tmp_path, train):
+    """The person-search Trainer on ``train`` with the OIM size left to the train set (NUM_LABELED 0):
+    it builds the model, then the train loader, as train_net.py does."""
+    from galw.engine import Trainer
+    from nae_helpers import tiny_nae_cfg
+
+    return Trainer(tiny_nae_cfg("DATASETS.TRAIN", (train,), "MODEL.OIM.NUM_LABELED", 0,
+                                "OUTPUT_DIR", str(tmp_path / "output")))
 
 
 @pytest.fixture
@@ -106,16 +101,16 @@ def test_zero_byte_train_image_surfaces_unreadable_image(tmp_path, registered):
     open(frame, "wb").close()
     prefix = registered("prw", root)
     with pytest.raises(OSError, match=r"Unreadable image .*c2s1_000020\.jpg"):
-        Trainer(_train_cfg(tmp_path, f"{prefix}_train"))
+        _build_trainer(tmp_path, f"{prefix}_train")
 
 
 def test_datasets_root_nowhere_surfaces_missing_root(tmp_path, monkeypatch):
     nowhere = str(tmp_path / "nowhere")
     monkeypatch.setenv("DETECTRON2_DATASETS", nowhere)
     with pytest.raises(FileNotFoundError, match=f"PRW root {nowhere}/PRW does not exist"):
-        Trainer(_train_cfg(tmp_path, "prw_train"))
+        _build_trainer(tmp_path, "prw_train")
     with pytest.raises(FileNotFoundError, match=f"CUHK-SYSU root {nowhere}/CUHK-SYSU does not exist"):
-        Trainer(_train_cfg(tmp_path, "cuhk_sysu_train"))
+        _build_trainer(tmp_path, "cuhk_sysu_train")
 
 
 # ---------------------------------------------------------------- 6. bad boxes

@@ -74,21 +74,17 @@ def _gallery_entries(gallery, where):
 
 
 def _unpack_protocol(packed):
-    """Protocol entries {"query_index", "gallery": [{"image", "bbox" xyxy or None}]} from their columns."""
-    names, index = packed["images"].tolist(), packed["image_index"].tolist()
-    has, boxes = packed["has_box"].tolist(), packed["boxes"].tolist()
-    entries, k, b = [], 0, 0
-    for qi, c in zip(packed["query_index"].tolist(), packed["counts"].tolist()):
-        gallery = []
-        for j in range(k, k + c):
-            if has[j]:
-                gallery.append({"image": names[index[j]], "bbox": boxes[b]})
-                b += 1
-            else:
-                gallery.append({"image": names[index[j]], "bbox": None})
-        entries.append({"query_index": qi, "gallery": gallery})
-        k += c
-    return entries
+    """Protocol entries {"query_index", "gallery": [{"image", "bbox" xyxy or None}]} from their columns
+    (comprehensions: TestG4000 has 11.6M gallery entries)."""
+    names = packed["images"].tolist()
+    images = [names[i] for i in packed["image_index"].tolist()]
+    bboxes = [None] * len(images)
+    for j, b in zip(np.flatnonzero(packed["has_box"]).tolist(), packed["boxes"].tolist()):
+        bboxes[j] = b
+    gallery = [{"image": i, "bbox": b} for i, b in zip(images, bboxes)]
+    ends = np.cumsum(packed["counts"]).tolist()
+    return [{"query_index": qi, "gallery": gallery[s:e]}
+            for qi, s, e in zip(packed["query_index"].tolist(), [0] + ends[:-1], ends)]
 
 
 class CUHKSYSU:
