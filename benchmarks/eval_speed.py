@@ -6,10 +6,20 @@ multi-view. Embeddings are 256-D: identity vectors plus noise for detected perso
 vectors for background, so positives rank realistically (neither all first nor random).
 
 Usage: OMP_NUM_THREADS=2 PYTHONPATH=projects/GALW python benchmarks/eval_speed.py [--dataset cuhk|prw|both]
+           [--baseline GIT_REV]
+
+``--baseline REV`` first runs the same measurement with ``projects/GALW/galw`` as of git revision
+REV (extracted with ``git archive`` into a temporary folder, run in a subprocess on the same data),
+then with the working tree, and prints the ratios: old and new path in one run, under the same load.
 """
 import argparse
+import json
 import os
 import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 
 import galw  # noqa: F401  (compat before detectron2)
@@ -152,20 +162,27 @@ def bench_cuhk(rng):
 
     ev = PersonSearchEvaluator(name, output_dir=None, cuhk_protocols=("TestG100",), distributed=False)
     t_process = feed(ev, records, outputs, query_ios)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     results = ev.evaluate()
+    summary = {"TestG100 evaluate() wall": time.perf_counter() - t0, "TestG100 evaluate() cpu": time.process_time() - c0}
     report("CUHK-SYSU TestG100 only", ev, results, t_process, time.perf_counter() - t0)
+    summary["TestG100 search mAP"] = results["search"]["mAP"]
+    summary["TestG100 search top1"] = results["search"]["top1"]
 
     ev = PersonSearchEvaluator(name, output_dir=None, distributed=False)
     t_process = feed(ev, records, outputs, query_ios)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     results = ev.evaluate()
+    summary["all protocols evaluate() wall"] = time.perf_counter() - t0
+    summary["all protocols evaluate() cpu"] = time.process_time() - c0
     report("CUHK-SYSU all protocols", ev, results, t_process, time.perf_counter() - t0)
     for label, t in (("wall", ev.timings), ("cpu", ev.cpu_timings)):
         sweep = sum(t[f"TestG{s}"] for s in SIZES)
         print(f"  six-size sweep ({label}) {sweep:.2f} s + shared similarity {t['similarity']:.2f} s "
               f"= {sweep + t['similarity']:.2f} s")
-
+        summary[f"six-size sweep {label}"] = sweep + t["similarity"]
+    summary["TestG4000 search mAP"] = results["search_TestG4000"]["mAP"]
+    return summary
 
 def bench_prw(rng):
     n_img, n_ids, n_q = 6112, 450, 2057
@@ -190,19 +207,49 @@ def bench_prw(rng):
     t0 = time.perf_counter()
     results = ev.evaluate()
     report("PRW standard + multi-view", ev, results, t_process, time.perf_counter() - t0)
+    return {"PRW evaluate() wall": time.perf_counter() - t0, "PRW search mAP": results["search"]["mAP"]}
+
+
+def run_baseline(rev, dataset):
+    """The same measurement with galw as of git revision ``rev``, in a subprocess; its summary."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = os.path.join(tmp, "galw.tar")
+        subprocess.run(["git", "-C", root, "archive", "-o", archive, rev, "projects/GALW/galw"], check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        env = dict(os.environ, PYTHONPATH=os.path.join(tmp, "projects", "GALW"))
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--dataset", dataset, "--summary-json"],
+                             env=env, check=True, capture_output=True, text=True).stdout
+    print(f"---- baseline galw at {rev} ----")
+    print(out.split("SUMMARY ")[0])
+    return json.loads(out.split("SUMMARY ")[1])
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="both", choices=["cuhk", "prw", "both"])
+    parser.add_argument("--baseline", default=None, help="git revision of galw to compare against, in this run")
+    parser.add_argument("--summary-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    baseline = run_baseline(args.baseline, args.dataset) if args.baseline else None
     print(f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
           f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
     rng = np.random.default_rng(0)
+    summary = {}
     if args.dataset in ("cuhk", "both"):
-        bench_cuhk(rng)
+        summary.update(bench_cuhk(rng))
     if args.dataset in ("prw", "both"):
-        bench_prw(rng)
+        summary.update(bench_prw(rng))
+    summary["load average (1 min) at the end"] = os.getloadavg()[0]
+    if args.summary_json:
+        print("SUMMARY " + json.dumps(summary))
+        return
+    print("\n== summary" + (f" (baseline {args.baseline} vs working tree, same data)" if baseline else ""))
+    for k, v in summary.items():
+        old = "" if baseline is None or k not in baseline else f"   baseline {baseline[k]:8.2f}" + (
+            f"   ratio new/old {v / baseline[k]:.2f}" if "mAP" not in k and "top1" not in k and "load" not in k else "")
+        print(f"  {k:36s} {v:8.2f}{old}")
 
 
 if __name__ == "__main__":

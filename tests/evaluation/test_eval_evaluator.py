@@ -249,3 +249,16 @@ def test_reset_forgets_the_embedding_dimension():
     for inp, out in H.cuhk_ios(gallery, queries, dets):
         ev.process([inp], [out])
     assert ev.evaluate()["search"]["mAP"] == pytest.approx(100 * (0.475 + 1 / 3) / 2)
+
+
+def test_large_galleries_scored_per_query_give_the_same_results(monkeypatch, tmp_path):
+    """Above LARGE_GALLERY detections per query the evaluator scores queries one by one; same numbers."""
+    import galw.evaluation.evaluator as E
+
+    _, batched = cuhk(tmp_path / "a")
+    monkeypatch.setattr(E, "LARGE_GALLERY", 0)
+    _, per_query = cuhk(tmp_path / "b")
+    assert per_query == batched
+    a = json.load(open(next((tmp_path / "a").glob("*.json"))))["queries"]
+    b = json.load(open(next((tmp_path / "b").glob("*.json"))))["queries"]
+    assert a == b

@@ -267,8 +267,13 @@ class CUHKSYSU:
         def parse():
             path, key = self.protocol_path(name), _PROTOCOL_FILES[name][1][0]
             queries = self._parse_queries(name)
-            main_queries = queries if name == "TestG50" else self._parse_queries("TestG50")
-            main = {(q[0], _box_key(q[1])): i for i, (q, _) in enumerate(main_queries)}
+            if name == "TestG50":
+                main = {(q[0], _box_key(q[1])): i for i, (q, _) in enumerate(queries)}
+            else:  # the query records (TestG50's queries, in order) are parsed and cached already
+                main = {}
+                for r in self.records("query")[0]:
+                    x1, y1, x2, y2 = r["query"]["bbox"]
+                    main[(os.path.basename(r["file_name"]), _box_key([x1, y1, x2 - x1, y2 - y1]))] = r["query"]["person_id"]
             query_index, counts, images, image_index, has_box, boxes = [], [], {}, [], [], []
             for i, ((qname, qbox, _), gallery) in enumerate(queries):
                 qi = main.get((qname, _box_key(qbox)))

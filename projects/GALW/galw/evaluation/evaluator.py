@@ -19,7 +19,7 @@ from .attribute_metrics import evaluate_attributes
 from .cbgm import SEQNET_CBGM, cbgm_rescore, query_context
 from .detection_metrics import evaluate_detection, mutual_argmax_matches
 from .gallery_store import SearchGalleryStore
-from .search_metrics import TOPK, SimilarityHistogram, box_iou, evaluate_queries
+from .search_metrics import TOPK, SimilarityHistogram, box_iou, evaluate_queries, evaluate_query
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ CUHK_PROTOCOLS = (
 )
 QUERY_FEATURES = ("gt_box", "best_iou_detection")
 GALLERY_FIELDS = ("pred_boxes", "scores", "embeddings")
+#: Mean gallery detections per query above which queries are scored one by one (same results):
+#: measured on the real-scale benchmark, batching wins up to TestG2000 (~13k) and loses on TestG4000
+#: and the whole gallery (~26k and ~45k), where one query's arrays already fill the caches.
+LARGE_GALLERY = 20000
 _IMAGE = operator.itemgetter("image")
 _BBOX = operator.itemgetter("bbox")
 
@@ -560,8 +564,19 @@ class PersonSearchEvaluator(DatasetEvaluator):
                         det_idx, _ = store.detection_indices(imgs)
                         row[det_idx] = cbgm_rescore(row[det_idx], det_idx, query_embs[qi], query_contexts[qi],
                                                     store, self._cbgm_top)
-                results = evaluate_queries(batch_sims, galleries, positives, store, want_top=name == default, rows=rows,
-                                           histogram=histogram if name == default else None)
+                want_top = name == default
+                hist = histogram if name == default else None
+                if galleries and store.counts[np.concatenate(galleries)].sum() > LARGE_GALLERY * len(galleries):
+                    results = []  # per query: a batch layout of these would cost more passes over memory
+                    for row, imgs, pos in zip(rows, galleries, positives):
+                        det_idx, offsets = store.detection_indices(imgs)
+                        res = evaluate_query(batch_sims[row], det_idx, offsets, pos, store, want_top)
+                        if hist is not None:
+                            hist.add(batch_sims[row][det_idx], res.positive_scores)
+                        results.append(res)
+                else:
+                    results = evaluate_queries(batch_sims, galleries, positives, store, want_top, rows=rows,
+                                               histogram=hist)
                 per_query[name].extend(zip(scored, results))
                 self._timings[name] += time.perf_counter() - t0
                 self._cpu_timings[name] += time.process_time() - c0

@@ -265,7 +265,7 @@ def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=Non
 
     tops = [[] for _ in range(nq)]
     if want_top:
-        tops = _top_lists(y, det_idx, q_of, seg_start, per_query, cand_sorted, cand_start, pos_at, max(TOPK))
+        tops = _top_lists(y, det_idx, q_of, seg_start, per_query, pos_at, max(TOPK))
     return [
         QueryResult(ap=float(ap[q]), count_gt=int(count_gt[q]), count_tp=int(count_tp[q]), hits=hits[q].tolist(),
                     top=tops[q], positive_scores=pos_s[pos_q == q])
@@ -273,28 +273,28 @@ def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=Non
     ]
 
 
-def _top_lists(y, det_idx, q_of, seg_start, per_query, cand_sorted, cand_start, pos_at, k):
-    """Per query, its k best layout entries as in ``_top_list`` (ties: earlier in gallery order)."""
+def _top_lists(y, det_idx, q_of, seg_start, per_query, pos_at, k):
+    """Per query, its k best layout entries as in ``_top_list`` (ties: earlier in gallery order).
+
+    Each query's k-th best score comes from one ``np.partition`` of the batch's scores padded to a
+    matrix; only entries at or above it are sorted.
+    """
     nq = len(per_query)
-    n_cand = np.diff(np.append(cand_start, len(cand_sorted)))
+    width = int(per_query.max(initial=0))
+    if width == 0:
+        return [[] for _ in range(nq)]
+    padded = np.full((nq, width), -np.inf, dtype=np.float64)
+    padded[q_of, np.arange(len(y)) - seg_start[q_of]] = y
+    m = min(k, width)
+    kth = np.partition(padded, width - m, axis=1)[:, width - m]  # -inf when a query has fewer than k
+    cand = np.flatnonzero(y >= kth[q_of])
+    cand = cand[np.lexsort((cand, -y[cand].astype(np.float64), q_of[cand]))]
+    first = np.searchsorted(q_of[cand], np.arange(nq), side="left")
+    rank = np.arange(len(cand)) - first[q_of[cand]]
+    cand = cand[rank < k]
     positive = np.zeros(len(y), dtype=bool)
     positive[pos_at] = True
-    tops = []
-    for q in range(nq):
-        if n_cand[q] >= k:  # the k best are among the sorted candidates
-            best = cand_sorted[cand_start[q] : cand_start[q] + k]
-        else:
-            s = y[seg_start[q] : seg_start[q] + per_query[q]]
-            best = seg_start[q] + np.asarray(_top_positions(s, k), dtype=np.int64)
-        tops.append([{"det": int(det_idx[p]), "similarity": float(y[p]), "correct": bool(positive[p])} for p in best])
+    tops = [[] for _ in range(nq)]
+    for q, d, s, c in zip(q_of[cand].tolist(), det_idx[cand].tolist(), y[cand].tolist(), positive[cand].tolist()):
+        tops[q].append({"det": d, "similarity": s, "correct": c})
     return tops
-
-
-def _top_positions(y_score, k):
-    """Positions of the k best of ``y_score`` (descending, ties: earlier first)."""
-    if len(y_score) == 0:
-        return []
-    m = min(k, len(y_score))
-    kth = np.partition(-y_score, m - 1)[m - 1]
-    cand = np.nonzero(-y_score <= kth)[0]
-    return cand[np.lexsort((cand, -y_score[cand]))][:k].tolist()
