@@ -2,12 +2,15 @@
 """The first command to run: GALW end to end on the synthetic benchmark, on CPU (`make demo`).
 
 Stages: (1) write SynthPS-PRW (reused when its stamp says same seed and size), (2) evaluate an
-UNTRAINED ROI-AlignPS* (random init) for a baseline, (3) train ROI-AlignPS* (R-18) with GALW,
-both trainings of Algorithm 1 through galw.engine.Trainer (phase one records Gamma and groups
-the 10 tasks, phase two trains from the same initial weights with RULWF per group) and evaluate
-it on the synthetic gallery, (4) write the report folder (Fig. 3 gradient curves, s* dendrogram
-and groups, sigma/weight curves, top-k search pictures) and a summary that puts the trained
-model's mAP / top-1 beside the untrained one's.
+UNTRAINED ROI-AlignPS* (random init): the floor, (3) evaluate a hand-crafted baseline through the
+same evaluator, GT boxes as detections and HSV colour histograms of torso and legs as embeddings
+(galw.evaluation.colour_baseline): a gauge of how hard the gallery is for appearance alone,
+(4) train ROI-AlignPS* (R-18) with GALW, both trainings of Algorithm 1 through
+galw.engine.Trainer (phase one records Gamma and groups the 10 tasks, phase two trains from the
+same initial weights with RULWF per group) and evaluate it on the synthetic gallery, (5) write
+the report folder (Fig. 3 gradient curves, s* dendrogram and groups, sigma/weight curves, top-k
+search pictures, similarity of true matches vs other people per model) and a summary that puts
+the trained model's mAP / top-1 between the untrained model's and the colour baseline's.
 
     python tools/demo.py [--out output/demo] [--report DIR] [--size default] [--seed 0] [KEY VALUE ...]
 """
@@ -31,7 +34,8 @@ from galw.data import register_person_search
 from galw.data.builtin import datasets_root
 from galw.data.synthetic import SIZES, generate
 from galw.engine import Trainer
-from galw.visualization import write_report
+from galw.evaluation import evaluate_colour_baseline
+from galw.visualization import plot_similarity_histograms, write_report
 from galw.visualization.search_results import plot_search_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +45,7 @@ DEFAULT_CONFIG = os.path.join(ROOT, "projects", "GALW", "configs", "alignps", "r
 STAMP = "synthps_demo_stamp.json"
 #: Dataset names the demo registers for its root (whatever $DETECTRON2_DATASETS says).
 PREFIX = "demo_synth_prw"
-NUM_STAGES = 4
+NUM_STAGES = 5
 
 
 class Progress:
@@ -126,11 +130,14 @@ def _search_json(output_dir):
         return json.load(f)
 
 
-def _headline(metrics):
+def _headline(search_json):
+    """Headline metrics of a search JSON, with the mean similarity of true matches and of others."""
+    metrics, hist = search_json["metrics"], search_json.get("similarity_histogram") or {}
     search, det = metrics.get("search", {}), metrics.get("detection", {})
     return {
         "mAP": search.get("mAP"), "top1": search.get("top1"), "top5": search.get("top5"),
         "top10": search.get("top10"), "detection_AP": det.get("AP"), "detection_recall": det.get("recall"),
+        "similarity_match": hist.get("mean_positive"), "similarity_other": hist.get("mean_negative"),
     }
 
 
@@ -140,6 +147,13 @@ def evaluate_untrained(cfg):
     model = Trainer.build_model(cfg)
     Trainer.test(cfg, model)
     return _search_json(cfg.OUTPUT_DIR)
+
+
+def evaluate_baseline(cfg, output_dir):
+    """Search / detection metrics of GT boxes + colour histograms (no model) on the demo gallery."""
+    evaluate_colour_baseline(cfg, cfg.DATASETS.TEST[0], os.path.join(output_dir, "inference"))
+    with open(os.path.join(output_dir, "inference", f"search_{cfg.DATASETS.TEST[0]}.json")) as f:
+        return json.load(f)
 
 
 def train_galw(cfg):
@@ -153,9 +167,17 @@ def _fmt(v):
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def write_summary(report_dir, untrained, trained, report, info):
-    rows = {"untrained (random init)": _headline(untrained["metrics"]),
-            "ROI-AlignPS* + GALW (trained)": _headline(trained["metrics"])}
+def _fmt3(v):
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+ROW_UNTRAINED = "untrained (random init)"
+ROW_BASELINE = "colour histograms on GT boxes (no learning)"
+ROW_TRAINED = "ROI-AlignPS* + GALW (trained)"
+
+
+def write_summary(report_dir, untrained, baseline, trained, report, info):
+    rows = {ROW_UNTRAINED: _headline(untrained), ROW_BASELINE: _headline(baseline), ROW_TRAINED: _headline(trained)}
     groups = report.get("groups", {})
     summary = dict(info, results=rows, groups=groups.get("groups"), s_star=groups.get("s_star"),
                    final_sigma=report.get("final_sigma"), final_weight=report.get("final_weight"),
@@ -167,12 +189,16 @@ def write_summary(report_dir, untrained, trained, report, info):
         f"Dataset: SynthPS-PRW `{info['dataset']['size']}` (seed {info['dataset']['seed']}), "
         f"{info['dataset']['num_queries']} queries; config `{os.path.relpath(info['config_file'], ROOT)}`; "
         f"phase one {info['phase_one_iters']} iterations, phase two {info['phase_two_iters']}.", "",
-        "| model | search mAP | top-1 | top-5 | top-10 | detection AP | recall |",
-        "|---|---|---|---|---|---|---|",
+        "The untrained model is the floor; the colour baseline (GT boxes as detections, HSV histograms of "
+        "torso and legs as embeddings, same evaluator) gauges how hard the gallery is for appearance alone.", "",
+        "| model | search mAP | top-1 | top-5 | top-10 | detection AP | recall | similarity: true match | "
+        "other people |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(f"| {name} | {_fmt(r['mAP'])} | {_fmt(r['top1'])} | {_fmt(r['top5'])} | {_fmt(r['top10'])} "
-                     f"| {_fmt(r['detection_AP'])} | {_fmt(r['detection_recall'])} |")
+                     f"| {_fmt(r['detection_AP'])} | {_fmt(r['detection_recall'])} "
+                     f"| {_fmt3(r['similarity_match'])} | {_fmt3(r['similarity_other'])} |")
     lines += ["", f"GALW groups (G = {len(groups.get('groups') or [])}, from phase one's Gamma trends):", ""]
     for i, g in enumerate(groups.get("groups") or []):
         s = ", ".join(f"{t} (s*={groups['s_star'][t]:+.3f})" for t in g)
@@ -194,7 +220,8 @@ def run_demo(out="output/demo", report_dir=None, data_root=None, size="default",
     report_dir = report_dir or os.path.join(out, "report")
     data_root = data_root or os.path.join(datasets_root(), "SynthPS-PRW")
     untrained_dir, galw_dir = os.path.join(out, "untrained"), os.path.join(out, "galw")
-    for d in (untrained_dir, galw_dir, report_dir):  # the demo's own folders: every run starts clean
+    baseline_dir = os.path.join(out, "colour_baseline")
+    for d in (untrained_dir, baseline_dir, galw_dir, report_dir):  # the demo's own folders: every run starts clean
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(out, exist_ok=True)
     setup_logger(out, name="detectron2")
@@ -209,26 +236,37 @@ def run_demo(out="output/demo", report_dir=None, data_root=None, size="default",
         register_demo_dataset(data_root)
     untrained_cfg = build_cfg(config_file, untrained_dir, seed, opts)
     galw_cfg = build_cfg(config_file, galw_dir, seed, opts)
-    with progress.stage(2, "evaluate the UNTRAINED model (random init): baseline search mAP"):
+    with progress.stage(2, "evaluate the UNTRAINED model (random init): the floor"):
         untrained = evaluate_untrained(untrained_cfg)
-        base = _headline(untrained["metrics"])
+        base = _headline(untrained)
         print(f"untrained: search mAP {_fmt(base['mAP'])}, top-1 {_fmt(base['top1'])}, "
               f"detection AP {_fmt(base['detection_AP'])}", flush=True)
+    with progress.stage(3, "hand-crafted baseline: GT boxes + HSV colour histograms of torso and legs"):
+        baseline = evaluate_baseline(galw_cfg, baseline_dir)
+        gauge = _headline(baseline)
+        print(f"colour baseline: search mAP {_fmt(gauge['mAP'])}, top-1 {_fmt(gauge['top1'])}", flush=True)
     g = galw_cfg.MODEL.GALW
     phase_one_iters = g.PROBE_EPOCHS * g.EPOCH_ITERS if g.PROBE_EPOCHS > 0 else galw_cfg.SOLVER.MAX_ITER
-    with progress.stage(3, f"train ROI-AlignPS* with GALW: phase one ({phase_one_iters} it, records Gamma, "
+    with progress.stage(4, f"train ROI-AlignPS* with GALW: phase one ({phase_one_iters} it, records Gamma, "
                            f"groups {len(g.TASKS)} tasks into {g.NUM_GROUPS}), phase two "
                            f"({galw_cfg.SOLVER.MAX_ITER} it, RULWF per group), then evaluate"):
         trained = train_galw(galw_cfg)
-        res = _headline(trained["metrics"])
+        res = _headline(trained)
         print(f"trained: search mAP {_fmt(res['mAP'])}, top-1 {_fmt(res['top1'])}, "
               f"detection AP {_fmt(res['detection_AP'])}", flush=True)
-    with progress.stage(4, f"report in {report_dir}"):
+    with progress.stage(5, f"report in {report_dir}"):
         report = write_report(galw_dir, report_dir, num_queries=num_queries, topk=topk)
         if untrained["queries"]:
             name = os.path.join(report_dir, "search_results_untrained.png")
             plot_search_results(untrained["queries"][:num_queries], name, topk=topk, title="untrained model")
             report["figures"]["search_results_untrained"] = os.path.basename(name)
+        histograms = {name: run["similarity_histogram"] for name, run in
+                      ((ROW_UNTRAINED, untrained), (ROW_BASELINE, baseline), (ROW_TRAINED, trained))
+                      if run.get("similarity_histogram")}
+        if histograms:
+            name = os.path.join(report_dir, "similarity_histograms.png")
+            plot_similarity_histograms(histograms, name)
+            report["figures"]["similarity_histograms"] = os.path.basename(name)
         info = {
             "config_file": os.path.abspath(config_file), "opts": list(opts),
             "dataset": {"root": os.path.abspath(data_root), "size": size, "seed": seed, "state": data_state,
@@ -238,9 +276,10 @@ def run_demo(out="output/demo", report_dir=None, data_root=None, size="default",
             "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "platform": platform.platform(), "load_start": [round(x, 2) for x in load_start],
                         "load_end": [round(x, 2) for x in os.getloadavg()]},
-            "runs": {"untrained": os.path.abspath(untrained_dir), "galw": os.path.abspath(galw_dir)},
+            "runs": {"untrained": os.path.abspath(untrained_dir), "colour_baseline": os.path.abspath(baseline_dir),
+                     "galw": os.path.abspath(galw_dir)},
         }
-        summary = write_summary(report_dir, untrained, trained, report, info)
+        summary = write_summary(report_dir, untrained, baseline, trained, report, info)
     summary["wall_time_s"] = time.time() - progress.start
     print(open(os.path.join(report_dir, "demo_summary.md")).read(), flush=True)
     print(f"GALW demo finished in {progress.elapsed()}; report: {report_dir}", flush=True)

@@ -19,6 +19,10 @@ def trained():
     torch.set_num_threads(1)  # the shared CPU: one thread is several times faster than two under load
     torch.manual_seed(0)
     cfg = small_branch_cfg()
+    # The learned-similarity check below is an outcome of this spiky 25-step run: the two deformable
+    # convs agree to float rounding (test_deform_conv.py), losses match for 4 steps, then rounding
+    # grows into another trajectory. The check was written against torchvision's kernel; keep it.
+    cfg.MODEL.ALIGNPS.DEFORM_CONV_IMPL = "torchvision"
     backbone = build_backbone(cfg)
     branch = build_branch("AlignPSBranch", cfg, backbone.output_shape())
     params = list(backbone.parameters()) + list(branch.parameters())

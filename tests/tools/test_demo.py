@@ -1,4 +1,4 @@
-"""tools/demo.py end to end at a tiny size: dataset, untrained baseline, both GALW trainings, report."""
+"""tools/demo.py end to end at a tiny size: dataset, untrained floor, colour baseline, both GALW trainings, report."""
 import importlib.util
 import json
 import os
@@ -25,7 +25,7 @@ def _load_demo():
     return module
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 245 s at load ~7, 759 s at load ~25 on the 2-core machine
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     demo = _load_demo()
     out, data = str(tmp_path / "demo"), str(tmp_path / "SynthPS-PRW")
@@ -54,19 +54,30 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         saved = json.load(f)
     assert saved["groups"] == groups == summary["groups"]
     results = saved["results"]
-    assert set(results) == {"untrained (random init)", "ROI-AlignPS* + GALW (trained)"}
+    assert set(results) == {demo.ROW_UNTRAINED, demo.ROW_BASELINE, demo.ROW_TRAINED}
     for r in results.values():
         assert 0.0 <= r["mAP"] <= 100.0 and 0.0 <= r["top1"] <= 100.0
+        for key in ("similarity_match", "similarity_other"):  # None: a model matched no GT person
+            assert r[key] is None or -1.0 <= r[key] <= 1.0
+    # The colour baseline searches with the GT boxes: detection is perfect, and on SynthPS (persons
+    # keep their clothes) its true matches are more similar than other people.
+    baseline = results[demo.ROW_BASELINE]
+    assert baseline["detection_AP"] == 100.0 and baseline["detection_recall"] == 100.0
+    assert baseline["similarity_match"] > baseline["similarity_other"]
+    with open(os.path.join(out, "colour_baseline", "inference", "search_demo_synth_prw_gallery.json")) as f:
+        assert json.load(f)["metrics"]["search"]["mAP"] == baseline["mAP"]
     assert saved["dataset"] == {"root": os.path.abspath(data), "size": "tiny", "seed": 3, "state": "generated",
                                 "num_queries": saved["dataset"]["num_queries"]}
     assert saved["dataset"]["num_queries"] > 0
     assert saved["phase_one_iters"] == 3 and saved["phase_two_iters"] == 2
     md = open(os.path.join(report, "demo_summary.md")).read()
-    assert "untrained (random init)" in md and "ROI-AlignPS* + GALW (trained)" in md
-    assert f"{results['untrained (random init)']['mAP']:.2f}" in md
+    assert all(row in md for row in results)
+    assert f"{results[demo.ROW_UNTRAINED]['mAP']:.2f}" in md and f"{baseline['mAP']:.2f}" in md
+    assert f"{baseline['similarity_match']:.3f}" in md
 
     for png in ("gradient_magnitudes.png", "s_star_dendrogram.png", "sigma_and_weights.png",
-                "search_results_demo_synth_prw_gallery.png", "search_results_untrained.png"):
+                "search_results_demo_synth_prw_gallery.png", "search_results_untrained.png",
+                "similarity_histograms.png"):
         img = cv2.imread(os.path.join(report, png))
         assert img is not None and img.shape[0] > 50 and img.shape[1] > 50, png
     assert os.path.isfile(os.path.join(report, "summary.json"))  # write_report's own summary
