@@ -13,6 +13,7 @@ their output, then repeats the key lines in a summary with the machine and its l
 |  |  | fasterrcnn_resnet50_fpn |
 | overhead_toy | galw_overhead.py | GALW step-time ratio over equal weighting, toy 6-task model, and the probe options |
 | overhead_roi_alignps | galw_overhead.py --config-file | the same ratio on ROI-AlignPS* R-18 (synthetic, 10 tasks) |
+| probe_allreduce | probe_allreduce.py | 2 processes: probe time with gradients all-reduced (rank-independent Gamma) vs norms |
 | eval | eval_speed.py | evaluation seconds at real scale (PRW; CUHK-SYSU too at --scale full) |
 | data_parse | data_parse.py | parse / cache seconds on full-size PRW fixtures (CUHK-SYSU too at --scale full) |
 | alm | attribute_alm.py | ALM memory and time vs the direct formulation |
@@ -50,6 +51,7 @@ SUMMARY_PATTERNS = {
     "inference": r"^device:|ms/image",
     "overhead_toy": r"^toy model|ms/step",
     "overhead_roi_alignps": r"^config|step-time ratio",
+    "probe_allreduce": r"ratio|extra cost",
     "eval": r"^== |six-size sweep \(wall\)",
     "data_parse": r"parse|cache",
     "alm": r"^boxes=|ratio",
@@ -79,6 +81,7 @@ def benchmarks(args, data_root):
         "overhead_roi_alignps": py + [os.path.join(BENCH, "galw_overhead.py"), "--config-file", ROI_ALIGNPS_SYNTH]
         + (["--rounds", "1", "--block", "20", "--warmup", "1"] if quick else ["--rounds", "3"]) + overhead_opts
         + (["MODEL.GALW.PROBE_PERIOD", "20"] if quick else []),
+        "probe_allreduce": py + [os.path.join(BENCH, "probe_allreduce.py")] + (["--rounds", "5"] if quick else []),
         "eval": py + [os.path.join(BENCH, "eval_speed.py"), "--dataset", "prw" if quick else "both"],
         "data_parse": py + [os.path.join(BENCH, "data_parse.py")] + (["--skip-cuhk"] if quick else []),
         "alm": py + [os.path.join(BENCH, "attribute_alm.py")] + (["--boxes", "10", "--repeats", "1"] if quick else []),
