@@ -30,6 +30,7 @@ from detectron2.structures import Boxes, Instances
 from tqdm import tqdm
 
 from galw import add_galw_config
+from galw.engine import setup_logging
 from galw.visualization import plot_search_results
 
 logger = logging.getLogger("galw.search")
@@ -239,7 +240,7 @@ def main(argv=None):
     for p in (p_search, p_index, p_query):
         p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
 
     if args.command == "query":
         index = load_index(args.index)
