@@ -1,14 +1,26 @@
 # One setup path for everything; every target below runs it first (idempotent).
 PY := .venv/bin/python
+# The official detectron2 (upstream main) venv, made by setup when ../shared/wheels has its wheel.
+PY_D2MAIN := .venv-d2main/bin/python
+# gpu-check runs on a GPU machine's own Python (with its torch), not on .venv.
+GPU_PY ?= python3
+GPU_WHEELS := .gpu-wheels
 
-.PHONY: setup test demo bench
+.PHONY: setup test demo bench gpu-check gpu-wheels
 setup:
 	bash tools/setup.sh
 
-# Lint (ruff, configured in pyproject.toml), then the suite with its slowest tests listed.
+# Lint (ruff, configured in pyproject.toml), then the suite with its slowest tests listed, on
+# pb1-detectron2 0.6 (.venv) and, where setup made it, on the official detectron2 (.venv-d2main).
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q --durations=15 tests
+	@if [ -x $(PY_D2MAIN) ]; then \
+	  echo "== the suite on the official detectron2 (upstream main wheel, .venv-d2main)"; \
+	  $(PY_D2MAIN) -m pytest -q -p no:cacheprovider tests; \
+	else \
+	  echo "note: no .venv-d2main (../shared/wheels absent): the suite ran on pb1-detectron2 0.6 only"; \
+	fi
 
 # GALW end to end on CPU: SynthPS, untrained baseline, both GALW trainings, evaluation, report.
 demo: setup
@@ -17,3 +29,18 @@ demo: setup
 # Every benchmark, figures printed (BENCH_ARGS e.g. "--scale full", "--device cuda --amp").
 bench: setup
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# On a fresh GPU machine (no setup, no internet): gpu tests, ROI-AlignPS* R-50 AMP training with
+# GALW probing, inference beside torchvision; one table (benchmarks/gpu_check.py).
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py
+
+# Where a package registry is reachable: the wheels gpu-check installs from (Python 3.12,
+# Linux x86_64), plus detectron2's source when ../shared/wheels has it. Bring .gpu-wheels along.
+gpu-wheels:
+	$(GPU_PY) -m pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+	  -d $(GPU_WHEELS) "numpy>=1.26,<3" "scipy>=1.13,<2" "scikit-learn>=1.5,<2" "opencv-python-headless>=4.10,<5" \
+	  "pycocotools==2.0.10" "iopath==0.1.9" "yacs==0.1.8" "matplotlib>=3.9,<4" "tqdm>=4.66,<5" "pytest>=8,<10" \
+	  "Pillow>=10" cloudpickle tabulate termcolor "omegaconf>=2.1,<2.4" "hydra-core>=1.1" pyyaml setuptools wheel
+	$(GPU_PY) -m pip download -q --no-deps --no-binary=:all: -d $(GPU_WHEELS) "fvcore==0.1.5.post20221221"
+	-cp ../shared/wheels/detectron2-main-*.tar.gz $(GPU_WHEELS)/ 2>/dev/null

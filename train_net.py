@@ -16,7 +16,7 @@ from detectron2.evaluation import verify_results
 
 from galw import add_galw_config
 from galw.core import needs_two_phases, train_two_phase
-from galw.engine import Trainer
+from galw.engine import Trainer, setup_galw_logger
 
 
 def setup(args):
@@ -26,6 +26,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_galw_logger(cfg.OUTPUT_DIR)  # galw.* lines (groups, s*, phases) beside detectron2's
     return cfg
 
 

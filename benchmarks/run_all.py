@@ -14,6 +14,7 @@ their output, then repeats the key lines in a summary with the machine and its l
 | overhead_toy | galw_overhead.py | GALW step-time ratio over equal weighting, toy 6-task model, and the probe options |
 | overhead_roi_alignps | galw_overhead.py --config-file | the same ratio on ROI-AlignPS* R-18 (synthetic, 10 tasks) |
 | deform_conv | deform_conv_step.py | ROI-AlignPS* R-18 step time, torchvision's deformable conv vs the grid_sample one |
+| probe_allreduce | probe_allreduce.py | 2 processes: probe time with gradients all-reduced (rank-independent Gamma) vs norms |
 | eval | eval_speed.py | evaluation seconds at real scale (PRW; CUHK-SYSU too at --scale full) |
 | data_parse | data_parse.py | parse / cache seconds on full-size PRW fixtures (CUHK-SYSU too at --scale full) |
 | alm | attribute_alm.py | ALM memory and time vs the direct formulation |
@@ -43,6 +44,7 @@ SUMMARY_PATTERNS = {
     "overhead_toy": r"^toy model|ms/step",
     "overhead_roi_alignps": r"^config|step-time ratio",
     "deform_conv": r"s/step|step-time ratio",
+    "probe_allreduce": r"ratio|extra cost",
     "eval": r"^== |six-size sweep \(wall\)",
     "data_parse": r"parse|cache",
     "alm": r"^boxes=|ratio",
@@ -74,6 +76,7 @@ def benchmarks(args, data_root):
         + (["MODEL.GALW.PROBE_PERIOD", "20"] if quick else []),
         "deform_conv": py + [os.path.join(BENCH, "deform_conv_step.py")]
         + (["--rounds", "1", "--block", "2"] if quick else ["--profile", "3"]) + ["MODEL.DEVICE", args.device],
+        "probe_allreduce": py + [os.path.join(BENCH, "probe_allreduce.py")] + (["--rounds", "5"] if quick else []),
         "eval": py + [os.path.join(BENCH, "eval_speed.py"), "--dataset", "prw" if quick else "both"],
         "data_parse": py + [os.path.join(BENCH, "data_parse.py")] + (["--skip-cuhk"] if quick else []),
         "alm": py + [os.path.join(BENCH, "attribute_alm.py")] + (["--boxes", "10", "--repeats", "1"] if quick else []),

@@ -387,7 +387,9 @@ def main(argv=None):
                         help="config overrides for every run, appended to the spec's common_opts "
                         "(a variant's own opts still win)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from galw.engine import setup_logging  # here: --help and argument errors stay instant
+
+    setup_logging()
     spec = load_spec(args.spec)
     if len(args.opts) % 2:
         parser.error(f"--opts needs KEY VALUE pairs, got {args.opts}")

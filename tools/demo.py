@@ -33,7 +33,7 @@ from galw.core import train_two_phase
 from galw.data import register_person_search
 from galw.data.builtin import datasets_root
 from galw.data.synthetic import SIZES, generate
-from galw.engine import Trainer
+from galw.engine import Trainer, setup_logging
 from galw.evaluation import evaluate_colour_baseline
 from galw.visualization import plot_similarity_histograms, write_report
 from galw.visualization.search_results import plot_search_results
@@ -224,8 +224,7 @@ def run_demo(out="output/demo", report_dir=None, data_root=None, size="default",
     for d in (untrained_dir, baseline_dir, galw_dir, report_dir):  # the demo's own folders: every run starts clean
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(out, exist_ok=True)
-    setup_logger(out, name="detectron2")
-    setup_logger(out, name="galw")
+    setup_logging(out)
     setup_logger(out, name="train_net")
     load_start = os.getloadavg()
     print(f"GALW demo: {os.cpu_count()} CPU(s), torch threads {torch.get_num_threads()}, "

@@ -7,9 +7,9 @@ Reads OUTPUT_DIR/galw_groups.json, metrics.json and inference/search_*.json (whi
 exist) and writes the figures plus summary.json; prints which figures were skipped and why.
 """
 import argparse
-import logging
 import os
 
+from galw.engine import setup_logging
 from galw.visualization import write_report
 
 
@@ -20,7 +20,7 @@ def main(argv=None):
     parser.add_argument("--num-queries", type=int, default=4, help="queries in the search picture")
     parser.add_argument("--topk", type=int, default=5, help="gallery crops per query in the search picture")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     out = args.out or os.path.join(args.run_dir, "report")
     summary = write_report(args.run_dir, out, num_queries=args.num_queries, topk=args.topk)
     for name, rel in sorted(summary["figures"].items()):

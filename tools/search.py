@@ -36,6 +36,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from tqdm import tqdm
 
+from galw.engine import setup_logging
 from galw.export import build_inference_model, load_exported
 from galw.visualization import plot_search_results
 
@@ -428,7 +429,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
 
     if args.command == "query":
         index = load_index(args.index)

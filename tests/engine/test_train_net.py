@@ -1,4 +1,5 @@
 """train_net.py's Trainer trains a stock detectron2 model on CPU; checkpoints save, load and resume."""
+import json
 import os
 
 import torch
@@ -88,3 +89,24 @@ def test_checkpoint_write_is_atomic(box_dataset, tmp_path, monkeypatch):
     assert (tmp_path / "model_final.pth").read_bytes() == good
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
+
+
+def test_galw_lines_reach_log_txt(box_dataset, tmp_path):
+    """setup() gives the "galw" logger detectron2's handlers: OUTPUT_DIR/log.txt names the groups."""
+    tasks = "['loss_rpn_cls', 'loss_rpn_loc', 'loss_cls', 'loss_box_reg']"
+    args = train_net.default_argument_parser().parse_args(
+        [
+            "--config-file", os.path.join(CONFIG_DIR, "stock", "faster_rcnn_R18_C4_cpu.yaml"),
+            "DATASETS.TRAIN", f"('{box_dataset}',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path),
+            "SOLVER.MAX_ITER", "3", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
+            "MODEL.GALW.ENABLED", "True", "MODEL.GALW.MODE", "single_run", "MODEL.GALW.TASKS", tasks,
+            "MODEL.GALW.TASK_KINDS", "['classification', 'regression', 'classification', 'regression']",
+            "MODEL.GALW.NUM_GROUPS", "2", "MODEL.GALW.EPOCH_ITERS", "1", "MODEL.GALW.PROBE_EPOCHS", "2",
+            "MODEL.GALW.PROBE_PERIOD", "1",
+        ]
+    )
+    train_net.main(args)
+    groups = json.loads((tmp_path / "galw_groups.json").read_text())["groups"]
+    log = (tmp_path / "log.txt").read_text()
+    assert f"-> groups {groups}" in log
+    assert "galw.core.hook INFO: GALW: from iteration 2, rulwf weighting over 2 groups" in log

@@ -1,12 +1,14 @@
-"""OIMLoss: loss and memory updates on hand-computed values; 2-process (gloo) memory sync."""
+"""OIMLoss: loss and memory updates on hand-computed values; 2-process memory sync (gloo, and
+under NCCL's rule: see dist_helpers)."""
 import math
 import os
+import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import free_port
+from conftest import TESTS_DIR, free_port
 from galw.modeling.oim import OIMLoss
 
 S2 = 1 / math.sqrt(2)
@@ -89,7 +91,7 @@ def test_bad_pids_and_shapes_raise():
         oim(torch.ones(1, 3), torch.tensor([0]))
 
 
-# ---- distributed: 2 gloo processes ---------------------------------------------------------
+# ---- distributed: 2 processes, gloo and NCCL's rule (dist_helpers) ---------------------------
 
 def _rank_batch(rank):
     """Different row counts per rank, a shared identity (0) and unlabeled rows on both."""
@@ -106,10 +108,13 @@ def _make_dist_oim():
     return OIMLoss(feat_dim=4, num_labeled=5, queue_size=4, momentum=0.5, temperature=30.0).train()
 
 
-def _sync_worker(rank, world, port, out_dir):
+def _sync_worker(rank, world, port, out_dir, kind):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    sys.path.insert(0, TESTS_DIR)
+    from dist_helpers import init_process_group
+
+    init_process_group(kind, rank, world, port)
     try:
         oim = _make_dist_oim()
         for step in range(2):
@@ -124,8 +129,9 @@ def _sync_worker(rank, world, port, out_dir):
 
 
 @pytest.mark.slow
-def test_two_rank_memories_identical_and_equal_to_gathered_batch(tmp_path):
-    mp.spawn(_sync_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("kind", ["gloo", "nccl_like"])
+def test_two_rank_memories_identical_and_equal_to_gathered_batch(tmp_path, kind):
+    mp.spawn(_sync_worker, args=(2, free_port(), str(tmp_path), kind), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pth")
     r1 = torch.load(tmp_path / "rank1.pth")
     for key in r0:

@@ -17,14 +17,35 @@ with its C++ extension skipped):
 * v0.6's ``DefaultTrainer`` checkpoints only the iteration and hook states, so
   ``--resume`` silently restarts SGD momentum (and the AMP grad scaler). As
   upstream did later, its state now holds the inner trainer's under ``_trainer``.
+
+Differences between detectron2 versions that the project meets through helpers here (they
+run the same code on every build; nothing is patched):
+
+* ``SimpleTrainer._data_loader_iter`` is an attribute made in the constructor on v0.6 and a
+  lazy read-only property on current main: :class:`SharedDataLoader` lets a second train step,
+  built by its real constructor, continue the first one's running iterator on both;
+  :func:`next_batch` reads it in a ``run_step``.
+* Train-step constructor options (main: ``gather_metric_period``, ``precision``, ...; v0.6:
+  ``grad_scaler`` only): :func:`train_step_options` copies those of the installed build.
+* After-backward hooks exist on main only: :func:`run_after_backward_hooks`.
 """
 import importlib.machinery
+import inspect
 import importlib.util
 import logging
 import sys
 import types
 
-__all__ = ["MissingCompiledOpError", "apply", "has_compiled_ops", "APPLIED"]
+__all__ = [
+    "APPLIED",
+    "MissingCompiledOpError",
+    "SharedDataLoader",
+    "apply",
+    "has_compiled_ops",
+    "next_batch",
+    "run_after_backward_hooks",
+    "train_step_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +137,41 @@ def apply() -> list:
         APPLIED.append("DefaultTrainer.state_dict")
     logger.debug("galw.compat applied: %s", APPLIED)
     return list(APPLIED)
+
+
+class SharedDataLoader:
+    """Stands for ``step``'s data loader in another train step's constructor: iterating it yields
+    ``step``'s running iterator (v0.6 takes it in the constructor, main on first use), so the
+    data stream continues and no second loader iterator (nor its workers) is started."""
+
+    def __init__(self, step):
+        self.step = step
+        self.data_loader = step.data_loader
+
+    def __iter__(self):
+        return self.step._data_loader_iter
+
+    def __len__(self):
+        return len(self.data_loader)
+
+
+def next_batch(step):
+    """The next batch of a train step's running data iterator (an attribute or a property)."""
+    return next(step._data_loader_iter)
+
+
+def train_step_options(step) -> dict:
+    """The constructor options of ``step``'s detectron2 class on this build (besides model, data
+    loader and optimizer) with ``step``'s values, to build its counterpart with the same ones."""
+    from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
+
+    base = AMPTrainer if isinstance(step, AMPTrainer) else SimpleTrainer
+    names = [n for n in inspect.signature(base.__init__).parameters if n not in ("self", "model", "data_loader", "optimizer")]
+    return {n: getattr(step, n) for n in names if hasattr(step, n)}
+
+
+def run_after_backward_hooks(step):
+    """Call the hooks' ``after_backward`` where detectron2 has them (main; not v0.6)."""
+    after_backward = getattr(step, "after_backward", None)
+    if after_backward is not None:
+        after_backward()

@@ -122,6 +122,9 @@ class GALWHook(HookBase):
         self.gamma_history: Dict[str, List[float]] = {t: [] for t in weighting.tasks}
         self._epoch_sum = {t: 0.0 for t in weighting.tasks}
         self._epoch_count = 0
+        self._epoch_rejected = 0  # probes not recorded (AMP-skipped step, non-finite Gamma)
+        self.probes_rejected = 0
+        self._retry_probe = False
         self.slopes: Dict[str, float] = {}
         self.s_star: Dict[str, float] = {}
         self.switch_iter: Optional[int] = None
@@ -166,24 +169,37 @@ class GALWHook(HookBase):
             )
 
     def before_step(self):
-        self.probe.due = self.phase == "probing" and self.trainer.iter % self.probe_period == 0
+        due = self.trainer.iter % self.probe_period == 0 or self._retry_probe
+        self.probe.due = self.phase == "probing" and due
 
     def after_step(self):
         it = self.trainer.iter
         if self.probe.due:
             self.probe.due = False
-            gammas = self.probe.last
-            for t in self.weighting.tasks:
-                self._epoch_sum[t] += gammas[t]
-            self._epoch_count += 1
-            if comm.is_main_process():
-                get_event_storage().put_scalars(
-                    **{f"galw/gamma/{t}": v for t, v in gammas.items()}, smoothing_hint=False
-                )
+            self._record_probe(it)
         if self.phase == "probing" and (it + 1) % self.epoch_iters == 0:
             self._close_epoch()
             if self.probe_epochs > 0 and self._num_epochs() >= self.probe_epochs:
                 self._finish_probing(it)
+
+    def _record_probe(self, it: int):
+        """Add the probe's Gamma to the epoch, unless it was rejected: then count, log, and probe
+        again at the next iteration."""
+        gammas = self.probe.last
+        self._retry_probe = self.probe.rejected is not None
+        if self._retry_probe:
+            self._epoch_rejected += 1
+            self.probes_rejected += 1
+            logger.warning("GALW: probe at iteration %d not recorded: %s; probing again next iteration", it,
+                           self.probe.rejected)
+            if comm.is_main_process():
+                get_event_storage().put_scalar("galw/probes_rejected", self.probes_rejected, smoothing_hint=False)
+            return
+        for t in self.weighting.tasks:
+            self._epoch_sum[t] += gammas[t]
+        self._epoch_count += 1
+        if comm.is_main_process():
+            get_event_storage().put_scalars(**{f"galw/gamma/{t}": v for t, v in gammas.items()}, smoothing_hint=False)
 
     def after_train(self):
         finished = self.trainer.iter >= self.trainer.max_iter  # train() leaves iter = max_iter on success
@@ -200,6 +216,14 @@ class GALWHook(HookBase):
         return len(next(iter(self.gamma_history.values())))
 
     def _close_epoch(self):
+        rejected, self._epoch_rejected, self._retry_probe = self._epoch_rejected, 0, False
+        if self._epoch_count == 0 and rejected:
+            epoch = self.trainer.iter // self.epoch_iters
+            raise FloatingPointError(
+                f"GALW: epoch {epoch} (iterations {epoch * self.epoch_iters}..{self.trainer.iter}) has no valid "
+                f"Gamma: all its {rejected} probes were rejected (last: {self.probe.rejected}); under AMP, "
+                "losses overflow float16 on every iteration of the epoch"
+            )
         if self._epoch_count == 0:  # e.g. a run started mid-epoch: nothing measured
             logger.warning(
                 "GALW: no Gamma measured in the epoch ending at iteration %d; left out",
@@ -259,6 +283,9 @@ class GALWHook(HookBase):
             "gamma_history": self.gamma_history,
             "epoch_sum": self._epoch_sum,
             "epoch_count": self._epoch_count,
+            "epoch_rejected": self._epoch_rejected,
+            "probes_rejected": self.probes_rejected,
+            "retry_probe": self._retry_probe,
             "slopes": self.slopes,
             "s_star": self.s_star,
             "switch_iter": self.switch_iter,
@@ -275,6 +302,9 @@ class GALWHook(HookBase):
         self.gamma_history = {t: list(v) for t, v in state["gamma_history"].items()}
         self._epoch_sum = dict(state["epoch_sum"])
         self._epoch_count = int(state["epoch_count"])
+        self._epoch_rejected = int(state.get("epoch_rejected", 0))
+        self.probes_rejected = int(state.get("probes_rejected", 0))
+        self._retry_probe = bool(state.get("retry_probe", False))
         self.slopes = dict(state["slopes"])
         self.s_star = dict(state["s_star"])
         self.switch_iter = state["switch_iter"]

@@ -2,8 +2,9 @@
 benchmark and docs: a shared conv trunk named like a detectron2 ResNet (backbone.res2..res4,
 so GALW's default SHARED_PARAM_PREFIXES apply) and one linear-readout head per task.
 
-Task i's loss is ``2 ** (trend_i * epoch) * gain * (mean(head_i(trunk(x))) - target)^2 / 2``: the
-outputs start far from the target, so the residual (hence the gradient) barely changes over
+Task i's loss is ``2 ** (trend_i * epoch) * gain * (mean(head_i(trunk(x))) - target)^2 / 2``, averaged
+over the images of the batch (so a batch split over ranks averages back to it): the outputs start far
+from the target, so the residual (hence the gradient) barely changes over
 a short training with a small learning rate, while the quadratic keeps the training stable: its gradient on
 the shared trunk grows (trend +1), stays flat (0) or shrinks (-1) from epoch to epoch, so the
 tasks with the same trend form the clusters GALW should find.
@@ -55,7 +56,7 @@ class ToyMultiTask(nn.Module):
         if self.training:
             self.iteration += 1
         return {
-            name: (2.0 ** (trend * epoch)) * self.gain * 0.5 * (head(x).mean() - self.target) ** 2
+            name: (2.0 ** (trend * epoch)) * self.gain * 0.5 * ((head(x).mean(dim=(1, 2, 3)) - self.target) ** 2).mean()
             for name, trend, head in zip(self.task_names, self.trends, self.heads)
         }
 

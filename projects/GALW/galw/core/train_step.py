@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 import detectron2.utils.comm as comm
-from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.events import get_event_storage
 
+from .. import compat
+from ..distributed import all_reduce_mean_
 from .finite import check_finite_step
 from .hook import GALWHook
 from .probe import GradientProbe, select_shared_parameters
@@ -123,9 +125,8 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
 def average_sigma_grad(weighting: LossWeighting):
     """Average log_sigma's gradient over ranks (DDP ignores it) so sigmas stay identical."""
     grad = weighting.log_sigma.grad
-    if comm.get_world_size() > 1 and grad is not None:
-        torch.distributed.all_reduce(grad)
-        grad /= comm.get_world_size()
+    if grad is not None:
+        all_reduce_mean_(grad)  # a device tensor: the default group (NCCL)
 
 
 def write_galw_metrics(weighting: LossWeighting, loss_dict):
@@ -133,7 +134,7 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
     loss gets), galw/sigma/<group> and galw/group_weight/<group> (1/sigma^2; its own namespace, as
     per-task weighting names its groups after the tasks)."""
     raw = {f"galw/raw/{t}": float(loss_dict[t].detach()) for t in weighting.tasks}
-    gathered = comm.gather(raw)
+    gathered = comm.gather(raw)  # Python floats: detectron2's gloo group
     if not comm.is_main_process():
         return
     storage = get_event_storage()
@@ -177,21 +178,26 @@ class _GALWStep:
 
     def _after_backward(self, loss_dict, data_time):
         average_sigma_grad(self.weighting)
+        compat.run_after_backward_hooks(self)
         self._write_metrics(loss_dict, data_time)
         write_galw_metrics(self.weighting, loss_dict)
 
 
 class GALWSimpleTrainer(_GALWStep, SimpleTrainer):
-    """SimpleTrainer whose loss is the GALW weighting of the model's loss dict."""
+    """SimpleTrainer whose loss is the GALW weighting of the model's loss dict.
 
-    def __init__(self, model, data_loader, optimizer, weighting=None, probe=None, gamma_loss="weighted"):
-        super().__init__(model, data_loader, optimizer)
+    Extra keyword arguments go to detectron2's SimpleTrainer (e.g. ``gather_metric_period`` on
+    builds that have it); metrics are written synchronously (they involve collectives).
+    """
+
+    def __init__(self, model, data_loader, optimizer, weighting=None, probe=None, gamma_loss="weighted", **kwargs):
+        super().__init__(model, data_loader, optimizer, **kwargs)
         self._galw_init(weighting if weighting is not None else get_weighting(model), probe, gamma_loss)
 
     def run_step(self):
         assert self.model.training, "[GALWSimpleTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        data = compat.next_batch(self)
         data_time = time.perf_counter() - start
         loss_dict = self.model(data)
         losses = self.weighting(loss_dict)
@@ -204,51 +210,62 @@ class GALWSimpleTrainer(_GALWStep, SimpleTrainer):
 
 
 class GALWAMPTrainer(_GALWStep, AMPTrainer):
-    """AMPTrainer with the GALW weighting; the probe undoes the loss scale."""
+    """AMPTrainer with the GALW weighting; the probe undoes the loss scale, and a probe of a step
+    that GradScaler skips (inf/NaN gradients) is rejected, so the hook does not record it.
 
-    def __init__(
-        self, model, data_loader, optimizer, grad_scaler=None, weighting=None, probe=None, gamma_loss="weighted"
-    ):
-        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler)
+    Autocast runs on the model's device type (CUDA in real runs; the CPU in tests).
+    """
+
+    def __init__(self, model, data_loader, optimizer, grad_scaler=None, precision=torch.float16,
+                 weighting=None, probe=None, gamma_loss="weighted", **kwargs):
+        if grad_scaler is None:
+            grad_scaler = torch.amp.GradScaler(_device_type(model))
+        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler, **kwargs)
+        self.precision = precision
         self._galw_init(weighting if weighting is not None else get_weighting(model), probe, gamma_loss)
 
     def run_step(self):
         assert self.model.training, "[GALWAMPTrainer] model was changed to eval mode!"
-        assert torch.cuda.is_available(), "[GALWAMPTrainer] CUDA is required for AMP training!"
-        from torch.cuda.amp import autocast
-
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        data = compat.next_batch(self)
         data_time = time.perf_counter() - start
-        with autocast():
+        with torch.autocast(_device_type(self.model), dtype=self.precision):
             loss_dict = self.model(data)
         losses = self.weighting(loss_dict)  # fp32: sigma terms outside autocast
         check_finite_step(self.weighting, loss_dict, losses, self.iter)
-        self._probe_if_due(loss_dict, scale=float(self.grad_scaler.get_scale()))
+        probing = self.probe is not None and self.probe.due
+        scale = float(self.grad_scaler.get_scale()) if probing else 1.0
+        self._probe_if_due(loss_dict, scale=scale)
         self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
         self._after_backward(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
+        if probing and self.grad_scaler.get_scale() < scale:  # the scale backs off iff the step was skipped
+            self.probe.reject(f"GradScaler skipped the step (inf/NaN gradients at loss scale {scale:g})")
+
+
+def _device_type(model: nn.Module) -> str:
+    return next(model.parameters()).device.type
 
 
 def galw_train_step(inner: SimpleTrainer, cfg) -> SimpleTrainer:
-    """The GALW counterpart of a DefaultTrainer's ``_trainer``, sharing its model, optimizer
-    and running data iterator (no second loader iterator is started)."""
+    """The GALW counterpart of a DefaultTrainer's ``_trainer``, built by its constructor on the same
+    model, optimizer, options (grad scaler, ...) and running data iterator (no second loader
+    iterator is started)."""
     cls = GALWAMPTrainer if isinstance(inner, AMPTrainer) else GALWSimpleTrainer
-    new = cls.__new__(cls)
-    TrainerBase.__init__(new)
-    new.model = inner.model
-    new.data_loader = inner.data_loader
-    new._data_loader_iter = inner._data_loader_iter
-    new.optimizer = inner.optimizer
-    if isinstance(inner, AMPTrainer):
-        new.grad_scaler = inner.grad_scaler
     g = cfg.MODEL.GALW
     shared = select_shared_parameters(inner.model, g.SHARED_PARAM_PREFIXES)
     logger.info("GALW probe: %d shared parameter tensors (%s ... %s)", len(shared), shared[0][0], shared[-1][0])
-    new._galw_init(get_weighting(inner.model), GradientProbe(shared, batched=g.PROBE_BATCHED), g.GAMMA_LOSS)
-    return new
+    return cls(
+        inner.model,
+        compat.SharedDataLoader(inner),
+        inner.optimizer,
+        weighting=get_weighting(inner.model),
+        probe=GradientProbe(shared, batched=g.PROBE_BATCHED),
+        gamma_loss=g.GAMMA_LOSS,
+        **compat.train_step_options(inner),
+    )
 
 
 def epoch_iters(cfg) -> int:

@@ -8,12 +8,13 @@ only, so under DDP every rank drifts to its own table. Here the features and
 identities of ALL ranks are gathered first and every rank applies the same
 updates in the same order, so the tables stay identical on every rank.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from ..distributed import all_gather_rows
 
 __all__ = ["OIMLoss", "UNLABELED", "IGNORED"]
 
@@ -126,7 +127,7 @@ class OIMLoss(nn.Module):
         else:
             loss = features.sum() * 0.0
         if self.training:
-            self._update(*_all_gather_rows(features.detach(), pids))
+            self._update(all_gather_rows(features.detach()), all_gather_rows(pids))
         return loss
 
     @torch.no_grad()
@@ -143,28 +144,3 @@ class OIMLoss(nn.Module):
         slots = (self.queue_head + torch.arange(n, device=unlabeled.device)) % self.queue_size
         self.unlabeled_queue[slots] = unlabeled
         self.queue_head.copy_((self.queue_head + n) % self.queue_size)
-
-
-def _all_gather_rows(features: torch.Tensor, pids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate ``features`` [n_r, D] and ``pids`` [n_r] of every rank, in rank order.
-
-    Works on the tensors' own device (gloo on CPU, NCCL on GPU); ranks may hold
-    different numbers of rows, so rows are padded to the largest count for the gather.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return features, pids
-    world = dist.get_world_size()
-    count = torch.tensor([features.shape[0]], device=features.device, dtype=torch.long)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c.item()) for c in counts]
-    largest = max(counts)
-    return _gather_padded(features, counts, largest), _gather_padded(pids, counts, largest)
-
-
-def _gather_padded(tensor: torch.Tensor, counts, largest: int) -> torch.Tensor:
-    padded = tensor.new_zeros((largest,) + tuple(tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    gathered = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[:c] for g, c in zip(gathered, counts)], dim=0)

@@ -12,7 +12,6 @@ import logging
 from typing import Dict, List, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
@@ -23,6 +22,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.logger import log_every_n_seconds
 
+from ...distributed import all_reduce_mean_
 from ..backbone import build_res5_stage, res5_out_channels
 from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
 from ..nae import oim_num_labeled
@@ -37,15 +37,9 @@ __all__ = ["AlignPSBranch"]
 EMBED_POOLINGS = ("center", "roi_average")
 
 
-def _mean_over_ranks(value: float) -> float:
+def _mean_over_ranks(value: float, device: torch.device) -> float:
     """Average a count over data-parallel ranks (FCOS normalises by the global positive count)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t)
-        value = t.item() / dist.get_world_size()
-    return value
+    return float(all_reduce_mean_(torch.tensor([value], dtype=torch.float64, device=device)))
 
 
 @PS_BRANCH_REGISTRY.register()
@@ -196,7 +190,7 @@ class AlignPSBranch(PersonSearchBranch):
         embeds = self._flatten(maps)
 
         num_pos = int(fg.sum())
-        num_pos_avg = max(_mean_over_ranks(float(num_pos)), 1.0)
+        num_pos_avg = max(_mean_over_ranks(float(num_pos), logits.device), 1.0)
         loss_cls = sigmoid_focal_loss(
             logits, fg.to(logits.dtype), alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
         ) / num_pos_avg
@@ -204,7 +198,7 @@ class AlignPSBranch(PersonSearchBranch):
         pos_points = all_points[None].expand(len(gt_instances), -1, -1)[fg]
         pos_ltrb = ltrb_t[fg]
         pos_ctr_t = centerness_target(pos_ltrb)
-        ctr_norm = max(_mean_over_ranks(float(pos_ctr_t.sum())), 1e-6)
+        ctr_norm = max(_mean_over_ranks(float(pos_ctr_t.sum()), logits.device), 1e-6)
         if num_pos > 0:
             loss_box = weighted_giou_loss(
                 distances_to_boxes(pos_points, dists[fg]), distances_to_boxes(pos_points, pos_ltrb), pos_ctr_t, ctr_norm
