@@ -121,13 +121,3 @@ def train_losses(compute_losses, params, steps, lr):
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             opt.step()
     return history
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` run only where CUDA is available (their logic has CPU tests too)."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
