@@ -9,12 +9,12 @@ import logging
 
 import galw  # noqa: F401  (closes detectron2 gaps and registers the project's parts)
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 from galw import add_galw_config
+from galw.checkpoint import AtomicCheckpointer
 from galw.core import needs_two_phases, train_two_phase
 from galw.engine import Trainer, setup_galw_logger
 
@@ -34,7 +34,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

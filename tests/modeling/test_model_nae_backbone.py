@@ -171,5 +171,8 @@ def test_oim_size_from_train_metadata():
             build_model(tiny_nae_cfg(*SMALL, "DATASETS.TRAIN", (name,), "MODEL.OIM.NUM_LABELED", 5))
     finally:
         MetadataCatalog.remove(name)
+    # No size anywhere: built for inference (the checkpoint sizes the table), never trained as is.
+    oim = build_model(tiny_nae_cfg(*SMALL, "MODEL.OIM.NUM_LABELED", 0)).branches["NAEBranch"].roi_heads.oim
+    assert oim.num_labeled is None
     with pytest.raises(ValueError, match="NUM_LABELED"):
-        build_model(tiny_nae_cfg(*SMALL, "MODEL.OIM.NUM_LABELED", 0))
+        oim(torch.zeros(2, oim.feat_dim), torch.zeros(2))

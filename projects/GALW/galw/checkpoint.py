@@ -3,12 +3,13 @@ file behind a killed writer."""
 import fnmatch
 import logging
 import os
+import pickle
 import re
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer", "atomic_write", "remove_stale_temp_files", "non_finite_tensors"]
+__all__ = ["AtomicCheckpointer", "atomic_write", "load_array_pickle", "remove_stale_temp_files", "non_finite_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,18 @@ class AtomicCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         if self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir):
             remove_stale_temp_files(self.save_dir)
+
+    def _load_file(self, filename):
+        """detectron2's reading of a model-zoo ``.pkl`` (d2 format, or Caffe2 blobs), through
+        :func:`load_array_pickle`: detectron2's own reader would unpickle anything."""
+        if not filename.endswith(".pkl"):
+            return super()._load_file(filename)
+        data = load_array_pickle(filename)
+        if "model" in data and "__author__" in data:
+            return data
+        data = data.get("blobs", data)
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -139,3 +152,31 @@ def remove_stale_temp_files(directory: str):
         logger.warning("Removed %d temporary file(s) of interrupted writes in %s: %s", len(removed), directory,
                        ", ".join(removed))
     return removed
+
+
+#: What a pickle of weights (detectron2 / Caffe2 model zoo .pkl) may build: numpy arrays, dicts.
+_ARRAY_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"), ("_codecs", "encode"),
+}
+
+
+def load_array_pickle(path):
+    """Unpickle a weights file that may only hold numpy arrays, numbers, strings and containers.
+
+    A ``.pkl`` checkpoint is a file users receive; plain ``pickle.load`` would run whatever code it
+    names. Anything beyond arrays is refused with the file and the global it asked for.
+    """
+
+    class ArrayUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _ARRAY_PICKLE_GLOBALS:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(
+                f"{path}: refusing to load '{module}.{name}': a weights .pkl may hold only numpy arrays, "
+                "numbers, strings and containers"
+            )
+
+    with open(path, "rb") as f:
+        return ArrayUnpickler(f, encoding="latin1").load()

@@ -19,12 +19,11 @@ import warnings
 import torch
 from torch import nn
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
-from .checkpoint import atomic_write
+from .checkpoint import AtomicCheckpointer, atomic_write
 from .config import add_galw_config
 
 __all__ = [
@@ -53,7 +52,7 @@ def build_inference_model(config_file, weights, opts=()):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return cfg, model.eval()
 
 

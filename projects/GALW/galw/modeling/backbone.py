@@ -29,7 +29,6 @@ ValueError names it); checkpoint tensors nothing uses (``fc``) are counted in th
 """
 import logging
 import os
-import pickle
 import re
 from typing import Dict, Tuple
 
@@ -41,6 +40,8 @@ from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet, build_resnet_backbone
+
+from ..checkpoint import load_array_pickle
 
 __all__ = [
     "build_person_search_backbone",
@@ -154,8 +155,7 @@ def read_imagenet_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
             "or torchvision naming (see projects/GALW/docs/models.md), or '' for random init."
         )
     if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+        data = load_array_pickle(path)
     else:
         data = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
