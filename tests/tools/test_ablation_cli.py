@@ -37,7 +37,7 @@ def test_cli_appends_to_common_opts_and_variants_win(tmp_path, capsys):
     path = _spec_file(tmp_path)
     ablation.main(["--spec", path, "--out", str(tmp_path / "o"), "--dry-run", "--max-iter", "100",
                    "--opts", "MODEL.GALW.EPOCH_ITERS", "25"])
-    equal, rulwf = capsys.readouterr().out.strip().splitlines()
+    equal, rulwf = [line for line in capsys.readouterr().out.splitlines() if "train_net.py" in line]
     common = "SEED 1 SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 100 SOLVER.STEPS (67, 90) SOLVER.WARMUP_ITERS 20 " \
              "MODEL.GALW.EPOCH_ITERS 25"
     assert equal.endswith(common + " MODEL.GALW.ENABLED False")
