@@ -77,7 +77,8 @@ def test_eval_outputs_follow_contract():
     assert {"pred_boxes", "scores", "embeddings"} <= set(inst.get_fields())
     n = len(inst)
     assert n > 0 and inst.embeddings.shape == (n, 32) and inst.scores.shape == (n,)
-    assert torch.allclose(inst.embeddings.norm(dim=1), torch.ones(n), atol=1e-5)
+    # confidence-weighted similarity (MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS): norm = detection score
+    assert torch.allclose(inst.embeddings.norm(dim=1), inst.scores, atol=1e-5)
     assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
     box = inst.pred_boxes.tensor
     assert (box[:, 0] >= 0).all() and (box[:, 2] <= 256).all() and (box[:, 3] <= 192).all()
