@@ -171,6 +171,8 @@ def _add_attribute_config(cfg):
     # Number of binary attributes; 0 = len(attribute_names) of DATASETS.TRAIN[0]'s metadata.
     cfg.MODEL.ATTRIBUTE.NUM_ATTRIBUTES = 0
     # Shared backbone levels whose box crops form the attribute pyramid (any order; sorted by stride).
+    # Tang et al. use 3 levels; the R-50 paper configs take the 3 shared stages res2..res4 (the paper's
+    # shared conv2..conv4), the R-18 synthetic ones 2 (CPU time).
     cfg.MODEL.ATTRIBUTE.IN_FEATURES = ["res3", "res4"]
     # Side of the ROIAlign crop taken from every level (32 in the paper).
     cfg.MODEL.ATTRIBUTE.POOLER_RESOLUTION = 32
@@ -178,3 +180,10 @@ def _add_attribute_config(cfg):
     cfg.MODEL.ATTRIBUTE.CONV_DIM = 256
     # Channel reduction of the squeeze-and-excitation gate in every ALM (16 in Tang et al.).
     cfg.MODEL.ATTRIBUTE.SE_REDUCTION = 16
+    # Spatial pooling of the ALMs, before the spatial transform and over the attended region:
+    # "avg" (Tang et al.'s code: avg_pool2d / AvgPool2d) or "max".
+    cfg.MODEL.ATTRIBUTE.POOLING = "avg"
+    # grid_sample padding of the attended region outside the crop: "border" (Tang et al.) or "zeros".
+    cfg.MODEL.ATTRIBUTE.PADDING_MODE = "border"
+    # ReLU after the 1x1 laterals (Tang et al.'s laterals are linear: False).
+    cfg.MODEL.ATTRIBUTE.LATERAL_RELU = False
