@@ -5,7 +5,8 @@ squeeze-and-excitation gate (residual: ``x * s + x``), predicts from its pooled 
 constrained affine transform (scale in (0, 1), translation in (-1, 1), no rotation or shear)
 that selects the attribute's region, samples that region with ``affine_grid`` /
 ``grid_sample`` (border padding), pools it and scores it with the attribute's own linear
-classifier. Pooling is average pooling as Tang et al.'s code (``"max"`` is an option). The transform is learned without box supervision for the region (weakly
+classifier. Pooling is average pooling as Tang et al.'s code (``"max"`` is an option).
+The transform is learned without box supervision for the region (weakly
 supervised): only the attribute label reaches it, through the bilinear sampler.
 
 The ALMs of one pyramid level are evaluated together. Because the gate ``1 + s`` is a

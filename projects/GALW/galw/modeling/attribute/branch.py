@@ -7,7 +7,8 @@ as in Tang et al. (ICCV 2019): each level gets a 1x1 lateral conv to ``CONV_DIM`
 channels (linear, no ReLU, as their code) and is concatenated with the fused level above
 it, so a shallow level sees its own detail and the semantics of every deeper level. Each
 level has its ALMs (one per attribute); a main classifier on the average-pooled deepest
-crop (the backbone feature itself, as their ``finalfc``) completes the prediction set. Training: the sum over these predictions of the binary
+crop (the backbone feature itself, as their ``finalfc``) completes the prediction set.
+Training: the sum over these predictions of the binary
 cross-entropy on known labels (deep supervision, as Tang et al.), under one loss key,
 ``loss_attr``. Inference: per attribute the maximum logit over the predictions,
 through a sigmoid.
