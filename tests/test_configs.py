@@ -1,5 +1,5 @@
 """Every shipped config loads into get_cfg + add_galw_config (no unknown keys); every GALW config's
-TASKS / TASK_KINDS are exactly the losses its model returns, in CONTRACTS.md order and kinds;
+TASKS / TASK_KINDS are exactly the losses its model returns, in the order and kinds of the loss-key table of docs/models.md;
 every ablation variant's MODEL.GALW values are accepted by the GALW core."""
 import functools
 import glob
@@ -23,7 +23,7 @@ from conftest import CONFIG_DIR, ROOT
 
 ABLATION_DIR = os.path.join(CONFIG_DIR, "ablation")  # specs of tools/ablation.py, not detectron2 configs
 
-#: CONTRACTS.md: loss key -> GALW kind, in task order t1..t11.
+#: docs/models.md (Loss keys): loss key -> GALW kind, in task order t1..t11.
 CONTRACT_KINDS = {
     "loss_rpn_cls": "classification", "loss_rpn_box": "regression", "loss_nae_det": "classification",
     "loss_nae_box": "regression", "loss_nae_oim": "classification", "loss_aps_cls": "classification",
@@ -56,7 +56,7 @@ def galw_configs():
 
 
 def expected_tasks(cfg):
-    """The loss keys of the config's branches, in CONTRACTS.md order."""
+    """The loss keys of the config's branches, in the order of docs/models.md's loss-key table."""
     keys = [k for b in cfg.MODEL.PERSON_SEARCH.BRANCHES for k in BRANCH_KEYS[b]]
     return [k for k in CONTRACT_KINDS if k in keys]
 

@@ -12,6 +12,12 @@ from nae_helpers import synthetic_batch, tiny_nae_cfg
 from conftest import train_losses
 
 NAE_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim"}
+#: Losses that must fall when the whole model overfits a tiny batch. Not loss_nae_box: with the
+#: references' near-zero box init it starts at |targets| of the sampled ROIs, and as the RPN learns the
+#: foreground moves from the appended GT boxes (target 0) to real proposals (targets of ~2 with weights
+#: 10, 10, 5, 5), so it rises while the regressor learns (measured over 30 steps: 5.75 -> 8.96; with the
+#: old 0.5 background threshold 5.12 -> 11.73). test_nae_fidelity.py shows it falling on fixed proposals.
+NAE_FALLING = NAE_KEYS - {"loss_nae_box"}
 # faster for tests: 4x4 ROIAlign (2x2 after res5), 8 ROIs per image, stem..res3 frozen
 FAST = ("MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 4, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 8, "MODEL.BACKBONE.FREEZE_AT", 3)
 
@@ -45,6 +51,8 @@ def test_overfit_tiny_batch_every_task_falls():
     for key in NAE_KEYS:
         series = [h[key] for h in history]
         assert all(torch.isfinite(torch.tensor(series))), key
+        if key not in NAE_FALLING:
+            continue
         first, last = sum(series[:5]) / 5, sum(series[-5:]) / 5
         assert last < 0.85 * first, f"{key}: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
 
