@@ -36,7 +36,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks")
 ROI_ALIGNPS_SYNTH = "projects/GALW/configs/alignps/roi_alignps_R18_synth_cpu.yaml"
-# ROI-AlignPS*'s ten tasks (t1..t10 of the loss-key table in projects/GALW/docs/models.md) and their GALW kinds (t10 regression-like).
+# ROI-AlignPS*'s ten tasks (t1..t10 of projects/GALW/docs/models.md's loss-key table), their GALW kinds.
 ROI_ALIGNPS_TASKS = [
     "loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim",
     "loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri",
