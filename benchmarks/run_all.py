@@ -65,6 +65,8 @@ def benchmarks(args, data_root):
     inference += ["--amp"] if args.amp else []
     overhead_opts = [
         "MODEL.GALW.TASKS", str(ROI_ALIGNPS_TASKS), "MODEL.GALW.TASK_KINDS", str(ROI_ALIGNPS_KINDS),
+        # the config's own weighting is the baseline's fixed per-task grouping: probe and cluster instead
+        "MODEL.GALW.GROUPING", "galw",
         "MODEL.DEVICE", args.device,
         # the tiny SynthPS-PRW has 5 iterations per epoch; a probe period must fit in an epoch
         "MODEL.GALW.EPOCH_ITERS", "1000",
