@@ -60,6 +60,8 @@ def benchmarks(args, data_root):
     inference += ["--amp"] if args.amp else []
     overhead_opts = [
         # the config's base (Base-ROI-AlignPS.yaml) lists the ten tasks; galw_overhead.py enables GALW
+        # the config's own weighting is the baseline's fixed per-task grouping: probe and cluster instead
+        "MODEL.GALW.GROUPING", "galw",
         "MODEL.DEVICE", args.device,
         # the tiny SynthPS-PRW has 5 iterations per epoch; a probe period must fit in an epoch
         "MODEL.GALW.EPOCH_ITERS", "1000",

@@ -14,7 +14,7 @@ _COLOURS = {0: (40, 200, 230), 1: (220, 60, 60), 2: (60, 220, 90), -1: (180, 180
 
 
 def synthetic_batch(seed: int = 0):
-    """Two 128x96 BGR images with textured person rectangles; detectron2 training dicts."""
+    """Two 128x96 BGR images with textured person rectangles; training dicts as docs/models.md describes them."""
     rng = np.random.default_rng(seed)
     batch = []
     for people in SYNTH_PEOPLE:

@@ -51,7 +51,7 @@ def _person_image(height, width, people, seed):
 
 
 def synthetic_batch():
-    """Two 96x128 training dicts (detectron2's training batch format, docs/models.md) with 3 and 2 people."""
+    """Two 96x128 training dicts (the training input format of docs/models.md) with 3 and 2 people."""
     layouts = [
         [(0, (8, 10, 34, 80)), (1, (50, 20, 74, 86)), (-1, (92, 8, 118, 70))],
         [(2, (14, 24, 40, 90)), (0, (80, 6, 104, 72))],

@@ -135,7 +135,7 @@ def schedule_opts(spec, max_iter):
 
 
 def galw_group_tasks(history, num_groups, linkage):
-    """GALW's clustering of Gamma histories (galw.core.grouping.group_tasks)."""
+    """GALW's clustering of Gamma histories (galw.core.grouping.group_tasks, docs/galw.md)."""
     from galw.core.grouping import group_tasks
 
     return group_tasks(history, num_groups, linkage=linkage)

@@ -131,3 +131,16 @@ def test_detectron2_norm_clipping_is_per_tensor():
     # each tensor clipped on its own to norm 1: steps (1, 0) and (0, 1)
     p, q = _one_clipped_step("norm")
     assert p == pytest.approx([-1.0, 0.0]) and q == pytest.approx([0.0, -1.0])
+
+
+def test_fixed_grouping_never_probes_so_any_probe_period_is_accepted():
+    """The manual baseline (fixed per-task groups) runs on datasets whose epoch is shorter than
+    PROBE_PERIOD; only a probing run needs a Gamma measurement in every epoch."""
+    from galw_helpers import toy_training
+
+    manual = ["MODEL.GALW.WEIGHTING", "manual", "MODEL.GALW.GROUPING", "per_task",
+              "MODEL.GALW.MANUAL_WEIGHTS", [1.0, 1.0, 10.0, 1.0, 10.0, 1.0], "MODEL.GALW.PROBE_PERIOD", 100]
+    _, hook = toy_training(toy_cfg("", *manual))  # epoch 5 iterations < period 100
+    assert hook.phase == "grouped"
+    with pytest.raises(ValueError, match="PROBE_PERIOD is 100"):
+        toy_training(toy_cfg("", "MODEL.GALW.PROBE_PERIOD", 100))

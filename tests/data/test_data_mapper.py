@@ -15,7 +15,8 @@ from galw.data import PersonSearchDatasetMapper
 def _cfg(*opts):
     cfg = get_cfg()
     galw.add_galw_config(cfg)
-    cfg.merge_from_list(["INPUT.PS.TRAIN_LONG_SIDE_RANGE", (200, 200), "INPUT.PS.TRAIN_SHORT_SIDE_RANGE", (160, 160),
+    cfg.merge_from_list(["INPUT.PS.TRAIN_SCALE_MODE", "range",
+                         "INPUT.PS.TRAIN_LONG_SIDE_RANGE", (200, 200), "INPUT.PS.TRAIN_SHORT_SIDE_RANGE", (160, 160),
                          "INPUT.PS.TEST_LONG_SIDE", 150, "INPUT.PS.TEST_SHORT_SIDE", 90] + list(opts))
     return cfg
 

@@ -56,6 +56,8 @@ def test_ten_losses_finite_and_falling(roi_alignps):
     for key in sorted(TEN_TASKS):
         values = torch.tensor([h[key] for h in history])
         assert torch.isfinite(values).all(), key
+        if key == "loss_nae_box":
+            continue  # see tests/modeling/test_model_nae.py: NAE_FALLING
         assert values[-4:].mean() < values[:3].mean(), (key, [round(v, 4) for v in values.tolist()])
     box = torch.tensor([h["loss_aps_box"] for h in history])
     assert box[-4:].mean() < 0.9 * box[:3].mean(), [round(v, 4) for v in box.tolist()]  # GIoU really learns

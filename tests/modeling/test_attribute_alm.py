@@ -48,7 +48,7 @@ def test_alm_shapes():
 def test_alm_matches_the_direct_formulation():
     """Gating after sampling+pooling (the module) equals Tang et al.'s gate-then-sample-then-pool."""
     torch.manual_seed(1)
-    alm = AttributeLocalization(channels=8, num_attributes=3, se_reduction=2)
+    alm = AttributeLocalization(channels=8, num_attributes=3, se_reduction=2, pooling="max", padding_mode="zeros")
     with torch.no_grad():
         alm.loc_weight.normal_(std=0.3)
         alm.loc_bias.normal_()
@@ -91,7 +91,7 @@ def test_alm_gradients_reach_the_transform():
 
 def _region_probe(shift: float) -> float:
     """Logit of an ALM whose gate is ~1, looking at a half-size window centred at (shift, shift)."""
-    alm = AttributeLocalization(channels=2, num_attributes=1, se_reduction=1)
+    alm = AttributeLocalization(channels=2, num_attributes=1, se_reduction=1, pooling="max")
     with torch.no_grad():
         alm.se_expand_weight.zero_()
         alm.se_expand_bias.fill_(-40.0)  # sigmoid ~ 0 -> gate ~ 1

@@ -12,6 +12,12 @@ from nae_helpers import synthetic_batch, tiny_nae_cfg
 from conftest import NAE_TASKS, train_losses
 
 NAE_KEYS = set(NAE_TASKS)
+#: Losses that must fall when the whole model overfits a tiny batch. Not loss_nae_box: with the
+#: references' near-zero box init it starts at |targets| of the sampled ROIs, and as the RPN learns the
+#: foreground moves from the appended GT boxes (target 0) to real proposals (targets of ~2 with weights
+#: 10, 10, 5, 5), so it rises while the regressor learns (measured over 30 steps: 5.75 -> 8.96; with the
+#: old 0.5 background threshold 5.12 -> 11.73). test_nae_fidelity.py shows it falling on fixed proposals.
+NAE_FALLING = NAE_KEYS - {"loss_nae_box"}
 # faster for tests: 4x4 ROIAlign (2x2 after res5), 8 ROIs per image, stem..res3 frozen
 FAST = ("MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 4, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 8, "MODEL.BACKBONE.FREEZE_AT", 3)
 
@@ -46,6 +52,8 @@ def test_overfit_tiny_batch_every_task_falls():
     for key in NAE_KEYS:
         series = [h[key] for h in history]
         assert all(torch.isfinite(torch.tensor(series))), key
+        if key not in NAE_FALLING:
+            continue
         first, last = sum(series[:5]) / 5, sum(series[-5:]) / 5
         assert last < 0.85 * first, f"{key}: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
 
@@ -78,7 +86,8 @@ def test_eval_outputs_follow_contract():
     assert {"pred_boxes", "scores", "embeddings"} <= set(inst.get_fields())
     n = len(inst)
     assert n > 0 and inst.embeddings.shape == (n, 32) and inst.scores.shape == (n,)
-    assert torch.allclose(inst.embeddings.norm(dim=1), torch.ones(n), atol=1e-5)
+    # confidence-weighted similarity (MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS): norm = detection score
+    assert torch.allclose(inst.embeddings.norm(dim=1), inst.scores, atol=1e-5)
     assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
     box = inst.pred_boxes.tensor
     assert (box[:, 0] >= 0).all() and (box[:, 2] <= 256).all() and (box[:, 3] <= 192).all()

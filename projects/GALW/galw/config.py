@@ -27,9 +27,14 @@ def _add_data_config(cfg):
     Dataset roots come from $DETECTRON2_DATASETS (detectron2's convention), not from the config.
     """
     cfg.INPUT.PS = CN()
-    # Training resize (paper): long-side bound drawn uniformly from this range ...
+    # Multi-scale training resize: "value" (the references, mmdet multiscale_mode 'value'): one
+    # (long, short) bound pair of TRAIN_SCALES drawn uniformly per image; "range": the long-side bound
+    # drawn uniformly from TRAIN_LONG_SIDE_RANGE and, independently, the short-side bound from
+    # TRAIN_SHORT_SIDE_RANGE (smaller images on average). Either way the image is scaled, keeping its
+    # ratio, to fit both bounds.
+    cfg.INPUT.PS.TRAIN_SCALE_MODE = "value"
+    cfg.INPUT.PS.TRAIN_SCALES = ((667, 400), (1000, 600), (1333, 800), (1500, 900), (1666, 1000), (2000, 1200))
     cfg.INPUT.PS.TRAIN_LONG_SIDE_RANGE = (667, 2000)
-    # ... and short-side bound from this one; the image is scaled (keeping its ratio) to fit both.
     cfg.INPUT.PS.TRAIN_SHORT_SIDE_RANGE = (400, 1200)
     # Probability of a horizontal flip during training (boxes, pids and attributes follow).
     cfg.INPUT.PS.HFLIP_PROB = 0.5
@@ -108,6 +113,12 @@ def _add_nae_config(cfg):
     cfg.MODEL.NAE.EMBEDDING_DIM = 256
     # Weight of the ROI box L1 loss (10 in the ROI-AlignPS reference).
     cfg.MODEL.NAE.BOX_REG_LOSS_WEIGHT = 10.0
+    # Std of the normal init of the box regressor's Linear AND BatchNorm1d weights (biases 0), so that
+    # the deltas start near 0: 0.01 as NAE4PS, 0.001 as ROI-AlignPS (Base-ROI-AlignPS.yaml).
+    cfg.MODEL.NAE.BOX_PREDICTOR_INIT_STD = 0.01
+    # When the NAE branch gives the detections: gallery embeddings times their detection score
+    # (NAE4PS / SeqNet "CWS"); query embeddings and embed() of other boxes stay unit-norm.
+    cfg.MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS = True
     cfg.MODEL.OIM = CN()
     # Labeled identities in the lookup table; 0 = the train dataset metadata's num_pids.
     cfg.MODEL.OIM.NUM_LABELED = 0
@@ -133,6 +144,12 @@ def _add_alignps_config(cfg):
     cfg.MODEL.ALIGNPS.NUM_CONVS = 4
     # Normalisation in the head towers (detectron2 get_norm name; "" for none).
     cfg.MODEL.ALIGNPS.HEAD_NORM = "GN"
+    # The last conv of each tower (classification, box) is a modulated deformable conv (DCNv2) with
+    # zero-initialised offsets, as the reference's dcn_on_last_conv=True; False = a plain conv.
+    cfg.MODEL.ALIGNPS.DCN_ON_LAST_CONV = True
+    # Init of the offset convs of the AFA neck's deformable convs: "xavier" (uniform; the reference
+    # neck's init_weights re-initialises them with every Conv2d) or "zero" (start as plain convs).
+    cfg.MODEL.ALIGNPS.DEFORM_OFFSET_INIT = "xavier"
     # One [lo, hi] max-regression-distance range per output level P3, P4, P5 (1 to 3 levels).
     # AlignPS gives every size to P3 ("scale alignment"); FCOS style: [[-1, 64], [64, 128], [128, 1e8]].
     cfg.MODEL.ALIGNPS.SIZE_RANGES = [[-1.0, 1e8]]
@@ -146,7 +163,12 @@ def _add_alignps_config(cfg):
     # The branch's own OIM memory (t9); the number of identities is MODEL.OIM.NUM_LABELED.
     cfg.MODEL.ALIGNPS.OIM_QUEUE_SIZE = 5000
     cfg.MODEL.ALIGNPS.OIM_MOMENTUM = 0.5
-    cfg.MODEL.ALIGNPS.OIM_TEMPERATURE = 15.0
+    # Scale of the cosine similarities (10 in the reference, for the table and the queue).
+    cfg.MODEL.ALIGNPS.OIM_TEMPERATURE = 10.0
+    # Focal OIM -(1 - p)^gamma log p as the reference (FCOSReidHeadFocalSubTriQueue3); 0 = plain OIM.
+    cfg.MODEL.ALIGNPS.OIM_FOCAL_GAMMA = 2.0
+    # Renormalise updated lookup-table rows (plain OIM) or keep the running average (the reference).
+    cfg.MODEL.ALIGNPS.OIM_RENORMALIZE = False
     # Batch-hard triplet margin (t10) and whether the OIM table rows of the batch's identities join the batch.
     cfg.MODEL.ALIGNPS.TRIPLET_MARGIN = 0.3
     cfg.MODEL.ALIGNPS.TRIPLET_WITH_LUT = True
@@ -167,6 +189,8 @@ def _add_attribute_config(cfg):
     # Number of binary attributes; 0 = len(attribute_names) of DATASETS.TRAIN[0]'s metadata.
     cfg.MODEL.ATTRIBUTE.NUM_ATTRIBUTES = 0
     # Shared backbone levels whose box crops form the attribute pyramid (any order; sorted by stride).
+    # Tang et al. use 3 levels; the R-50 paper configs take the 3 shared stages res2..res4 (the paper's
+    # shared conv2..conv4), the R-18 synthetic ones 2 (CPU time).
     cfg.MODEL.ATTRIBUTE.IN_FEATURES = ["res3", "res4"]
     # Side of the ROIAlign crop taken from every level (32 in the paper).
     cfg.MODEL.ATTRIBUTE.POOLER_RESOLUTION = 32
@@ -174,3 +198,10 @@ def _add_attribute_config(cfg):
     cfg.MODEL.ATTRIBUTE.CONV_DIM = 256
     # Channel reduction of the squeeze-and-excitation gate in every ALM (16 in Tang et al.).
     cfg.MODEL.ATTRIBUTE.SE_REDUCTION = 16
+    # Spatial pooling of the ALMs, before the spatial transform and over the attended region:
+    # "avg" (Tang et al.'s code: avg_pool2d / AvgPool2d) or "max".
+    cfg.MODEL.ATTRIBUTE.POOLING = "avg"
+    # grid_sample padding of the attended region outside the crop: "border" (Tang et al.) or "zeros".
+    cfg.MODEL.ATTRIBUTE.PADDING_MODE = "border"
+    # ReLU after the 1x1 laterals (Tang et al.'s laterals are linear: False).
+    cfg.MODEL.ATTRIBUTE.LATERAL_RELU = False

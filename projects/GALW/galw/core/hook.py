@@ -88,12 +88,13 @@ class GALWHook(HookBase):
             raise ValueError(f"MODEL.GALW.MODE is '{mode}', expected one of {MODES}")
         if epoch_iters < 1:
             raise ValueError(f"MODEL.GALW.EPOCH_ITERS: an epoch must be >= 1 iteration, got {epoch_iters}")
-        if not 1 <= probe_period <= epoch_iters:
-            raise ValueError(
-                f"MODEL.GALW.PROBE_PERIOD is {probe_period}, expected 1..{epoch_iters} (one epoch), "
-                "so that every epoch has a Gamma measurement"
-            )
         if fixed_groups is None:
+            # Only a probing run measures Gamma; fixed groups (e.g. the manual baseline) never probe.
+            if not 1 <= probe_period <= epoch_iters:
+                raise ValueError(
+                    f"MODEL.GALW.PROBE_PERIOD is {probe_period}, expected 1..{epoch_iters} (one epoch), "
+                    "so that every epoch has a Gamma measurement"
+                )
             if mode == "single_run" and probe_epochs < 2:
                 raise ValueError(
                     f"MODEL.GALW.PROBE_EPOCHS is {probe_epochs}; single_run mode needs >= 2 epochs "

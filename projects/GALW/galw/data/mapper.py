@@ -12,7 +12,10 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PersonSearchDatasetMapper", "LongShortResize", "RandomLongShortResize"]
+__all__ = ["PersonSearchDatasetMapper", "LongShortResize", "RandomLongShortResize", "ChoiceLongShortResize",
+           "TRAIN_SCALE_MODES"]
+
+TRAIN_SCALE_MODES = ("value", "range")
 
 
 def _scaled_size(h, w, long_side, short_side):
@@ -35,7 +38,8 @@ class LongShortResize(T.Augmentation):
 
 
 class RandomLongShortResize(T.Augmentation):
-    """Multi-scale training as in the paper: long side and short side bounds drawn uniformly in ranges."""
+    """Multi-scale training, "range" mode: long side and short side bounds drawn independently and
+    uniformly in ranges (the paper's "long sides randomly resized from 667 to 2000" read as ranges)."""
 
     def __init__(self, long_range, short_range, interp=Image.BILINEAR):
         super().__init__()
@@ -45,6 +49,23 @@ class RandomLongShortResize(T.Augmentation):
         h, w = image.shape[:2]
         long_side = np.random.uniform(*self.long_range)
         short_side = np.random.uniform(*self.short_range)
+        nh, nw = _scaled_size(h, w, long_side, short_side)
+        return T.ResizeTransform(h, w, nh, nw, self.interp)
+
+
+class ChoiceLongShortResize(T.Augmentation):
+    """Multi-scale training as the references: one (long, short) bound pair drawn uniformly from a list."""
+
+    def __init__(self, scales, interp=Image.BILINEAR):
+        super().__init__()
+        scales = [tuple(x) for x in scales]
+        if not scales or any(len(x) != 2 or min(x) <= 0 for x in scales):
+            raise ValueError(f"INPUT.PS.TRAIN_SCALES must be a non-empty list of (long, short) > 0 pairs, got {scales}")
+        self.scales, self.interp = scales, interp
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        long_side, short_side = self.scales[np.random.randint(len(self.scales))]
         nh, nw = _scaled_size(h, w, long_side, short_side)
         return T.ResizeTransform(h, w, nh, nw, self.interp)
 
@@ -73,7 +94,12 @@ class PersonSearchDatasetMapper:
     def from_config(cls, cfg, is_train=True, oracle_boxes=False):
         ps = cfg.INPUT.PS
         if is_train:
-            augs = [RandomLongShortResize(ps.TRAIN_LONG_SIDE_RANGE, ps.TRAIN_SHORT_SIDE_RANGE)]
+            if ps.TRAIN_SCALE_MODE not in TRAIN_SCALE_MODES:
+                raise ValueError(f"INPUT.PS.TRAIN_SCALE_MODE is {ps.TRAIN_SCALE_MODE!r}, expected one of {TRAIN_SCALE_MODES}")
+            if ps.TRAIN_SCALE_MODE == "value":
+                augs = [ChoiceLongShortResize(ps.TRAIN_SCALES)]
+            else:
+                augs = [RandomLongShortResize(ps.TRAIN_LONG_SIDE_RANGE, ps.TRAIN_SHORT_SIDE_RANGE)]
             if ps.HFLIP_PROB > 0:
                 augs.append(T.RandomFlip(prob=ps.HFLIP_PROB, horizontal=True, vertical=False))
         else:

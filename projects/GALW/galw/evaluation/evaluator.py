@@ -231,8 +231,10 @@ class PersonSearchEvaluator(DatasetEvaluator):
             raise ValueError(f"Embedding dimension {dim} for image {name} differs from the earlier {self._dim}.")
 
     def _count_unnormalised(self, emb):
+        """Embeddings longer than unit norm (a model that forgot to normalise); shorter ones are legal:
+        score-weighted gallery embeddings (NAE's CWS) have norm = detection score."""
         if len(emb):
-            self._counts["unnormalised_embeddings"] += int((np.abs(np.linalg.norm(emb, axis=1) - 1.0) > 1e-3).sum())
+            self._counts["unnormalised_embeddings"] += int((np.linalg.norm(emb, axis=1) > 1.0 + 1e-3).sum())
 
     def _process_gallery(self, inp, out):
         boxes, scores, emb, attr = self._instances_arrays(inp, out, "gallery")

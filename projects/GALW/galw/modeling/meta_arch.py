@@ -4,7 +4,8 @@ Training returns the branches' losses merged into ONE flat dict with one key per
 task (a key that two branches both produce is an error, never a silent sum), so
 loss weighting (GALW) sees every task apart. Inference follows the model eval
 contract: per input, ``instances`` in original image coordinates with
-``pred_boxes``, ``scores`` and unit-norm ``embeddings``; query inputs (with
+``pred_boxes``, ``scores`` and ``embeddings`` (unit norm, or norm = score with NAE's
+score weighting, MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS); query inputs (with
 ``query_instances``) also get ``query_embedding``, the embedding of the given box.
 A branch with a ``predict_attributes(images, features, boxes)`` method (the attribute
 branch) adds ``attribute_probs`` [N, A] to the detections.

@@ -132,6 +132,7 @@ class NormAwareROIHeads(ROIHeads):
         test_score_thresh: float,
         test_nms_thresh: float,
         test_topk_per_image: int,
+        score_weighted_embeddings: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -148,6 +149,7 @@ class NormAwareROIHeads(ROIHeads):
         self.test_score_thresh = test_score_thresh
         self.test_nms_thresh = test_nms_thresh
         self.test_topk_per_image = test_topk_per_image
+        self.score_weighted_embeddings = score_weighted_embeddings
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -160,8 +162,10 @@ class NormAwareROIHeads(ROIHeads):
         res5_channels = res5_out_channels(cfg)
         dim = cfg.MODEL.NAE.EMBEDDING_DIM
         box_predictor = nn.Sequential(nn.Linear(res5_channels, 4), nn.BatchNorm1d(4))
-        nn.init.normal_(box_predictor[0].weight, std=0.01)
-        nn.init.zeros_(box_predictor[0].bias)
+        # Both weights small (the references): a BatchNorm weight of 1 would start the deltas at std ~1.
+        for layer in box_predictor:
+            nn.init.normal_(layer.weight, std=cfg.MODEL.NAE.BOX_PREDICTOR_INIT_STD)
+            nn.init.zeros_(layer.bias)
         ret.update(
             in_features=in_features,
             pooler=ROIPooler(
@@ -185,6 +189,7 @@ class NormAwareROIHeads(ROIHeads):
             test_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
             test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
             test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            score_weighted_embeddings=cfg.MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS,
         )
         return ret
 
@@ -245,7 +250,8 @@ class NormAwareROIHeads(ROIHeads):
             inst.pred_boxes = box[idx]
             inst.scores = score[idx]
             inst.pred_classes = torch.zeros_like(idx)
-            inst.embeddings = emb[idx]
+            # Confidence-weighted similarity (NAE4PS, SeqNet): a gallery box's similarity is score * cosine.
+            inst.embeddings = emb[idx] * score[idx, None] if self.score_weighted_embeddings else emb[idx]
             results.append(inst)
         return results
 

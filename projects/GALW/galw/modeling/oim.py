@@ -33,8 +33,12 @@ class OIMLoss(nn.Module):
             no train set says it (inference from a config and weights alone): the lookup table then
             takes its size from the first state dict loaded, and training before that is an error.
         queue_size: length of the circular queue of unlabeled features.
-        momentum: LUT update ``v <- momentum * v + (1 - momentum) * x`` then renormalised.
+        momentum: LUT update ``v <- momentum * v + (1 - momentum) * x``.
         temperature: scale of the cosine similarities before the softmax (30 in OIM/NAE).
+        focal_gamma: 0 = cross-entropy; > 0 = focal OIM ``-(1 - p)^gamma log p`` of the true
+            identity's probability p (the AlignPS reference: gamma 2, temperature 10).
+        renormalize: renormalise an updated LUT row to unit norm (OIM, NAE) or keep the running
+            average as it is (the AlignPS reference).
 
     The LUT, the queue and its write position are buffers, so they live in checkpoints.
     Memories are updated only in training mode, after the logits are computed (the
@@ -48,6 +52,8 @@ class OIMLoss(nn.Module):
         queue_size: int,
         momentum: float = 0.5,
         temperature: float = 30.0,
+        focal_gamma: float = 0.0,
+        renormalize: bool = True,
     ):
         super().__init__()
         if feat_dim <= 0 or (num_labeled is not None and num_labeled <= 0) or queue_size < 0:
@@ -57,11 +63,15 @@ class OIMLoss(nn.Module):
             )
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"OIMLoss momentum must be in [0, 1); got {momentum}")
+        if focal_gamma < 0:
+            raise ValueError(f"OIMLoss focal_gamma must be >= 0; got {focal_gamma}")
         self.feat_dim = feat_dim
         self.num_labeled = num_labeled
         self.queue_size = queue_size
         self.momentum = momentum
         self.temperature = temperature
+        self.focal_gamma = float(focal_gamma)
+        self.renormalize = bool(renormalize)
         # Unsized: an empty table outside the state dict (so a checkpointer's shape check keeps the
         # checkpoint's entry) until _load_from_state_dict gives it the checkpoint's size.
         self.register_buffer("lookup_table", torch.zeros(num_labeled or 0, feat_dim), persistent=num_labeled is not None)
@@ -71,7 +81,8 @@ class OIMLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"feat_dim={self.feat_dim}, num_labeled={self.num_labeled}, queue_size={self.queue_size}, "
-            f"momentum={self.momentum}, temperature={self.temperature}"
+            f"momentum={self.momentum}, temperature={self.temperature}, focal_gamma={self.focal_gamma}, "
+            f"renormalize={self.renormalize}"
         )
 
     @property
@@ -123,7 +134,11 @@ class OIMLoss(nn.Module):
         if labeled.any():
             memory = torch.cat([self.lookup_table, self.unlabeled_queue], dim=0)
             logits = features[labeled] @ memory.t() * self.temperature
-            loss = F.cross_entropy(logits, pids[labeled])
+            if self.focal_gamma > 0:
+                log_p = F.log_softmax(logits, dim=1).gather(1, pids[labeled][:, None]).squeeze(1)
+                loss = -((1.0 - log_p.exp()) ** self.focal_gamma * log_p).mean()
+            else:
+                loss = F.cross_entropy(logits, pids[labeled])
         else:
             loss = features.sum() * 0.0
         if self.training:
@@ -135,7 +150,7 @@ class OIMLoss(nn.Module):
         """Apply the memory updates of the (gathered) batch in its order."""
         for x, y in zip(features[pids >= 0], pids[pids >= 0].tolist()):
             v = self.momentum * self.lookup_table[y] + (1.0 - self.momentum) * x
-            self.lookup_table[y] = F.normalize(v, dim=0)
+            self.lookup_table[y] = F.normalize(v, dim=0) if self.renormalize else v
         unlabeled = features[pids == UNLABELED]
         if self.queue_size == 0 or unlabeled.numel() == 0:
             return

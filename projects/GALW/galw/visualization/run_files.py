@@ -53,7 +53,7 @@ def scalar_series(records, prefix):
 
 
 def load_groups_json(path):
-    """galw_groups.json as written by the GALW hook (CONTRACTS.md), validated."""
+    """galw_groups.json as written by the GALW hook (docs/galw.md, Hook), validated."""
     with open(path) as f:
         data = json.load(f)
     missing = [k for k in _GROUPS_FIELDS if k not in data]
@@ -79,7 +79,7 @@ def load_groups_json(path):
 
 
 def load_search_json(path):
-    """A search_<gallery>.json of the evaluator (CONTRACTS.md), validated."""
+    """A search_<gallery>.json of the evaluator (docs/evaluation.md), validated."""
     with open(path) as f:
         data = json.load(f)
     for key in ("dataset", "metrics", "queries"):

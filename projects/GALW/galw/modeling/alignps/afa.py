@@ -14,29 +14,56 @@ from torch import nn
 
 from ..deform_conv import DeformConv2d
 
-__all__ = ["DeformConvWithOffsets", "AFAFPN"]
+__all__ = ["DeformConvWithOffsets", "AFAFPN", "OFFSET_INITS"]
+
+
+OFFSET_INITS = ("xavier", "zero")
 
 
 class DeformConvWithOffsets(nn.Module):
-    """A 3x3 deformable conv whose sampling offsets are predicted from its input by a conv.
+    """A deformable conv whose sampling offsets (and, modulated, masks) are predicted from its input.
 
-    The offset conv starts at zero, so the layer starts as a plain conv and learns to
-    deform (``galw.modeling.deform_conv``: torchvision's semantics, no compiled detectron2
-    op; ``impl`` picks the kernel, see ``DEFORM_CONV_IMPLS``).
+    ``offset_init`` "zero" starts the layer as a plain conv (and, modulated, with every mask at
+    sigmoid(0) = 0.5, as mmcv's DCNv2); "xavier" initialises the offset conv uniformly, as the
+    AlignPS reference neck re-initialises every ``nn.Conv2d`` (offset convs included).
+    ``modulated`` adds DCNv2's per-sample mask. ``impl`` picks the kernel (``galw.modeling.deform_conv``:
+    torchvision's semantics, no compiled detectron2 op; see ``DEFORM_CONV_IMPLS``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, impl: str = "auto"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        offset_init: str = "zero",
+        modulated: bool = False,
+        bias: bool = True,
+        impl: str = "auto",
+    ):
         super().__init__()
+        if offset_init not in OFFSET_INITS:
+            raise ValueError(f"deformable conv offset init must be one of {OFFSET_INITS}; got {offset_init!r}")
         pad = kernel_size // 2
-        self.offset = nn.Conv2d(in_channels, 2 * kernel_size * kernel_size, kernel_size, padding=pad)
-        self.conv = DeformConv2d(in_channels, out_channels, kernel_size, padding=pad, impl=impl)
-        nn.init.zeros_(self.offset.weight)
+        self.modulated = modulated
+        per_tap = 3 if modulated else 2
+        self.offset = nn.Conv2d(in_channels, per_tap * kernel_size * kernel_size, kernel_size, padding=pad)
+        self.conv = DeformConv2d(in_channels, out_channels, kernel_size, padding=pad, bias=bias, impl=impl)
+        if offset_init == "xavier":
+            nn.init.xavier_uniform_(self.offset.weight)
+        else:
+            nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
         nn.init.xavier_uniform_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        if bias:
+            nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x, self.offset(x))
+        out = self.offset(x)
+        if not self.modulated:
+            return self.conv(x, out)
+        taps = out.shape[1] // 3
+        return self.conv(x, out[:, : 2 * taps], torch.sigmoid(out[:, 2 * taps :]))
 
 
 class AFAFPN(nn.Module):
@@ -47,12 +74,16 @@ class AFAFPN(nn.Module):
         out_channels: channels of every lateral and output map.
         num_outs: how many output levels to build, finest first (1 = P3 only, as AlignPS
             infers; 3 = P3, P4, P5 for FCOS-style multi-level assignment).
+        offset_init: init of every deformable conv's offset conv (see DeformConvWithOffsets).
         deform_impl: deformable-conv implementation (MODEL.ALIGNPS.DEFORM_CONV_IMPL).
     Output level ``i`` sees the concatenation of lateral ``i`` and the upsampled
     aggregate of all coarser levels, i.e. ``(L - i) * out_channels`` channels.
     """
 
-    def __init__(self, in_channels: List[int], out_channels: int, num_outs: int, deform_impl: str = "auto"):
+    def __init__(
+        self, in_channels: List[int], out_channels: int, num_outs: int, offset_init: str = "xavier",
+        deform_impl: str = "auto",
+    ):
         super().__init__()
         if not 1 <= num_outs <= len(in_channels):
             raise ValueError(
@@ -60,9 +91,12 @@ class AFAFPN(nn.Module):
             )
         num_in = len(in_channels)
         self.out_channels = out_channels
-        self.laterals = nn.ModuleList(DeformConvWithOffsets(c, out_channels, impl=deform_impl) for c in in_channels)
+        self.laterals = nn.ModuleList(
+            DeformConvWithOffsets(c, out_channels, offset_init=offset_init, impl=deform_impl) for c in in_channels
+        )
         self.outputs = nn.ModuleList(
-            DeformConvWithOffsets((num_in - i) * out_channels, out_channels, impl=deform_impl) for i in range(num_outs)
+            DeformConvWithOffsets((num_in - i) * out_channels, out_channels, offset_init=offset_init, impl=deform_impl)
+            for i in range(num_outs)
         )
 
     def forward(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:

@@ -113,11 +113,21 @@ class AlignPSBranch(PersonSearchBranch):
             "in_features": in_features,
             "res5": res5,
             "afa": AFAFPN(
-                [fine.channels, coarse.channels, res5_channels], channels, len(size_ranges), a.DEFORM_CONV_IMPL
+                [fine.channels, coarse.channels, res5_channels], channels, len(size_ranges), a.DEFORM_OFFSET_INIT,
+                a.DEFORM_CONV_IMPL,
             ),
-            "head": DenseHead(channels, a.NUM_CONVS, a.HEAD_NORM, strides, a.PRIOR_PROB),
+            "head": DenseHead(
+                channels, a.NUM_CONVS, a.HEAD_NORM, strides, a.PRIOR_PROB, dcn_on_last_conv=a.DCN_ON_LAST_CONV,
+                deform_impl=a.DEFORM_CONV_IMPL,
+            ),
             "oim": OIMLoss(
-                channels, oim_num_labeled(cfg), a.OIM_QUEUE_SIZE, a.OIM_MOMENTUM, a.OIM_TEMPERATURE
+                channels,
+                oim_num_labeled(cfg),
+                a.OIM_QUEUE_SIZE,
+                a.OIM_MOMENTUM,
+                a.OIM_TEMPERATURE,
+                focal_gamma=a.OIM_FOCAL_GAMMA,
+                renormalize=a.OIM_RENORMALIZE,
             ),
             "triplet": BatchHardTripletLoss(a.TRIPLET_MARGIN),
             "strides": strides,

@@ -8,6 +8,8 @@ from torch import nn
 
 from detectron2.layers import Conv2d, get_norm
 
+from .afa import DeformConvWithOffsets
+
 __all__ = ["DenseHead"]
 
 
@@ -31,16 +33,32 @@ class DenseHead(nn.Module):
 
     Box distances are predicted in units of the level's stride (``relu(scale * x)``, FCOS's
     ``norm_reg_targets``) and returned in pixels; centerness is predicted from the box
-    tower (``centerness_on_reg``), as the AlignPS reference does.
+    tower (``centerness_on_reg``), as the AlignPS reference does. With ``dcn_on_last_conv`` the
+    last conv of each tower is a modulated deformable conv (DCNv2, offsets starting at zero) followed
+    by the tower's norm, as the reference's ``dcn_on_last_conv=True``; ``deform_impl`` picks its kernel.
     """
 
-    def __init__(self, in_channels: int, num_convs: int, norm: str, strides: List[int], prior_prob: float):
+    def __init__(
+        self,
+        in_channels: int,
+        num_convs: int,
+        norm: str,
+        strides: List[int],
+        prior_prob: float,
+        dcn_on_last_conv: bool = False,
+        deform_impl: str = "auto",
+    ):
         super().__init__()
         self.strides = list(strides)
 
         def tower():
             layers = []
-            for _ in range(num_convs):
+            for i in range(num_convs):
+                if dcn_on_last_conv and i == num_convs - 1:
+                    dcn = DeformConvWithOffsets(in_channels, in_channels, modulated=True, bias=not norm,
+                                                impl=deform_impl)
+                    layers += [dcn, get_norm(norm, in_channels) or nn.Identity(), nn.ReLU()]
+                    continue
                 layers += [
                     Conv2d(in_channels, in_channels, 3, padding=1, bias=not norm, norm=get_norm(norm, in_channels)),
                     nn.ReLU(),
@@ -53,8 +71,9 @@ class DenseHead(nn.Module):
         self.box_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1)
         self.scales = nn.ModuleList(Scale() for _ in self.strides)
+        offset_convs = {id(m.offset) for m in self.modules() if isinstance(m, DeformConvWithOffsets)}
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and id(m) not in offset_convs:  # offsets keep their zero init
                 nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

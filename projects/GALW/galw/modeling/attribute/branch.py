@@ -4,10 +4,11 @@ Every person box is cropped with ROIAlign to ``POOLER_RESOLUTION`` x
 ``POOLER_RESOLUTION`` (32 x 32 in the paper) from each of the shared backbone
 levels in ``IN_FEATURES``. The crops form a small feature pyramid fused top-down
 as in Tang et al. (ICCV 2019): each level gets a 1x1 lateral conv to ``CONV_DIM``
-channels and is concatenated with the fused level above it, so a shallow level sees
-its own detail and the semantics of every deeper level. Each level has its ALMs (one
-per attribute); a main classifier on the pooled deepest level completes the
-prediction set. Training: the sum over these predictions of the binary
+channels (linear, no ReLU, as their code) and is concatenated with the fused level above
+it, so a shallow level sees its own detail and the semantics of every deeper level. Each
+level has its ALMs (one per attribute); a main classifier on the average-pooled deepest
+crop (the backbone feature itself, as their ``finalfc``) completes the prediction set.
+Training: the sum over these predictions of the binary
 cross-entropy on known labels (deep supervision, as Tang et al.), under one loss key,
 ``loss_attr``. Inference: per attribute the maximum logit over the predictions,
 through a sigmoid.
@@ -87,6 +88,9 @@ class AttributeBranch(PersonSearchBranch):
         pooler_resolution: int = 32,
         conv_dim: int = 256,
         se_reduction: int = 16,
+        pooling: str = "avg",
+        padding_mode: str = "border",
+        lateral_relu: bool = False,
     ):
         super().__init__()
         if not in_features:
@@ -110,6 +114,8 @@ class AttributeBranch(PersonSearchBranch):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
         self.conv_dim, self.se_reduction = conv_dim, se_reduction
+        self.pooling, self.padding_mode, self.lateral_relu = pooling, padding_mode, lateral_relu
+        self.main_channels = input_shape[self.in_features[-1]].channels
         self.num_attributes = None
         if num_attributes is not None:
             self._build_classifiers(num_attributes)
@@ -119,10 +125,12 @@ class AttributeBranch(PersonSearchBranch):
         num_levels = len(self.in_features)
         self.num_attributes = num_attributes
         self.alms = nn.ModuleList(
-            AttributeLocalization(self.conv_dim * (num_levels - i), num_attributes, self.se_reduction)
+            AttributeLocalization(
+                self.conv_dim * (num_levels - i), num_attributes, self.se_reduction, self.pooling, self.padding_mode
+            )
             for i in range(num_levels)
         )
-        self.main_classifier = nn.Linear(self.conv_dim, num_attributes)
+        self.main_classifier = nn.Linear(self.main_channels, num_attributes)
         nn.init.normal_(self.main_classifier.weight, std=0.01)
         nn.init.zeros_(self.main_classifier.bias)
 
@@ -149,17 +157,22 @@ class AttributeBranch(PersonSearchBranch):
             "pooler_resolution": att.POOLER_RESOLUTION,
             "conv_dim": att.CONV_DIM,
             "se_reduction": att.SE_REDUCTION,
+            "pooling": att.POOLING,
+            "padding_mode": att.PADDING_MODE,
+            "lateral_relu": att.LATERAL_RELU,
         }
 
     def attribute_logits(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> List[torch.Tensor]:
         """Logits ``[R, A]`` of every prediction (main, then one per level), R = all boxes in order."""
         rois = convert_boxes_to_pooler_format(boxes)
         crops = [pool(features[f], rois) for f, pool in zip(self.in_features, self.poolers)]
-        laterals = [F.relu(conv(crop)) for conv, crop in zip(self.laterals, crops)]
+        laterals = [conv(crop) for conv, crop in zip(self.laterals, crops)]
+        if self.lateral_relu:
+            laterals = [F.relu(lateral) for lateral in laterals]
         fused = [laterals[-1]]
         for lateral in reversed(laterals[:-1]):
             fused.insert(0, torch.cat([fused[0], lateral], dim=1))
-        logits = [self.main_classifier(laterals[-1].mean(dim=(2, 3)))]
+        logits = [self.main_classifier(crops[-1].mean(dim=(2, 3)))]
         logits.extend(alm(level)[0] for alm, level in zip(self.alms, fused))
         return logits
 
