@@ -20,7 +20,8 @@ torch 2.11) and no internet: what is missing is installed from files brought alo
   compiled ops, which this project does not use).
 
 ``--device cpu --tiny`` runs the same steps at toy scale (ResNet-18, 3 iterations, small images,
-fp32 training) so that the script itself is tested on CPU (tests/tools/test_gpu_check.py).
+fp32 training, fp32 inference only) so that the script itself is tested on CPU
+(tests/tools/test_gpu_check.py).
 """
 import argparse
 import glob
@@ -239,9 +240,10 @@ def stage_inference(args):
         "torchvision": lambda im: tv([im.float().div_(255)]),
     }
     result = {"size": f"{width}x{height}", "images": num}
+    # AMP inference on CUDA only: torchvision's CPU deformable conv (AFA) has no bfloat16 kernel.
     with torch.inference_mode():
         for name, model in models.items():
-            for amp in (False, True):
+            for amp in (False, True) if cuda else (False,):
                 times = []
                 for i, image in enumerate(images):
                     image = image.to(args.device)
@@ -279,8 +281,9 @@ def table(header, results):
     else:
         for name, label in (("roi_alignps", "ROI-AlignPS* (paper: 69 ms, TITAN RTX)"),
                             ("torchvision", "torchvision fasterrcnn_resnet50_fpn")):
-            fp32, amp = inf[f"{name}_fp32_ms"], inf[f"{name}_amp_ms"]
-            rows.append((f"inference {inf['size']} {label}", f"fp32 {fp32:.1f} ms/image, AMP {amp:.1f} ms/image"))
+            amp = inf.get(f"{name}_amp_ms")
+            amp = f"AMP {amp:.1f} ms/image" if amp is not None else "AMP n/a (CPU)"
+            rows.append((f"inference {inf['size']} {label}", f"fp32 {inf[f'{name}_fp32_ms']:.1f} ms/image, {amp}"))
         ratio = inf["roi_alignps_fp32_ms"] / inf["torchvision_fp32_ms"]
         rows.append(("inference ratio ROI-AlignPS* / torchvision (fp32)", f"{ratio:.2f}"))
     rows.append(("wall time", f"{results['wall_s']:.0f} s"))

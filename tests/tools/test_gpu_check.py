@@ -69,4 +69,4 @@ def test_whole_check_at_toy_scale_on_cpu():
     assert "GALW-PS GPU check: no GPU" in out.stdout
     assert "images/s, peak memory n/a (CPU); GALW:" in out.stdout
     assert "rejected, phase grouped, 2 groups" in out.stdout
-    assert "inference 320x192 ROI-AlignPS*" in out.stdout and "ms/image, AMP" in out.stdout
+    assert "inference 320x192 ROI-AlignPS*" in out.stdout and "ms/image, AMP n/a (CPU)" in out.stdout
