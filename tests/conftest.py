@@ -1,4 +1,5 @@
 """Shared test helpers: the repo root on sys.path (for train_net), tiny detection data."""
+import logging
 import os
 import sys
 
@@ -121,3 +122,12 @@ def train_losses(compute_losses, params, steps, lr):
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             opt.step()
     return history
+
+
+@pytest.fixture(autouse=True)
+def _galw_records_reach_caplog():
+    """Entry points give the "galw" logger detectron2's handlers, which stop propagation to the
+    root logger; caplog listens there, so every test starts with propagation back on."""
+    logging.getLogger("galw").propagate = True
+    yield
+

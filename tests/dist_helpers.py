@@ -12,7 +12,8 @@ breach of that rule, so ``"nccl_like"`` simulates it on the CPU:
   code that puts CPU tensors on the default group fails as it would under NCCL;
 * detectron2 builds its gloo group (``comm._get_global_gloo_group``) only when
   ``dist.get_backend() == "nccl"``; the backend here is named "cuda:gloo", so the group is
-  built the same way here (a real gloo ``new_group`` over all ranks, cached), as under NCCL.
+  built the same way here (a real gloo ``new_group`` over all ranks, cached), as under NCCL;
+* ``comm.synchronize`` (a barrier, which NCCL runs on the device) barriers on that gloo group.
 """
 import functools
 
@@ -31,3 +32,4 @@ def init_process_group(kind: str, rank: int, world: int, port: int):
     if kind == "nccl_like":
         comm._get_global_gloo_group = functools.lru_cache()(lambda: dist.new_group(backend="gloo"))
         comm._get_global_gloo_group()  # every rank, in the same order (a collective)
+        comm.synchronize = lambda: dist.barrier(group=comm._get_global_gloo_group())

@@ -29,7 +29,6 @@ def _worker(rank, port, out_dir, kind):
     from galw.core.hook import GALWHook
     from galw.core.probe import GradientProbe, select_shared_parameters
     from galw.core.toy import ToyMultiTask, toy_batches
-    from galw.distributed import cpu_group
     from galw_helpers import toy_cfg
 
     torch.set_num_threads(1)
@@ -40,7 +39,7 @@ def _worker(rank, port, out_dir, kind):
     optimizer = build_optimizer(cfg, model)
     # DDP's own traffic is on the model's (CPU) tensors: under nccl_like it is given the group that
     # takes them, as under NCCL it uses the default group for CUDA tensors.
-    ddp = DistributedDataParallel(model, process_group=cpu_group())
+    ddp = DistributedDataParallel(model, process_group=comm._get_global_gloo_group())
     probe = GradientProbe(select_shared_parameters(ddp, cfg.MODEL.GALW.SHARED_PARAM_PREFIXES))
     step = GALWSimpleTrainer(ddp, toy_batches(batch_size=2, size=16, seed=100 + rank), optimizer, probe=probe)
     hook = GALWHook(cfg, step, cfg.MODEL.GALW.EPOCH_ITERS)
