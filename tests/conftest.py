@@ -131,3 +131,18 @@ def _galw_records_reach_caplog():
     logging.getLogger("galw").propagate = True
     yield
 
+
+@pytest.fixture(scope="module")
+def tiny_synth_prw(tmp_path_factory):
+    """SynthPS-PRW at size tiny under a temporary $DETECTRON2_DATASETS (read when a split loads),
+    trained on with one torch thread."""
+    from galw.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate("prw", str(root / "SynthPS-PRW"), seed=0, size="tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DETECTRON2_DATASETS", str(root))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield root
+        torch.set_num_threads(threads)

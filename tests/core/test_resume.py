@@ -30,7 +30,6 @@ from conftest import CONFIG_DIR
 from galw.checkpoint import AtomicCheckpointer
 from galw.core.two_phase import PHASE_ONE_DIR
 from galw.data.resumable_loader import PositionedBatchSampler, _SeededMapping
-from galw.data.synthetic import generate
 
 #: 4 iterations per training, 2 per Gamma epoch, a checkpoint after iteration 2 (mid-epoch), killed
 #: before iteration 3. Multi-scale and flip stay random so that the augmentation state matters.
@@ -76,19 +75,7 @@ def _main(out, resume=False):
 
 
 @pytest.fixture(scope="module")
-def tiny_prw(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate("prw", str(root / "SynthPS-PRW"), seed=0, size="tiny")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DETECTRON2_DATASETS", str(root))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield root
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_prw, tmp_path_factory):
+def uninterrupted(tiny_synth_prw, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     _main(str(out))
     return out

@@ -5,10 +5,8 @@ import json
 import os
 
 import pytest
-import torch
 
 import train_net
-from galw.data.synthetic import generate
 from conftest import CONFIG_DIR
 
 GALLERY = "synth_prw_gallery"
@@ -19,19 +17,6 @@ SMALL = [
     "INPUT.PS.TRAIN_LONG_SIDE_RANGE", "(192, 192)", "INPUT.PS.TRAIN_SHORT_SIDE_RANGE", "(144, 144)",
     "INPUT.PS.TEST_LONG_SIDE", 192, "INPUT.PS.TEST_SHORT_SIDE", 144, "SEED", 3,
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_datasets(tmp_path_factory):
-    """SynthPS-PRW at size tiny under a temporary $DETECTRON2_DATASETS (read when a split loads)."""
-    root = tmp_path_factory.mktemp("datasets")
-    generate("prw", str(root / "SynthPS-PRW"), seed=0, size="tiny")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DETECTRON2_DATASETS", str(root))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield root
-        torch.set_num_threads(threads)
 
 
 def _args(config, *opts, eval_only=False):
@@ -68,13 +53,13 @@ def _train_then_eval_only(config, out, *opts):
     return res
 
 
-def test_nae_trains_and_evaluates(tiny_datasets, tmp_path):
+def test_nae_trains_and_evaluates(tiny_synth_prw, tmp_path):
     _train_then_eval_only("nae/nae_R18_synth_cpu.yaml", str(tmp_path), "SOLVER.MAX_ITER", 2,
                           "MODEL.OIM.QUEUE_SIZE", 16)
 
 
 @pytest.mark.slow
-def test_alignps_galw_runs_both_trainings(tiny_datasets, tmp_path):
+def test_alignps_galw_runs_both_trainings(tiny_synth_prw, tmp_path):
     """AlignPS w/ GALW: phase one (2 epochs of 2 iterations, Gamma every iteration) writes the
     groups, phase two trains 4 iterations with RULWF over them; then --eval-only."""
     out = str(tmp_path)
@@ -93,7 +78,7 @@ def test_alignps_galw_runs_both_trainings(tiny_datasets, tmp_path):
     assert os.path.isfile(os.path.join(out, "galw_phase1", "galw_init.pth"))
 
 
-def test_roi_alignps_attr_trains_and_evaluates(tiny_datasets, tmp_path):
+def test_roi_alignps_attr_trains_and_evaluates(tiny_synth_prw, tmp_path):
     """Eleven tasks train; after 2 iterations no detection may match a person yet, so the attribute
     metrics may be absent (logged), but the evaluation must not fail and search metrics come back."""
     out = str(tmp_path)
