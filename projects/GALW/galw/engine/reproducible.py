@@ -26,6 +26,8 @@ class ReproducibleRun(HookBase):
 
     def before_train(self):
         loader = getattr(getattr(self.trainer, "_trainer", self.trainer), "data_loader", None)
+        while loader is not None and not isinstance(loader, ResumableTrainLoader):
+            loader = getattr(loader, "data_loader", None)  # a wrapper (compat.SharedDataLoader)
         if isinstance(loader, ResumableTrainLoader):
             loader.position(self.seed, self.trainer.iter)
 
