@@ -51,6 +51,7 @@ spec.loader.exec_module(search)
 index = search.build_index(search.SearchModel(config, weights), os.path.dirname(image), score_thresh=0.0)
 print(json.dumps({
     "search_index_embeddings": index["embeddings"].tolist(),
+    "search_index_scores": index["scores"].tolist(),
     "boxes": inst.pred_boxes.tensor.tolist(), "scores": inst.scores.tolist(),
     "embeddings": inst.embeddings.tolist(), "eval_only_lookup_table": [t.tolist() for t in lut],
 }))
@@ -114,14 +115,15 @@ def test_default_predictor_and_eval_only_model_without_datasets(trained):
     np.testing.assert_allclose(got["boxes"], eager.pred_boxes.tensor.numpy(), atol=1e-4)
     np.testing.assert_allclose(got["scores"], eager.scores.numpy(), atol=1e-5)
     np.testing.assert_allclose(got["embeddings"], eager.embeddings.numpy(), atol=1e-5)
-    assert np.allclose(np.linalg.norm(got["embeddings"], axis=1), 1.0, atol=1e-5)
+    # NAE detects here: gallery embeddings are unit vectors times the detection score (NAE4PS, SeqNet)
+    assert np.allclose(np.linalg.norm(got["embeddings"], axis=1), got["scores"], atol=1e-5)
     # --eval-only building: the lookup table (5 identities) comes from the checkpoint
     assert len(got["eval_only_lookup_table"]) == 1
     np.testing.assert_array_equal(got["eval_only_lookup_table"][0], trained["table"].numpy())
     # tools/search.py indexes the image folder from the same two files
     embeddings = np.asarray(got["search_index_embeddings"])
     assert embeddings.shape[0] > 0 and embeddings.shape[1] == 32
-    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), got["search_index_scores"], atol=1e-5)
 
 
 def test_a_model_without_identity_count_builds_for_inference_but_refuses_to_train():
