@@ -34,7 +34,7 @@ YAML_REF = re.compile(r"[\w./{},*-]+\.(?:py|md|yaml|sh|toml|cfg)\b")
 def repo_files(*exts):
     out = []
     for dirpath, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".venv")]  # every venv setup makes
         out += [os.path.join(dirpath, f) for f in files if f.endswith(exts)]
     return sorted(out)
 
