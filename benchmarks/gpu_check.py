@@ -297,13 +297,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="toy scale, to test this script on CPU")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations (default 40; tiny 4)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="training iterations (default 40; tiny 6: both probing epochs, then grouped steps)")
     parser.add_argument("--wheels", default=os.path.join(REPO, ".gpu-wheels"))
     parser.add_argument("--detectron2-source", default="")
     parser.add_argument("--stage", choices=["train", "inference"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iters is None:
-        args.iters = 4 if args.tiny else 40
+        args.iters = 6 if args.tiny else 40
     if args.stage:
         {"train": stage_train, "inference": stage_inference}[args.stage](args)
         return 0
