@@ -1,8 +1,8 @@
 """Every detectron2 config under projects/GALW/configs, resolved to a flat key -> value map.
 
 ``python tests/config_snapshot.py`` rewrites tests/configs_resolved.json: the resolved defaults
-(get_cfg() + add_galw_config) once, and for each config the keys whose resolved value differs from
-them. tests/test_config_snapshot.py checks that every config still resolves to exactly that, so a
+(get_cfg() + add_galw_config) once, the keys the project adds, and for each config the keys
+whose resolved value differs from the defaults. tests/test_config_snapshot.py checks that every config still resolves to exactly that, so a
 config can be thinned or moved without changing what any run trains. Rewrite the file only when a
 value changes on purpose, and say which in the commit.
 """
@@ -43,13 +43,20 @@ def resolve(rel=None):
     return json.loads(json.dumps(_flatten(cfg)))
 
 
+def project_keys():
+    """The keys add_galw_config adds (detectron2's own defaults differ between its builds)."""
+    from detectron2.config import get_cfg
+
+    return sorted(set(resolve()) - set(json.loads(json.dumps(_flatten(get_cfg())))))
+
+
 def snapshot():
     defaults = resolve()
     configs = {}
     for rel in config_files():
         values = resolve(rel)
         configs[rel] = {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
-    return {"defaults": defaults, "configs": configs}
+    return {"defaults": defaults, "project_keys": project_keys(), "configs": configs}
 
 
 if __name__ == "__main__":
