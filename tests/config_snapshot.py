@@ -3,8 +3,9 @@
 ``python tests/config_snapshot.py`` rewrites tests/configs_resolved.json: the resolved defaults
 (get_cfg() + add_galw_config) once, the keys the project adds, and for each config the keys
 whose resolved value differs from the defaults. tests/test_config_snapshot.py checks that every
-config still resolves to exactly that, so a config can be thinned or moved without changing what any run trains. Rewrite the file only when a
-value changes on purpose, and say which in the commit.
+config still resolves to exactly that, so a config can be thinned or moved without changing
+what any run trains. Rewrite the file only when a value changes on purpose, and say which in the
+commit.
 """
 import glob
 import json
