@@ -150,11 +150,15 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
 GAMMA_LOSSES = ("weighted", "raw")
 
 
+def check_gamma_loss(gamma_loss: str):
+    if gamma_loss not in GAMMA_LOSSES:
+        raise ValueError(f"MODEL.GALW.GAMMA_LOSS is '{gamma_loss}', expected one of {GAMMA_LOSSES}")
+
+
 def gamma_losses(weighting: LossWeighting, loss_dict, gamma_loss: str):
     """The per-task losses Gamma is measured on: each task's loss times the weight the current
     weighting gives it ("weighted": what the training backpropagates), or as returned ("raw")."""
-    if gamma_loss not in GAMMA_LOSSES:
-        raise ValueError(f"MODEL.GALW.GAMMA_LOSS is '{gamma_loss}', expected one of {GAMMA_LOSSES}")
+    check_gamma_loss(gamma_loss)
     if gamma_loss == "raw":
         return loss_dict
     weights = weighting.task_weights()
@@ -165,8 +169,7 @@ class _GALWStep:
     """The shared part of the GALW train steps; ``weighting``, ``probe`` and ``gamma_loss`` are set on init."""
 
     def _galw_init(self, weighting: LossWeighting, probe: GradientProbe, gamma_loss: str = "weighted"):
-        if gamma_loss not in GAMMA_LOSSES:
-            raise ValueError(f"MODEL.GALW.GAMMA_LOSS is '{gamma_loss}', expected one of {GAMMA_LOSSES}")
+        check_gamma_loss(gamma_loss)  # at build time, not at the first probe
         self.weighting = weighting
         self.probe = probe
         self.gamma_loss = gamma_loss
