@@ -258,7 +258,11 @@ class AlignPSBranch(PersonSearchBranch):
         for i, image_size in enumerate(images.image_sizes):
             keep = torch.nonzero(logits[i] > self.score_thresh).squeeze(1)
             scores = logits[i, keep] * ctrs[i, keep]
-            if keep.numel() > self.pre_nms_topk:
+            if torch.jit.is_tracing():
+                # an exported graph: the candidate count varies with the image, so k is computed in it
+                scores, order = scores.topk(torch.clamp(torch.as_tensor(keep.shape[0]), max=self.pre_nms_topk))
+                keep = keep[order]
+            elif keep.numel() > self.pre_nms_topk:
                 scores, order = scores.topk(self.pre_nms_topk)
                 keep = keep[order]
             boxes = Boxes(distances_to_boxes(points[keep], dists[i, keep]))
