@@ -11,6 +11,7 @@ import sys
 
 import cv2
 import numpy as np
+import onnx  # tools/setup.sh installs onnx and onnxruntime in both venvs
 import pytest
 import torch
 
@@ -22,8 +23,6 @@ from galw.data.synthetic import generate
 from galw.export import OnnxProgram, load_exported
 from conftest import CONFIG_DIR, ROOT
 
-onnx = pytest.importorskip("onnx")  # installed by tools/setup.sh in both venvs
-pytest.importorskip("onnxruntime")
 
 
 def _tool(name):
