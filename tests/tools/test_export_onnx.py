@@ -35,13 +35,17 @@ def _tool(name):
 search, export = _tool("search"), _tool("export")
 pytestmark = pytest.mark.slow
 
-#: Tiny SynthPS frames (192x144) are resized to 256x192: 32x24 = 768 locations on AlignPS's stride-8 map,
-#: above the pre-NMS top-k of 600 (the trace image's path); the wide crop (resized to 256x96) has 384, below
-#: it. Score threshold 0: the randomly initialised model scores every location near its prior.
+#: Tiny SynthPS frames (192x144) are resized to 256x192, the portrait crop to 192x256, the wide crop to 256x96.
+#: At the random init every location scores near the prior: the score threshold keeps the top ~5% of the
+#: 768 (384 wide) locations of AlignPS's stride-8 map, 39 on the trace image (above the pre-NMS top-k of 30:
+#: its path is the top-k's) and 23 on the wide crop (below it). No cap on the detections, so their number
+#: (the NMS survivors) differs between images and from the trace image's. Lower thresholds keep near-ties
+#: (score gaps below 1e-7, under the runtimes' rounding differences) whose NMS order differs between torch
+#: and onnxruntime (measured: 16 of 1012 box coordinates off by up to 41 px with all 768 kept).
 OPTS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.OIM.NUM_LABELED", 3,
         "INPUT.PS.TEST_SHORT_SIDE", 192, "INPUT.PS.TEST_LONG_SIDE", 256,
-        "MODEL.ALIGNPS.SCORE_THRESH_TEST", 0.0, "MODEL.ALIGNPS.PRE_NMS_TOPK_TEST", 600,
-        "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", 0.0]
+        "MODEL.ALIGNPS.SCORE_THRESH_TEST", 0.011, "MODEL.ALIGNPS.PRE_NMS_TOPK_TEST", 30,
+        "MODEL.ALIGNPS.DETECTIONS_PER_IMAGE", 1000, "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", 0.0]
 QUERY_BOX = [10, 10, 60, 70]  # inside every gallery image, the wide crop (192x72) included
 
 
@@ -113,15 +117,18 @@ def test_exported_equals_eager_on_the_synthetic_gallery(exported, fmt):
     assert program.source["exported_format"] == fmt
     images = search.list_gallery(exported["gallery"])
     assert len(images) == 5
+    counts = []
     for path in images:
         e_boxes, e_scores, e_emb = eager.detect(path)
         t_boxes, t_scores, t_emb = program.detect(path)
-        assert len(e_boxes) == 50 and t_boxes.shape == e_boxes.shape, path  # DETECTIONS_PER_IMAGE
+        assert len(e_boxes) > 0 and t_boxes.shape == e_boxes.shape, path
+        counts.append(len(e_boxes))
         torch.testing.assert_close(t_boxes, e_boxes, atol=1e-4, rtol=0)
         torch.testing.assert_close(t_scores, e_scores, atol=1e-4, rtol=0)
         torch.testing.assert_close(t_emb, e_emb, atol=1e-4, rtol=0)
         torch.testing.assert_close(program.embed_query(path, QUERY_BOX), eager.embed_query(path, QUERY_BOX),
                                    atol=1e-4, rtol=0)
+    assert len(set(counts)) >= 3, counts  # the first image is the trace image
 
 
 def test_search_indexes_and_queries_with_the_onnx_model(exported, tmp_path):
@@ -132,7 +139,7 @@ def test_search_indexes_and_queries_with_the_onnx_model(exported, tmp_path):
     index = search.main(["index", "--exported", exported["out"], "--exported-format", "onnx",
                          "--gallery", exported["gallery"], "--out", str(tmp_path / "onnx.pt")])
     assert (index["exported"], index["exported_format"]) == (os.path.abspath(exported["out"]), "onnx")
-    assert index["image_index"].tolist() == eager["image_index"].tolist() and len(index["scores"]) == 250
+    assert index["image_index"].tolist() == eager["image_index"].tolist() and len(index["scores"]) > 5
     for key in ("boxes", "scores", "embeddings"):
         torch.testing.assert_close(index[key], eager[key], atol=1e-4, rtol=0)
     result = search.main(["query", "--index", str(tmp_path / "onnx.pt"), "--query-image", query, "--box", *box,
@@ -170,7 +177,7 @@ def test_onnx_programs_run_with_onnxruntime_without_torch(exported, tmp_path):
     gallery, query, meta = load_exported(exported["out"], "onnx")
     assert isinstance(gallery, OnnxProgram) and meta["loaded_format"] == "onnx"
     want = gallery(torch.from_numpy(image)), query(torch.from_numpy(image), torch.from_numpy(box))
-    assert got["boxes"].shape == (50, 4) and got["query"].shape == (1, 64)
+    assert got["boxes"].shape == tuple(want[0][0].shape) and len(got["boxes"]) > 0 and got["query"].shape == (1, 64)
     for key, value in zip(("boxes", "scores", "embeddings"), want[0]):
         np.testing.assert_allclose(got[key], value.numpy(), atol=1e-6, rtol=0)
     np.testing.assert_allclose(got["query"], want[1].numpy(), atol=1e-6, rtol=0)

@@ -137,6 +137,8 @@ def _onnx_bytes(module, inputs, name):
     dynamic_axes = {"image": {1: "height", 2: "width"}}
     if name == "gallery":
         dynamic_axes.update({out: {0: "detections"} for out in _OUTPUTS[name]})
+    else:
+        dynamic_axes.update(box={0: "boxes"}, embedding={0: "boxes"})
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings (see _trace) and the exporter's deprecation notice
