@@ -4,7 +4,7 @@ Two programs that need neither this project nor detectron2 to run (``torch.jit.l
 onnxruntime for the ONNX files):
 
 * gallery indexing: ``gallery(image) -> (boxes [N, 4], scores [N], embeddings [N, D])``;
-* query embedding: ``query(image, box [1, 4]) -> embedding [1, D]`` (exactly one box: the traced count).
+* query embedding: ``query(image, boxes [K, 4]) -> embeddings [K, D]`` (the search tool passes one box).
 
 ``image`` is a uint8 ``[3, H, W]`` tensor in the model's ``INPUT.FORMAT`` channel order, already
 resized to the test size (the resize is the caller's: ``export.json`` holds its bounds); boxes are
@@ -81,7 +81,7 @@ class GalleryIndexer(nn.Module):
 
 
 class QueryEmbedder(nn.Module):
-    """image + one box [1, 4] -> the embedder branch's embedding of it [1, D]."""
+    """image + boxes [K, 4] -> the embedder branch's embeddings of them [K, D]."""
 
     def __init__(self, model):
         super().__init__()
