@@ -3,7 +3,7 @@
 indexing (image -> boxes, scores, embeddings) and query embedding (image + box -> embedding).
 
     python tools/export.py --config-file C.yaml --weights model_final.pth --out exported/ \
-        [--format torchscript onnx] [--image sample.jpg]
+        [--format torchscript|onnx|both] [--image sample.jpg]
     python tools/search.py index --exported exported/ [--exported-format onnx] --gallery photos/ --out index.pt
 
 Writes OUT/gallery.ts and OUT/query.ts (TorchScript, the default), OUT/gallery.onnx and
@@ -47,15 +47,15 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--out", required=True, help="folder for the programs and export.json")
-    parser.add_argument("--format", nargs="+", choices=list(FORMATS), default=["torchscript"],
-                        help="program formats to write (default: torchscript; onnx needs onnx and onnxruntime)")
+    parser.add_argument("--format", choices=[*FORMATS, "both"], default="torchscript",
+                        help="programs to write: torchscript (default), onnx (needs onnx and onnxruntime) or both")
     parser.add_argument("--image", help="image to trace with (default: noise at the test size)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg, model = build_inference_model(args.config_file, args.weights, args.opts)
     image, box = trace_inputs(cfg, args.image)
-    formats = list(dict.fromkeys(args.format))
+    formats = list(FORMATS) if args.format == "both" else [args.format]
     meta = export_model(model, cfg, args.out, image.to(cfg.MODEL.DEVICE), box.to(cfg.MODEL.DEVICE), formats, meta={
         "config_file": os.path.abspath(args.config_file), "weights": os.path.abspath(args.weights), "opts": args.opts,
     })

@@ -1,4 +1,4 @@
-"""tools/export.py --format torchscript onnx on the demo's model, ROI-AlignPS* R-18 (synthetic config):
+"""tools/export.py --format both on the demo's model, ROI-AlignPS* R-18 (synthetic config):
 both formats give the eager model's boxes, scores, embeddings and query embeddings within 1e-4 on SynthPS
 gallery frames, at image sizes other than the traced one (with more and with fewer detection candidates
 than the pre-NMS top-k); the ONNX files are plain ONNX (protobuf, standard ops only) that onnxruntime runs
@@ -74,7 +74,7 @@ def exported(tmp_path_factory):
     cv2.imwrite(str(gallery / "wide.png"), frame[36:108])  # resized to 256x96: fewer locations than the top-k
     out = tmp / "exported"
     meta = export.main(["--config-file", str(config), "--weights", str(tmp / "model.pth"), "--out", str(out),
-                        "--format", "torchscript", "onnx", "--image", str(gallery / frames[0])])
+                        "--format", "both", "--image", str(gallery / frames[0])])
     yield {"tmp": tmp, "config": str(config), "weights": str(tmp / "model.pth"), "gallery": str(gallery),
            "out": str(out), "meta": meta}
     torch.set_num_threads(threads)
