@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Export a trained GALW-PS model for deployment: TorchScript programs for gallery indexing
-(image -> boxes, scores, embeddings) and query embedding (image + boxes -> embeddings).
+"""Export a trained GALW-PS model for deployment: TorchScript and/or ONNX programs for gallery
+indexing (image -> boxes, scores, embeddings) and query embedding (image + box -> embedding).
 
-    python tools/export.py --config-file C.yaml --weights model_final.pth --out exported/ [--image sample.jpg]
-    python tools/search.py index --exported exported/ --gallery photos/ --out index.pt
+    python tools/export.py --config-file C.yaml --weights model_final.pth --out exported/ \
+        [--format torchscript|onnx|both] [--image sample.jpg]
+    python tools/search.py index --exported exported/ [--exported-format onnx] --gallery photos/ --out index.pt
 
-Writes OUT/gallery.ts, OUT/query.ts and OUT/export.json (input channel order, test-size bounds,
-search score threshold, embedding size, the largest |traced - eager| difference on the trace image).
-What is exported and its limits: projects/GALW/docs/export.md.
+Writes OUT/gallery.ts and OUT/query.ts (TorchScript, the default), OUT/gallery.onnx and
+OUT/query.onnx (ONNX, run with onnxruntime), and OUT/export.json (formats, input channel order,
+test-size bounds, search score threshold, embedding size, the largest |exported - eager|
+difference of each output on the trace image). What is exported and its limits:
+projects/GALW/docs/export.md.
 """
 import argparse
 import json
@@ -20,7 +23,7 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-from galw.export import build_inference_model, export_torchscript
+from galw.export import FORMATS, build_inference_model, export_model
 
 logger = logging.getLogger("galw.export")
 
@@ -43,14 +46,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True)
-    parser.add_argument("--out", required=True, help="folder for gallery.ts, query.ts, export.json")
+    parser.add_argument("--out", required=True, help="folder for the programs and export.json")
+    parser.add_argument("--format", choices=[*FORMATS, "both"], default="torchscript",
+                        help="programs to write: torchscript (default), onnx (needs onnx and onnxruntime) or both")
     parser.add_argument("--image", help="image to trace with (default: noise at the test size)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg, model = build_inference_model(args.config_file, args.weights, args.opts)
     image, box = trace_inputs(cfg, args.image)
-    meta = export_torchscript(model, cfg, args.out, image.to(cfg.MODEL.DEVICE), box.to(cfg.MODEL.DEVICE), meta={
+    formats = list(FORMATS) if args.format == "both" else [args.format]
+    meta = export_model(model, cfg, args.out, image.to(cfg.MODEL.DEVICE), box.to(cfg.MODEL.DEVICE), formats, meta={
         "config_file": os.path.abspath(args.config_file), "weights": os.path.abspath(args.weights), "opts": args.opts,
     })
     print(json.dumps(meta["max_abs_diff_on_trace_image"]))

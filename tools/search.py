@@ -9,8 +9,8 @@ Index once, query many times (the index stores the config and weights paths):
     python tools/search.py index --config-file C.yaml --weights model_final.pth --gallery photos/ --out index.pt
     python tools/search.py query --index index.pt --query-image me.jpg --box 120 40 220 380 --topk 10 --out results/
 
-With the TorchScript programs of tools/export.py instead of config + weights:
-    python tools/search.py index --exported exported/ --gallery photos/ --out index.pt
+With the TorchScript or ONNX programs of tools/export.py instead of config + weights:
+    python tools/search.py index --exported exported/ [--exported-format onnx] --gallery photos/ --out index.pt
 
 The gallery is a folder of images and/or videos, or one video file; videos are sampled at
 --sample-fps frames per second (0 = every frame) and each hit names its video, frame and time.
@@ -37,7 +37,7 @@ from detectron2.structures import Boxes, Instances
 from tqdm import tqdm
 
 from galw.engine import setup_logging
-from galw.export import build_inference_model, load_exported
+from galw.export import FORMATS, build_inference_model, load_exported
 from galw.visualization import plot_search_results
 
 logger = logging.getLogger("galw.search")
@@ -121,11 +121,12 @@ class SearchModel(_ImageInputs):
 
 
 class ExportedSearchModel(_ImageInputs):
-    """The TorchScript programs of tools/export.py in place of the config and weights."""
+    """The programs of tools/export.py (TorchScript, or ONNX run by onnxruntime) in place of the
+    config and weights; ``format`` None = the export's first format."""
 
-    def __init__(self, export_dir):
-        self.gallery, self.query, meta = load_exported(export_dir)
-        self.source = {"exported": os.path.abspath(export_dir)}
+    def __init__(self, export_dir, format=None):
+        self.gallery, self.query, meta = load_exported(export_dir, format)
+        self.source = {"exported": os.path.abspath(export_dir), "exported_format": meta["loaded_format"]}
         self.score_thresh = meta["search_score_thresh"]
         super().__init__(meta["test_short_side"], meta["test_long_side"], meta["input_format"])
 
@@ -373,6 +374,9 @@ def _add_model_args(p):
     p.add_argument("--config-file", help="the model's config (with --weights)")
     p.add_argument("--weights", help="trained weights (.pth)")
     p.add_argument("--exported", help="instead of both: a folder written by tools/export.py")
+    p.add_argument("--exported-format", choices=list(FORMATS),
+                   help="with --exported: the programs to run (default: the export's first format; for `query`, "
+                        "the index's)")
 
 
 def _search_model(args, stored=None):
@@ -381,10 +385,12 @@ def _search_model(args, stored=None):
     if args.exported:
         if args.config_file or args.weights or args.opts:
             raise SystemExit("search: --exported replaces --config-file, --weights and config overrides")
-        return ExportedSearchModel(args.exported)
+        return ExportedSearchModel(args.exported, args.exported_format)
     stored = stored or {}
     if not (args.config_file or args.weights or args.opts) and stored.get("exported"):
-        return ExportedSearchModel(stored["exported"])
+        return ExportedSearchModel(stored["exported"], args.exported_format or stored.get("exported_format"))
+    if args.exported_format:
+        raise SystemExit("search: --exported-format goes with --exported")
     config_file, weights = args.config_file or stored.get("config_file"), args.weights or stored.get("weights")
     if not (config_file and weights):
         raise SystemExit("search: give --config-file and --weights, or --exported")

@@ -1,9 +1,12 @@
-"""The AlignPS branch on a shared R-18 trunk: its 5 losses train, detect/embed outputs."""
+"""The AlignPS branch on a shared R-18 trunk: its 5 losses train, detect/embed outputs; traced
+(as exported), the centre embedding follows its input boxes."""
+import warnings
+
 import pytest
 import torch
 
 from detectron2.modeling import build_backbone
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, ImageList
 
 from alignps_helpers import normalized_images, small_branch_cfg, synthetic_batch
 from galw.modeling import build_branch
@@ -133,3 +136,33 @@ def test_box_owning_no_location_is_counted_in_the_log(caplog):
         losses = branch(images, backbone(images.tensor), gts)
     assert all(torch.isfinite(v) for v in losses.values())
     assert "1 ground-truth boxes of this batch own no location" in caplog.text
+
+
+def test_traced_center_embedding_follows_the_boxes():
+    # The query embedder is exported by tracing: the embedded locations, levels and box count must come
+    # from the input boxes, not from the trace's (P3 and P4: boxes of half-size <= 24 and above).
+    torch.manual_seed(0)
+    cfg = small_branch_cfg()
+    cfg.MODEL.ALIGNPS.SIZE_RANGES = [[-1, 24], [24, 1e8]]
+    backbone = build_backbone(cfg).eval()
+    branch = build_branch("AlignPSBranch", cfg, backbone.output_shape()).eval()
+
+    class Embed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.branch = backbone, branch
+
+        def forward(self, image, boxes):
+            images = ImageList(image[None], [tuple(image.shape[1:])])
+            return self.branch.embed(images, self.backbone(image[None]), [Boxes(boxes)])[0]
+
+    image = normalized_images(cfg, synthetic_batch())[0][None][0]
+    traced_on = torch.tensor([[10.0, 14, 34, 70], [52, 20, 76, 84]])
+    others = torch.tensor([[90.0, 8, 118, 60], [8, 30, 30, 88], [44, 6, 70, 30], [0, 0, 128, 96]])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(Embed(), (image, traced_on), check_trace=False)
+        for boxes in (traced_on, others, others[2:3]):
+            want = Embed()(image, boxes)
+            assert want.shape == (len(boxes), 32)
+            torch.testing.assert_close(traced(image, boxes), want, atol=1e-6, rtol=0)

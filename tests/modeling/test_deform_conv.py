@@ -1,12 +1,17 @@
 """The pure-PyTorch deformable convolution equals torchvision's (values and every gradient),
-and MODEL.ALIGNPS.DEFORM_CONV_IMPL picks the implementation the AFA neck runs."""
+and MODEL.ALIGNPS.DEFORM_CONV_IMPL picks the implementation the AFA neck runs; traced (for
+export), the grid_sample form follows the input size."""
+import warnings
+
 import pytest
 import torch
 from torchvision.ops import DeformConv2d as TorchvisionDeformConv2d
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 from galw.modeling.alignps import AFAFPN
-from galw.modeling.deform_conv import DeformConv2d, deform_conv2d, deform_conv2d_grid_sample, resolve_impl
+from galw.modeling.deform_conv import (
+    DeformConv2d, _next_pow2, deform_conv2d, deform_conv2d_grid_sample, resolve_impl,
+)
 
 
 def _out_size(size, k, stride, pad, dil):
@@ -158,3 +163,28 @@ def test_grid_sample_equals_torchvision_on_cuda():
     got = _values_and_grads(deform_conv2d_grid_sample, tensors, kwargs)
     for name, a, b in zip(NAMES, ref, got):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_next_pow2_of_traced_sizes_equals_the_integer_one():
+    # while tracing (TorchScript or ONNX export) sizes are 0-dim tensors
+    sizes = torch.arange(1, 5000)
+    got = torch.stack([_next_pow2(n) for n in sizes])
+    assert got.tolist() == [_next_pow2(int(n)) for n in sizes]
+    assert _next_pow2(64) == 64 and _next_pow2(65) == 128 and _next_pow2(1) == 1
+
+
+def test_traced_grid_sample_follows_the_input_size():
+    # traced at 7x9 (padded to 8x16), run at sizes whose power-of-two padding differs, including none
+    def fn(x, offset, weight, bias, mask):
+        return deform_conv2d_grid_sample(x, offset, weight, bias, padding=1, mask=mask)
+
+    gen = torch.Generator().manual_seed(0)
+    traced = None
+    for h, w in ((7, 9), (11, 5), (16, 16), (17, 3)):
+        tensors, kwargs = _case(gen, 1, 4, h, w, 3, 3, 1, 1, 1, 1, 1, 1.5, True, dtype=torch.float64)
+        if traced is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(fn, tuple(tensors), check_trace=False)
+        want = torchvision_deform_conv2d(*tensors[:4], mask=tensors[4], **kwargs)
+        torch.testing.assert_close(traced(*tensors), want, rtol=1e-10, atol=1e-10, msg=f"{h}x{w}")

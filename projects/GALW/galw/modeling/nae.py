@@ -237,9 +237,9 @@ class NormAwareROIHeads(ROIHeads):
         results = []
         for image_size, emb, score, box in zip(
             (p.image_size for p in proposals),
-            embeddings.split(counts),
-            logits.sigmoid().split(counts),
-            refined.split(counts),
+            _per_image(embeddings, counts),
+            _per_image(logits.sigmoid(), counts),
+            _per_image(refined, counts),
         ):
             box = Boxes(box)
             box.clip(image_size)
@@ -258,11 +258,17 @@ class NormAwareROIHeads(ROIHeads):
     def embed_boxes(self, features, boxes: List[Boxes]) -> List[torch.Tensor]:
         """Unit-norm embeddings of given boxes (query boxes, another branch's detections)."""
         counts = [len(b) for b in boxes]
-        if sum(counts) == 0:
+        if sum(counts) == 0 and not torch.jit.is_tracing():  # a traced graph keeps the heads for any count
             ref = features[self.in_features[0]]
             return [ref.new_zeros((0, self.oim.feat_dim)) for _ in boxes]
         embeddings, _, _ = self._heads(features, boxes)
-        return list(embeddings.split(counts))
+        return _per_image(embeddings, counts)
+
+
+def _per_image(rows: torch.Tensor, counts: List[int]) -> List[torch.Tensor]:
+    """``rows`` split by image. One image is not split: traced (exported), a split would fix the
+    row count at the trace image's (``len`` of a box list is a Python int), and fail on any other."""
+    return [rows] if len(counts) == 1 else list(rows.split(counts))
 
 
 def _gt_boxes_or_dummy(proposals: List[Instances]) -> torch.Tensor:

@@ -258,7 +258,11 @@ class AlignPSBranch(PersonSearchBranch):
         for i, image_size in enumerate(images.image_sizes):
             keep = torch.nonzero(logits[i] > self.score_thresh).squeeze(1)
             scores = logits[i, keep] * ctrs[i, keep]
-            if keep.numel() > self.pre_nms_topk:
+            if torch.jit.is_tracing():
+                # an exported graph: the candidate count varies with the image, so k is computed in it
+                scores, order = scores.topk(torch.clamp(torch.as_tensor(keep.shape[0]), max=self.pre_nms_topk))
+                keep = keep[order]
+            elif keep.numel() > self.pre_nms_topk:
                 scores, order = scores.topk(self.pre_nms_topk)
                 keep = keep[order]
             boxes = Boxes(distances_to_boxes(points[keep], dists[i, keep]))
@@ -296,17 +300,20 @@ class AlignPSBranch(PersonSearchBranch):
         return out
 
     def _center_embeddings(self, maps: List[torch.Tensor], image_index: int, boxes: torch.Tensor) -> torch.Tensor:
+        """Per box, the feature at its centre's location on its level, in tensor ops only (no
+        Python ints from tensors), so a traced (exported) query embedder follows its input boxes."""
         half = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
         level = torch.zeros_like(half, dtype=torch.long)
         for lvl in range(len(self.size_ranges) - 1, -1, -1):
             lo, hi = self.size_ranges[lvl]
-            level[(half >= lo) & (half <= hi)] = lvl
+            level = torch.where((half >= lo) & (half <= hi), lvl, level)
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        rows = []
-        for j in range(boxes.shape[0]):
-            m = maps[int(level[j])][image_index]
-            s = self.strides[int(level[j])]
-            col = int(torch.round((cx[j] - s // 2) / s).clamp(0, m.shape[2] - 1))
-            row = int(torch.round((cy[j] - s // 2) / s).clamp(0, m.shape[1] - 1))
-            rows.append(m[:, row, col])
-        return torch.stack(rows)
+        out = None
+        for lvl, (m, s) in enumerate(zip(maps, self.strides)):
+            m = m[image_index]
+            height, width = m.shape[1], m.shape[2]
+            col = torch.round((cx - s // 2) / s).clamp(min=0).long().clamp(max=width - 1)
+            row = torch.round((cy - s // 2) / s).clamp(min=0).long().clamp(max=height - 1)
+            picked = m.flatten(1).index_select(1, row * width + col).t()
+            out = picked if out is None else torch.where((level == lvl)[:, None], picked, out)
+        return out
