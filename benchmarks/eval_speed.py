@@ -116,6 +116,32 @@ def feed(evaluator, records, outputs, query_ios):
     return time.perf_counter() - t0
 
 
+def subset(cols, rows):
+    """The columns of a protocol restricted to the queries at ``rows`` (ascending)."""
+    starts = np.cumsum(cols["counts"]) - cols["counts"]
+    box_starts = np.concatenate([[0], np.cumsum(cols["has_box"])])[starts]
+    entries = np.concatenate([np.arange(starts[r], starts[r] + cols["counts"][r]) for r in rows])
+    boxes = [cols["boxes"][b] for r in rows for b in range(box_starts[r], box_starts[r] + cols["has_box"][
+        starts[r]:starts[r] + cols["counts"][r]].sum())]
+    return {"query_index": cols["query_index"][rows], "counts": cols["counts"][rows], "images": cols["images"],
+            "image_index": cols["image_index"][entries], "has_box": cols["has_box"][entries], "boxes": boxes}
+
+
+def as_protocol(name, cols):
+    """What galw.data hands the evaluator: a ProtocolTable; for a galw before it (``--baseline``), the
+    list of entry dicts its parse cache was unpacked into."""
+    try:
+        from galw.data.protocol_table import ProtocolTable
+    except ImportError:
+        names, boxes = cols["images"].tolist(), iter(cols["boxes"])
+        gallery = [{"image": names[i], "bbox": next(boxes) if b else None}
+                   for i, b in zip(cols["image_index"].tolist(), cols["has_box"].tolist())]
+        ends = np.cumsum(cols["counts"]).tolist()
+        return [{"query_index": q, "gallery": gallery[a:b]}
+                for q, a, b in zip(cols["query_index"].tolist(), [0, *ends[:-1]], ends)]
+    return ProtocolTable.from_columns(cols, name)
+
+
 def report(name, evaluator, results, t_process, t_total):
     print(f"\n== {name}: process() of all outputs {t_process:.2f} s, evaluate() {t_total:.2f} s, "
           f"peak RSS {peak_rss_mb():.0f} MB")
@@ -142,20 +168,24 @@ def bench_cuhk(rng):
                "camera_id": -1, "query": {"bbox": [10, 10, 60, 160], "person_id": q}}
         queries.append(rec)
         query_ios.append(query_io(rec, rec["query"]["bbox"], q, unit(id_vec[q] + rng.normal(scale=0.08, size=DIM))))
-    neg_entry = [{"image": n, "bbox": None} for n in names]
     protocols = {}
     for size in SIZES:
-        entries = []
+        cols = {"query_index": np.arange(n_q), "counts": np.full(n_q, size), "images": np.asarray(names),
+                "image_index": [], "has_box": [], "boxes": []}
         for q in range(n_q):
             pos = list(where[q])
             cand = rng.choice(n_img, size=size + len(pos), replace=False)
             neg = cand[~np.isin(cand, pos)][: size - len(pos)]
-            gal = [{"image": names[i], "bbox": box_of[(q, i)]} for i in pos] + [neg_entry[i] for i in neg]
-            entries.append({"query_index": q, "gallery": gal})
-        protocols[f"TestG{size}"] = entries
-    g100 = protocols["TestG100"]
-    protocols["Occlusion"] = [g100[i] for i in sorted(rng.choice(n_q, 187, replace=False))]
-    protocols["Resolution"] = [g100[i] for i in sorted(rng.choice(n_q, 290, replace=False))]
+            cols["image_index"].append(np.concatenate([pos, neg]))
+            cols["has_box"].append(np.arange(size) < len(pos))
+            cols["boxes"].extend(box_of[(q, i)] for i in pos)
+        for k in ("image_index", "has_box"):
+            cols[k] = np.concatenate(cols[k])
+        protocols[f"TestG{size}"] = cols
+    for name, n in (("Occlusion", 187), ("Resolution", 290)):
+        rows = np.sort(rng.choice(n_q, n, replace=False))
+        protocols[name] = subset(protocols["TestG100"], rows)
+    protocols = {k: as_protocol(k, v) for k, v in protocols.items()}
     name = register("cuhk_sysu", records, queries, gallery_protocols=protocols)
     print(f"CUHK-SYSU synthetic: {n_img} gallery images, {sum(len(o['instances']) for o in outputs)} detections, "
           f"{n_q} queries, peak RSS after building {peak_rss_mb():.0f} MB")

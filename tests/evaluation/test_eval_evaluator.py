@@ -251,14 +251,18 @@ def test_reset_forgets_the_embedding_dimension():
     assert ev.evaluate()["search"]["mAP"] == pytest.approx(100 * (0.475 + 1 / 3) / 2)
 
 
-def test_large_galleries_scored_per_query_give_the_same_results(monkeypatch, tmp_path):
-    """Above LARGE_GALLERY detections per query the evaluator scores queries one by one; same numbers."""
+@pytest.mark.parametrize("fraction", [0.0, float("inf")])
+def test_chunked_and_either_similarity_path_give_the_same_results(monkeypatch, tmp_path, fraction):
+    """One query per layout chunk, scored from the full product (fraction 0) or from per-image
+    products (inf): the same numbers and per-query JSON as the default run."""
     import galw.evaluation.evaluator as E
+    import galw.evaluation.gallery_similarity as S
 
-    _, batched = cuhk(tmp_path / "a")
-    monkeypatch.setattr(E, "LARGE_GALLERY", 0)
-    _, per_query = cuhk(tmp_path / "b")
-    assert per_query == batched
+    _, default = cuhk(tmp_path / "a")
+    monkeypatch.setattr(E, "LAYOUT_ENTRIES", 1)
+    monkeypatch.setattr(S, "FULL_PRODUCT_FRACTION", fraction)
+    _, other = cuhk(tmp_path / "b")
+    assert other == default
     a = json.load(open(next((tmp_path / "a").glob("*.json"))))["queries"]
     b = json.load(open(next((tmp_path / "b").glob("*.json"))))["queries"]
     assert a == b
