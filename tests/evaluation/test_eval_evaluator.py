@@ -266,3 +266,20 @@ def test_chunked_and_either_similarity_path_give_the_same_results(monkeypatch, t
     a = json.load(open(next((tmp_path / "a").glob("*.json"))))["queries"]
     b = json.load(open(next((tmp_path / "b").glob("*.json"))))["queries"]
     assert a == b
+
+
+def test_protocol_tables_give_the_same_results_as_entry_lists(tmp_path):
+    """galw.data hands protocols over as ProtocolTable columns; the evaluator reads them directly,
+    with the numbers and per-query JSON of the documented entry lists."""
+    from galw.data.protocol_table import ProtocolTable
+
+    gallery, queries, protocols, dets = H.cuhk_scene()
+    tables = {k: ProtocolTable.from_entries(v, k) for k, v in protocols.items()}
+    assert {k: list(t) for k, t in tables.items()} == protocols
+    results = []
+    for i, p in enumerate((protocols, tables)):
+        name = H.register("cuhk_sysu", gallery, queries, p)
+        results.append(run(name, H.cuhk_ios(gallery, queries, dets), output_dir=str(tmp_path / str(i))))
+    assert results[0] == results[1]
+    a, b = (json.load(open(next((tmp_path / str(i)).glob("*.json"))))["queries"] for i in (0, 1))
+    assert a == b

@@ -14,11 +14,11 @@ from detectron2.utils.file_io import PathManager
 
 from .attribute_metrics import evaluate_attributes
 from .cbgm import SEQNET_CBGM, cbgm_rescore, query_context
-from .detection_metrics import evaluate_detection, mutual_argmax_matches
+from .detection_metrics import evaluate_detection_arrays, mutual_argmax_matches
 from .gallery_store import SearchGalleryStore
 from .gallery_similarity import full_product, layout_similarities, prefers_full_product
 from .query_galleries import CuhkQueryGalleries, PrwQueryGalleries
-from .search_metrics import TOPK, GalleryLayout, SimilarityHistogram, box_iou, evaluate_layout
+from .search_metrics import TOPK, GalleryLayout, SimilarityHistogram, box_iou, evaluate_layout, pick_positives
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,40 @@ QUERY_FEATURES = ("gt_box", "best_iou_detection")
 GALLERY_FIELDS = ("pred_boxes", "scores", "embeddings")
 #: Gallery detections laid out per chunk of queries (memory vs the per-call overhead; same results).
 LAYOUT_ENTRIES = 2_000_000
+
+
+def _image_maxima(sims, store):
+    """[images, queries] the highest similarity of each image's detections (-inf for an image without
+    any): one vectorised maximum per detection rank (k-th detection of every image that has k)."""
+    out = np.full((store.num_images, sims.shape[1]), -np.inf, dtype=np.float32)
+    by_count = np.argsort(-store.counts, kind="stable")
+    ranked = store.counts[by_count]
+    for k in range(int(ranked.max(initial=0))):
+        images = by_count[: int(np.count_nonzero(ranked > k))]
+        out[images] = np.maximum(out[images], sims[store.starts[images] + k])
+    return out
+
+
+def _pairs_that_can_rank(batch, rows, sims, image_max, store):
+    """[pairs] the gallery images that can matter for AP and top-k: the positive ones, and those with
+    a detection scoring at least the query's lowest matched positive (picked as ``evaluate_layout``
+    picks them); an entry below it is never counted (AP) or ranked above a positive (top-k)."""
+    nq = len(batch.n_img)
+    pair_start = np.cumsum(batch.n_img) - batch.n_img
+    pair = pair_start[batch.pos_query] + batch.pos_list
+    pimg = batch.images[pair]
+    counts = store.counts[pimg]
+    dets = np.repeat(store.starts[pimg] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+    groups = np.repeat(np.arange(len(pair)), counts)
+    scores = sims[dets, rows[batch.pos_query][groups]]
+    chosen = pick_positives(scores, store.boxes[dets], groups, batch.pos_box)
+    hit = chosen >= 0
+    floor = np.full(nq, np.inf, dtype=np.float32)
+    np.minimum.at(floor, batch.pos_query[hit], scores[chosen[hit]])
+    q_of = np.repeat(np.arange(nq), batch.n_img)
+    keep = image_max[batch.images, rows[q_of]] >= floor[q_of]
+    keep[pair] = True
+    return keep
 
 
 class PersonSearchEvaluator(DatasetEvaluator):
@@ -460,7 +494,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
             self._cpu_timings.setdefault(key, 0.0)
         dets_per_image = float(store.counts.mean()) if store.num_images else 0.0
         entries = {name: g.mean_gallery_length() * dets_per_image for name, g in protocols.items()}
-        full = [n for n in protocols if prefers_full_product(entries[n], len(store.embeddings))]
+        # One protocol with large galleries makes the full product worth computing; then all read it.
+        any_large = any(prefers_full_product(e, len(store.embeddings)) for e in entries.values())
+        full = list(protocols) if any_large else []
 
         def score(name, batch, layout, y):
             if name == "CBGM":
@@ -490,14 +526,20 @@ class PersonSearchEvaluator(DatasetEvaluator):
             sims = full_product(embs[rows], store)
             self._timings["similarity"] += time.perf_counter() - t0
             self._cpu_timings["similarity"] += time.process_time() - c0
+            image_max = None
             for name in full:
                 t0, c0 = time.perf_counter(), time.process_time()
                 g = protocols[name]
                 mine = queries[rows][np.isin(queries[rows], g.queries)]
                 for chunk in self._query_chunks(mine, entries[name]):
                     batch = g.batch(chunk)
+                    batch_rows = row_of[batch.queries] - b
+                    if name != default and name != "CBGM":  # no top-10 list, histogram or re-scoring
+                        if image_max is None:
+                            image_max = _image_maxima(sims, store)
+                        batch = batch.keep_pairs(_pairs_that_can_rank(batch, batch_rows, sims, image_max, store))
                     layout = GalleryLayout.build(batch.images, batch.n_img, store)
-                    y = sims[row_of[batch.queries][layout.q_of] - b, layout.det_idx]
+                    y = sims[layout.det_idx, batch_rows[layout.q_of]]
                     score(name, batch, layout, y)
                 self._timings[name] += time.perf_counter() - t0
                 self._cpu_timings[name] += time.process_time() - c0
@@ -531,12 +573,16 @@ class PersonSearchEvaluator(DatasetEvaluator):
         return boxes, pids
 
     def _detection_metrics(self, ordered):
-        images = []
-        for r, g in zip(self._gallery_records, ordered):
-            boxes, pids = self._gt(r)
-            images.append({"det_boxes": g["det_boxes"], "det_scores": g["det_scores"], "gt_boxes": boxes, "gt_pids": pids})
-        full = evaluate_detection(images, self._det_iou)
-        labeled = evaluate_detection(images, self._det_iou, labeled_only=True)
+        annos = [r.get("annotations", []) for r in self._gallery_records]
+        gt_boxes = np.array([a["bbox"] for an in annos for a in an], dtype=np.float64).reshape(-1, 4)
+        gt_pids = np.array([int(a["person_id"]) for an in annos for a in an], dtype=np.int64)
+        gt_image = np.repeat(np.arange(len(annos)), [len(an) for an in annos])
+        det_boxes = np.concatenate([np.zeros((0, 4))] + [g["det_boxes"] for g in ordered]).astype(np.float64)
+        det_scores = np.concatenate([np.zeros(0)] + [g["det_scores"] for g in ordered]).astype(np.float64)
+        det_image = np.repeat(np.arange(len(ordered)), [len(g["det_scores"]) for g in ordered])
+        args = (det_boxes, det_scores, det_image, gt_boxes, gt_pids, gt_image, self._det_iou)
+        full = evaluate_detection_arrays(*args)
+        labeled = evaluate_detection_arrays(*args, labeled_only=True)
         return {"AP": 100.0 * full["AP"], "recall": 100.0 * full["recall"], "recall_labeled": 100.0 * labeled["recall"]}
 
     def _attribute_metrics(self, ordered):

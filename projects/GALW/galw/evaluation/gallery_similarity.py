@@ -1,9 +1,11 @@
 """Similarities of queries to the detections of their own galleries (a ``GalleryLayout``).
 
-Two ways to the same float32 values: rows of the full query x store product, worth it when the
-galleries cover much of the store (TestG4000, the whole gallery, PRW) and shared by all protocols
-of a batch; or, for small galleries (TestG100: ~650 of 45k detections per query), one small
-product per gallery image with the queries that list it, which does ~1/70 of the work.
+Two ways to float32 inner products: the full store x query product, worth it when the galleries
+cover much of the store (TestG4000, the whole gallery, PRW) and then shared by every protocol of
+the evaluation; or, when all galleries are small (TestG100 alone: ~650 of 45k detections per
+query), one small product per gallery image with the queries that list it, ~1/70 of the work.
+The two may differ in the last bit (BLAS sums in a shape-dependent order, as the full product's
+own values already do between query batch sizes).
 """
 import numpy as np
 
@@ -18,8 +20,9 @@ def prefers_full_product(entries_per_query, num_store_detections):
 
 
 def full_product(query_embs, store):
-    """[Q, num store detections] float32 similarities."""
-    return np.asarray(query_embs, np.float32) @ store.embeddings.T
+    """[num store detections, Q] float32 similarities, detection-major: an image's detections are
+    adjacent rows, so per-image maxima reduce whole rows at a time."""
+    return store.embeddings @ np.asarray(query_embs, np.float32).T
 
 
 def layout_similarities(query_embs, layout, store, block_bytes=8 << 20):
@@ -27,7 +30,8 @@ def layout_similarities(query_embs, layout, store, block_bytes=8 << 20):
 
     Per gallery image, the queries that list it are multiplied with its detections in one small
     matrix product; the products of images with equally many detections run as one batched
-    ``matmul`` (queries padded to the image with the most), in blocks of about ``block_bytes``.
+    ``matmul`` (queries padded to the image with the most in its block; blocks hold images with
+    similar query counts), in blocks of about ``block_bytes``.
     """
     q = np.asarray(query_embs, np.float32)
     padding = len(q)  # the index of an all-zero row appended to the queries
@@ -49,6 +53,7 @@ def layout_similarities(query_embs, layout, store, block_bytes=8 << 20):
     buffer = np.empty(max(block_bytes // 4, dim * (int(group_size.max()) + 1)), np.float32)  # reused: no page faults
     for c in np.unique(group_count).tolist():
         groups = np.flatnonzero(group_count == c)
+        groups = groups[np.argsort(group_size[groups], kind="stable")]  # similar sizes per block: little padding
         per_group = max(1, block_bytes // (4 * dim * (int(group_size[groups].max()) + c)))
         for g in (groups[i:i + per_group] for i in range(0, len(groups), per_group)):
             sizes = group_size[g]

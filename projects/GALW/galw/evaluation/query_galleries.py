@@ -29,6 +29,19 @@ class GalleryBatch:
     skipped: list  # query record indices without any positive entry
     duplicates: int = 0  # repeated images of a query's list, skipped
 
+    def keep_pairs(self, keep):
+        """This batch with only the (query, gallery image) pairs where ``keep`` [pairs] holds; every
+        positive pair must be kept. The kept images stay in gallery order."""
+        q_of = np.repeat(np.arange(len(self.n_img)), self.n_img)
+        pair = (np.cumsum(self.n_img) - self.n_img)[self.pos_query] + self.pos_list
+        if not keep[pair].all():
+            raise ValueError("keep_pairs would drop a positive gallery entry")
+        n_img = np.bincount(q_of[keep], minlength=len(self.n_img))
+        new_pos = np.cumsum(keep) - 1
+        pos_list = new_pos[pair] - (np.cumsum(n_img) - n_img)[self.pos_query]
+        return GalleryBatch(self.queries, self.images[keep], n_img, self.pos_query, pos_list, self.pos_box,
+                            self.skipped, self.duplicates)
+
 
 def _ranges(starts, counts):
     """Concatenated ``arange(s, s + c)`` for every (s, c)."""
