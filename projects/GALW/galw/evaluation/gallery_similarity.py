@@ -50,7 +50,6 @@ def layout_similarities(query_embs, layout, store, block_bytes=8 << 20):
     rank = np.arange(len(pairs)) - np.repeat(group_start, group_size)  # a pair's place among its image's
     group_count = store.counts[group_image]
     dim = q.shape[1]
-    buffer = np.empty(max(block_bytes // 4, dim * (int(group_size.max()) + 1)), np.float32)  # reused: no page faults
     for c in np.unique(group_count).tolist():
         groups = np.flatnonzero(group_count == c)
         groups = groups[np.argsort(group_size[groups], kind="stable")]  # similar sizes per block: little padding
@@ -62,8 +61,7 @@ def layout_similarities(query_embs, layout, store, block_bytes=8 << 20):
             at = np.repeat(np.arange(len(g)) * width, sizes) + rank[sel]  # (image, place) in the padded block
             take = np.full(len(g) * width, padding, dtype=np.int64)
             take[at] = pair_q[sel]
-            padded = np.take(q, take, axis=0, out=buffer[: len(take) * dim].reshape(len(take), dim))
-            padded = padded.reshape(len(g), width, dim)
+            padded = q[take].reshape(len(g), width, dim)
             rows = store.starts[group_image[g]][:, None] + np.arange(c)
             dets = np.ascontiguousarray(store.embeddings[rows].transpose(0, 2, 1))  # [n, dim, c]: BLAS-ready
             out = np.matmul(padded, dets)  # [n, queries, c]
