@@ -251,15 +251,17 @@ def test_reset_forgets_the_embedding_dimension():
     assert ev.evaluate()["search"]["mAP"] == pytest.approx(100 * (0.475 + 1 / 3) / 2)
 
 
-@pytest.mark.parametrize("fraction", [0.0, float("inf")])
-def test_chunked_and_either_similarity_path_give_the_same_results(monkeypatch, tmp_path, fraction):
-    """One query per layout chunk, scored from the full product (fraction 0) or from per-image
-    products (inf): the same numbers and per-query JSON as the default run."""
+@pytest.mark.parametrize("fraction,large", [(0.0, 1e9), (0.0, 0), (float("inf"), 1e9)])
+def test_chunked_and_either_similarity_path_give_the_same_results(monkeypatch, tmp_path, fraction, large):
+    """One query per layout chunk, scored from the full product (fraction 0; with large = 0 the
+    default protocol query by query) or from per-image products (inf): the same numbers and
+    per-query JSON as the default run."""
     import galw.evaluation.evaluator as E
     import galw.evaluation.gallery_similarity as S
 
     _, default = cuhk(tmp_path / "a")
     monkeypatch.setattr(E, "LAYOUT_ENTRIES", 1)
+    monkeypatch.setattr(E, "LARGE_GALLERY", large)
     monkeypatch.setattr(S, "FULL_PRODUCT_FRACTION", fraction)
     _, other = cuhk(tmp_path / "b")
     assert other == default

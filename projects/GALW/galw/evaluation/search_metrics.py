@@ -1,8 +1,10 @@
 """Per-query search metrics of the standard person-search protocol (OIM / NAE / SeqNet line).
 
-Everything here is plain numpy on one query at a time (the similarities come batched from the
-caller). Ranking is by similarity, descending; ties are broken by GALLERY ORDER (the order of
-the gallery images in the protocol list, then the detection order inside an image): of two
+``evaluate_layout`` scores a chunk of queries at once (what the evaluator runs);
+``evaluate_query`` is the readable one-query reference it is tested against, and
+``evaluate_queries`` the same batch scoring from a similarity matrix and per-query lists.
+Ranking is by similarity, descending; ties are broken by GALLERY ORDER (the order of the
+gallery images in the protocol list, then the detection order inside an image): of two
 detections with equal similarity the earlier one ranks higher. Average precision has
 scikit-learn's ``average_precision_score`` semantics, where tied scores share one threshold
 and tie-breaking cannot change AP.
@@ -104,7 +106,7 @@ class QueryResult:
 
 
 def evaluate_query(sim_row, det_idx, img_offsets, pos_entries, store, want_top=False):
-    """Score one query against its gallery.
+    """Score one query against its gallery (the reference ``evaluate_layout`` is tested against).
 
     sim_row: similarities of the query to ALL kept gallery detections (store order).
     det_idx: store indices of the detections of this query's gallery, in gallery order.
@@ -229,7 +231,8 @@ class GalleryLayout:
 
 
 def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=None, histogram=None):
-    """``evaluate_query`` for a batch of queries at once, with identical results (tested).
+    """``evaluate_query`` for a batch of queries at once, with identical results (tested): their
+    galleries laid out (``GalleryLayout``) and scored by ``evaluate_layout``.
 
     sims: [R, num store detections] similarities (rows of one product); query i uses row ``rows[i]``
       (default: row i).
