@@ -39,13 +39,16 @@ LARGE_GALLERY = 20000
 
 def _image_maxima(sims, store):
     """[images, queries] the highest similarity of each image's detections (-inf for an image without
-    any): one vectorised maximum per detection rank (k-th detection of every image that has k)."""
-    out = np.full((store.num_images, sims.shape[1]), -np.inf, dtype=np.float32)
+    any): one in-place maximum per detection rank over the images that have that many, kept sorted
+    by detection count so each step is a contiguous slice."""
     by_count = np.argsort(-store.counts, kind="stable")
-    ranked = store.counts[by_count]
+    ranked, starts = store.counts[by_count], store.starts[by_count]
+    ordered = np.full((store.num_images, sims.shape[1]), -np.inf, dtype=np.float32)
     for k in range(int(ranked.max(initial=0))):
-        images = by_count[: int(np.count_nonzero(ranked > k))]
-        out[images] = np.maximum(out[images], sims[store.starts[images] + k])
+        m = int(np.count_nonzero(ranked > k))
+        np.maximum(ordered[:m], sims[starts[:m] + k], out=ordered[:m])
+    out = np.empty_like(ordered)
+    out[by_count] = ordered
     return out
 
 
@@ -526,7 +529,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
                     row[det_idx] = cbgm_rescore(row[det_idx], det_idx, query_embs[qi], query_contexts[qi], store,
                                                 self._cbgm_top)
                 mine = np.flatnonzero(batch.pos_query == i)
-                pos = [(int(batch.pos_list[j]), int(imgs[batch.pos_list[j]]), batch.pos_box[j]) for j in mine]
+                pos = list(zip(batch.pos_list[mine].tolist(), imgs[batch.pos_list[mine]].tolist(), batch.pos_box[mine]))
                 res = evaluate_query(row, det_idx, offsets, pos, store, want_top=name == default)
                 if name == default:
                     histogram.add(row[det_idx], res.positive_scores)
