@@ -5,6 +5,7 @@ Builds (in a temp dir) CUHK-SYSU with 18,184 images / ~95,500 boxes / 5,532 trai
 (the loaders read only image headers). Prints cold (parse) and warm (cache) seconds.
 
     PYTHONPATH=$PWD/projects/GALW:$PWD .venv/bin/python benchmarks/data_parse.py [--cuhk-gallery-sizes 50,100]
+        [--keep DIR]
 
 Writing a TestG<N>.mat with scipy.io.savemat costs about 0.5 ms per gallery entry (TestG4000
 holds 11.6M), so by default only TestG50 is written at full size; protocols are parsed on first
@@ -138,10 +139,13 @@ def main():
     parser.add_argument("--cuhk-gallery-sizes", default="50", help="TestG files to write at full size")
     parser.add_argument("--skip-cuhk", action="store_true")
     parser.add_argument("--skip-prw", action="store_true")
+    parser.add_argument("--keep", default=None, help="write the fixtures into this folder and keep them "
+                        "(eval_speed.py --cold-root <folder>/CUHK-SYSU parses its TestG100.mat cold)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.cuhk_gallery_sizes.split(",")]
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         if not args.skip_cuhk:
             t_build, root = timed(lambda: build_cuhk(os.path.join(tmp, "CUHK-SYSU"), sizes, rng))
             print(f"CUHK-SYSU fixture written in {t_build:.1f} s (TestG sizes {sizes})", flush=True)

@@ -75,6 +75,10 @@ def test_cuhk_gallery_query_and_protocols(cuhk):
         assert list(protocols[f"TestG{n}"]) == expected
     assert list(protocols["Occlusion"]) == expected[1:]
     assert list(protocols["Resolution"]) == expected[:1]
+    table = protocols["TestG100"].table()  # what the evaluator reads: columns, not entry dicts
+    assert type(table).__name__ == "ProtocolTable" and table.counts.tolist() == [2, 2]
+    assert table.images[table.image_index].tolist() == ["s5.jpg", "s6.jpg", "s4.jpg", "s5.jpg"]
+    assert table.has_box.tolist() == [True, False, True, False]
 
 
 def test_prw_train_clipping_remapping_cameras(prw, caplog):

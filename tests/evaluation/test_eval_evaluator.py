@@ -251,14 +251,37 @@ def test_reset_forgets_the_embedding_dimension():
     assert ev.evaluate()["search"]["mAP"] == pytest.approx(100 * (0.475 + 1 / 3) / 2)
 
 
-def test_large_galleries_scored_per_query_give_the_same_results(monkeypatch, tmp_path):
-    """Above LARGE_GALLERY detections per query the evaluator scores queries one by one; same numbers."""
+@pytest.mark.parametrize("fraction,large", [(0.0, 1e9), (0.0, 0), (float("inf"), 1e9)])
+def test_chunked_and_either_similarity_path_give_the_same_results(monkeypatch, tmp_path, fraction, large):
+    """One query per layout chunk, scored from the full product (fraction 0; with large = 0 the
+    default protocol query by query) or from per-image products (inf): the same numbers and
+    per-query JSON as the default run."""
     import galw.evaluation.evaluator as E
+    import galw.evaluation.gallery_similarity as S
 
-    _, batched = cuhk(tmp_path / "a")
-    monkeypatch.setattr(E, "LARGE_GALLERY", 0)
-    _, per_query = cuhk(tmp_path / "b")
-    assert per_query == batched
+    _, default = cuhk(tmp_path / "a")
+    monkeypatch.setattr(E, "LAYOUT_ENTRIES", 1)
+    monkeypatch.setattr(E, "LARGE_GALLERY", large)
+    monkeypatch.setattr(S, "FULL_PRODUCT_FRACTION", fraction)
+    _, other = cuhk(tmp_path / "b")
+    assert other == default
     a = json.load(open(next((tmp_path / "a").glob("*.json"))))["queries"]
     b = json.load(open(next((tmp_path / "b").glob("*.json"))))["queries"]
+    assert a == b
+
+
+def test_protocol_tables_give_the_same_results_as_entry_lists(tmp_path):
+    """galw.data hands protocols over as ProtocolTable columns; the evaluator reads them directly,
+    with the numbers and per-query JSON of the documented entry lists."""
+    from galw.data.protocol_table import ProtocolTable
+
+    gallery, queries, protocols, dets = H.cuhk_scene()
+    tables = {k: ProtocolTable.from_entries(v, k) for k, v in protocols.items()}
+    assert {k: list(t) for k, t in tables.items()} == protocols
+    results = []
+    for i, p in enumerate((protocols, tables)):
+        name = H.register("cuhk_sysu", gallery, queries, p)
+        results.append(run(name, H.cuhk_ios(gallery, queries, dets), output_dir=str(tmp_path / str(i))))
+    assert results[0] == results[1]
+    a, b = (json.load(open(next((tmp_path / str(i)).glob("*.json"))))["queries"] for i in (0, 1))
     assert a == b

@@ -129,3 +129,27 @@ def test_prw_same_camera_values():
     assert r["search_MultiView"]["mAP"] == pytest.approx(100.0)  # unchanged beside it
     assert r["search"]["mAP"] == pytest.approx(50.0)
     assert "search_SameCamera" not in run(name, ios)
+
+
+@pytest.mark.parametrize("fraction,large", [(0.0, 1e9), (0.0, 0), (float("inf"), 1e9)])
+def test_options_on_every_scoring_path(monkeypatch, fraction, large):
+    """CBGM, the GT-box oracle and PRW same-camera give the values above whether similarities come
+    from the full product (fraction 0; large 0: default protocol and CBGM query by query) or from
+    per-image products (inf)."""
+    import galw.evaluation.evaluator as E
+    import galw.evaluation.gallery_similarity as S
+
+    monkeypatch.setattr(E, "LARGE_GALLERY", large)
+    monkeypatch.setattr(S, "FULL_PRODUCT_FRACTION", fraction)
+    name, ios = cbgm_scene()
+    r = run(name, ios, cuhk_protocols=(), cbgm=True, cbgm_context=2)
+    assert r["search_CBGM"] == pytest.approx({"mAP": 100.0, "top1": 100.0, "top5": 100.0, "top10": 100.0})
+    assert r["search"]["mAP"] == pytest.approx(50.0)
+    name, ios = oracle_scene()
+    assert run(name, ios, cuhk_protocols=(), gt_box_oracle=True)["search_GTOracle"]["mAP"] == pytest.approx(50.0)
+    gallery, queries, dets = H.prw_scene()
+    name = H.register("prw", gallery, queries)
+    ios = [H.gallery_io(r, dets[r["file_name"].split("/")[-1]]) for r in gallery] + [H.query_io(q) for q in queries]
+    r = run(name, ios, prw_same_camera=True)
+    assert (r["search"]["mAP"], r["search_MultiView"]["mAP"], r["search_SameCamera"]["mAP"]) == pytest.approx(
+        (50.0, 100.0, 50.0))

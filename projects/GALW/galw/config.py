@@ -64,7 +64,7 @@ def _add_evaluation_config(cfg):
     ]
     # PRW: also report the multi-view (cross-camera) setting as "search_MultiView".
     cfg.TEST.PERSON_SEARCH.PRW_MULTI_VIEW = True
-    # Queries per similarity matrix product (memory ~ batch x gallery detections x 4 bytes).
+    # Queries per full similarity product, when one is computed (memory ~ batch x gallery detections x 4 bytes).
     cfg.TEST.PERSON_SEARCH.QUERY_BATCH_SIZE = 256
     # Probability threshold for attribute accuracy (mA).
     cfg.TEST.PERSON_SEARCH.ATTRIBUTE_THRESH = 0.5

@@ -14,6 +14,7 @@ from detectron2.structures import BoxMode
 
 from .matlab import (MatFormatError, as_numbers, as_str, cell_strings, field, load_mat, mat_key,
                      struct_elements, unwrap)
+from .protocol_table import ProtocolTable
 from .records import (cached_parse, dropped_by_image, image_size, log_drops, pack_records, unpack_records,
                       xywh_to_xyxy)
 
@@ -71,20 +72,6 @@ def _gallery_entries(gallery, where):
             box = as_numbers(loc, f"{where}({j + 1}).idlocate", 4)
         out.append((name, box if box.size else None))
     return out
-
-
-def _unpack_protocol(packed):
-    """Protocol entries {"query_index", "gallery": [{"image", "bbox" xyxy or None}]} from their columns
-    (comprehensions: TestG4000 has 11.6M gallery entries)."""
-    names = packed["images"].tolist()
-    images = [names[i] for i in packed["image_index"].tolist()]
-    bboxes = [None] * len(images)
-    for j, b in zip(np.flatnonzero(packed["has_box"]).tolist(), packed["boxes"].tolist()):
-        bboxes[j] = b
-    gallery = [{"image": i, "bbox": b} for i, b in zip(images, bboxes)]
-    ends = np.cumsum(packed["counts"]).tolist()
-    return [{"query_index": qi, "gallery": gallery[s:e]}
-            for qi, s, e in zip(packed["query_index"].tolist(), [0] + ends[:-1], ends)]
 
 
 class CUHKSYSU:
@@ -261,7 +248,8 @@ class CUHKSYSU:
         return paths
 
     def parse_protocol(self, name):
-        """Protocol entries {"query_index", "gallery": [{"image", "bbox"}]} of one .mat (cached)."""
+        """The ``ProtocolTable`` of one .mat (cached); a sequence of entries {"query_index", "gallery": [{"image",
+        "bbox"}]}."""
         sources = self._existing([self.protocol_path(name), self.protocol_path("TestG50")])
 
         def parse():
@@ -295,7 +283,7 @@ class CUHKSYSU:
                     "image_index": np.asarray(image_index, np.int64), "has_box": np.asarray(has_box, bool),
                     "boxes": np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)}
 
-        return _unpack_protocol(cached_parse(self.root, f"cuhk_sysu_{name}", sources, parse))
+        return ProtocolTable.from_columns(cached_parse(self.root, f"cuhk_sysu_{name}", sources, parse), name)
 
     def protocols(self):
         return {name: LazyProtocol(self, name) for name in PROTOCOL_NAMES}
@@ -307,19 +295,20 @@ class LazyProtocol(Sequence):
     def __init__(self, dataset, name):
         self._dataset, self.name, self._entries = dataset, name, None
 
-    def _load(self):
+    def table(self):
+        """The parsed ``ProtocolTable`` (what the evaluator reads)."""
         if self._entries is None:
             self._entries = self._dataset.parse_protocol(self.name)
         return self._entries
 
     def __getitem__(self, i):
-        return self._load()[i]
+        return self.table()[i]
 
     def __len__(self):
-        return len(self._load())
+        return len(self.table())
 
     def __iter__(self):
-        return iter(self._load())
+        return iter(self.table())
 
     def __eq__(self, other):
         return list(self) == list(other)

@@ -68,30 +68,41 @@ def batched_mutual_argmax_matches(det_boxes, det_image, gt_boxes, gt_image, iou_
 
 
 def evaluate_detection(images, iou_thresh=0.5, labeled_only=False):
-    """{"AP", "recall"} (fractions) over ``images``: dicts with det_boxes, det_scores, gt_boxes, gt_pids.
+    """{"AP", "recall"} (fractions) over ``images``: dicts with det_boxes, det_scores, gt_boxes, gt_pids."""
+    def cat(key, width):
+        return np.concatenate([np.zeros((0, width))] + [np.asarray(im[key], np.float64).reshape(-1, width)
+                                                          for im in images]).reshape(
+            -1, *([width] if width > 1 else []))
+
+    dets = cat("det_boxes", 4)
+    gts = cat("gt_boxes", 4)
+    det_image = np.repeat(np.arange(len(images)), [len(np.reshape(im["det_scores"], -1)) for im in images])
+    gt_image = np.repeat(np.arange(len(images)), [len(np.reshape(im["gt_pids"], -1)) for im in images])
+    pids = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(im["gt_pids"], np.int64).reshape(-1) for im in images])
+    return evaluate_detection_arrays(dets, cat("det_scores", 1), det_image, gts, pids, gt_image, iou_thresh,
+                                     labeled_only)
+
+
+def evaluate_detection_arrays(det_boxes, det_scores, det_image, gt_boxes, gt_pids, gt_image, iou_thresh=0.5,
+                              labeled_only=False):
+    """``evaluate_detection`` of all images concatenated: ``det_image`` / ``gt_image`` give each box's
+    image (ascending).
 
     ``labeled_only`` keeps only GT with person_id >= 0 and skips images without any (their
     detections are not scored), as the reference implementation does; only recall is meaningful.
     All images are matched in one vectorised pass (``batched_mutual_argmax_matches``).
     """
-    gts, dets, scores = [], [], []
-    for im in images:
-        gt = np.asarray(im["gt_boxes"], dtype=np.float64).reshape(-1, 4)
-        if labeled_only:
-            gt = gt[np.asarray(im["gt_pids"]) >= 0]
-            if len(gt) == 0:
-                continue
-        gts.append(gt)
-        dets.append(np.asarray(im["det_boxes"], dtype=np.float64).reshape(-1, 4))
-        scores.append(np.asarray(im["det_scores"], dtype=np.float64).reshape(-1))
-    count_gt = sum(len(g) for g in gts)
+    if labeled_only:
+        keep = np.asarray(gt_pids) >= 0
+        gt_boxes, gt_image = gt_boxes[keep], gt_image[keep]
+        scored = np.isin(det_image, gt_image)
+        det_boxes, det_scores, det_image = det_boxes[scored], det_scores[scored], det_image[scored]
+    count_gt = len(gt_boxes)
     if count_gt == 0:
         raise ValueError("Detection evaluation: the gallery records have no ground-truth boxes.")
-    det_image = np.repeat(np.arange(len(dets)), [len(d) for d in dets])
-    gt_image = np.repeat(np.arange(len(gts)), [len(g) for g in gts])
-    match = batched_mutual_argmax_matches(np.concatenate(dets), det_image, np.concatenate(gts), gt_image, iou_thresh)
+    match = batched_mutual_argmax_matches(det_boxes, det_image, gt_boxes, gt_image, iou_thresh)
     y_true = match >= 0
     count_tp = int(y_true.sum())
     recall = count_tp / count_gt
-    ap = float(average_precision_score(y_true, np.concatenate(scores))) * recall if count_tp else 0.0
+    ap = float(average_precision_score(y_true, det_scores)) * recall if count_tp else 0.0
     return {"AP": ap, "recall": recall}

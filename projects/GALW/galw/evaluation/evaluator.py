@@ -1,14 +1,12 @@
 """``PersonSearchEvaluator``: search (CUHK-SYSU / PRW protocols), detection and attribute metrics."""
-import functools
-import itertools
 import json
 import logging
-import operator
 import os
 import time
 from collections import OrderedDict
 
 import numpy as np
+import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -17,9 +15,12 @@ from detectron2.utils.file_io import PathManager
 
 from .attribute_metrics import evaluate_attributes
 from .cbgm import SEQNET_CBGM, cbgm_rescore, query_context
-from .detection_metrics import evaluate_detection, mutual_argmax_matches
+from .detection_metrics import evaluate_detection_arrays, mutual_argmax_matches
 from .gallery_store import SearchGalleryStore
-from .search_metrics import TOPK, SimilarityHistogram, box_iou, evaluate_queries, evaluate_query
+from .gallery_similarity import full_product, layout_similarities, prefers_full_product
+from .query_galleries import CuhkQueryGalleries, PrwQueryGalleries
+from .search_metrics import (TOPK, GalleryLayout, SimilarityHistogram, box_iou, evaluate_layout, evaluate_query,
+                             pick_positives)
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,49 @@ CUHK_PROTOCOLS = (
 )
 QUERY_FEATURES = ("gt_box", "best_iou_detection")
 GALLERY_FIELDS = ("pred_boxes", "scores", "embeddings")
-#: Mean gallery detections per query above which queries are scored one by one (same results):
-#: measured on the real-scale benchmark, batching wins up to TestG2000 (~13k) and loses on TestG4000
-#: and the whole gallery (~26k and ~45k), where one query's arrays already fill the caches.
+#: Gallery detections laid out per chunk of queries (memory vs the per-call overhead; same results).
+LAYOUT_ENTRIES = 2_000_000
+#: Mean gallery detections per query above which a protocol that needs every entry (the default one:
+#: top-10 lists and histogram; CBGM) is scored query by query from the full product (same results):
+#: measured, PRW's ~40k per query take half the time that way (one query's arrays fill the caches).
 LARGE_GALLERY = 20000
-_IMAGE = operator.itemgetter("image")
-_BBOX = operator.itemgetter("bbox")
+
+
+def _image_maxima(sims, store):
+    """[images, queries] the highest similarity of each image's detections (-inf for an image without
+    any): one in-place maximum per detection rank over the images that have that many, kept sorted
+    by detection count so each step is a contiguous slice."""
+    by_count = np.argsort(-store.counts, kind="stable")
+    ranked, starts = store.counts[by_count], store.starts[by_count]
+    ordered = np.full((store.num_images, sims.shape[1]), -np.inf, dtype=np.float32)
+    for k in range(int(ranked.max(initial=0))):
+        m = int(np.count_nonzero(ranked > k))
+        np.maximum(ordered[:m], sims[starts[:m] + k], out=ordered[:m])
+    out = np.empty_like(ordered)
+    out[by_count] = ordered
+    return out
+
+
+def _pairs_that_can_rank(batch, rows, sims, image_max, store):
+    """[pairs] the gallery images that can matter for AP and top-k: the positive ones, and those with
+    a detection scoring at least the query's lowest matched positive (picked as ``evaluate_layout``
+    picks them); an entry below it is never counted (AP) or ranked above a positive (top-k)."""
+    nq = len(batch.n_img)
+    pair_start = np.cumsum(batch.n_img) - batch.n_img
+    pair = pair_start[batch.pos_query] + batch.pos_list
+    pimg = batch.images[pair]
+    counts = store.counts[pimg]
+    dets = np.repeat(store.starts[pimg] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+    groups = np.repeat(np.arange(len(pair)), counts)
+    scores = sims[dets, rows[batch.pos_query][groups]]
+    chosen = pick_positives(scores, store.boxes[dets], groups, batch.pos_box)
+    hit = chosen >= 0
+    floor = np.full(nq, np.inf, dtype=np.float32)
+    np.minimum.at(floor, batch.pos_query[hit], scores[chosen[hit]])
+    q_of = np.repeat(np.arange(nq), batch.n_img)
+    keep = image_max[batch.images, rows[q_of]] >= floor[q_of]
+    keep[pair] = True
+    return keep
 
 
 class PersonSearchEvaluator(DatasetEvaluator):
@@ -380,15 +418,14 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._timings = {"detection": time.perf_counter() - t0}
         self._cpu_timings = {"detection": time.process_time() - c0}
         if self._type == "cuhk_sysu":
-            protocols = self._cuhk_protocols_by_query()
+            protocols = self._cuhk_query_galleries()
             names = [self._default_protocol] + [p for p in self._cuhk_protocols if p != self._default_protocol]
             default = self._default_protocol
         else:
-            protocols = {"standard": self._prw_protocol("standard")}
-            if self._prw_multi_view:
-                protocols["MultiView"] = self._prw_protocol("multi_view")
-            if self._prw_same_camera:
-                protocols["SameCamera"] = self._prw_protocol("same_camera")
+            modes = {"standard": "standard", "MultiView": "multi_view", "SameCamera": "same_camera"}
+            wanted = ["standard"] + ["MultiView"] * self._prw_multi_view + ["SameCamera"] * self._prw_same_camera
+            protocols = {n: PrwQueryGalleries(self._gallery_records, self._query_records, self._gallery_index, modes[n])
+                         for n in wanted}
             names = list(protocols)
             default = "standard"
         names = [n for n in names if n in protocols]
@@ -412,177 +449,135 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._write_json(results, default_queries, store)
         return results
 
-    # -- protocols: {query index: spec()} where spec() -> (gallery image indices, [(list pos, image, gt box)])
-    def _cuhk_protocols_by_query(self):
+    # -- protocols: name -> CuhkQueryGalleries / PrwQueryGalleries
+    def _cuhk_query_galleries(self):
         raw = self._meta.gallery_protocols
         protocols = {}
-        for name in set(self._cuhk_protocols) | {self._default_protocol}:
+        for name in dict.fromkeys([self._default_protocol, *self._cuhk_protocols]):
             source = "TestG50" if name == "WholeGallery" else name
             if source not in raw:
                 logger.warning(f"CUHK-SYSU protocol {name} is not in the gallery metadata; not reported.")
                 continue
-            entries = raw[source]
-            try:
-                len(entries)  # galw.data parses a protocol file on first access
+            try:  # galw.data parses a protocol file on first access
+                protocols[name] = CuhkQueryGalleries(raw[source], self._gallery_index, self._query_set,
+                                                     len(self._query_records), source, name == "WholeGallery")
             except FileNotFoundError as e:
                 if name == self._default_protocol:
                     raise
                 logger.warning(f"CUHK-SYSU protocol {name} skipped: {e}")
-                continue
-            by_query = {}
-            for e in entries:
-                qi = int(e["query_index"])
-                if qi in by_query:
-                    raise ValueError(f"gallery_protocols['{source}'] lists query {qi} twice.")
-                if not 0 <= qi < len(self._query_records):
-                    raise ValueError(f"gallery_protocols['{source}'] names query {qi}, outside '{self._query_set}'.")
-                by_query[qi] = functools.partial(self._cuhk_spec, name, source, e)
-            protocols[name] = by_query
         return protocols
 
-    def _convert_entry(self, pname, entry):
-        """(gallery image indices, [(list position, image, gt box)], duplicates skipped) of one entry.
-
-        Iterates with C-level ``map`` (a TestG4000 protocol has 11.6M entries).
-        """
-        gal = entry["gallery"]
-        try:
-            imgs = np.fromiter(
-                map(self._gallery_index.__getitem__, map(_IMAGE, gal)), dtype=np.int64, count=len(gal)
-            )
-        except KeyError as e:
-            raise ValueError(f"gallery_protocols['{pname}'] names image {e.args[0]} that is not in the gallery.") from None
-        has_box = map(operator.is_not, map(_BBOX, gal), itertools.repeat(None))
-        positives = np.flatnonzero(np.fromiter(has_box, bool, len(gal)))
-        dups = 0
-        if np.bincount(imgs, minlength=len(self._gallery_records)).max(initial=0) > 1:
-            _, first = np.unique(imgs, return_index=True)
-            dups = len(imgs) - len(first)
-        if dups:  # keep each image's first entry; positions shift to the deduplicated list
-            keep = np.sort(first)
-            new_pos = np.full(len(imgs), -1, dtype=np.int64)
-            new_pos[keep] = np.arange(len(keep))
-            positives = positives[new_pos[positives] >= 0]
-            pos = [(int(new_pos[p]), int(imgs[p]), np.asarray(gal[p]["bbox"], dtype=np.float64)) for p in positives]
-            return imgs[keep], pos, dups
-        pos = [(int(p), int(imgs[p]), np.asarray(gal[p]["bbox"], dtype=np.float64)) for p in positives]
-        return imgs, pos, 0
-
-    def _cuhk_spec(self, name, source, entry):
-        imgs, pos, dups = self._convert_entry(source, entry)
-        self._dups[name] = self._dups.get(name, 0) + dups
-        if name == "WholeGallery":  # then every other gallery image, in record order, as a negative image
-            rest = np.ones(len(self._gallery_records), dtype=bool)
-            rest[imgs] = False
-            imgs = np.concatenate([imgs, np.flatnonzero(rest)])
-        return imgs, pos
-
-    def _prw_protocol(self, mode):
-        """mode: "standard" (every other frame), "multi_view" (other cameras only) or "same_camera"."""
-        multi_view, same_camera = mode == "multi_view", mode == "same_camera"
-        recs = self._gallery_records
-        cams = np.array([int(r.get("camera_id", -1)) for r in recs], dtype=np.int64)
-        by_pid = {}
-        for i, r in enumerate(recs):
-            for a in r.get("annotations", []):
-                pid = int(a["person_id"])
-                if pid >= 0 and i not in by_pid.setdefault(pid, {}):
-                    by_pid[pid][i] = np.asarray(a["bbox"], dtype=np.float64)
-        all_imgs = np.arange(len(recs), dtype=np.int64)
-        other_cam = {}
-
-        def spec(qi):
-            q = self._query_records[qi]
-            qimg = self._gallery_index.get(os.path.basename(q["file_name"]), -1)
-            pid = int(q["query"]["person_id"])
-            cam = int(q.get("camera_id", -1))
-            if (multi_view or same_camera) and cam < 0:
-                raise ValueError(f"PRW {mode} needs camera_id; query {qi} ({q['file_name']}) has none.")
-            if multi_view:
-                if cam not in other_cam:
-                    other_cam[cam] = all_imgs[cams != cam]
-                imgs = other_cam[cam]  # the query frame is in the query camera: already out
-            elif same_camera:
-                imgs = all_imgs[(cams == cam) & (all_imgs != qimg)]
-            else:
-                imgs = np.delete(all_imgs, qimg) if qimg >= 0 else all_imgs
-            pos = [
-                (int(np.searchsorted(imgs, img)), img, box)
-                for img, box in by_pid.get(pid, {}).items()
-                if img != qimg and not (multi_view and cams[img] == cam) and not (same_camera and cams[img] != cam)
-            ]
-            return imgs, pos
-
-        return {qi: functools.partial(spec, qi) for qi in range(len(self._query_records))}
+    def _query_chunks(self, queries, entries_per_query):
+        """``queries`` in chunks whose gallery layouts hold about ``LAYOUT_ENTRIES`` detections."""
+        size = max(1, int(LAYOUT_ENTRIES // max(entries_per_query, 1.0)))
+        return [queries[i : i + size] for i in range(0, len(queries), size)]
 
     def _search(self, protocols, store, query_embs, default, query_contexts=None):
-        """Metrics of every protocol; one similarity product per query batch serves them all.
+        """Metrics of every protocol (name -> its query galleries).
 
-        The protocol named "CBGM" is re-scored with CBGM (``query_contexts``) before it is ranked.
+        Small galleries are scored from per-image products (``layout_similarities``); large ones
+        from rows of the full product, computed once per batch of queries and shared by all of
+        them. The protocol named "CBGM" is re-scored with CBGM (``query_contexts``) before it is ranked.
         """
-        self._dups = {}
-        queries = sorted(set().union(*[set(p) for p in protocols.values()]))
-        missing = [q for q in queries if q not in query_embs]
+        queries = np.array(sorted(set().union(*[set(p.queries.tolist()) for p in protocols.values()])), np.int64)
+        missing = [q for q in queries.tolist() if q not in query_embs]
         if missing:
             raise ValueError(
                 f"{len(missing)} queries of '{self._query_set}' (e.g. {missing[:5]}) have no model output; "
                 "run the query pass over all queries."
             )
+        if "CBGM" in protocols:
+            missing = [q for q in queries.tolist() if q not in (query_contexts or {})]
+            if missing:
+                raise ValueError(f"CBGM: {len(missing)} queries (e.g. {missing[:5]}) have no query-image detections; "
+                                 "the query outputs need 'instances'.")
+        row_of = np.full(int(queries.max(initial=-1)) + 1, -1, dtype=np.int64)
+        row_of[queries] = np.arange(len(queries))
+        embs = np.stack([query_embs[q] for q in queries.tolist()]).astype(np.float32) if len(queries) else None
         per_query = {name: [] for name in protocols}
         skipped = {name: [] for name in protocols}
+        duplicates = dict.fromkeys(protocols, 0)
         histogram = SimilarityHistogram()
         for key in ["similarity", *protocols]:
             self._timings.setdefault(key, 0.0)
             self._cpu_timings.setdefault(key, 0.0)
-        if "CBGM" in protocols:
-            missing = [q for q in queries if q not in (query_contexts or {})]
-            if missing:
-                raise ValueError(f"CBGM: {len(missing)} queries (e.g. {missing[:5]}) have no query-image detections; "
-                                 "the query outputs need 'instances'.")
-        for b in range(0, len(queries), self._batch):
-            batch = queries[b : b + self._batch]
+        dets_per_image = float(store.counts.mean()) if store.num_images else 0.0
+        entries = {name: g.mean_gallery_length() * dets_per_image for name, g in protocols.items()}
+        # One protocol with large galleries makes the full product worth computing; then all read it.
+        any_large = any(prefers_full_product(e, len(store.embeddings)) for e in entries.values())
+        full = list(protocols) if any_large else []
+
+        def score(name, batch, layout, y):
+            if name == "CBGM":
+                ends = np.cumsum(np.bincount(layout.q_of, minlength=layout.num_queries)).tolist()
+                for qi, a, b in zip(batch.queries.tolist(), [0, *ends[:-1]], ends):
+                    y[a:b] = cbgm_rescore(y[a:b], layout.det_idx[a:b], query_embs[qi], query_contexts[qi], store,
+                                          self._cbgm_top)
+            results = evaluate_layout(y, layout, batch.pos_query, batch.pos_list, batch.pos_box, store,
+                                      want_top=name == default, histogram=histogram if name == default else None)
+            per_query[name].extend(zip(batch.queries.tolist(), results))
+            skipped[name].extend(batch.skipped)
+            duplicates[name] += batch.duplicates
+
+        def one_by_one(name, batch, sims, rows):  # sims: [queries, detections]
+            pair_start = np.cumsum(batch.n_img) - batch.n_img
+            for i, qi in enumerate(batch.queries.tolist()):
+                imgs = batch.images[pair_start[i]:pair_start[i] + batch.n_img[i]]
+                det_idx, offsets = store.detection_indices(imgs)
+                row = sims[rows[i]]
+                if name == "CBGM":
+                    row = row.copy()
+                    row[det_idx] = cbgm_rescore(row[det_idx], det_idx, query_embs[qi], query_contexts[qi], store,
+                                                self._cbgm_top)
+                mine = np.flatnonzero(batch.pos_query == i)
+                pos = list(zip(batch.pos_list[mine].tolist(), imgs[batch.pos_list[mine]].tolist(), batch.pos_box[mine]))
+                res = evaluate_query(row, det_idx, offsets, pos, store, want_top=name == default)
+                if name == default:
+                    histogram.add(row[det_idx], res.positive_scores)
+                per_query[name].append((qi, res))
+            skipped[name].extend(batch.skipped)
+            duplicates[name] += batch.duplicates
+
+        for name, g in protocols.items():
+            if name in full:
+                continue
             t0, c0 = time.perf_counter(), time.process_time()
-            sims = np.stack([query_embs[qi] for qi in batch]).astype(np.float32) @ store.embeddings.T
+            for chunk in self._query_chunks(g.queries, entries[name]):
+                batch = g.batch(chunk)
+                layout = GalleryLayout.build(batch.images, batch.n_img, store)
+                score(name, batch, layout, layout_similarities(embs[row_of[batch.queries]], layout, store))
+            self._timings[name] += time.perf_counter() - t0
+            self._cpu_timings[name] += time.process_time() - c0
+        for b in range(0, len(queries) if full else 0, self._batch):
+            rows = np.arange(b, min(b + self._batch, len(queries)))
+            t0, c0 = time.perf_counter(), time.process_time()
+            sims = full_product(embs[rows], store)
             self._timings["similarity"] += time.perf_counter() - t0
             self._cpu_timings["similarity"] += time.process_time() - c0
-            for name, by_query in protocols.items():
+            image_max = by_query = None
+            for name in full:
                 t0, c0 = time.perf_counter(), time.process_time()
-                rows, galleries, positives, scored = [], [], [], []
-                for row, qi in enumerate(batch):
-                    if qi not in by_query:
+                g = protocols[name]
+                mine = queries[rows][np.isin(queries[rows], g.queries)]
+                for chunk in self._query_chunks(mine, entries[name]):
+                    batch = g.batch(chunk)
+                    batch_rows = row_of[batch.queries] - b
+                    if name != default and name != "CBGM":  # no top-10 list, histogram or re-scoring
+                        if image_max is None:
+                            image_max = _image_maxima(sims, store)
+                        batch = batch.keep_pairs(_pairs_that_can_rank(batch, batch_rows, sims, image_max, store))
+                    elif entries[name] > LARGE_GALLERY:
+                        if by_query is None:
+                            # one query's similarities contiguous; torch's transposing copy is ~2x numpy's
+                            by_query = torch.from_numpy(sims).t().contiguous().numpy()
+                        one_by_one(name, batch, by_query, batch_rows)
                         continue
-                    imgs, pos = by_query[qi]()
-                    if not pos:
-                        skipped[name].append(qi)
-                        continue
-                    rows.append(row)
-                    galleries.append(imgs)
-                    positives.append(pos)
-                    scored.append(qi)
-                batch_sims = sims
-                if name == "CBGM":
-                    batch_sims, rows = sims[rows], np.arange(len(rows))
-                    for row, qi, imgs in zip(batch_sims, scored, galleries):
-                        det_idx, _ = store.detection_indices(imgs)
-                        row[det_idx] = cbgm_rescore(row[det_idx], det_idx, query_embs[qi], query_contexts[qi],
-                                                    store, self._cbgm_top)
-                want_top = name == default
-                hist = histogram if name == default else None
-                if galleries and store.counts[np.concatenate(galleries)].sum() > LARGE_GALLERY * len(galleries):
-                    results = []  # per query: a batch layout of these would cost more passes over memory
-                    for row, imgs, pos in zip(rows, galleries, positives):
-                        det_idx, offsets = store.detection_indices(imgs)
-                        res = evaluate_query(batch_sims[row], det_idx, offsets, pos, store, want_top)
-                        if hist is not None:
-                            hist.add(batch_sims[row][det_idx], res.positive_scores)
-                        results.append(res)
-                else:
-                    results = evaluate_queries(batch_sims, galleries, positives, store, want_top, rows=rows,
-                                               histogram=hist)
-                per_query[name].extend(zip(scored, results))
+                    layout = GalleryLayout.build(batch.images, batch.n_img, store)
+                    y = sims[layout.det_idx, batch_rows[layout.q_of]]
+                    score(name, batch, layout, y)
                 self._timings[name] += time.perf_counter() - t0
                 self._cpu_timings[name] += time.process_time() - c0
-        for name, d in self._dups.items():
+        for name, d in duplicates.items():
             if d:
                 logger.warning(f"CUHK-SYSU {name}: {d} duplicate gallery entries skipped.")
         out = {}
@@ -612,12 +607,16 @@ class PersonSearchEvaluator(DatasetEvaluator):
         return boxes, pids
 
     def _detection_metrics(self, ordered):
-        images = []
-        for r, g in zip(self._gallery_records, ordered):
-            boxes, pids = self._gt(r)
-            images.append({"det_boxes": g["det_boxes"], "det_scores": g["det_scores"], "gt_boxes": boxes, "gt_pids": pids})
-        full = evaluate_detection(images, self._det_iou)
-        labeled = evaluate_detection(images, self._det_iou, labeled_only=True)
+        annos = [r.get("annotations", []) for r in self._gallery_records]
+        gt_boxes = np.array([a["bbox"] for an in annos for a in an], dtype=np.float64).reshape(-1, 4)
+        gt_pids = np.array([int(a["person_id"]) for an in annos for a in an], dtype=np.int64)
+        gt_image = np.repeat(np.arange(len(annos)), [len(an) for an in annos])
+        det_boxes = np.concatenate([np.zeros((0, 4))] + [g["det_boxes"] for g in ordered]).astype(np.float64)
+        det_scores = np.concatenate([np.zeros(0)] + [g["det_scores"] for g in ordered]).astype(np.float64)
+        det_image = np.repeat(np.arange(len(ordered)), [len(g["det_scores"]) for g in ordered])
+        args = (det_boxes, det_scores, det_image, gt_boxes, gt_pids, gt_image, self._det_iou)
+        full = evaluate_detection_arrays(*args)
+        labeled = evaluate_detection_arrays(*args, labeled_only=True)
         return {"AP": 100.0 * full["AP"], "recall": 100.0 * full["recall"], "recall_labeled": 100.0 * labeled["recall"]}
 
     def _attribute_metrics(self, ordered):

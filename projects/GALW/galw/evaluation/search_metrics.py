@@ -1,8 +1,10 @@
 """Per-query search metrics of the standard person-search protocol (OIM / NAE / SeqNet line).
 
-Everything here is plain numpy on one query at a time (the similarities come batched from the
-caller). Ranking is by similarity, descending; ties are broken by GALLERY ORDER (the order of
-the gallery images in the protocol list, then the detection order inside an image): of two
+``evaluate_layout`` scores a chunk of queries at once (what the evaluator runs);
+``evaluate_query`` is the readable one-query reference it is tested against, and
+``evaluate_queries`` the same batch scoring from a similarity matrix and per-query lists.
+Ranking is by similarity, descending; ties are broken by GALLERY ORDER (the order of the
+gallery images in the protocol list, then the detection order inside an image): of two
 detections with equal similarity the earlier one ranks higher. Average precision has
 scikit-learn's ``average_precision_score`` semantics, where tied scores share one threshold
 and tie-breaking cannot change AP.
@@ -104,7 +106,7 @@ class QueryResult:
 
 
 def evaluate_query(sim_row, det_idx, img_offsets, pos_entries, store, want_top=False):
-    """Score one query against its gallery.
+    """Score one query against its gallery (the reference ``evaluate_layout`` is tested against).
 
     sim_row: similarities of the query to ALL kept gallery detections (store order).
     det_idx: store indices of the detections of this query's gallery, in gallery order.
@@ -195,43 +197,85 @@ def _descending_bits(y):
     return np.uint64(0xFFFFFFFF) - ascending
 
 
+@dataclass
+class GalleryLayout:
+    """The detections of a batch of queries' galleries laid out in one array, query after query,
+    each query's gallery in gallery order (its images' detections in store order).
+
+    Entry ``e`` is store detection ``det_idx[e]`` of query ``q_of[e]``; gallery image ``j`` of
+    query ``q`` (pair ``pair_start[q] + j``) starts at entry ``img_start[pair_start[q] + j]``.
+    """
+
+    images: np.ndarray  # [pairs] gallery image of every (query, list position), query after query
+    n_img: np.ndarray  # [Q] gallery length per query
+    counts: np.ndarray  # [pairs] detections of each pair's image
+    img_start: np.ndarray  # [pairs] first entry of each pair
+    pair_start: np.ndarray  # [Q] first pair of each query
+    det_idx: np.ndarray  # [entries] store detection index
+    q_of: np.ndarray  # [entries] query (0..Q-1)
+
+    @classmethod
+    def build(cls, images, n_img, store):
+        images = np.asarray(images, dtype=np.int64)
+        n_img = np.asarray(n_img, dtype=np.int64)
+        counts = store.counts[images]
+        img_start = np.cumsum(counts) - counts
+        total = int(counts.sum())
+        det_idx = np.repeat(store.starts[images] - img_start, counts) + np.arange(total, dtype=np.int64)
+        q_of = np.repeat(np.repeat(np.arange(len(n_img), dtype=np.int64), n_img), counts)
+        return cls(images, n_img, counts, img_start, np.cumsum(n_img) - n_img, det_idx, q_of)
+
+    @property
+    def num_queries(self):
+        return len(self.n_img)
+
+
 def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=None, histogram=None):
-    """``evaluate_query`` for a batch of queries at once, with identical results (tested).
+    """``evaluate_query`` for a batch of queries at once, with identical results (tested): their
+    galleries laid out (``GalleryLayout``) and scored by ``evaluate_layout``.
 
     sims: [R, num store detections] similarities (rows of one product); query i uses row ``rows[i]``
       (default: row i).
     galleries: per query, its gallery image indices (store order of images, no repeats).
     positives: per query, [(list position, image, gt box)] of the images holding the person.
-    All queries' gallery detections are laid out in one array (query by query, gallery order), so
-    picking positives, AP, top-k and the top-10 list take a fixed number of numpy calls per batch;
-    only the scores at or above a query's lowest positive score are sorted.
     histogram: a SimilarityHistogram that takes the batch's similarities and its positives' ones.
     """
     nq = len(galleries)
     rows = np.arange(nq, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     n_img = np.array([len(g) for g in galleries], dtype=np.int64)
     images = np.concatenate([np.asarray(g, np.int64) for g in galleries]) if nq else np.zeros(0, np.int64)
-    counts = store.counts[images]
-    img_start = np.cumsum(counts) - counts  # where each (query, list position) starts in the layout
-    total = int(counts.sum())
-    det_idx = np.repeat(store.starts[images] - img_start, counts) + np.arange(total, dtype=np.int64)
-    q_of = np.repeat(np.repeat(np.arange(nq, dtype=np.int64), n_img), counts)
-    y = sims[rows[q_of], det_idx]
-    per_query = np.bincount(q_of, minlength=nq)
-    seg_start = np.cumsum(per_query) - per_query
-    pair_start = np.cumsum(n_img) - n_img
-
-    # The single positive of every positive image (as pick_positives, all queries at once).
+    layout = GalleryLayout.build(images, n_img, store)
+    y = sims[rows[layout.q_of], layout.det_idx]
     pq = np.array([q for q, p in enumerate(positives) for _ in p], dtype=np.int64)
     plist = np.array([e[0] for p in positives for e in p], dtype=np.int64)
-    pimg = np.array([e[1] for p in positives for e in p], dtype=np.int64)
     pgt = np.array([e[2] for p in positives for e in p], dtype=np.float64).reshape(-1, 4)
+    return evaluate_layout(y, layout, pq, plist, pgt, store, want_top, histogram)
+
+
+def evaluate_layout(y, layout, pos_query, pos_list, pos_box, store, want_top=False, histogram=None):
+    """Per-query results of a batch laid out as ``layout`` with similarities ``y`` (one per entry).
+
+    pos_query, pos_list, pos_box: the positive gallery entries (query, list position, gt box), each
+    query's in gallery order. Picking positives, AP, top-k and the top-10 list take a fixed number
+    of numpy calls per batch; only the scores at or above a query's lowest positive score are sorted.
+    """
+    nq = layout.num_queries
+    q_of, img_start = layout.q_of, layout.img_start
+    per_query = np.bincount(q_of, minlength=nq)
+    seg_start = np.cumsum(per_query) - per_query
+
+    # The single positive of every positive image (as pick_positives, all queries at once).
+    pq = np.asarray(pos_query, dtype=np.int64)
+    pair = layout.pair_start[pq] + np.asarray(pos_list, dtype=np.int64)
     count_gt = np.bincount(pq, minlength=nq)
-    idx, offs = store.detection_indices(pimg)
-    groups = np.repeat(np.arange(len(pimg)), store.counts[pimg])
-    chosen = pick_positives(sims[rows[pq[groups]], idx], store.boxes[idx], groups, pgt)
+    pcount = layout.counts[pair]
+    offs = np.cumsum(pcount) - pcount
+    groups = np.repeat(np.arange(len(pq)), pcount)
+    at = np.repeat(img_start[pair] - offs, pcount) + np.arange(int(pcount.sum()), dtype=np.int64)
+    idx = layout.det_idx[at]
+    chosen = pick_positives(y[at], store.boxes[idx], groups, pos_box)
     hit = chosen >= 0
-    pos_at = img_start[pair_start[pq[hit]] + plist[hit]] + (chosen[hit] - offs[hit])  # positions in the layout
+    pos_at = at[chosen[hit]]  # positions in the layout
     pos_q = pq[hit]
     pos_s = y[pos_at]
     count_tp = np.bincount(pos_q, minlength=nq)
@@ -265,11 +309,13 @@ def evaluate_queries(sims, galleries, positives, store, want_top=False, rows=Non
 
     tops = [[] for _ in range(nq)]
     if want_top:
-        tops = _top_lists(y, det_idx, q_of, seg_start, per_query, pos_at, max(TOPK))
+        tops = _top_lists(y, layout.det_idx, q_of, seg_start, per_query, pos_at, max(TOPK))
+    pos_order = np.argsort(pos_q, kind="stable")
+    pos_split = np.split(pos_s[pos_order], np.cumsum(count_tp)[:-1]) if nq else []
     return [
-        QueryResult(ap=float(ap[q]), count_gt=int(count_gt[q]), count_tp=int(count_tp[q]), hits=hits[q].tolist(),
-                    top=tops[q], positive_scores=pos_s[pos_q == q])
-        for q in range(nq)
+        QueryResult(ap=float(a), count_gt=int(g), count_tp=int(t), hits=h, top=top, positive_scores=p)
+        for a, g, t, h, top, p in zip(ap.tolist(), count_gt.tolist(), count_tp.tolist(), hits.tolist(), tops,
+                                      pos_split)
     ]
 
 
