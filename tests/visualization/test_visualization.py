@@ -223,3 +223,23 @@ def test_similarity_histograms_one_panel_per_model(tmp_path):
         plot_similarity_histograms(bad, out)
     with pytest.raises(ValueError, match="no histograms"):
         plot_similarity_histograms({}, out)
+
+
+def test_similarity_panel_without_detections_says_why(tmp_path, monkeypatch):
+    """The untrained model detects nothing above the search threshold: its panel says so
+    instead of showing empty axes."""
+    import galw.visualization.similarity as similarity
+
+    figures = []
+    monkeypatch.setattr(similarity, "save_figure", lambda fig, path: figures.append(fig))
+    edges = [-1.0, 0.0, 1.0]
+    hists = {
+        "untrained": {"bin_edges": edges, "positive": [0, 0], "negative": [0, 0],
+                      "mean_positive": None, "mean_negative": None},
+        "trained": {"bin_edges": edges, "positive": [0, 2], "negative": [3, 1],
+                    "mean_positive": 0.8, "mean_negative": 0.1},
+    }
+    similarity.plot_similarity_histograms(hists, str(tmp_path / "s.png"))
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert titles[0] == f"untrained\n{similarity.EMPTY_PANEL}"
+    assert titles[1] == "trained\nmean 0.800 (match) vs 0.100 (other)"

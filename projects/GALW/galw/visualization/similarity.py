@@ -7,6 +7,8 @@ import numpy as np
 
 from .figures import color_of, new_figure, save_figure
 
+EMPTY_PANEL = "no similarities: no detection reached the search threshold"
+
 
 def _density(counts, widths):
     counts = np.asarray(counts, dtype=np.float64)
@@ -39,6 +41,8 @@ def plot_similarity_histograms(histograms, out_path):
         drawn[name] = (h.get("mean_positive"), h.get("mean_negative"))
         pos, neg = drawn[name]
         means = "" if pos is None or neg is None else f"\nmean {pos:.3f} (match) vs {neg:.3f} (other)"
+        if not (np.sum(h["positive"]) or np.sum(h["negative"])):
+            means = f"\n{EMPTY_PANEL}"  # an untrained model: say why the panel is empty
         ax.set_title(f"{name}{means}", fontsize=9)
         ax.set_xlabel("cosine similarity to the query")
         ax.set_ylabel("density")
