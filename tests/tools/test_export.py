@@ -1,7 +1,6 @@
 """tools/export.py: the TorchScript gallery and query programs give the eager model's boxes, scores and
 embeddings within 1e-4 on SynthPS gallery frames (and on an image of another shape than the traced one),
 run with torch + torchvision alone, and tools/search.py indexes and answers queries with them."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,22 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
-from galw.data.synthetic import generate
 from galw.export import load_exported
-from conftest import ROOT
 from nae_helpers import tiny_nae_cfg
+from tools_helpers import export_on_tiny_gallery, load_tool
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"galw_tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-search, export = _tool("search"), _tool("export")
+search = load_tool("search")
 pytestmark = pytest.mark.slow  # 90 s of CPU for the module on the 2-core machine
 
 #: The tiny NAE at the tiny SynthPS frame size (192x144 frames are resized to 256x192).
@@ -37,26 +26,9 @@ OPTS = ["INPUT.PS.TEST_SHORT_SIDE", 192, "INPUT.PS.TEST_LONG_SIDE", 256, "MODEL.
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    cfg = tiny_nae_cfg(*OPTS)
-    model = build_model(cfg)
-    DetectionCheckpointer(model, save_dir=str(tmp)).save("model")
-    config = tmp / "config.yaml"
-    config.write_text(cfg.dump())
-    generate("prw", str(tmp / "synth"), seed=0, size="tiny")
-    gallery = tmp / "gallery"
-    gallery.mkdir()
-    frames = sorted(os.listdir(tmp / "synth" / "frames"))[:4]
-    for name in frames:
-        os.link(tmp / "synth" / "frames" / name, gallery / name)
-    # another shape than the trace image: a portrait crop (resized to 192x256, not 256x192)
-    cv2.imwrite(str(gallery / "portrait.png"), cv2.imread(str(gallery / frames[1]))[:, 40:148])
-    out = tmp / "exported"
-    meta = export.main(["--config-file", str(config), "--weights", str(tmp / "model.pth"), "--out", str(out),
-                        "--image", str(gallery / frames[0])])
-    return {"tmp": tmp, "config": str(config), "weights": str(tmp / "model.pth"), "gallery": str(gallery),
-            "out": str(out), "meta": meta}
+    # a portrait crop of another shape than the trace image (resized to 192x256, not 256x192)
+    return export_on_tiny_gallery(tmp_path_factory.mktemp("export"), tiny_nae_cfg(*OPTS), num_frames=4,
+                                  crops={"portrait.png": (slice(None), slice(40, 148))})
 
 
 def test_export_writes_programs_and_metadata(exported):

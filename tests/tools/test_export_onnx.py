@@ -3,7 +3,6 @@ both formats give the eager model's boxes, scores, embeddings and query embeddin
 gallery frames, at image sizes other than the traced one (with more and with fewer detection candidates
 than the pre-NMS top-k); the ONNX files are plain ONNX (protobuf, standard ops only) that onnxruntime runs
 without torch; tools/search.py indexes and answers queries with them."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,23 +15,14 @@ import pytest
 import torch
 
 import galw
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-from galw.data.synthetic import generate
 from galw.export import OnnxProgram, load_exported
-from conftest import CONFIG_DIR, ROOT
+from conftest import CONFIG_DIR
+from tools_helpers import export_on_tiny_gallery, load_tool
 
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"galw_tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-search, export = _tool("search"), _tool("export")
+search = load_tool("search")
 pytestmark = pytest.mark.slow
 
 #: Tiny SynthPS frames (192x144) are resized to 256x192, the portrait crop to 192x256, the wide crop to 256x96.
@@ -53,30 +43,15 @@ QUERY_BOX = [10, 10, 60, 70]  # inside every gallery image, the wide crop (192x7
 def exported(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("export_onnx")
     cfg = get_cfg()
     galw.add_galw_config(cfg)
     cfg.merge_from_file(os.path.join(CONFIG_DIR, "alignps", "roi_alignps_R18_synth_cpu.yaml"))
     cfg.merge_from_list([str(v) if not isinstance(v, str) else v for v in OPTS])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    DetectionCheckpointer(model, save_dir=str(tmp)).save("model")
-    config = tmp / "config.yaml"
-    config.write_text(cfg.dump())
-    generate("prw", str(tmp / "synth"), seed=0, size="tiny")
-    gallery = tmp / "gallery"
-    gallery.mkdir()
-    frames = sorted(os.listdir(tmp / "synth" / "frames"))[:3]
-    for name in frames:
-        os.link(tmp / "synth" / "frames" / name, gallery / name)
-    frame = cv2.imread(str(gallery / frames[1]))
-    cv2.imwrite(str(gallery / "portrait.png"), frame[:, 40:148])  # resized to 192x256
-    cv2.imwrite(str(gallery / "wide.png"), frame[36:108])  # resized to 256x96: fewer locations than the top-k
-    out = tmp / "exported"
-    meta = export.main(["--config-file", str(config), "--weights", str(tmp / "model.pth"), "--out", str(out),
-                        "--format", "both", "--image", str(gallery / frames[0])])
-    yield {"tmp": tmp, "config": str(config), "weights": str(tmp / "model.pth"), "gallery": str(gallery),
-           "out": str(out), "meta": meta}
+    yield export_on_tiny_gallery(
+        tmp_path_factory.mktemp("export_onnx"), cfg, num_frames=3,
+        crops={"portrait.png": (slice(None), slice(40, 148)),  # resized to 192x256
+               "wide.png": (slice(36, 108), slice(None))},  # 256x96: fewer locations than the top-k
+        export_args=["--format", "both"])
     torch.set_num_threads(threads)
 
 

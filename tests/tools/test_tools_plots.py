@@ -1,24 +1,13 @@
 """tools/plot_galw.py and tools/plot_gallery_size.py on fake run folders."""
-import importlib.util
 import json
 import os
 
 import pytest
 
-from tools_helpers import TESTG, write_groups_json, write_metrics_json, write_person_images, write_search_json
-from conftest import ROOT
+from tools_helpers import TESTG, load_tool, write_groups_json, write_metrics_json, write_person_images, write_search_json
 
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"galw_tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-plot_galw = _load_tool("plot_galw")
-plot_gallery_size = _load_tool("plot_gallery_size")
+plot_galw = load_tool("plot_galw")
+plot_gallery_size = load_tool("plot_gallery_size")
 
 
 def test_plot_galw_writes_report_into_run_dir(tmp_path, capsys):
