@@ -28,6 +28,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -204,6 +205,7 @@ def stage_train(args):
         "probes": sum(len(v) for v in hook.gamma_history.values()) // max(1, len(hook.gamma_history)),
         "probes_rejected": hook.probes_rejected, "groups": hook.groups, "phase": hook.phase,
     })
+    shutil.rmtree(out, ignore_errors=True)  # the run's data and checkpoint (163 MB at the tiny size)
 
 
 def stage_inference(args):

@@ -2,10 +2,12 @@
 source, the install decision, the table, and the whole check at toy scale on the CPU."""
 import argparse
 import io
+import glob
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import tarfile
 
 import pytest
@@ -63,6 +65,8 @@ def test_table_reports_every_figure():
 
 @pytest.mark.slow
 def test_whole_check_at_toy_scale_on_cpu():
+    leftovers = os.path.join(tempfile.gettempdir(), "galw-gpu-check-*")
+    before = set(glob.glob(leftovers))
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--device", "cpu", "--tiny"],
                          capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -70,3 +74,4 @@ def test_whole_check_at_toy_scale_on_cpu():
     assert "images/s, peak memory n/a (CPU); GALW:" in out.stdout
     assert "rejected, phase grouped, 2 groups" in out.stdout
     assert "inference 320x192 ROI-AlignPS*" in out.stdout and "ms/image, AMP n/a (CPU)" in out.stdout
+    assert set(glob.glob(leftovers)) == before, "the training stage left its run folder behind"
