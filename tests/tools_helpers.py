@@ -133,3 +133,17 @@ def export_on_tiny_gallery(tmp, cfg, num_frames, crops, export_args=()):
                                      "--out", str(out), *export_args, "--image", str(gallery / frames[0])])
     return {"tmp": tmp, "config": str(config), "weights": str(tmp / "model.pth"), "gallery": str(gallery),
             "out": str(out), "meta": meta}
+
+
+def assert_query_equals_eager_search(search, exported, index_path, query, box, out_dir):
+    """tools/search.py ``query`` on an exported model's index gives the eager ``search``'s top-5
+    (same images and boxes, similarities within 1e-4)."""
+    import pytest
+
+    result = search.main(["query", "--index", str(index_path), "--query-image", query, "--box", *box,
+                          "--topk", "5", "--out", str(out_dir / "q")])
+    want = search.main(["search", "--config-file", exported["config"], "--weights", exported["weights"],
+                        "--gallery", exported["gallery"], "--query-image", query, "--box", *box, "--topk", "5",
+                        "--out", str(out_dir / "e")])
+    assert [(h["image"], h["box"]) for h in result["topk"]] == [(h["image"], h["box"]) for h in want["topk"]]
+    assert [h["similarity"] for h in result["topk"]] == pytest.approx([h["similarity"] for h in want["topk"]], abs=1e-4)

@@ -13,7 +13,7 @@ import torch
 
 from galw.export import load_exported
 from nae_helpers import tiny_nae_cfg
-from tools_helpers import export_on_tiny_gallery, load_tool
+from tools_helpers import assert_query_equals_eager_search, export_on_tiny_gallery, load_tool
 
 
 search = load_tool("search")
@@ -69,13 +69,7 @@ def test_search_indexes_and_queries_with_the_exported_model(exported, tmp_path):
     assert index["image_index"].tolist() == eager["image_index"].tolist()
     for key in ("boxes", "scores", "embeddings"):
         torch.testing.assert_close(index[key], eager[key], atol=1e-4, rtol=0)
-    result = search.main(["query", "--index", str(tmp_path / "exported.pt"), "--query-image", query, "--box", *box,
-                          "--topk", "5", "--out", str(tmp_path / "q")])
-    want = search.main(["search", "--config-file", exported["config"], "--weights", exported["weights"],
-                        "--gallery", exported["gallery"], "--query-image", query, "--box", *box, "--topk", "5",
-                        "--out", str(tmp_path / "e")])
-    assert [(h["image"], h["box"]) for h in result["topk"]] == [(h["image"], h["box"]) for h in want["topk"]]
-    assert [h["similarity"] for h in result["topk"]] == pytest.approx([h["similarity"] for h in want["topk"]], abs=1e-4)
+    assert_query_equals_eager_search(search, exported, tmp_path / "exported.pt", query, box, tmp_path)
 
 
 def test_exported_programs_run_with_torch_and_torchvision_only(exported, tmp_path):

@@ -18,7 +18,7 @@ import galw
 from detectron2.config import get_cfg
 from galw.export import OnnxProgram, load_exported
 from conftest import CONFIG_DIR
-from tools_helpers import export_on_tiny_gallery, load_tool
+from tools_helpers import assert_query_equals_eager_search, export_on_tiny_gallery, load_tool
 
 
 
@@ -117,13 +117,7 @@ def test_search_indexes_and_queries_with_the_onnx_model(exported, tmp_path):
     assert index["image_index"].tolist() == eager["image_index"].tolist() and len(index["scores"]) > 5
     for key in ("boxes", "scores", "embeddings"):
         torch.testing.assert_close(index[key], eager[key], atol=1e-4, rtol=0)
-    result = search.main(["query", "--index", str(tmp_path / "onnx.pt"), "--query-image", query, "--box", *box,
-                          "--topk", "5", "--out", str(tmp_path / "q")])
-    want = search.main(["search", "--config-file", exported["config"], "--weights", exported["weights"],
-                        "--gallery", exported["gallery"], "--query-image", query, "--box", *box, "--topk", "5",
-                        "--out", str(tmp_path / "e")])
-    assert [(h["image"], h["box"]) for h in result["topk"]] == [(h["image"], h["box"]) for h in want["topk"]]
-    assert [h["similarity"] for h in result["topk"]] == pytest.approx([h["similarity"] for h in want["topk"]], abs=1e-4)
+    assert_query_equals_eager_search(search, exported, tmp_path / "onnx.pt", query, box, tmp_path)
     with pytest.raises(SystemExit, match="--exported-format goes with --exported"):
         search.main(["index", "--config-file", exported["config"], "--weights", exported["weights"],
                      "--exported-format", "onnx", "--gallery", exported["gallery"], "--out", str(tmp_path / "x.pt")])
