@@ -3,6 +3,8 @@ search JSONs) and an exported model on a tiny SynthPS gallery."""
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -147,3 +149,12 @@ def assert_query_equals_eager_search(search, exported, index_path, query, box, o
                         "--out", str(out_dir / "e")])
     assert [(h["image"], h["box"]) for h in result["topk"]] == [(h["image"], h["box"]) for h in want["topk"]]
     assert [h["similarity"] for h in result["topk"]] == pytest.approx([h["similarity"] for h in want["topk"]], abs=1e-4)
+
+
+def run_without_project(code, *args, cwd):
+    """Run ``code`` in a fresh interpreter that cannot import the project (no PYTHONPATH): what an
+    exported model needs at deployment. Fails the test with the child's stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=str(cwd))
+    assert proc.returncode == 0, proc.stderr[-2000:]

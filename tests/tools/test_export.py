@@ -3,8 +3,6 @@ embeddings within 1e-4 on SynthPS gallery frames (and on an image of another sha
 run with torch + torchvision alone, and tools/search.py indexes and answers queries with them."""
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -13,7 +11,7 @@ import torch
 
 from galw.export import load_exported
 from nae_helpers import tiny_nae_cfg
-from tools_helpers import assert_query_equals_eager_search, export_on_tiny_gallery, load_tool
+from tools_helpers import assert_query_equals_eager_search, export_on_tiny_gallery, load_tool, run_without_project
 
 
 search = load_tool("search")
@@ -86,10 +84,7 @@ def test_exported_programs_run_with_torch_and_torchvision_only(exported, tmp_pat
         "q = torch.jit.load(sys.argv[1] + '/query.ts')(x['image'], x['box'])\n"
         "torch.save({'gallery': list(g), 'query': q}, sys.argv[3])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code, exported["out"], str(tmp_path / "inputs.pt"),
-                           str(tmp_path / "outputs.pt")], capture_output=True, text=True, env=env, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_without_project(code, exported["out"], tmp_path / "inputs.pt", tmp_path / "outputs.pt", cwd=tmp_path)
     got = torch.load(tmp_path / "outputs.pt", weights_only=True)
     with torch.no_grad():
         want = gallery(image), query(image, box)

@@ -5,8 +5,6 @@ than the pre-NMS top-k); the ONNX files are plain ONNX (protobuf, standard ops o
 without torch; tools/search.py indexes and answers queries with them."""
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -18,7 +16,7 @@ import galw
 from detectron2.config import get_cfg
 from galw.export import OnnxProgram, load_exported
 from conftest import CONFIG_DIR
-from tools_helpers import assert_query_equals_eager_search, export_on_tiny_gallery, load_tool
+from tools_helpers import assert_query_equals_eager_search, export_on_tiny_gallery, load_tool, run_without_project
 
 
 
@@ -138,10 +136,7 @@ def test_onnx_programs_run_with_onnxruntime_without_torch(exported, tmp_path):
         "q = run('query.onnx', {'image': x['image'], 'box': x['box']})\n"
         "np.savez(sys.argv[3], boxes=g[0], scores=g[1], embeddings=g[2], query=q[0])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code, exported["out"], str(tmp_path / "inputs.npz"),
-                           str(tmp_path / "outputs.npz")], capture_output=True, text=True, env=env, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_without_project(code, exported["out"], tmp_path / "inputs.npz", tmp_path / "outputs.npz", cwd=tmp_path)
     got = np.load(tmp_path / "outputs.npz")
     gallery, query, meta = load_exported(exported["out"], "onnx")
     assert isinstance(gallery, OnnxProgram) and meta["loaded_format"] == "onnx"
