@@ -6,13 +6,15 @@
     python tools/ablation.py ... --dry-run                              # print the commands
     python tools/ablation.py ... --max-iter 100 --opts MODEL.GALW.EPOCH_ITERS 25   # reduced scale
     python tools/ablation.py ... --jobs 2                               # two seeds at a time
+    python tools/ablation.py ... --table-only                           # tabulate what has finished
 
 Runs train_net.py once per (variant, seed), each in OUT/<variant>/seed<k>; one seed's runs go in
 spec order, and --jobs N runs N seeds side by side.
 A variant with ``groups_from`` reuses the Gamma history and initial weights of an earlier
 variant's first GALW training (one Algorithm-1 probe per seed for G = 2..6). Resumable:
 a run whose ablation_result.json exists is not run again. Writes OUT/ablation.md (mean and
-sample std of search mAP, top-1, top-10 and detection AP per variant) and OUT/ablation.json.
+sample std of search mAP, top-1, top-10 and detection AP per variant, and each variant against
+``equal`` and ``galw_g4``: difference, Welch's p, whether the seed ranges are apart) and OUT/ablation.json.
 """
 import argparse
 import json
@@ -267,6 +269,19 @@ def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
     return result, None
 
 
+def finished_runs(spec, out_root, only=None, seeds=None):
+    """{"results", "failed": [], "not_run"} from the result files of the planned runs; runs nothing."""
+    results, not_run = [], []
+    for run in plan_runs(spec, out_root, only, seeds):
+        path = os.path.join(run["out_dir"], RESULT_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                results.append(json.load(f))
+        else:
+            not_run.append({"name": run["name"], "seed": run["seed"]})
+    return {"results": results, "failed": [], "not_run": not_run}
+
+
 def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(), dry_run=False,
                  group_tasks=galw_group_tasks, jobs=1):
     """Run every planned run not already done; returns {"results": [...], "failed": [...]} in plan order.
@@ -353,20 +368,73 @@ def markdown_table(rows):
     return "\n".join(lines) + "\n"
 
 
+#: Variants the others are compared with, when present: the plain sum and the paper's GALW.
+REFERENCES = ("equal", "galw_g4")
+
+
+def compare(rows, reference, keys=("mAP", "top1")):
+    """Per variant other than ``reference`` (both with 2+ runs): for each of ``keys`` the difference of
+    means, Welch's t-test p-value and whether the two seed ranges are apart (every run of one
+    above every run of the other): the differences that exceed the seed-to-seed spread."""
+    from scipy.stats import ttest_ind
+
+    ref = next((r for r in rows if r["name"] == reference), None)
+    if ref is None or ref["runs"] < 2:
+        return []
+    out = []
+    for r in rows:
+        if r["name"] == reference or r["runs"] < 2:
+            continue
+        cmp = {"name": r["name"], "reference": reference}
+        for key in keys:
+            if key not in r or key not in ref:
+                continue
+            a, b = r[key], ref[key]
+            p = float(ttest_ind(a, b, equal_var=False).pvalue)
+            cmp[key] = {"diff": r[f"{key}_mean"] - ref[f"{key}_mean"], "welch_p": p,
+                        "apart": bool(min(a) > max(b) or max(a) < min(b))}
+        out.append(cmp)
+    return out
+
+
+def comparison_table(comparisons):
+    keys = [k for k, _ in COLUMNS if any(k in c for c in comparisons)]
+    header = {k: h.replace(" (%)", "") for k, h in COLUMNS}
+    lines = ["| variant | vs | " + " | ".join(f"Δ {header[k]} | Welch p | seed ranges apart" for k in keys) + " |",
+             "|---|---|" + "---|---|---|" * len(keys)]
+    for c in comparisons:
+        cells = []
+        for k in keys:
+            d = c.get(k)
+            cells += ["n/a"] * 3 if d is None else [f"{d['diff']:+.2f}", "nan" if d["welch_p"] != d["welch_p"]
+                                                    else f"{d['welch_p']:.3f}", "**yes**" if d["apart"] else "no"]
+        lines.append(f"| {c['name']} | {c['reference']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_tables(spec, outcome, out_root):
     rows = aggregate(spec, outcome["results"])
     os.makedirs(out_root, exist_ok=True)
     note = ("Mean ± sample standard deviation (ddof=1) over seeds; a single run shows its value only.\n")
     if outcome["failed"]:
         note += f"Failed or skipped runs (not in the table): {len(outcome['failed'])}, see ablation.json.\n"
+    if outcome.get("not_run"):
+        note += (f"Not run (yet): {len(outcome['not_run'])}: "
+                 + ", ".join(f"{r['name']}/seed{r['seed']}" for r in outcome["not_run"]) + ".\n")
+    comparisons = [c for ref in REFERENCES for c in compare(rows, ref)]
     with open(os.path.join(out_root, "ablation.md"), "w") as f:
         f.write(f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n")
         if spec["common_opts"]:
             f.write(f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n")
         f.write(markdown_table(rows) + "\n" + note)
+        if comparisons:
+            f.write("\nDifferences of means; Welch's t-test over the seeds; \"apart\": every run of one variant "
+                    "above every run of the other (a difference beyond the seed-to-seed spread).\n\n"
+                    + comparison_table(comparisons))
     with open(os.path.join(out_root, "ablation.json"), "w") as f:
         json.dump({"spec": spec["_path"], "base_config": spec["base_config"], "variants": rows,
-                   "runs": outcome["results"], "failed": outcome["failed"]}, f, indent=2)
+                   "runs": outcome["results"], "failed": outcome["failed"],
+                   "not_run": outcome.get("not_run", []), "comparisons": comparisons}, f, indent=2)
     return rows
 
 
@@ -381,6 +449,8 @@ def main(argv=None):
                         help="seeds run concurrently (each seed's variants stay in order), each with "
                         "cpu_count/jobs threads")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--table-only", action="store_true",
+                        help="tabulate the runs already finished under --out (while others run), train nothing")
     parser.add_argument("--max-iter", type=int, help="reduced scale: SOLVER.MAX_ITER of every run (LR steps "
                         "scaled alike); use a fresh --out, finished runs are reused by folder")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
@@ -400,8 +470,11 @@ def main(argv=None):
     runner = subprocess_runner
     if args.jobs > 1:  # the CPU's cores shared out between the concurrent runs
         runner = partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // args.jobs))
-    outcome = run_ablation(spec, args.out, runner=runner, only=args.only, seeds=args.seeds, extra_args=extra,
-                           dry_run=args.dry_run, jobs=args.jobs)
+    if args.table_only:
+        outcome = finished_runs(spec, args.out, only=args.only, seeds=args.seeds)
+    else:
+        outcome = run_ablation(spec, args.out, runner=runner, only=args.only, seeds=args.seeds, extra_args=extra,
+                               dry_run=args.dry_run, jobs=args.jobs)
     if args.dry_run:
         return outcome
     rows = write_tables(spec, outcome, args.out)
