@@ -7,7 +7,7 @@ import galw  # noqa: F401
 from galw.evaluation.evaluator import _image_maxima, _pairs_that_can_rank
 from galw.evaluation.gallery_similarity import full_product, layout_similarities
 from galw.evaluation.gallery_store import SearchGalleryStore
-from galw.evaluation.query_galleries import GalleryBatch
+from galw.evaluation.query_galleries import GalleryBatch, duplicate_rows_by_count, duplicate_rows_by_sort
 from galw.evaluation.search_metrics import GalleryLayout, evaluate_layout
 
 
@@ -103,3 +103,29 @@ def test_the_filter_drops_images_below_the_lowest_matched_positive():
     assert small.images.tolist() == [1, 0] and small.n_img.tolist() == [2] and small.pos_list.tolist() == [1]
     with pytest.raises(ValueError, match="positive"):
         batch.keep_pairs(np.array([True, True, False]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_threaded_blocks_give_the_single_thread_values_bit_for_bit(seed):
+    rng = np.random.default_rng(100 + seed)
+    store = random_store(rng, 60, 16)
+    batch = random_batch(rng, store, 20)
+    q = rng.normal(size=(len(batch.n_img), 16)).astype(np.float32)
+    layout = GalleryLayout.build(batch.images, batch.n_img, store)
+    one = layout_similarities(q, layout, store, block_bytes=512)
+    for workers in (2, 3):
+        np.testing.assert_array_equal(layout_similarities(q, layout, store, block_bytes=512, workers=workers), one)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_duplicate_rows_by_sort_and_by_count_equal_a_plain_check(seed):
+    rng = np.random.default_rng(seed)
+    n_gallery = int(rng.integers(3, 30))
+    counts = rng.integers(0, 12, size=int(rng.integers(1, 600)))
+    images = rng.integers(0, n_gallery, size=int(counts.sum()))
+    starts = np.cumsum(counts) - counts
+    plain = {r for r in range(len(counts))
+             if len(set(images[starts[r]:starts[r] + counts[r]].tolist())) < counts[r]}
+    assert duplicate_rows_by_sort(counts, images, n_gallery) == plain
+    assert duplicate_rows_by_count(counts, images, n_gallery) == plain
+    assert duplicate_rows_by_count(counts, images, n_gallery, rows_per_chunk=7) == plain

@@ -7,6 +7,8 @@ query), one small product per gallery image with the queries that list it, ~1/70
 The two may differ in the last bit (BLAS sums in a shape-dependent order, as the full product's
 own values already do between query batch sizes).
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 #: Layout entries per query above which the full product is cheaper than the per-image products,
@@ -25,13 +27,15 @@ def full_product(query_embs, store):
     return store.embeddings @ np.asarray(query_embs, np.float32).T
 
 
-def layout_similarities(query_embs, layout, store, block_bytes=8 << 20):
+def layout_similarities(query_embs, layout, store, block_bytes=8 << 20, workers=1):
     """[layout entries] similarity of each entry's query to its detection.
 
     Per gallery image, the queries that list it are multiplied with its detections in one small
     matrix product; the products of images with equally many detections run as one batched
     ``matmul`` (queries padded to the image with the most in its block; blocks hold images with
-    similar query counts), in blocks of about ``block_bytes``.
+    similar query counts), in blocks of about ``block_bytes``. ``workers`` threads run the blocks
+    (numpy's gathers and products release the GIL); blocks write disjoint entries and do not
+    depend on the thread count, so neither do the values.
     """
     q = np.asarray(query_embs, np.float32)
     padding = len(q)  # the index of an all-zero row appended to the queries
@@ -50,20 +54,31 @@ def layout_similarities(query_embs, layout, store, block_bytes=8 << 20):
     rank = np.arange(len(pairs)) - np.repeat(group_start, group_size)  # a pair's place among its image's
     group_count = store.counts[group_image]
     dim = q.shape[1]
+    blocks = []
     for c in np.unique(group_count).tolist():
         groups = np.flatnonzero(group_count == c)
         groups = groups[np.argsort(group_size[groups], kind="stable")]  # similar sizes per block: little padding
         per_group = max(1, block_bytes // (4 * dim * (int(group_size[groups].max()) + c)))
-        for g in (groups[i:i + per_group] for i in range(0, len(groups), per_group)):
-            sizes = group_size[g]
-            sel = np.repeat(group_start[g] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
-            width = int(sizes.max())
-            at = np.repeat(np.arange(len(g)) * width, sizes) + rank[sel]  # (image, place) in the padded block
-            take = np.full(len(g) * width, padding, dtype=np.int64)
-            take[at] = pair_q[sel]
-            padded = q[take].reshape(len(g), width, dim)
-            rows = store.starts[group_image[g]][:, None] + np.arange(c)
-            dets = np.ascontiguousarray(store.embeddings[rows].transpose(0, 2, 1))  # [n, dim, c]: BLAS-ready
-            out = np.matmul(padded, dets)  # [n, queries, c]
-            y[layout.img_start[pairs[sel]][:, None] + np.arange(c)] = out.reshape(-1, c)[at]
+        blocks += [(c, groups[i:i + per_group]) for i in range(0, len(groups), per_group)]
+
+    def run(block):
+        c, g = block
+        sizes = group_size[g]
+        sel = np.repeat(group_start[g] - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+        width = int(sizes.max())
+        at = np.repeat(np.arange(len(g)) * width, sizes) + rank[sel]  # (image, place) in the padded block
+        take = np.full(len(g) * width, padding, dtype=np.int64)
+        take[at] = pair_q[sel]
+        padded = q[take].reshape(len(g), width, dim)
+        rows = store.starts[group_image[g]][:, None] + np.arange(c)
+        dets = np.ascontiguousarray(store.embeddings[rows].transpose(0, 2, 1))  # [n, dim, c]: BLAS-ready
+        out = np.matmul(padded, dets)  # [n, queries, c]
+        y[layout.img_start[pairs[sel]][:, None] + np.arange(c)] = out.reshape(-1, c)[at]
+
+    if workers > 1 and len(blocks) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(run, blocks))
+    else:
+        for block in blocks:
+            run(block)
     return y
