@@ -397,6 +397,15 @@ def compare(rows, reference, keys=("mAP", "top1")):
     return out
 
 
+def all_comparisons(rows):
+    """``compare`` against each of REFERENCES, each pair once (galw_g4 against equal, not also the reverse)."""
+    out = []
+    for ref in REFERENCES:
+        done = {(c["name"], c["reference"]) for c in out}
+        out += [c for c in compare(rows, ref) if (ref, c["name"]) not in done]
+    return out
+
+
 def comparison_table(comparisons):
     keys = [k for k, _ in COLUMNS if any(k in c for c in comparisons)]
     header = {k: h.replace(" (%)", "") for k, h in COLUMNS}
@@ -406,8 +415,8 @@ def comparison_table(comparisons):
         cells = []
         for k in keys:
             d = c.get(k)
-            cells += ["n/a"] * 3 if d is None else [f"{d['diff']:+.2f}", "nan" if d["welch_p"] != d["welch_p"]
-                                                    else f"{d['welch_p']:.3f}", "**yes**" if d["apart"] else "no"]
+            cells += ["n/a"] * 3 if d is None else [f"{d['diff']:+.2f}", f"{d['welch_p']:.2g}",
+                                                    "**yes**" if d["apart"] else "no"]
         lines.append(f"| {c['name']} | {c['reference']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -421,7 +430,7 @@ def write_tables(spec, outcome, out_root):
     if outcome.get("not_run"):
         note += (f"Not run (yet): {len(outcome['not_run'])}: "
                  + ", ".join(f"{r['name']}/seed{r['seed']}" for r in outcome["not_run"]) + ".\n")
-    comparisons = [c for ref in REFERENCES for c in compare(rows, ref)]
+    comparisons = all_comparisons(rows)
     with open(os.path.join(out_root, "ablation.md"), "w") as f:
         f.write(f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n")
         if spec["common_opts"]:

@@ -298,6 +298,8 @@ def test_differences_beyond_the_seed_spread_on_hand_values():
     assert close["mAP"]["diff"] == pytest.approx(3.0) and close["mAP"]["apart"] is False  # 53 < 54
     assert close["top1"]["diff"] == pytest.approx(82.0 - 81.1666666) and close["top1"]["apart"] is False
     assert ablation.compare(rows, "missing") == []
+    pairs = [(c["name"], c["reference"]) for c in ablation.all_comparisons(rows)]
+    assert pairs == [("galw_g4", "equal"), ("close", "equal"), ("close", "galw_g4")]  # each pair once
     table = ablation.comparison_table(ablation.compare(rows, "galw_g4")).splitlines()
     assert table[2].startswith("| equal | galw_g4 | -10.00 | ") and "**yes**" in table[2]
     assert table[3].startswith("| close | galw_g4 | -7.00 | ") and table[3].count("**yes**") == 2
