@@ -307,8 +307,9 @@ class CUHKSYSU:
             bad = np.flatnonzero(~np.isfinite(xywh).all(axis=1))
             if len(bad):
                 entry = np.flatnonzero(has_box)[bad[0]]
-                i = int(np.searchsorted(np.cumsum(counts), entry, side="right"))
-                j = int(entry - (np.cumsum(counts) - counts)[i])
+                ends = np.cumsum(counts)
+                i = int(np.searchsorted(ends, entry, side="right"))
+                j = int(entry - ends[i] + counts[i])
                 raise MatFormatError(f"{path}:{key}({i + 1}).Gallery({j + 1}).idlocate: non-finite values "
                                      f"{xywh[bad[0]].tolist()}")
             images = {}

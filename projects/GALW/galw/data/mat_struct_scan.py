@@ -13,6 +13,8 @@ import zlib
 
 import numpy as np
 
+from .protocol_table import concatenated_ranges
+
 __all__ = ["StructTree", "scan_struct"]
 
 MI_INT8, MI_INT32, MI_UINT32, MI_MATRIX, MI_COMPRESSED, MI_UTF8 = 1, 5, 6, 14, 15, 16
@@ -101,10 +103,7 @@ class StructTree:
 
     def _gather(self, offsets, counts, itemsize):
         """Concatenated items (bytes) of several leaves, as a flat uint8 array."""
-        nbytes = counts * itemsize
-        total = int(nbytes.sum())
-        index = np.arange(total, dtype=np.int64) + np.repeat(offsets - (np.cumsum(nbytes) - nbytes), nbytes)
-        return self._buf[index]
+        return self._buf[concatenated_ranges(offsets, counts * itemsize)]
 
     def numbers(self, mats):
         """(float64 values of all ``mats`` concatenated, count per matrix), or None if one is not numeric
@@ -126,9 +125,7 @@ class StructTree:
             if (nbytes[sel] != counts[sel] * item.itemsize).any():
                 return None
             raw = self._gather(offset[sel], counts[sel], item.itemsize)
-            dest = np.arange(int(counts[sel].sum())) + np.repeat(starts[sel] - (np.cumsum(counts[sel]) - counts[sel]),
-                                                                counts[sel])
-            values[dest] = raw.view(item)
+            values[concatenated_ranges(starts[sel], counts[sel])] = raw.view(item)
         return values, counts
 
     def strings(self, mats):
@@ -152,7 +149,7 @@ class StructTree:
             units = nbytes[sel] // unit
             raw = self._gather(offset[sel], units, unit).view(f"<u{unit}")
             joined = np.zeros(len(raw) + len(sel), raw.dtype)  # a 0 unit after each string
-            joined[np.arange(len(raw)) + np.repeat(np.arange(len(sel)), units)] = raw
+            joined[concatenated_ranges(np.cumsum(units + 1) - (units + 1), units)] = raw
             try:
                 parts = joined.tobytes().decode(encoding).split("\x00")
             except UnicodeDecodeError:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["COLUMNS", "ProtocolTable"]
+__all__ = ["COLUMNS", "ProtocolTable", "concatenated_ranges"]
 
 #: name -> meaning of the arrays of a protocol (the keys of its parse-cache file).
 COLUMNS = {
@@ -20,6 +20,13 @@ COLUMNS = {
     "has_box": "[E] bool: the entry holds the query person (a positive image)",
     "boxes": "[P, 4] float: the person's [x1, y1, x2, y2] in each positive entry, in entry order",
 }
+
+
+def concatenated_ranges(starts, counts):
+    """Concatenated ``arange(s, s + c)`` for every (s, c): the entries of several rows of a table."""
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.cumsum(counts) - counts
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets, counts) + np.arange(int(counts.sum()))
 
 
 class ProtocolTable(Sequence):

@@ -1,6 +1,8 @@
 """All kept gallery detections of a dataset, concatenated once so a query's gallery is an index array."""
 import numpy as np
 
+from ..data.protocol_table import concatenated_ranges
+
 
 class SearchGalleryStore:
     """Detections with score >= the search threshold of every gallery image, in record order.
@@ -40,5 +42,4 @@ class SearchGalleryStore:
         images = np.asarray(images, dtype=np.int64)
         counts = self.counts[images]
         offsets = np.cumsum(counts) - counts
-        idx = np.repeat(self.starts[images] - offsets, counts) + np.arange(int(counts.sum()), dtype=np.int64)
-        return idx, offsets
+        return concatenated_ranges(self.starts[images], counts), offsets

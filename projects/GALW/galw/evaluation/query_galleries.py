@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.protocol_table import ProtocolTable
+from ..data.protocol_table import ProtocolTable, concatenated_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,6 @@ class GalleryBatch:
                             self.skipped, self.duplicates)
 
 
-def _ranges(starts, counts):
-    """Concatenated ``arange(s, s + c)`` for every (s, c)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    offsets = np.cumsum(counts) - counts
-    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets, counts) + np.arange(int(counts.sum()))
-
-
 def _batch(queries, images, n_img, pos_query, pos_list, pos_box, duplicates=0):
     """A GalleryBatch without the queries that have no positive entry."""
     has = np.bincount(pos_query, minlength=len(queries)) > 0
@@ -58,7 +51,7 @@ def _batch(queries, images, n_img, pos_query, pos_list, pos_box, duplicates=0):
     keep = np.flatnonzero(has)
     new_q = np.cumsum(has) - 1
     pair_start = np.cumsum(n_img) - n_img
-    return GalleryBatch(queries[keep], images[_ranges(pair_start[keep], n_img[keep])], n_img[keep],
+    return GalleryBatch(queries[keep], images[concatenated_ranges(pair_start[keep], n_img[keep])], n_img[keep],
                         new_q[pos_query], pos_list, pos_box, queries[~has].tolist(), duplicates)
 
 
@@ -75,7 +68,7 @@ def duplicate_rows_by_count(counts, images, n_gallery, rows_per_chunk=256):
     starts, out = np.cumsum(counts) - counts, []
     for a in range(0, len(counts), rows_per_chunk):
         rows = np.arange(a, min(a + rows_per_chunk, len(counts)))
-        key = np.repeat(rows - a, counts[rows]) * n_gallery + images[_ranges(starts[rows], counts[rows])]
+        key = np.repeat(rows - a, counts[rows]) * n_gallery + images[concatenated_ranges(starts[rows], counts[rows])]
         hits = np.bincount(key, minlength=len(rows) * n_gallery).reshape(len(rows), -1)
         out.extend((rows[(hits > 1).any(axis=1)]).tolist())
     return set(out)
@@ -128,7 +121,7 @@ class CuhkQueryGalleries:
         t = self._table
         queries = np.asarray(queries, dtype=np.int64)
         rows = self._row[queries]
-        entries = _ranges(t.starts[rows], t.counts[rows])
+        entries = concatenated_ranges(t.starts[rows], t.counts[rows])
         n_img = t.counts[rows].copy()
         q_of = np.repeat(np.arange(len(rows)), n_img)
         dup = [i for i, r in enumerate(rows.tolist()) if r in self._dup_rows]
