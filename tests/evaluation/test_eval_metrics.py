@@ -5,7 +5,12 @@ from sklearn.metrics import average_precision_score
 
 import galw  # noqa: F401
 from galw.evaluation.attribute_metrics import evaluate_attributes
-from galw.evaluation.detection_metrics import batched_mutual_argmax_matches, evaluate_detection, mutual_argmax_matches
+from galw.evaluation.detection_metrics import (
+    _first_argmax,
+    batched_mutual_argmax_matches,
+    evaluate_detection,
+    mutual_argmax_matches,
+)
 from galw.evaluation.gallery_store import SearchGalleryStore
 from galw.evaluation.search_metrics import (
     ap_from_positives,
@@ -183,3 +188,10 @@ def test_attribute_metrics():
     assert "AP_coat" not in r  # one class only: skipped and logged
     assert r["mA"] == pytest.approx(100 * (0.5 + 1.0) / 2)
     assert r["mAP"] == pytest.approx((r["AP_hat"] + r["AP_bag"]) / 2)
+
+
+def test_first_argmax_per_segment_in_any_order():
+    values = np.array([0.5, 0.9, 0.2, 0.9, 0.7, 0.7, 0.1])
+    segment = np.array([2, 0, 2, 0, 2, 3, 3])  # segment 1 is empty; ties in 0 and 3 go to the first position
+    assert _first_argmax(values, segment, 4).tolist() == [1, -1, 4, 5]
+    assert _first_argmax(values[:0], segment[:0], 2).tolist() == [-1, -1]

@@ -5,7 +5,7 @@ import pytest
 
 import galw  # noqa: F401
 from galw.evaluation.evaluator import _image_maxima, _pairs_that_can_rank
-from galw.evaluation.gallery_similarity import full_product, layout_similarities
+from galw.evaluation.gallery_similarity import full_product, layout_similarities, stable_argsort_indices
 from galw.evaluation.gallery_store import SearchGalleryStore
 from galw.evaluation.query_galleries import GalleryBatch, duplicate_rows_by_count, duplicate_rows_by_sort
 from galw.evaluation.search_metrics import GalleryLayout, evaluate_layout
@@ -129,3 +129,10 @@ def test_duplicate_rows_by_sort_and_by_count_equal_a_plain_check(seed):
     assert duplicate_rows_by_sort(counts, images, n_gallery) == plain
     assert duplicate_rows_by_count(counts, images, n_gallery) == plain
     assert duplicate_rows_by_count(counts, images, n_gallery, rows_per_chunk=7) == plain
+
+
+@pytest.mark.parametrize("bound", [7, 65536, 70000])
+def test_stable_argsort_indices_is_numpys_stable_argsort(bound):
+    values = np.random.default_rng(bound).integers(0, bound, size=5000)
+    values[:3] = bound - 1  # the largest index fits the 16-bit keys when bound <= 65536
+    assert stable_argsort_indices(values, bound).tolist() == np.argsort(values, kind="stable").tolist()

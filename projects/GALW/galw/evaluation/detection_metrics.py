@@ -25,15 +25,14 @@ def mutual_argmax_matches(det_boxes, gt_boxes, iou_thresh=0.5):
 
 
 def _first_argmax(values, segment, num_segments):
-    """Per segment (``segment`` sorted ascending), the index of its first maximum; -1 if empty."""
-    out = np.full(num_segments, -1, dtype=np.int64)
-    if len(values) == 0:
-        return out
-    order = np.lexsort((np.arange(len(values)), -values, segment))  # segment, value desc, position
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = segment[order[1:]] != segment[order[:-1]]
-    out[segment[order[first]]] = order[first]
-    return out
+    """Per segment, the position of its first maximum in ``values`` (-1 if empty); ``segment`` in any
+    order. Two unbuffered ufunc reductions, O(n): no sort."""
+    best = np.full(num_segments, -np.inf)
+    np.maximum.at(best, segment, values)
+    at_max = np.flatnonzero(values == best[segment])
+    first = np.full(num_segments, len(values), dtype=np.int64)
+    np.minimum.at(first, segment[at_max], at_max)
+    return np.where(first < len(values), first, -1)
 
 
 def batched_mutual_argmax_matches(det_boxes, det_image, gt_boxes, gt_image, iou_thresh=0.5):
@@ -55,10 +54,9 @@ def batched_mutual_argmax_matches(det_boxes, det_image, gt_boxes, gt_image, iou_
     if len(pair_det) == 0:
         return match
     iou = paired_iou(det_boxes[pair_det], gt_boxes[pair_gt])
-    best_gt_pair = _first_argmax(iou, pair_det, n_det)  # pairs are ordered by det, then gt
-    by_gt = np.argsort(pair_gt, kind="stable")  # then by det within a gt
-    best_det_pair = _first_argmax(iou[by_gt], pair_gt[by_gt], n_gt)
-    best_det_pair = np.where(best_det_pair >= 0, by_gt[np.maximum(best_det_pair, 0)], -1)
+    # pairs are ordered by det, then gt: the first maximum is the lowest gt of a det, the lowest det of a gt
+    best_gt_pair = _first_argmax(iou, pair_det, n_det)
+    best_det_pair = _first_argmax(iou, pair_gt, n_gt)
     has = best_gt_pair >= 0
     dets = np.flatnonzero(has)
     p = best_gt_pair[has]
@@ -89,8 +87,9 @@ def evaluate_detection_arrays(det_boxes, det_scores, det_image, gt_boxes, gt_pid
     image (ascending).
 
     ``labeled_only`` keeps only GT with person_id >= 0 and skips images without any (their
-    detections are not scored), as the reference implementation does; only recall is meaningful.
-    All images are matched in one vectorised pass (``batched_mutual_argmax_matches``).
+    detections are not scored), as the reference implementation does, and gives recall only (an AP
+    over a subset of the persons is not a detection AP). All images are matched in one vectorised
+    pass (``batched_mutual_argmax_matches``).
     """
     if labeled_only:
         keep = np.asarray(gt_pids) >= 0
@@ -104,5 +103,7 @@ def evaluate_detection_arrays(det_boxes, det_scores, det_image, gt_boxes, gt_pid
     y_true = match >= 0
     count_tp = int(y_true.sum())
     recall = count_tp / count_gt
+    if labeled_only:
+        return {"recall": recall}
     ap = float(average_precision_score(y_true, det_scores)) * recall if count_tp else 0.0
     return {"AP": ap, "recall": recall}

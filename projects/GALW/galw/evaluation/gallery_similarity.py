@@ -21,6 +21,14 @@ def prefers_full_product(entries_per_query, num_store_detections):
     return entries_per_query > FULL_PRODUCT_FRACTION * num_store_detections
 
 
+def stable_argsort_indices(values, bound):
+    """``np.argsort(values, kind="stable")`` of indices in ``[0, bound)``; as 16-bit keys when they
+    fit, which numpy sorts by radix (about 5x faster than 64-bit keys)."""
+    if bound <= np.iinfo(np.uint16).max + 1:
+        values = np.asarray(values).astype(np.uint16)
+    return np.argsort(values, kind="stable")
+
+
 def full_product(query_embs, store):
     """[num store detections, Q] float32 similarities, detection-major: an image's detections are
     adjacent rows, so per-image maxima reduce whole rows at a time."""
@@ -45,7 +53,7 @@ def layout_similarities(query_embs, layout, store, block_bytes=8 << 20, workers=
     if len(pairs) == 0:
         return y
     pair_q = np.repeat(np.arange(layout.num_queries, dtype=np.int64), layout.n_img)[pairs]
-    order = np.argsort(layout.images[pairs], kind="stable")
+    order = stable_argsort_indices(layout.images[pairs], store.num_images)
     pairs, pair_q = pairs[order], pair_q[order]
     images = layout.images[pairs]
     group_start = np.flatnonzero(np.concatenate([[True], images[1:] != images[:-1]]))
@@ -71,7 +79,7 @@ def layout_similarities(query_embs, layout, store, block_bytes=8 << 20, workers=
         take[at] = pair_q[sel]
         padded = q[take].reshape(len(g), width, dim)
         rows = store.starts[group_image[g]][:, None] + np.arange(c)
-        dets = np.ascontiguousarray(store.embeddings[rows].transpose(0, 2, 1))  # [n, dim, c]: BLAS-ready
+        dets = store.embeddings[rows].transpose(0, 2, 1)  # [n, dim, c]: a transposed operand BLAS takes as it is
         out = np.matmul(padded, dets)  # [n, queries, c]
         y[layout.img_start[pairs[sel]][:, None] + np.arange(c)] = out.reshape(-1, c)[at]
 

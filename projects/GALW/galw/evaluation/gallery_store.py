@@ -15,13 +15,14 @@ class SearchGalleryStore:
         self.counts = np.array([len(b) for b in boxes_per_image], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         total = int(self.counts.sum())
+        # images without detections left out (their empty arrays may have any shape), the others as they are
         self.boxes = (
-            np.concatenate(boxes_per_image).astype(np.float32).reshape(-1, 4)
+            np.concatenate([b for b in boxes_per_image if len(b)]).astype(np.float32, copy=False).reshape(-1, 4)
             if total
             else np.zeros((0, 4), np.float32)
         )
         self.embeddings = (
-            np.ascontiguousarray(np.concatenate([np.reshape(e, (len(e), dim)) for e in embeddings_per_image]), np.float32)
+            np.concatenate([e for e in embeddings_per_image if len(e)]).astype(np.float32, copy=False)
             if total
             else np.zeros((0, dim), np.float32)
         )

@@ -311,7 +311,8 @@ def evaluate_layout(y, layout, pos_query, pos_list, pos_box, store, want_top=Fal
     if want_top:
         tops = _top_lists(y, layout.det_idx, q_of, seg_start, per_query, pos_at, max(TOPK))
     pos_order = np.argsort(pos_q, kind="stable")
-    pos_split = np.split(pos_s[pos_order], np.cumsum(count_tp)[:-1]) if nq else []
+    pos_sorted, pos_end = pos_s[pos_order], np.cumsum(count_tp).tolist()
+    pos_split = [pos_sorted[a:b] for a, b in zip([0, *pos_end[:-1]], pos_end)]
     return [
         QueryResult(ap=float(a), count_gt=int(g), count_tp=int(t), hits=h, top=top, positive_scores=p)
         for a, g, t, h, top, p in zip(ap.tolist(), count_gt.tolist(), count_tp.tolist(), hits.tolist(), tops,
@@ -329,7 +330,7 @@ def _top_lists(y, det_idx, q_of, seg_start, per_query, pos_at, k):
     width = int(per_query.max(initial=0))
     if width == 0:
         return [[] for _ in range(nq)]
-    padded = np.full((nq, width), -np.inf, dtype=np.float64)
+    padded = np.full((nq, width), -np.inf, dtype=y.dtype)
     padded[q_of, np.arange(len(y)) - seg_start[q_of]] = y
     m = min(k, width)
     kth = np.partition(padded, width - m, axis=1)[:, width - m]  # -inf when a query has fewer than k
