@@ -396,8 +396,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
     def compute(self, gallery, query_embs, query_contexts=None):
         """All metrics from merged outputs: {image basename: arrays}, {query index: embedding} and,
         for CBGM, {query index: [C, D] embeddings of the other people in the query image}."""
-        missing = [os.path.basename(r["file_name"]) for r in self._gallery_records
-                   if os.path.basename(r["file_name"]) not in gallery]
+        names = list(self._gallery_index)  # the records' basenames, in record order
+        missing = [n for n in names if n not in gallery]
         if missing:
             raise ValueError(
                 f"{len(missing)} of {len(self._gallery_records)} gallery images of '{self._dataset_name}' have no "
@@ -408,7 +408,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
         if len(dims) > 1:
             raise ValueError(f"Embedding dimensions differ between processes/images: {sorted(dims)}.")
         dim = dims.pop() if dims else 1
-        ordered = [gallery[os.path.basename(r["file_name"])] for r in self._gallery_records]
+        ordered = [gallery[n] for n in names]
         self._timings, self._cpu_timings = {}, {}
         with ThreadPoolExecutor(max_workers=1) as beside:  # detection AP beside the search (numpy frees the GIL)
             detection = beside.submit(self._timed, "detection", self._detection_metrics, ordered)
