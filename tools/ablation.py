@@ -232,19 +232,27 @@ def collect_metrics(out_dir):
     raise ValueError(f"{out_dir}: no inference/search_*.json and no search/mAP, search/top1 line in metrics.json")
 
 
+def saved_result(run):
+    """The result file a finished run left in its folder, or None."""
+    path = os.path.join(run["out_dir"], RESULT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
     """One planned run (reused when its result file exists): (result, None) or (None, failure)."""
-    result_path = os.path.join(run["out_dir"], RESULT_FILE)
     src = run["groups_from"]
 
     def failure(reason, where=""):
         logger.error("%s: %s%s", tag, reason, where)
         return None, {"name": run["name"], "seed": run["seed"], "reason": reason}
 
-    if os.path.isfile(result_path):
-        logger.info("%s: done before, reusing %s", tag, result_path)
-        with open(result_path) as f:
-            return json.load(f), None
+    saved = saved_result(run)
+    if saved is not None:
+        logger.info("%s: done before, reusing %s", tag, os.path.join(run["out_dir"], RESULT_FILE))
+        return saved, None
     if src and (src["variant"], run["seed"]) not in done:
         return failure(f"groups_from run {src['variant']} did not finish")
     try:
@@ -263,7 +271,7 @@ def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
         return failure(str(e))
     result = {"name": run["name"], "seed": run["seed"], "command": cmd,
               "seconds": round(time.time() - start, 1), **metrics}
-    with open(result_path, "w") as f:
+    with open(os.path.join(run["out_dir"], RESULT_FILE), "w") as f:
         json.dump(result, f, indent=2)
     logger.info("%s: mAP %.2f, top-1 %.2f in %.0f s", tag, result["mAP"], result["top1"], result["seconds"])
     return result, None
@@ -273,10 +281,9 @@ def finished_runs(spec, out_root, only=None, seeds=None):
     """{"results", "failed": [], "not_run"} from the result files of the planned runs; runs nothing."""
     results, not_run = [], []
     for run in plan_runs(spec, out_root, only, seeds):
-        path = os.path.join(run["out_dir"], RESULT_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                results.append(json.load(f))
+        saved = saved_result(run)
+        if saved is not None:
+            results.append(saved)
         else:
             not_run.append({"name": run["name"], "seed": run["seed"]})
     return {"results": results, "failed": [], "not_run": not_run}
