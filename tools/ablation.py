@@ -232,9 +232,13 @@ def collect_metrics(out_dir):
     raise ValueError(f"{out_dir}: no inference/search_*.json and no search/mAP, search/top1 line in metrics.json")
 
 
+def _result_path(run):
+    return os.path.join(run["out_dir"], RESULT_FILE)
+
+
 def saved_result(run):
     """The result file a finished run left in its folder, or None."""
-    path = os.path.join(run["out_dir"], RESULT_FILE)
+    path = _result_path(run)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -251,7 +255,7 @@ def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
 
     saved = saved_result(run)
     if saved is not None:
-        logger.info("%s: done before, reusing %s", tag, os.path.join(run["out_dir"], RESULT_FILE))
+        logger.info("%s: done before, reusing %s", tag, _result_path(run))
         return saved, None
     if src and (src["variant"], run["seed"]) not in done:
         return failure(f"groups_from run {src['variant']} did not finish")
@@ -271,7 +275,7 @@ def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
         return failure(str(e))
     result = {"name": run["name"], "seed": run["seed"], "command": cmd,
               "seconds": round(time.time() - start, 1), **metrics}
-    with open(os.path.join(run["out_dir"], RESULT_FILE), "w") as f:
+    with open(_result_path(run), "w") as f:
         json.dump(result, f, indent=2)
     logger.info("%s: mAP %.2f, top-1 %.2f in %.0f s", tag, result["mAP"], result["top1"], result["seconds"])
     return result, None
