@@ -17,6 +17,7 @@ sample std of search mAP, top-1, top-10 and detection AP per variant, and each v
 ``equal`` and ``galw_g4``: difference, Welch's p, whether the seed ranges are apart) and OUT/ablation.json.
 """
 import argparse
+import io
 import json
 import logging
 import os
@@ -161,8 +162,7 @@ def regroup_from_run(src, out_dir, group_tasks=galw_group_tasks):
                      num_groups=src["num_groups"], source=src["groups_file"])
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "galw_groups_input.json")
-    with open(path, "w") as f:
-        json.dump(regrouped, f, indent=2)
+    _save_json(path, regrouped)
     opts = ["MODEL.GALW.GROUPS_FILE", path]
     if src["init_weights"]:
         if not os.path.isfile(src["init_weights"]):
@@ -232,6 +232,19 @@ def collect_metrics(out_dir):
     raise ValueError(f"{out_dir}: no inference/search_*.json and no search/mAP, search/top1 line in metrics.json")
 
 
+def _save_json(path, obj):
+    """``obj`` as indented JSON in ``path``, complete or absent (a crash mid-write must not leave a
+    file that the resume cannot parse)."""
+    from galw.checkpoint import atomic_write
+
+    def write(f):
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        json.dump(obj, text, indent=2)
+        text.detach()  # flushed; ``f`` stays open for atomic_write's sync
+
+    atomic_write(path, write)
+
+
 def _result_path(run):
     return os.path.join(run["out_dir"], RESULT_FILE)
 
@@ -275,8 +288,7 @@ def _run_one(spec, run, tag, runner, extra_args, group_tasks, done):
         return failure(str(e))
     result = {"name": run["name"], "seed": run["seed"], "command": cmd,
               "seconds": round(time.time() - start, 1), **metrics}
-    with open(_result_path(run), "w") as f:
-        json.dump(result, f, indent=2)
+    _save_json(_result_path(run), result)
     logger.info("%s: mAP %.2f, top-1 %.2f in %.0f s", tag, result["mAP"], result["top1"], result["seconds"])
     return result, None
 
@@ -451,10 +463,10 @@ def write_tables(spec, outcome, out_root):
             f.write("\nDifferences of means; Welch's t-test over the seeds; \"apart\": every run of one variant "
                     "above every run of the other (a difference beyond the seed-to-seed spread).\n\n"
                     + comparison_table(comparisons))
-    with open(os.path.join(out_root, "ablation.json"), "w") as f:
-        json.dump({"spec": spec["_path"], "base_config": spec["base_config"], "variants": rows,
-                   "runs": outcome["results"], "failed": outcome["failed"],
-                   "not_run": outcome.get("not_run", []), "comparisons": comparisons}, f, indent=2)
+    _save_json(os.path.join(out_root, "ablation.json"),
+               {"spec": spec["_path"], "base_config": spec["base_config"], "variants": rows,
+                "runs": outcome["results"], "failed": outcome["failed"],
+                "not_run": outcome.get("not_run", []), "comparisons": comparisons})
     return rows
 
 

@@ -146,6 +146,30 @@ def test_failures_are_reported_and_retried(tmp_path):
     assert outcome["failed"] == [] and len(outcome["results"]) == 6
 
 
+def test_a_crash_while_saving_a_result_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A result file is complete or absent: a crash in mid-write must not leave a file that the
+    resume would then fail to parse."""
+    spec = _write_spec(tmp_path, seeds=(1,))
+    out = str(tmp_path / "out")
+    real_dump = json.dump
+
+    def crash_mid_write(obj, f, **kw):
+        f.write(b"{" if "b" in getattr(f, "mode", "") else "{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablation.json, "dump", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["equal"], group_tasks=fake_group_tasks)
+    result = os.path.join(out, "equal", "seed1", ablation.RESULT_FILE)
+    assert not os.path.exists(result)
+    assert not [n for n in os.listdir(os.path.dirname(result)) if ".tmp." in n]
+    monkeypatch.setattr(ablation.json, "dump", real_dump)
+    outcome = ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["equal"], group_tasks=fake_group_tasks)
+    assert [(r["name"], r["seed"], r["mAP"]) for r in outcome["results"]] == [("equal", 1, 50.0)]
+    with open(result) as f:
+        assert json.load(f)["top1"] == 80.0
+
+
 def test_regroup_needs_the_phase_one_file(tmp_path):
     src = {"variant": "galw_g4", "groups_file": str(tmp_path / "none.json"), "num_groups": 2, "init_weights": None}
     with pytest.raises(FileNotFoundError, match="none.json.*galw_g4"):
