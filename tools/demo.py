@@ -111,14 +111,23 @@ def register_demo_dataset(root):
     register_person_search(PREFIX, "prw", root=root)
 
 
+#: Config keys the demo sets itself (its dataset and run folders): an override of one is an error.
+DEMO_OWNED_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "OUTPUT_DIR")
+
+
 def build_cfg(config_file, output_dir, seed, opts):
+    """The demo's config: ``seed`` as the training seed unless ``opts`` set SEED (overrides come last)."""
+    owned = [k for k in list(opts)[::2] if k in DEMO_OWNED_KEYS]
+    if owned:
+        raise ValueError(f"tools/demo.py sets {', '.join(owned)} itself (its dataset and --out); "
+                         "remove the override, or run train_net.py for another dataset or folder.")
     cfg = get_cfg()
     add_galw_config(cfg)
     cfg.merge_from_file(config_file)
+    cfg.SEED = seed
     cfg.merge_from_list(list(opts))
     cfg.DATASETS.TRAIN = (f"{PREFIX}_train",)
     cfg.DATASETS.TEST = (f"{PREFIX}_gallery",)
-    cfg.SEED = seed
     cfg.OUTPUT_DIR = output_dir
     cfg.freeze()
     return cfg
@@ -292,7 +301,7 @@ def main(argv=None):
     parser.add_argument("--report", default=None, help="report folder (default OUT/report)")
     parser.add_argument("--data-root", default=None, help="SynthPS-PRW root (default $DETECTRON2_DATASETS/SynthPS-PRW)")
     parser.add_argument("--size", default="default", choices=sorted(SIZES), help="SynthPS size")
-    parser.add_argument("--seed", type=int, default=0, help="dataset and training seed")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed, and training seed unless the overrides set SEED")
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--num-queries", type=int, default=4, help="queries in the search pictures")
     parser.add_argument("--topk", type=int, default=5, help="gallery matches per query in the pictures")

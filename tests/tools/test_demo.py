@@ -25,6 +25,20 @@ def _load_demo():
     return module
 
 
+def test_build_cfg_lets_overrides_set_the_training_seed_and_refuses_keys_the_demo_owns(tmp_path):
+    """--seed is the default training seed; an explicit SEED override wins, as every config
+    override does. The demo's datasets and output folder are its own: overriding them is an error."""
+    demo = _load_demo()
+    out = str(tmp_path / "run")
+    assert demo.build_cfg(demo.DEFAULT_CONFIG, out, 3, []).SEED == 3
+    cfg = demo.build_cfg(demo.DEFAULT_CONFIG, out, 3, ["SEED", "5", "SOLVER.MAX_ITER", "7"])
+    assert (cfg.SEED, cfg.SOLVER.MAX_ITER, cfg.OUTPUT_DIR) == (5, 7, out)
+    assert cfg.DATASETS.TRAIN == (f"{demo.PREFIX}_train",)
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST", "OUTPUT_DIR"):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            demo.build_cfg(demo.DEFAULT_CONFIG, out, 3, [key, "x"])
+
+
 @pytest.mark.slow  # 245 s at load ~7, 759 s at load ~25 on the 2-core machine
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     demo = _load_demo()
