@@ -153,3 +153,58 @@ def test_options_on_every_scoring_path(monkeypatch, fraction, large):
     r = run(name, ios, prw_same_camera=True)
     assert (r["search"]["mAP"], r["search_MultiView"]["mAP"], r["search_SameCamera"]["mAP"]) == pytest.approx(
         (50.0, 100.0, 50.0))
+
+
+def _cfg(tmp_path, **keys):
+    from detectron2.config import get_cfg
+
+    from galw import add_galw_config
+
+    cfg = get_cfg()
+    add_galw_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.TEST.PERSON_SEARCH.CUHK_PROTOCOLS = []
+    for k, v in keys.items():
+        setattr(cfg.TEST.PERSON_SEARCH, k, v)
+    return cfg
+
+
+def test_config_keys_turn_each_option_on(tmp_path):
+    """The same scenes as above, the options set by their TEST.PERSON_SEARCH keys (from_config)."""
+    def run_cfg(name, ios, **keys):
+        ev = PersonSearchEvaluator(_cfg(tmp_path, **keys), name, distributed=False)
+        ev.reset()
+        for inp, out in ios:
+            ev.process([inp], [out])
+        return ev.evaluate()
+
+    name, ios = cbgm_scene()
+    assert "search_CBGM" not in run_cfg(name, ios)
+    r = run_cfg(name, ios, CBGM=True, CBGM_CONTEXT=2)
+    assert r["search_CBGM"] == pytest.approx({"mAP": 100.0, "top1": 100.0, "top5": 100.0, "top10": 100.0})
+    assert run_cfg(name, ios, CBGM=True, CBGM_CONTEXT=2, CBGM_TOP_DETECTIONS=1)["search_CBGM"]["mAP"] == (
+        pytest.approx(50.0))
+    name, ios = oracle_scene()
+    assert run_cfg(name, ios, GT_BOX_ORACLE=True)["search_GTOracle"]["mAP"] == pytest.approx(50.0)
+    gallery, queries, dets = H.prw_scene()
+    name = H.register("prw", gallery, queries)
+    ios = [H.gallery_io(r, dets[r["file_name"].split("/")[-1]]) for r in gallery] + [H.query_io(q) for q in queries]
+    assert "search_SameCamera" not in run_cfg(name, ios)
+    assert run_cfg(name, ios, PRW_SAME_CAMERA=True)["search_SameCamera"]["mAP"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("oracle", [False, True])
+def test_gt_box_oracle_key_makes_the_gallery_loader_carry_gt_boxes(tmp_path, monkeypatch, oracle):
+    """evaluate_person_search asks for the gallery's GT boxes exactly when GT_BOX_ORACLE is set
+    (the model embeds them only if the loader carries them); the query loader never."""
+    import galw.evaluation.run as R
+
+    name, _ = oracle_scene()
+    built = []
+    monkeypatch.setattr(R, "build_person_search_test_loader",
+                        lambda cfg, dataset, oracle_boxes=False: built.append((dataset, oracle_boxes)) or dataset)
+    monkeypatch.setattr(R, "inference_person_search", lambda model, gallery, query, evaluator: {})
+    R.evaluate_person_search(_cfg(tmp_path, GT_BOX_ORACLE=oracle), None, name)
+    from detectron2.data import MetadataCatalog
+
+    assert built == [(name, oracle), (MetadataCatalog.get(name).query_set, False)]
