@@ -43,7 +43,8 @@ def toy_training(cfg, data_seed=0, hooks_after=()):
     probe = GradientProbe(
         select_shared_parameters(model, cfg.MODEL.GALW.SHARED_PARAM_PREFIXES), batched=cfg.MODEL.GALW.PROBE_BATCHED
     )
-    step = GALWSimpleTrainer(model, toy_batches(batch_size=2, size=16, seed=data_seed), optimizer, probe=probe)
+    step = GALWSimpleTrainer(model, toy_batches(batch_size=2, size=16, seed=data_seed), optimizer, probe=probe,
+                             gamma_loss=cfg.MODEL.GALW.GAMMA_LOSS)
     hook = GALWHook(cfg, step, cfg.MODEL.GALW.EPOCH_ITERS)
     step.register_hooks([hook, *hooks_after])
     return step, hook

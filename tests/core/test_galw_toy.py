@@ -3,6 +3,7 @@ planted task clusters, switch at the configured point, keep state across resume,
 probe leaves the training trajectory unchanged."""
 import json
 
+import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine.hooks import PeriodicCheckpointer
@@ -88,3 +89,32 @@ def test_resume_keeps_groups_phase_and_sigmas(tmp_path):
     assert phook.gamma_history == {t: v[:2] for t, v in full_hook.gamma_history.items()}
     assert phook._epoch_count == 2  # iterations 10 and 11 of epoch 3 were probed
     assert sigmas != {}
+
+
+def _first_gammas(cfg):
+    step, hook = toy_training(cfg)
+    step.train(0, 1)
+    return step, hook, {t: step.storage.history(f"galw/gamma/{t}").values()[0][0] for t in TOY_TASKS}
+
+
+def test_phase_one_with_manual_weights_measures_gamma_of_the_weighted_losses(tmp_path):
+    """PROBE_WEIGHTING manual (the ROI-AlignPS* paper configs): phase one trains with the manual
+    weights, and Gamma at the first probe (same weights and batch) is each task's equal-weight Gamma
+    times its weight; with GAMMA_LOSS raw it is the equal-weight Gamma itself."""
+    from detectron2.engine import SimpleTrainer
+
+    from galw.core.train_step import galw_train_step
+
+    weights = [1.0, 2.0, 3.0, 0.5, 4.0, 10.0]
+    manual = ["MODEL.GALW.PROBE_WEIGHTING", "manual", "MODEL.GALW.MANUAL_WEIGHTS", weights]
+    _, _, equal = _first_gammas(toy_cfg(tmp_path / "equal"))
+    step, hook, weighted = _first_gammas(toy_cfg(tmp_path / "manual", *manual))
+    assert hook.phase == "probing" and step.weighting.method == "manual"
+    assert step.weighting.task_weights() == dict(zip(TOY_TASKS, weights))
+    _, _, raw = _first_gammas(toy_cfg(tmp_path / "raw", *manual, "MODEL.GALW.GAMMA_LOSS", "raw"))
+    for t, w in zip(TOY_TASKS, weights):
+        assert weighted[t] == pytest.approx(w * equal[t], rel=1e-5), t
+        assert raw[t] == pytest.approx(equal[t], rel=1e-5), t
+    # The trainer's GALW step takes GAMMA_LOSS from the config.
+    inner = SimpleTrainer(step.model, iter([]), step.optimizer)
+    assert galw_train_step(inner, toy_cfg(tmp_path, "MODEL.GALW.GAMMA_LOSS", "raw")).gamma_loss == "raw"
