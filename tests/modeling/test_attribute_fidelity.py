@@ -53,3 +53,33 @@ def test_linear_laterals_and_main_classifier_on_the_deepest_crop():
     main = branch.attribute_logits(features, boxes)[0]
     crop = branch.poolers[-1](features["res4"], torch.tensor([[0.0, 10, 20, 60, 110]]))
     assert torch.allclose(main, branch.main_classifier(crop.mean(dim=(2, 3))), atol=1e-6)
+
+
+def test_lateral_relu_option_rectifies_what_each_alm_reads():
+    """LATERAL_RELU True (the option): each ALM reads the fused laterals after a ReLU; False (the
+    reference): the linear laterals, negative values kept. Same weights, inputs captured by hooks."""
+    from detectron2.structures import Boxes
+
+    torch.manual_seed(5)
+    features = {"res3": torch.randn(1, 8, 16, 16), "res4": torch.randn(1, 16, 8, 8)}
+    boxes = [Boxes(torch.tensor([[10.0, 20, 60, 110]]))]
+    seen = {}
+    for relu in (False, True):
+        torch.manual_seed(0)
+        branch = small_branch(LATERAL_RELU=relu)
+        assert branch.lateral_relu is relu
+        inputs = []
+        for alm in branch.alms:
+            alm.register_forward_hook(lambda m, args, out, seen_now=inputs: seen_now.append(args[0].detach()))
+        with torch.no_grad():
+            branch.attribute_logits(features, boxes)
+        rois = torch.tensor([[0.0, 10, 20, 60, 110]])
+        with torch.no_grad():
+            lat = [conv(pool(features[f], rois)) for f, pool, conv in
+                   zip(branch.in_features, branch.poolers, branch.laterals)]
+        if relu:
+            lat = [F.relu(x) for x in lat]
+        assert torch.allclose(inputs[-1], lat[-1], atol=1e-6)  # the deepest level alone
+        assert torch.allclose(inputs[0], torch.cat([lat[1], lat[0]], dim=1), atol=1e-6)  # deep first, then res3
+        seen[relu] = inputs
+    assert (seen[False][0] < 0).any() and not (seen[True][0] < 0).any()
