@@ -162,3 +162,22 @@ def test_attribute_model_takes_identity_and_attribute_counts_from_the_checkpoint
     assert len(want) > 0 and got.attribute_probs.shape == (len(want), 4)
     for field in ("scores", "embeddings", "attribute_probs"):
         torch.testing.assert_close(got.get(field), want.get(field), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_train_net_eval_only_builds_and_loads_without_datasets(trained, tmp_path):
+    """``train_net.py --eval-only`` itself (its AtomicCheckpointer, not a copy of its lines) builds the
+    model from a config whose train set is absent and loads the weights; no test set given, so it
+    stops after loading."""
+    env = dict(os.environ, DETECTRON2_DATASETS=trained["empty"], OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "projects", "GALW"), ROOT]))
+    out = tmp_path / "eval_only"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", trained["config"], "--eval-only",
+         "MODEL.WEIGHTS", trained["weights"], "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert f"[Checkpointer] Loading from {trained['weights']}" in log
+    assert "OIM needs the number of labeled identities" not in proc.stderr
+    assert os.listdir(trained["empty"]) == []
