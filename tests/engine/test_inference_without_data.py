@@ -1,7 +1,8 @@
 """A config and a weights file are enough for inference: on a machine without datasets
 ($DETECTRON2_DATASETS an empty folder, a fresh process) detectron2's ``DefaultPredictor`` and the
 ``--eval-only`` model building load a checkpoint whose OIM lookup-table size came from the train set,
-and give the same boxes, scores and embeddings as the model that wrote it."""
+and give the same boxes, scores and embeddings as the model that wrote it; tools/search.py indexes
+images and a video with it."""
 import json
 import os
 import subprocess
@@ -48,8 +49,23 @@ lut = [v for k, v in model.state_dict().items() if k.endswith("oim.lookup_table"
 spec = importlib.util.spec_from_file_location("search_tool", os.path.join(root, "tools", "search.py"))
 search = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(search)
-index = search.build_index(search.SearchModel(config, weights), os.path.dirname(image), score_thresh=0.0)
+search_model = search.SearchModel(config, weights)
+index = search.build_index(search_model, os.path.dirname(image), score_thresh=0.0)
+# A video gallery: every frame indexed with its frame number; the same as its decoded frames as PNG files.
+video, decoded_dir = sys.argv[5:7]
+video_index = search.build_index(search_model, video, score_thresh=0.0, sample_fps=0)
+cap = cv2.VideoCapture(video)
+os.makedirs(decoded_dir)
+for n in range(100):
+    ok, frame = cap.read()
+    if not ok:
+        break
+    cv2.imwrite(os.path.join(decoded_dir, f"{n:03d}.png"), frame)
+frames_index = search.build_index(search_model, decoded_dir, score_thresh=0.0)
 print(json.dumps({
+    "video_frames": video_index["frames"], "video_times": video_index["times"],
+    "video_image_index": video_index["image_index"].tolist(), "frames_image_index": frames_index["image_index"].tolist(),
+    "video_embeddings": video_index["embeddings"].tolist(), "frames_embeddings": frames_index["embeddings"].tolist(),
     "search_index_embeddings": index["embeddings"].tolist(),
     "search_index_scores": index["scores"].tolist(),
     "boxes": inst.pred_boxes.tensor.tolist(), "scores": inst.scores.tolist(),
@@ -97,10 +113,23 @@ def trained(tmp_path, monkeypatch):
             "table": table[0].clone(), "empty": str(empty)}
 
 
+def _write_video(path, frames, fps):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, frames[0].shape[1::-1])
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
 def _run_child(trained):
     env = dict(os.environ, DETECTRON2_DATASETS=trained["empty"], OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "projects", "GALW"), ROOT]))
-    proc = subprocess.run([sys.executable, "-c", _CHILD, trained["config"], trained["weights"], trained["image"], ROOT],
+    work = os.path.dirname(trained["config"])
+    frame = cv2.imread(trained["image"])
+    video = os.path.join(work, "gallery.avi")
+    _write_video(video, [frame, cv2.flip(frame, 1), frame], 2)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, trained["config"], trained["weights"], trained["image"], ROOT,
+                           video, os.path.join(work, "decoded")],
                           capture_output=True, text=True, env=env, cwd=str(os.path.dirname(trained["config"])))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -124,6 +153,11 @@ def test_default_predictor_and_eval_only_model_without_datasets(trained):
     embeddings = np.asarray(got["search_index_embeddings"])
     assert embeddings.shape[0] > 0 and embeddings.shape[1] == 32
     assert np.allclose(np.linalg.norm(embeddings, axis=1), got["search_index_scores"], atol=1e-5)
+    # ... and a video: 3 frames at 2 fps, each with its frame number and time, embedded as its decoded picture
+    assert got["video_frames"] == [0, 1, 2] and got["video_times"] == pytest.approx([0.0, 0.5, 1.0])
+    assert got["video_image_index"] == got["frames_image_index"] and len(got["video_image_index"]) > 0
+    assert set(got["video_image_index"]) == {0, 1, 2}
+    np.testing.assert_allclose(got["video_embeddings"], got["frames_embeddings"], atol=1e-6)
 
 
 def test_a_model_without_identity_count_builds_for_inference_but_refuses_to_train():
