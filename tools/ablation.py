@@ -245,6 +245,13 @@ def _save_json(path, obj):
     atomic_write(path, write)
 
 
+def _save_text(path, text):
+    """``text`` in ``path``, complete or absent."""
+    from galw.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def _result_path(run):
     return os.path.join(run["out_dir"], RESULT_FILE)
 
@@ -454,15 +461,15 @@ def write_tables(spec, outcome, out_root):
         note += (f"Not run (yet): {len(outcome['not_run'])}: "
                  + ", ".join(f"{r['name']}/seed{r['seed']}" for r in outcome["not_run"]) + ".\n")
     comparisons = all_comparisons(rows)
-    with open(os.path.join(out_root, "ablation.md"), "w") as f:
-        f.write(f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n")
-        if spec["common_opts"]:
-            f.write(f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n")
-        f.write(markdown_table(rows) + "\n" + note)
-        if comparisons:
-            f.write("\nDifferences of means; Welch's t-test over the seeds; \"apart\": every run of one variant "
-                    "above every run of the other (a difference beyond the seed-to-seed spread).\n\n"
-                    + comparison_table(comparisons))
+    md = f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n"
+    if spec["common_opts"]:
+        md += f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n"
+    md += markdown_table(rows) + "\n" + note
+    if comparisons:
+        md += ("\nDifferences of means; Welch's t-test over the seeds; \"apart\": every run of one variant "
+               "above every run of the other (a difference beyond the seed-to-seed spread).\n\n"
+               + comparison_table(comparisons))
+    _save_text(os.path.join(out_root, "ablation.md"), md)
     _save_json(os.path.join(out_root, "ablation.json"),
                {"spec": spec["_path"], "base_config": spec["base_config"], "variants": rows,
                 "runs": outcome["results"], "failed": outcome["failed"],
