@@ -175,7 +175,8 @@ def test_a_model_without_identity_count_builds_for_inference_but_refuses_to_trai
 
 def test_attribute_model_takes_identity_and_attribute_counts_from_the_checkpoint(tmp_path, monkeypatch):
     """ROI-AlignPS*-Attr with NUM_LABELED 0 and NUM_ATTRIBUTES 0 and its train set absent: both sizes
-    come from the checkpoint, and detections, embeddings and attribute probabilities equal the saver's."""
+    come from the checkpoint, and detections, embeddings and attribute probabilities equal the saver's,
+    built directly and through detectron2's DefaultPredictor."""
     from nae_helpers import synthetic_batch
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # empty: synth_prw_train cannot load
@@ -196,6 +197,21 @@ def test_attribute_model_takes_identity_and_attribute_counts_from_the_checkpoint
     assert len(want) > 0 and got.attribute_probs.shape == (len(want), 4)
     for field in ("scores", "embeddings", "attribute_probs"):
         torch.testing.assert_close(got.get(field), want.get(field), atol=1e-6, rtol=0)
+    # detectron2's DefaultPredictor from the config and the weights file: the saver's outputs on the
+    # image the predictor resizes and feeds
+    cfg = _tiny_cfg("attr/roi_alignps_attr_R18_synth_cpu.yaml", *opts)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "attr_model.pth")
+    predictor = DefaultPredictor(cfg)
+    bgr = np.ascontiguousarray(batch[0]["image"].permute(1, 2, 0).numpy())  # as cv2.imread gives it
+    pred = predictor(bgr)["instances"]
+    assert cfg.INPUT.FORMAT == "BGR"  # the predictor feeds the resized image as it is
+    resized = predictor.aug.get_transform(bgr).apply_image(bgr)
+    with torch.no_grad():
+        want = saver([{"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+                       "height": bgr.shape[0], "width": bgr.shape[1]}])[0]["instances"]
+    assert len(want) > 0 and len(pred) == len(want)
+    for field in ("scores", "embeddings", "attribute_probs"):
+        torch.testing.assert_close(pred.get(field), want.get(field), atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
