@@ -31,6 +31,7 @@ def _worker(rank, port, path):
                 json.dump(results, f)
         else:
             assert results == {}
+        dist.barrier()  # both ranks past their last collective before the groups are torn down
     finally:
         dist.destroy_process_group()
 
