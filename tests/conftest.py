@@ -65,6 +65,18 @@ def write_box_images(out_dir, num_images=4, size=(160, 128), seed=0):
     return records
 
 
+def write_video(path, frames, fps):
+    """Write BGR ``frames`` as an MJPG video at ``fps`` (the video-gallery tests)."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
 @pytest.fixture
 def box_dataset(tmp_path):
     """A registered tiny detection dataset; yields its name and removes it afterwards."""

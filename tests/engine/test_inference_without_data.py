@@ -19,7 +19,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from galw.data.synthetic import generate
-from conftest import CONFIG_DIR, ROOT
+from conftest import CONFIG_DIR, ROOT, write_video
 
 #: NAE R-18 shrunk; tiny SynthPS frames are 192x144, DefaultPredictor resizes by INPUT.{MIN,MAX}_SIZE_TEST.
 TINY = [
@@ -113,21 +113,18 @@ def trained(tmp_path, monkeypatch):
             "table": table[0].clone(), "empty": str(empty)}
 
 
-def _write_video(path, frames, fps):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, frames[0].shape[1::-1])
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
+def _child_env(trained):
+    """A fresh process's environment: no datasets, the project importable."""
+    return dict(os.environ, DETECTRON2_DATASETS=trained["empty"], OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "projects", "GALW"), ROOT]))
 
 
 def _run_child(trained):
-    env = dict(os.environ, DETECTRON2_DATASETS=trained["empty"], OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "projects", "GALW"), ROOT]))
+    env = _child_env(trained)
     work = os.path.dirname(trained["config"])
     frame = cv2.imread(trained["image"])
     video = os.path.join(work, "gallery.avi")
-    _write_video(video, [frame, cv2.flip(frame, 1), frame], 2)
+    write_video(video, [frame, cv2.flip(frame, 1), frame], 2)
     proc = subprocess.run([sys.executable, "-c", _CHILD, trained["config"], trained["weights"], trained["image"], ROOT,
                            video, os.path.join(work, "decoded")],
                           capture_output=True, text=True, env=env, cwd=str(os.path.dirname(trained["config"])))
@@ -219,8 +216,7 @@ def test_train_net_eval_only_builds_and_loads_without_datasets(trained, tmp_path
     """``train_net.py --eval-only`` itself (its AtomicCheckpointer, not a copy of its lines) builds the
     model from a config whose train set is absent and loads the weights; no test set given, so it
     stops after loading."""
-    env = dict(os.environ, DETECTRON2_DATASETS=trained["empty"], OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "projects", "GALW"), ROOT]))
+    env = _child_env(trained)
     out = tmp_path / "eval_only"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", trained["config"], "--eval-only",

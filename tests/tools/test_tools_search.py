@@ -14,7 +14,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
 import galw
-from conftest import ROOT
+from conftest import ROOT, write_video
 
 _spec = importlib.util.spec_from_file_location("galw_tools_search", os.path.join(ROOT, "tools", "search.py"))
 search = importlib.util.module_from_spec(_spec)
@@ -238,15 +238,6 @@ def test_index_loading_runs_no_code(setup, tmp_path):
     assert not marker.exists()
 
 
-def _write_video(path, frames, fps):
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-
-
 def _decoded(path):
     cap = cv2.VideoCapture(str(path))
     frames = []
@@ -277,8 +268,8 @@ def test_video_gallery_reports_frames_and_times(setup, tmp_path, monkeypatch):
     frames = [cv2.imread(str(tmp_path / "synth" / "frames" / n)) for n in names]
     videos = tmp_path / "videos"
     videos.mkdir()
-    _write_video(videos / "a.avi", frames[:8], 4)
-    _write_video(videos / "b.avi", frames[8:], 2)
+    write_video(videos / "a.avi", frames[:8], 4)
+    write_video(videos / "b.avi", frames[8:], 2)
     decoded = {"a.avi": _decoded(videos / "a.avi"), "b.avi": _decoded(videos / "b.avi")}
     assert [len(v) for v in decoded.values()] == [8, 4]
     query = str(tmp_path / "query.png")
