@@ -13,7 +13,7 @@ their output, then repeats the key lines in a summary with the machine and its l
 |  |  | fasterrcnn_resnet50_fpn |
 | overhead_toy | galw_overhead.py | GALW step-time ratio over equal weighting, toy 6-task model, and the probe options |
 | overhead_roi_alignps | galw_overhead.py --config-file | the same ratio on ROI-AlignPS* R-18 (synthetic, 10 tasks) |
-| deform_conv | deform_conv_step.py | ROI-AlignPS* R-18 step time, torchvision's deformable conv vs the grid_sample one |
+| cpu_step | cpu_step.py | ROI-AlignPS* R-18 CPU step time, stock kernels vs the CPU ones (deformable conv, ROI res5 conv) |
 | probe_allreduce | probe_allreduce.py | 2 processes: probe time with gradients all-reduced (rank-independent Gamma) vs norms |
 | eval | eval_speed.py | evaluation seconds at real scale (PRW; CUHK-SYSU too at --scale full) |
 | data_parse | data_parse.py | parse / cache seconds on full-size PRW fixtures (CUHK-SYSU too at --scale full) |
@@ -43,7 +43,7 @@ SUMMARY_PATTERNS = {
     "inference": r"^device:|ms/image",
     "overhead_toy": r"^toy model|ms/step",
     "overhead_roi_alignps": r"^config|step-time ratio",
-    "deform_conv": r"s/step|step-time ratio",
+    "cpu_step": r"s/step|step-time ratio",
     "probe_allreduce": r"ratio|extra cost",
     "eval": r"^== |six-size sweep \(wall\)",
     "data_parse": r"parse|cache",
@@ -76,7 +76,7 @@ def benchmarks(args, data_root):
         "overhead_roi_alignps": py + [os.path.join(BENCH, "galw_overhead.py"), "--config-file", ROI_ALIGNPS_SYNTH]
         + (["--rounds", "1", "--block", "20", "--warmup", "1"] if quick else ["--rounds", "3"]) + overhead_opts
         + (["MODEL.GALW.PROBE_PERIOD", "20"] if quick else []),
-        "deform_conv": py + [os.path.join(BENCH, "deform_conv_step.py")]
+        "cpu_step": py + [os.path.join(BENCH, "cpu_step.py")]
         + (["--rounds", "1", "--block", "2"] if quick else ["--profile", "3"]) + ["MODEL.DEVICE", args.device],
         "probe_allreduce": py + [os.path.join(BENCH, "probe_allreduce.py")] + (["--rounds", "5"] if quick else []),
         "eval": py + [os.path.join(BENCH, "eval_speed.py"), "--dataset", "prw" if quick else "both"],
@@ -180,7 +180,7 @@ def main():
         for name, argv in todo.items():
             if args.only and name not in args.only:
                 continue
-            if name in ("overhead_roi_alignps", "deform_conv"):
+            if name in ("overhead_roi_alignps", "cpu_step"):
                 make_synthetic_data(data_root)
             results[name] = run(name, argv, data_root)
 

@@ -119,6 +119,10 @@ def _add_nae_config(cfg):
     # When the NAE branch gives the detections: gallery embeddings times their detection score
     # (NAE4PS / SeqNet "CWS"); query embeddings and embed() of other boxes stay unit-norm.
     cfg.MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS = True
+    # Convolution in the ROI res5: "auto" (unfold + matmul for kernels > 1x1 on CPU maps of <= 16
+    # pixels, where oneDNN's backward is slow; F.conv2d elsewhere), "native" or "unfold"; the same
+    # function either way (galw/modeling/small_map_conv.py).
+    cfg.MODEL.NAE.RES5_CONV_IMPL = "auto"
     cfg.MODEL.OIM = CN()
     # Labeled identities in the lookup table; 0 = the train dataset metadata's num_pids.
     cfg.MODEL.OIM.NUM_LABELED = 0

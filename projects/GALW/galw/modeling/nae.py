@@ -29,6 +29,7 @@ from ..data import current_metadata
 from .backbone import build_res5_stage, res5_out_channels
 from .branch import PS_BRANCH_REGISTRY, PersonSearchBranch
 from .oim import IGNORED, OIMLoss
+from .small_map_conv import use_small_map_convs
 
 __all__ = ["NAEBranch", "NormAwareEmbedding", "NormAwareROIHeads", "oim_num_labeled"]
 
@@ -174,7 +175,7 @@ class NormAwareROIHeads(ROIHeads):
                 sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
                 pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
             ),
-            res5=build_res5_stage(cfg, first_stride=2),
+            res5=use_small_map_convs(build_res5_stage(cfg, first_stride=2), cfg.MODEL.NAE.RES5_CONV_IMPL),
             embedding=NormAwareEmbedding((in_shape.channels, res5_channels), dim),
             box_predictor=box_predictor,
             box2box_transform=Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),

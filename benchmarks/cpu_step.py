@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Training-step time of ROI-AlignPS* with torchvision's deformable conv vs the pure-PyTorch
-grid_sample one (MODEL.ALIGNPS.DEFORM_CONV_IMPL), both arms built and timed in this one run,
-interleaved in blocks so load changes hit both alike; then (``--profile N``) the fast arm's
+"""CPU training-step time of ROI-AlignPS* with the stock kernels vs the CPU ones the project
+picks by default: torchvision's deformable conv vs the grid_sample one
+(MODEL.ALIGNPS.DEFORM_CONV_IMPL), oneDNN's convs in the ROI res5 vs unfold + matmul on its
+small maps (MODEL.NAE.RES5_CONV_IMPL). Three arms built and timed in this one run,
+interleaved in blocks so load changes hit all alike; then (``--profile N``) the default arm's
 step under torch.profiler, the ops with the most self CPU time: the next hot spot.
 
-    PYTHONPATH=projects/GALW:. python benchmarks/deform_conv_step.py [--config-file CFG] [--rounds 3]
+    PYTHONPATH=projects/GALW:. python benchmarks/cpu_step.py [--config-file CFG] [--rounds 3]
         [--block 3] [--profile 3] [KEY VALUE ...]
 
-Default config: the demo's model, roi_alignps_R18_synth_cpu.yaml (batch 2, equal weighting).
+Default config: the demo's, roi_alignps_R18_synth_galw.yaml (batch 2, run with equal weighting).
 Data: $DETECTRON2_DATASETS/SynthPS-PRW if present, else a tiny SynthPS-PRW written to a temporary
 folder (the mapper resizes every frame to the config's scale, so step shapes are the demo's).
 """
@@ -18,8 +20,13 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-DEFAULT_CONFIG = os.path.join(REPO, "projects", "GALW", "configs", "alignps", "roi_alignps_R18_synth_cpu.yaml")
-IMPLS = ("torchvision", "grid_sample")
+DEFAULT_CONFIG = os.path.join(REPO, "projects", "GALW", "configs", "alignps", "roi_alignps_R18_synth_galw.yaml")
+# arm -> (deformable conv, ROI res5 conv); "stock" is the step before the CPU kernels.
+ARMS = {
+    "stock": ("torchvision", "native"),
+    "grid_sample": ("grid_sample", "native"),
+    "default": ("auto", "auto"),
+}
 
 
 def _ensure_data():
@@ -42,10 +49,10 @@ def build_arms(args):
     from galw_overhead import ConfigArm
 
     arms = {}
-    for impl in IMPLS:
-        torch.manual_seed(0)  # same initial weights in both arms
-        arms[impl] = ConfigArm(argparse.Namespace(config_file=args.config_file,
-                                                  opts=args.opts + ["MODEL.ALIGNPS.DEFORM_CONV_IMPL", impl]), False)
+    for name, (deform, res5) in ARMS.items():
+        torch.manual_seed(0)  # same initial weights in every arm
+        opts = args.opts + ["MODEL.ALIGNPS.DEFORM_CONV_IMPL", deform, "MODEL.NAE.RES5_CONV_IMPL", res5]
+        arms[name] = ConfigArm(argparse.Namespace(config_file=args.config_file, opts=opts), False)
     return arms
 
 
@@ -58,7 +65,7 @@ def profile(arm, steps, start, top):
         arm.run(start, steps)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    print(f"\nprofile of the grid_sample arm, {steps} steps: {total / 1e6 / steps:.2f} s self CPU per step; "
+    print(f"\nprofile of the default arm, {steps} steps: {total / 1e6 / steps:.2f} s self CPU per step; "
           f"top {top} ops by self CPU time:")
     for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
         print(f"  {e.key:45s} {e.self_cpu_time_total / 1e6 / steps:7.3f} s/step  {100 * e.self_cpu_time_total / total:5.1f} %"
@@ -88,14 +95,15 @@ def main():
         arms = build_arms(args)
         t = interleaved(arms, args.rounds, {k: args.block for k in arms}, args.warmup)
         load = os.getloadavg()
-        print(f"config {os.path.relpath(args.config_file, REPO)}, batch {arms['torchvision'].trainer.cfg.SOLVER.IMS_PER_BATCH}, "
+        print(f"config {os.path.relpath(args.config_file, REPO)}, batch {arms['stock'].trainer.cfg.SOLVER.IMS_PER_BATCH}, "
               f"torch threads {torch.get_num_threads()}, {args.rounds} rounds x {args.block} steps per arm, "
               f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        for k, v in t.items():
-            print(f"  {k:12s} {v:7.3f} s/step")
-        print(f"step-time ratio torchvision / grid_sample: {t['torchvision'] / t['grid_sample']:.2f}x")
+        for name, (deform, res5) in ARMS.items():
+            print(f"  {name:12s} {t[name]:7.3f} s/step  (deformable conv {deform}, ROI res5 conv {res5})")
+        print(f"step-time ratio stock / grid_sample: {t['stock'] / t['grid_sample']:.2f}x, "
+              f"stock / default: {t['stock'] / t['default']:.2f}x")
         if args.profile:
-            profile(arms["grid_sample"], args.profile, args.warmup + args.rounds * args.block, args.top)
+            profile(arms["default"], args.profile, args.warmup + args.rounds * args.block, args.top)
 
 
 if __name__ == "__main__":
