@@ -112,9 +112,11 @@ def test_eval_contract_alignps_detects_nae_embeds(roi_alignps):
     images = model.preprocess_image([gallery])
     with torch.no_grad():
         own = model.branches["AlignPSBranch"].detect(images, model.backbone(images.tensor))[0]
-    # (detector_postprocess drops boxes that became empty, so compare as a subset)
-    dist = torch.cdist(outputs[0]["instances"].pred_boxes.tensor, own.pred_boxes.tensor * 2)
-    assert (dist.min(dim=1).values < 0.1).all()
+    # (detector_postprocess drops boxes that became empty, so compare as a subset). Coordinate
+    # differences, not torch.cdist: beyond 25 boxes it computes |a|^2 + |b|^2 - 2ab, whose float32
+    # cancellation gave equal boxes distances of up to 0.125.
+    diff = (outputs[0]["instances"].pred_boxes.tensor[:, None] - own.pred_boxes.tensor[None] * 2).abs().amax(dim=2)
+    assert len(diff) > 0 and (diff.min(dim=1).values < 1e-3).all()
 
 
 def test_alignps_model_eval_contract(one_thread):
