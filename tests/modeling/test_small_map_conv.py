@@ -43,7 +43,9 @@ def test_equals_conv2d_in_values_and_gradients(case):
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
         return [y] + list(torch.autograd.grad(y, leaves, g))
 
-    for ours, ref, name in zip(run(conv2d_unfold), run(F.conv2d), ["output", "input", "weight", "bias"]):
+    ours_all = run(conv2d_unfold)
+    assert ours_all[0].is_contiguous()  # as F.conv2d's: a later .view() works on either path
+    for ours, ref, name in zip(ours_all, run(F.conv2d), ["output", "input", "weight", "bias"]):
         assert ours.shape == ref.shape, name
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12, msg=name)
 

@@ -1,7 +1,7 @@
 """Convolution of small (ROI-sized) maps as unfold + one matrix product, for CPU training.
 
 The NAE ROI head runs a res5 on every sampled ROI; at the demo's 4x4 pooling its 3x3 convs
-see 2x2 maps. With 2 threads, oneDNN's CPU backward for such maps is slow: for 32 ROIs of 512
+see 2x2 maps (the first, strided one 4x4). With 2 threads, oneDNN's CPU backward for such maps is slow: for 32 ROIs of 512
 channels at 2x2, forward + backward of one 3x3 conv took 119 ms against 33 ms for ``F.unfold``
 and a matrix product, a third of the demo's training step (with one thread the whole step took
 the same time either way; docs/benchmarks.md). The
@@ -47,7 +47,8 @@ def conv2d_unfold(
     columns = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
     columns = columns.view(n, groups, taps, pixels).permute(1, 0, 3, 2).reshape(groups, n * pixels, taps)
     out = torch.bmm(columns, weight.reshape(groups, c_out // groups, taps).transpose(1, 2))
-    out = out.view(groups, n, pixels, c_out // groups).permute(1, 0, 3, 2).reshape(n, c_out, h_out, w_out)
+    # contiguous, as F.conv2d's output (a later .view() must work on either path)
+    out = out.view(groups, n, pixels, c_out // groups).permute(1, 0, 3, 2).contiguous().view(n, c_out, h_out, w_out)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
@@ -60,7 +61,7 @@ class SmallMapConv2d(Conv2d):
     impl: str = "auto"
 
     def _unfolds(self, x: torch.Tensor) -> bool:
-        if self.impl == "native" or isinstance(self.padding, str) or self.padding_mode != "zeros":
+        if self.impl == "native" or isinstance(self.padding, str):
             return False
         if self.impl == "unfold":
             return True
