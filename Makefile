@@ -18,11 +18,11 @@ test: setup
 	@status=0; \
 	echo "== the suite on pb1-detectron2 0.6 (.venv); free space for its tmp_paths:"; \
 	df -h "$${TMPDIR:-/tmp}" | tail -1; \
-	$(PY) -m pytest -q --durations=15 tests || status=1; \
+	$(PY) -m pytest -q --tb=short --durations=15 tests || status=1; \
 	if [ -x $(PY_D2MAIN) ]; then \
 	  echo "== the suite on the official detectron2 (upstream main wheel, .venv-d2main); free space:"; \
 	  df -h "$${TMPDIR:-/tmp}" | tail -1; \
-	  $(PY_D2MAIN) -m pytest -q -p no:cacheprovider tests || status=1; \
+	  $(PY_D2MAIN) -m pytest -q --tb=short -p no:cacheprovider tests || status=1; \
 	else \
 	  echo "note: no .venv-d2main (../shared/wheels absent): the suite ran on pb1-detectron2 0.6 only"; \
 	fi; \
