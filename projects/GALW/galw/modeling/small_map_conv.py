@@ -1,12 +1,12 @@
 """Convolution of small (ROI-sized) maps as unfold + one matrix product, for CPU training.
 
 The NAE ROI head runs a res5 on every sampled ROI; at the demo's 4x4 pooling its 3x3 convs
-see 2x2 maps (the first, strided one 4x4). With 2 threads, oneDNN's CPU backward for such maps is slow: for 32 ROIs of 512
-channels at 2x2, forward + backward of one 3x3 conv took 119 ms against 33 ms for ``F.unfold``
-and a matrix product, a third of the demo's training step (with one thread the whole step took
-the same time either way; docs/benchmarks.md). The
-same product on larger maps or 1x1 kernels is slower than oneDNN, so the unfold path is taken
-only where it was measured to win: CPU, kernel larger than 1x1, input of at most
+see 2x2 maps (the first, strided one 4x4). With 2 threads, oneDNN's CPU backward for such maps
+is slow: for 32 ROIs of 512 channels at 2x2, forward + backward of one 3x3 conv took 119 ms
+against 33 ms for ``F.unfold`` and a matrix product, a third of the demo's training step (with
+one thread the whole step took the same time either way; docs/benchmarks.md). The same product
+on larger maps or 1x1 kernels is slower than oneDNN, so the unfold path is taken only where it
+was measured to win: CPU, kernel larger than 1x1, input of at most
 ``UNFOLD_MAX_PIXELS`` pixels. The function is ``F.conv2d``'s with zero padding, in values and
 gradients (tests/modeling/test_small_map_conv.py).
 """
