@@ -10,19 +10,22 @@ GPU_WHEELS := .gpu-wheels
 setup:
 	bash tools/setup.sh
 
+# One leg of the suite: $(1) the venv's Python, $(2) what it runs on, $(3) more pytest options.
+# It prints the temp folder's free space first (the legs' tmp_paths live there) and sets status=1
+# on failure, so the other leg still runs.
+suite_leg = echo "== the suite on $(2); free space for its tmp_paths:"; \
+	df -h "$${TMPDIR:-/tmp}" | tail -1; \
+	$(1) -m pytest -q --tb=short $(3) tests || status=1
+
 # Lint (ruff, configured in pyproject.toml), then the suite with its slowest tests listed, on
 # pb1-detectron2 0.6 (.venv) and, where setup made it, on the official detectron2 (.venv-d2main);
 # both legs run, and the target fails if either does.
 test: setup
 	$(PY) -m ruff check .
 	@status=0; \
-	echo "== the suite on pb1-detectron2 0.6 (.venv); free space for its tmp_paths:"; \
-	df -h "$${TMPDIR:-/tmp}" | tail -1; \
-	$(PY) -m pytest -q --tb=short --durations=15 tests || status=1; \
+	$(call suite_leg,$(PY),pb1-detectron2 0.6 (.venv),--durations=15); \
 	if [ -x $(PY_D2MAIN) ]; then \
-	  echo "== the suite on the official detectron2 (upstream main wheel, .venv-d2main); free space:"; \
-	  df -h "$${TMPDIR:-/tmp}" | tail -1; \
-	  $(PY_D2MAIN) -m pytest -q --tb=short -p no:cacheprovider tests || status=1; \
+	  $(call suite_leg,$(PY_D2MAIN),the official detectron2 (upstream main wheel in .venv-d2main),-p no:cacheprovider); \
 	else \
 	  echo "note: no .venv-d2main (../shared/wheels absent): the suite ran on pb1-detectron2 0.6 only"; \
 	fi; \
