@@ -208,9 +208,11 @@ def write_summary(report_dir, untrained, baseline, trained, report, info):
         lines.append(f"| {name} | {_fmt(r['mAP'])} | {_fmt(r['top1'])} | {_fmt(r['top5'])} | {_fmt(r['top10'])} "
                      f"| {_fmt(r['detection_AP'])} | {_fmt(r['detection_recall'])} "
                      f"| {_fmt3(r['similarity_match'])} | {_fmt3(r['similarity_other'])} |")
-    lines += ["", f"GALW groups (G = {len(groups.get('groups') or [])}, from phase one's Gamma trends):", ""]
+    s_star = groups.get("s_star") or {}  # empty when the groups were not clustered (GROUPING per_task)
+    source = "from phase one's Gamma trends" if s_star else "not clustered: no s*"
+    lines += ["", f"GALW groups (G = {len(groups.get('groups') or [])}, {source}):", ""]
     for i, g in enumerate(groups.get("groups") or []):
-        s = ", ".join(f"{t} (s*={groups['s_star'][t]:+.3f})" for t in g)
+        s = ", ".join(f"{t} (s*={s_star[t]:+.3f})" if t in s_star else t for t in g)
         lines.append(f"- g{i}: {s}")
     lines += ["", "Figures: " + ", ".join(f"`{v}`" for v in sorted((report.get("figures") or {}).values())), "",
               f"Wall time {info['wall_time_s']:.0f} s on {info['machine']['cpus']} CPU(s), "

@@ -40,6 +40,24 @@ def test_build_cfg_lets_overrides_set_the_training_seed_and_refuses_keys_the_dem
 
 
 @pytest.mark.slow  # 245 s at load ~7, 759 s at load ~25 on the 2-core machine
+def test_summary_lists_groups_without_s_star_of_a_per_task_run(tmp_path):
+    """A demo with MODEL.GALW.GROUPING per_task has groups but no s*: the summary lists them as not
+    clustered instead of failing after the training."""
+    demo = _load_demo()
+    run = {"metrics": {"search": {"mAP": 5.0, "top1": 10.0, "top5": 20.0, "top10": 30.0},
+                       "detection": {"AP": 80.0, "recall": 99.0}}}
+    per_task = [[t] for t in TASKS]
+    report = {"groups": {"groups": per_task, "s_star": {}}, "figures": {}, "skipped": {}}
+    info = {"config_file": demo.DEFAULT_CONFIG, "dataset": {"size": "tiny", "seed": 0, "num_queries": 4},
+            "phase_one_iters": 3, "phase_two_iters": 2, "stage_seconds": {"train": 1.0}, "wall_time_s": 2.0,
+            "machine": {"cpus": 2, "torch_threads": 1, "load_start": [0.1], "load_end": [0.2]}}
+    summary = demo.write_summary(str(tmp_path), run, run, run, report, info)
+    assert summary["groups"] == per_task and summary["s_star"] == {}
+    text = open(tmp_path / "demo_summary.md").read()
+    assert f"GALW groups (G = {len(TASKS)}, not clustered: no s*):" in text
+    assert f"- g0: {TASKS[0]}\n" in text and "s*=" not in text
+
+
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     demo = _load_demo()
     out, data = str(tmp_path / "demo"), str(tmp_path / "SynthPS-PRW")

@@ -22,7 +22,7 @@ from galw.visualization import (
 )
 from galw.visualization.figures import color_of
 from galw.visualization.search_results import BORDER, BORDER_COLORS, crop_with_border
-from tools_helpers import GAMMA_HISTORY, GROUPS, TESTG, write_groups_json, write_metrics_json
+from tools_helpers import GAMMA_HISTORY, GROUPS, S_STAR, TESTG, write_groups_json, write_metrics_json
 from tools_helpers import write_person_images, write_search_json
 
 
@@ -179,6 +179,30 @@ def test_write_report_finds_groups_of_a_first_training_in_a_subfolder(tmp_path):
     summary = write_report(run, str(tmp_path / "report"))
     assert "s_star_dendrogram" in summary["figures"] and "gradient_magnitudes" in summary["figures"]
     assert summary["groups"]["file"] == os.path.join(run, "galw_phase1", "galw_groups.json")
+
+
+def test_write_report_per_task_run_skips_only_the_dendrogram(tmp_path):
+    """A per-task (or manual) weighting run's galw_groups.json has the groups but no clustering:
+    no s*, empty Gamma histories. The report skips the s* dendrogram, saying why, and keeps the
+    groups and the sigma/weight curves (a demo with MODEL.GALW.GROUPING per_task crashed here)."""
+    run = str(tmp_path / "run")
+    per_task = [[t] for t in sorted(GAMMA_HISTORY)]
+    write_groups_json(os.path.join(run, "galw_phase1"), groups=per_task, num_groups=len(per_task),
+                      slopes={}, s_star={}, gamma_history={t: [] for t in GAMMA_HISTORY})
+    write_metrics_json(run)
+    summary = write_report(run, str(tmp_path / "report"))
+    assert "no s*" in summary["skipped"]["s_star_dendrogram"]
+    assert "s_star_dendrogram" not in summary["figures"]
+    assert {"sigma_and_weights", "gradient_magnitudes"} <= set(summary["figures"])
+    assert summary["groups"]["groups"] == per_task and summary["groups"]["s_star"] == {}
+
+
+def test_groups_json_with_s_star_for_some_grouped_tasks_only_is_an_error(tmp_path):
+    s_star = dict(S_STAR)
+    s_star.pop("loss_nae_oim")
+    path = write_groups_json(str(tmp_path / "run"), s_star=s_star)
+    with pytest.raises(ValueError, match=r"loss_nae_oim.*no value in 's_star'"):
+        load_groups_json(path)
 
 
 def test_write_report_prw_run_has_no_gallery_size_curve(tmp_path):

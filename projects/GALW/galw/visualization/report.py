@@ -35,7 +35,7 @@ def write_galw_plots(output_dir, report_dir, figures, skipped):
     groups = load_groups_json(groups_path) if groups_path else None
 
     gamma_path = os.path.join(report_dir, "gradient_magnitudes.png")
-    if groups is not None and groups["gamma_history"]:
+    if groups is not None and any(groups["gamma_history"].values()):
         plot_gradient_magnitudes(gamma_series_from_groups(groups), gamma_path)
         figures["gradient_magnitudes"] = gamma_path
     elif scalar_series(records, "galw/gamma/"):
@@ -45,13 +45,16 @@ def write_galw_plots(output_dir, report_dir, figures, skipped):
         skipped["gradient_magnitudes"] = "no gamma_history in galw_groups.json and no galw/gamma/* scalars"
 
     if groups is not None:
-        tree_path = os.path.join(report_dir, "s_star_dendrogram.png")
-        tree = plot_s_star_dendrogram(groups, tree_path, source=groups_path)
-        figures["s_star_dendrogram"] = tree_path
         summary["groups"] = {k: groups[k] for k in ("groups", "num_groups", "linkage", "s_star")}
         summary["groups"]["file"] = groups_path
         summary["groups"]["slopes"] = groups.get("slopes")
+    if groups is not None and groups["s_star"]:
+        tree_path = os.path.join(report_dir, "s_star_dendrogram.png")
+        tree = plot_s_star_dendrogram(groups, tree_path, source=groups_path)
+        figures["s_star_dendrogram"] = tree_path
         summary["groups"]["matches_tree_cut"] = tree["matches_tree_cut"]
+    elif groups is not None:
+        skipped["s_star_dendrogram"] = f"{groups_path} has no s* (groups not clustered, e.g. GROUPING per_task)"
     else:
         skipped["s_star_dendrogram"] = "no galw_groups.json"
 

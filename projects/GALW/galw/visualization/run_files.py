@@ -62,7 +62,8 @@ def load_groups_json(path):
     grouped = [t for g in data["groups"] for t in g]
     if len(grouped) != len(set(grouped)):
         raise ValueError(f"{path}: field 'groups' lists a task twice: {data['groups']}")
-    unknown = sorted(set(grouped) - set(data["s_star"]))
+    # s* is empty when the groups were not clustered (GROUPING per_task or given groups).
+    unknown = sorted(set(grouped) - set(data["s_star"])) if data["s_star"] else []
     if unknown:
         raise ValueError(f"{path}: tasks {unknown} in 'groups' have no value in 's_star'")
     ungrouped = sorted(set(data["s_star"]) - set(grouped))
