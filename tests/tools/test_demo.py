@@ -39,7 +39,6 @@ def test_build_cfg_lets_overrides_set_the_training_seed_and_refuses_keys_the_dem
             demo.build_cfg(demo.DEFAULT_CONFIG, out, 3, [key, "x"])
 
 
-@pytest.mark.slow  # 245 s at load ~7, 759 s at load ~25 on the 2-core machine
 def test_summary_lists_groups_without_s_star_of_a_per_task_run(tmp_path):
     """A demo with MODEL.GALW.GROUPING per_task has groups but no s*: the summary lists them as not
     clustered instead of failing after the training."""
@@ -58,6 +57,7 @@ def test_summary_lists_groups_without_s_star_of_a_per_task_run(tmp_path):
     assert f"- g0: {TASKS[0]}\n" in text and "s*=" not in text
 
 
+@pytest.mark.slow  # 245 s at load ~7, 759 s at load ~25 on the 2-core machine
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     demo = _load_demo()
     out, data = str(tmp_path / "demo"), str(tmp_path / "SynthPS-PRW")
