@@ -44,19 +44,19 @@ def write_galw_plots(output_dir, report_dir, figures, skipped):
     else:
         skipped["gradient_magnitudes"] = "no gamma_history in galw_groups.json and no galw/gamma/* scalars"
 
-    if groups is not None:
+    if groups is None:
+        skipped["s_star_dendrogram"] = "no galw_groups.json"
+    else:
         summary["groups"] = {k: groups[k] for k in ("groups", "num_groups", "linkage", "s_star")}
         summary["groups"]["file"] = groups_path
         summary["groups"]["slopes"] = groups.get("slopes")
-    if groups is not None and groups["s_star"]:
-        tree_path = os.path.join(report_dir, "s_star_dendrogram.png")
-        tree = plot_s_star_dendrogram(groups, tree_path, source=groups_path)
-        figures["s_star_dendrogram"] = tree_path
-        summary["groups"]["matches_tree_cut"] = tree["matches_tree_cut"]
-    elif groups is not None:
-        skipped["s_star_dendrogram"] = f"{groups_path} has no s* (groups not clustered, e.g. GROUPING per_task)"
-    else:
-        skipped["s_star_dendrogram"] = "no galw_groups.json"
+        if groups["s_star"]:
+            tree_path = os.path.join(report_dir, "s_star_dendrogram.png")
+            tree = plot_s_star_dendrogram(groups, tree_path, source=groups_path)
+            figures["s_star_dendrogram"] = tree_path
+            summary["groups"]["matches_tree_cut"] = tree["matches_tree_cut"]
+        else:
+            skipped["s_star_dendrogram"] = f"{groups_path} has no s* (groups not clustered, e.g. GROUPING per_task)"
 
     if scalar_series(records, "galw/sigma/"):
         weights_path = os.path.join(report_dir, "sigma_and_weights.png")
