@@ -23,6 +23,12 @@ def check_galw_config(cfg, epoch_iters: Optional[int] = None):
             f"MODEL.GALW.LAMBDA is {g.LAMBDA}: expected a finite value >= 0 (RULWF's lambda * |sigma - 1| "
             "is a penalty; a negative lambda leaves the objective without a lower bound)"
         )
+    bound = float(g.MAX_GROUP_WEIGHT)
+    if not math.isfinite(bound) or not (bound == 0 or bound >= 1):
+        raise ValueError(
+            f"MODEL.GALW.MAX_GROUP_WEIGHT is {g.MAX_GROUP_WEIGHT}: expected 0 (no bound) or a finite value "
+            ">= 1 (a bound on each group's 1/sigma^2; below 1 it would hold sigma above its start, 1)"
+        )
     if g.GROUPS_FILE:
         _check_groups_file(g.GROUPS_FILE, list(g.TASKS))
         return

@@ -8,13 +8,19 @@ with k_i = 1 for classification and 2 for regression. ``n_g`` is the number of t
 (``group_log_sigma="per_task"``: Eq. 9 read literally, each task's Eq. 5 loss keeps its own
 log sigma term) or 1 (``"per_group"``: one log sigma per group); docs/galw.md argues the default.
 ULWF (Kendall et al.) is the same without the lambda term. sigma is parametrised as ``sigma = exp(log_sigma)``: positive by
-construction, no clamp, and ``log sigma`` in the objective is the parameter itself.
+construction, and ``log sigma`` in the objective is the parameter itself.
+
+For sigma < 1 the regulariser is at most lambda, so a group whose loss L goes to 0 has its
+optimum at 1/sigma^2 ~ n/(2L): unbounded. ``max_group_weight`` projects log sigma onto
+``log sigma >= -log(max_group_weight)/2`` before each use: where it does not bind, values and
+gradients are those of the equations; where it binds, sigma can still rise again.
 
 One ``log_sigma`` slot is allocated per task from the start; a (non-persistent) buffer maps
 each task to the slot of its group. Switching from per-task to grouped weighting therefore never changes
 the optimizer's parameter set, so checkpoints and ``--resume`` stay simple.
 """
 import logging
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -48,6 +54,7 @@ class LossWeighting(nn.Module):
         lam: float = 1.0,
         manual_weights: Optional[Sequence[float]] = None,
         group_log_sigma: str = "per_task",
+        max_group_weight: float = 100.0,
     ):
         """
         Args:
@@ -58,6 +65,7 @@ class LossWeighting(nn.Module):
             manual_weights: one weight per task, for method "manual".
             group_log_sigma: "per_task" (a group of n tasks carries n log sigma_g, Eq. 9 read
                 literally) or "per_group" (one log sigma_g per group).
+            max_group_weight: upper bound on each group's 1/sigma^2 (0: none).
         """
         super().__init__()
         tasks = list(tasks)
@@ -82,6 +90,7 @@ class LossWeighting(nn.Module):
                 f"MODEL.GALW.GROUP_LOG_SIGMA is '{group_log_sigma}', expected one of {GROUP_LOG_SIGMA}"
             )
         self.group_log_sigma = group_log_sigma
+        self.log_sigma_min = -0.5 * math.log(max_group_weight) if max_group_weight > 0 else None
         self.tasks = tasks
         self.kinds = dict(zip(tasks, task_kinds))
         self.lam = float(lam)
@@ -116,6 +125,7 @@ class LossWeighting(nn.Module):
             "lam": g.LAMBDA,
             "manual_weights": list(g.MANUAL_WEIGHTS),
             "group_log_sigma": g.GROUP_LOG_SIGMA,
+            "max_group_weight": g.MAX_GROUP_WEIGHT,
         }
 
     # ------------------------------------------------------------------ configuration
@@ -151,9 +161,14 @@ class LossWeighting(nn.Module):
     def uses_sigma(self) -> bool:
         return self.method in ("ulwf", "rulwf")
 
+    def _bounded_log_sigma(self) -> torch.Tensor:
+        """log sigma as the objective uses it (the optimizer may have stepped past the bound)."""
+        log_sigma = self.log_sigma.detach()
+        return log_sigma if self.log_sigma_min is None else log_sigma.clamp(min=self.log_sigma_min)
+
     def sigmas(self) -> Dict[str, float]:
         """{group name: sigma} for the current grouping."""
-        s = torch.exp(self.log_sigma.detach()).tolist()
+        s = torch.exp(self._bounded_log_sigma()).tolist()
         return {name: s[i] for i, name in enumerate(self.group_names)}
 
     def task_weights(self) -> Dict[str, float]:
@@ -162,7 +177,7 @@ class LossWeighting(nn.Module):
             return {t: 1.0 for t in self.tasks}
         if self.method == "manual":
             return dict(self.manual_weights)
-        inv_var = torch.exp(-2.0 * self.log_sigma.detach())[self.task_slot] / self.k
+        inv_var = torch.exp(-2.0 * self._bounded_log_sigma())[self.task_slot] / self.k
         return dict(zip(self.tasks, inv_var.tolist()))
 
     # ------------------------------------------------------------------ objective
@@ -188,6 +203,9 @@ class LossWeighting(nn.Module):
             return sum(loss_dict[t] for t in self.tasks)
         if self.method == "manual":
             return sum(self.manual_weights[t] * loss_dict[t] for t in self.tasks)
+        if self.log_sigma_min is not None:
+            with torch.no_grad():  # projection, not a clamp in the graph: a bound sigma keeps its gradient
+                self.log_sigma.clamp_(min=self.log_sigma_min)
         raw = torch.stack([loss_dict[t].float().reshape(()) for t in self.tasks])
         num_groups = len(self.groups)
         group_loss = torch.zeros(num_groups, device=raw.device, dtype=raw.dtype).index_add(
@@ -204,7 +222,9 @@ class LossWeighting(nn.Module):
         return total.sum()
 
     def extra_repr(self) -> str:
-        return f"method={self.method}, lambda={self.lam}, log_sigma={self.group_log_sigma}, groups={self.groups}"
+        bound = "none" if self.log_sigma_min is None else f"{math.exp(-2 * self.log_sigma_min):g}"
+        return (f"method={self.method}, lambda={self.lam}, log_sigma={self.group_log_sigma}, "
+                f"max_group_weight={bound}, groups={self.groups}")
 
 
 def validate_groups(groups: Sequence[Sequence[str]], tasks: Sequence[str]):
