@@ -108,3 +108,39 @@ def test_grouped_weighting_bounds_the_shared_slot():
 def test_bad_bound_is_an_error_naming_the_key(bad):
     with pytest.raises(ValueError, match=r"MODEL\.GALW\.MAX_GROUP_WEIGHT"):
         check_galw_config(_cfg(MAX_GROUP_WEIGHT=bad))
+
+
+def test_groups_at_the_bound_are_logged_and_counted(caplog):
+    """A bound that binds changes the equations: the log says which group, EventStorage counts them."""
+    import logging
+
+    from detectron2.utils.events import EventStorage
+
+    from galw.core.train_step import write_galw_metrics
+
+    w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=25.0))
+    with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw.core.train_step"):
+        counts = []
+        for losses, steps in ((VANISHING, 0), (VANISHING, 400), (VANISHING, 1),
+                              ({"det": torch.tensor(0.5), "oim": torch.tensor(3.5)}, 1000)):
+            _train_sigma(w, losses, steps=steps, lr=0.01 if steps == 1000 else 0.1)
+            write_galw_metrics(w, losses)
+            counts.append(storage.latest()["galw/groups_at_bound"][0])
+            storage.step()
+    assert counts == [0, 1, 1, 0]
+    bound_msgs = [r.getMessage() for r in caplog.records if "MAX_GROUP_WEIGHT" in r.getMessage()]
+    assert len(bound_msgs) == 2  # reaching it and leaving it, not every step at it
+    assert "det" in bound_msgs[0] and "25" in bound_msgs[0] and "oim" not in bound_msgs[0]
+    assert w.groups_at_bound() == []
+
+
+def test_no_bound_no_count():
+    from detectron2.utils.events import EventStorage
+
+    from galw.core.train_step import write_galw_metrics
+
+    w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=0.0))
+    with EventStorage(0) as storage:
+        write_galw_metrics(w, VANISHING)
+        assert "galw/groups_at_bound" not in storage.latest()
+    assert w.groups_at_bound() == []

@@ -90,6 +90,7 @@ class LossWeighting(nn.Module):
                 f"MODEL.GALW.GROUP_LOG_SIGMA is '{group_log_sigma}', expected one of {GROUP_LOG_SIGMA}"
             )
         self.group_log_sigma = group_log_sigma
+        self.max_group_weight = float(max_group_weight)
         self.log_sigma_min = -0.5 * math.log(max_group_weight) if max_group_weight > 0 else None
         self.tasks = tasks
         self.kinds = dict(zip(tasks, task_kinds))
@@ -166,6 +167,13 @@ class LossWeighting(nn.Module):
         log_sigma = self.log_sigma.detach()
         return log_sigma if self.log_sigma_min is None else log_sigma.clamp(min=self.log_sigma_min)
 
+    def groups_at_bound(self) -> List[str]:
+        """Names of the groups whose sigma sits at ``max_group_weight`` (none without a bound)."""
+        if self.log_sigma_min is None or not self.uses_sigma:
+            return []
+        at = (self.log_sigma.detach()[: len(self.groups)] <= self.log_sigma_min + 1e-6).tolist()
+        return [name for name, hit in zip(self.group_names, at) if hit]
+
     def sigmas(self) -> Dict[str, float]:
         """{group name: sigma} for the current grouping."""
         s = torch.exp(self._bounded_log_sigma()).tolist()
@@ -222,9 +230,8 @@ class LossWeighting(nn.Module):
         return total.sum()
 
     def extra_repr(self) -> str:
-        bound = "none" if self.log_sigma_min is None else f"{math.exp(-2 * self.log_sigma_min):g}"
         return (f"method={self.method}, lambda={self.lam}, log_sigma={self.group_log_sigma}, "
-                f"max_group_weight={bound}, groups={self.groups}")
+                f"max_group_weight={self.max_group_weight:g}, groups={self.groups}")
 
 
 def validate_groups(groups: Sequence[Sequence[str]], tasks: Sequence[str]):
