@@ -97,7 +97,7 @@ def _save_init_weights(model, path):
 
 def phase_one_settings(one) -> dict:
     """{dotted key: value} of phase one's config, without the keys its results do not depend on
-    (lambda and the manual weights count only when phase one weights with them)."""
+    (lambda, the bound on sigma and the manual weights count only when phase one weights with them)."""
     flat = {}
 
     def walk(node, prefix):
@@ -111,6 +111,8 @@ def phase_one_settings(one) -> dict:
     skip = list(_NOT_PHASE_ONE)
     if one.MODEL.GALW.PROBE_WEIGHTING != "rulwf":
         skip.append("MODEL.GALW.LAMBDA")
+    if one.MODEL.GALW.PROBE_WEIGHTING not in ("ulwf", "rulwf"):
+        skip.append("MODEL.GALW.MAX_GROUP_WEIGHT")
     if one.MODEL.GALW.PROBE_WEIGHTING != "manual":
         skip.append("MODEL.GALW.MANUAL_WEIGHTS")
     return {k: v for k, v in flat.items() if not any(k == s or (s.endswith(".") and k.startswith(s)) for s in skip)}
