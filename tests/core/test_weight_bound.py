@@ -144,3 +144,22 @@ def test_no_bound_no_count():
         write_galw_metrics(w, VANISHING)
         assert "galw/groups_at_bound" not in storage.latest()
     assert w.groups_at_bound() == []
+
+
+def test_a_new_group_at_the_bound_is_named_even_when_the_count_stays(caplog):
+    import logging
+
+    from detectron2.utils.events import EventStorage
+
+    from galw.core.train_step import write_galw_metrics
+
+    w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=25.0))
+    floor = -0.5 * math.log(25.0)
+    with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw.core.train_step"):
+        for at in ([floor, 0.0], [floor, 0.0], [0.0, floor]):
+            with torch.no_grad():
+                w.log_sigma.copy_(torch.tensor(at))
+            write_galw_metrics(w, VANISHING)
+            storage.step()
+    msgs = [r.getMessage() for r in caplog.records if "MAX_GROUP_WEIGHT" in r.getMessage()]
+    assert len(msgs) == 2 and "['det']" in msgs[0] and "['oim']" in msgs[1]

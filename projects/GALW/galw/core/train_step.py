@@ -145,22 +145,21 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
             scalars[f"galw/sigma/{name}"] = s
             scalars[f"galw/group_weight/{name}"] = 1.0 / (s * s)
         if weighting.log_sigma_min is not None:
-            scalars["galw/groups_at_bound"] = _report_groups_at_bound(weighting, storage)
+            scalars["galw/groups_at_bound"] = _report_groups_at_bound(weighting)
     storage.put_scalars(**scalars, smoothing_hint=False)  # they jump at the switch: no median
 
 
-def _report_groups_at_bound(weighting: LossWeighting, storage) -> int:
-    """How many groups MAX_GROUP_WEIGHT holds; logged when that number changes (not every step)."""
+def _report_groups_at_bound(weighting: LossWeighting) -> int:
+    """How many groups MAX_GROUP_WEIGHT holds; which ones is logged when they change (not every step)."""
     at_bound = weighting.groups_at_bound()
-    history = storage.histories().get("galw/groups_at_bound")
-    before = int(history.latest()) if history is not None else 0
-    if len(at_bound) != before:
+    if at_bound != weighting.groups_at_bound_logged:
         bound = weighting.max_group_weight
         if at_bound:
-            logger.warning("GALW: group(s) %s at MODEL.GALW.MAX_GROUP_WEIGHT = %g: their 1/sigma^2 is held "
-                           "there (their losses are near 0)", at_bound, bound)
+            logger.warning("GALW: group(s) %s at MODEL.GALW.MAX_GROUP_WEIGHT = %g: their 1/sigma^2 is held there",
+                           at_bound, bound)
         else:
             logger.warning("GALW: no group at MODEL.GALW.MAX_GROUP_WEIGHT = %g any more", bound)
+        weighting.groups_at_bound_logged = at_bound
     return len(at_bound)
 
 

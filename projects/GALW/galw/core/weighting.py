@@ -92,6 +92,8 @@ class LossWeighting(nn.Module):
         self.group_log_sigma = group_log_sigma
         self.max_group_weight = float(max_group_weight)
         self.log_sigma_min = -0.5 * math.log(max_group_weight) if max_group_weight > 0 else None
+        #: The groups at the bound the trainer last logged (it logs changes, not every step).
+        self.groups_at_bound_logged: List[str] = []
         self.tasks = tasks
         self.kinds = dict(zip(tasks, task_kinds))
         self.lam = float(lam)
