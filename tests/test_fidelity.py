@@ -48,7 +48,7 @@ PINNED = [
     # 4. Eq. 9 read literally
     ("alignps/roi_alignps_R50_prw_galw.yaml", "MODEL.GALW.GROUP_LOG_SIGMA", "per_task"),
     ("alignps/roi_alignps_R50_prw_galw.yaml", "MODEL.GALW.LAMBDA", 1.0),
-    ("alignps/roi_alignps_R50_prw_galw.yaml", "MODEL.GALW.MAX_GROUP_WEIGHT", 100.0),
+    ("alignps/roi_alignps_R50_prw_galw.yaml", "MODEL.GALW.MAX_GROUP_WEIGHT", 10.0),
     # 5. NAE ROI sampling
     ("nae/nae_R50_prw.yaml", "MODEL.ROI_HEADS.IOU_THRESHOLDS", [0.1, 0.5]),
     ("nae/nae_R50_prw.yaml", "MODEL.ROI_HEADS.IOU_LABELS", [0, -1, 1]),

@@ -178,8 +178,8 @@ def test_phase_one_reused_across_max_group_weight_unless_it_weighted_with_sigmas
     _two_phase(out)  # PROBE_WEIGHTING equal
     path = out / PHASE_ONE_DIR / PHASE_ONE_RECORD
     assert "MODEL.GALW.MAX_GROUP_WEIGHT" not in json.loads(path.read_text())["settings"]
-    assert _two_phase(out, "MODEL.GALW.MAX_GROUP_WEIGHT", 10.0) == ["run"]
+    assert _two_phase(out, "MODEL.GALW.MAX_GROUP_WEIGHT", 20.0) == ["run"]
     sigmas = tmp_path / "sigmas"
     _two_phase(sigmas, "MODEL.GALW.PROBE_WEIGHTING", "rulwf")
-    with pytest.raises(ValueError, match=r"MODEL.GALW.MAX_GROUP_WEIGHT: recorded 100.0, now 10.0"):
-        _two_phase(sigmas, "MODEL.GALW.PROBE_WEIGHTING", "rulwf", "MODEL.GALW.MAX_GROUP_WEIGHT", 10.0)
+    with pytest.raises(ValueError, match=r"MODEL.GALW.MAX_GROUP_WEIGHT: recorded 10.0, now 20.0"):
+        _two_phase(sigmas, "MODEL.GALW.PROBE_WEIGHTING", "rulwf", "MODEL.GALW.MAX_GROUP_WEIGHT", 20.0)

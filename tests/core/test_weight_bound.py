@@ -51,8 +51,8 @@ def test_default_config_bounds_the_weight_of_a_vanishing_loss(method):
     cfg = _cfg(WEIGHTING=method)
     w = _train_sigma(LossWeighting(cfg), VANISHING)
     weight = w.task_weights()["det"]
-    # the default bound: 1/sigma^2 <= 100 (sigma >= 0.1); unbounded it is about 1/(2L) = 5e7
-    assert 1.0 < weight <= 100.0 * (1 + 1e-5)
+    # the default bound: 1/sigma^2 <= 10 (sigma >= 0.316); unbounded it is about 1/(2L) = 5e7
+    assert 1.0 < weight <= 10.0 * (1 + 1e-5)
     assert _weight_on_raw_loss(w, VANISHING, "det") == pytest.approx(weight, rel=1e-5)
     # the other task, far from the bound, still finds its own optimum 1/sigma^2 = 1/(2L) (ULWF)
     if method == "ulwf":

@@ -31,7 +31,7 @@ def add_galw_core_config(cfg):
     cfg.MODEL.GALW.GROUP_LOG_SIGMA = "per_task"
     # Upper bound on each group's weight 1/sigma^2 for ULWF/RULWF (sigma >= 1/sqrt of it); 0 = none
     # (the paper's equations). Without it a group whose loss goes to 0 gets weight ~ n/(2L): docs/galw.md.
-    cfg.MODEL.GALW.MAX_GROUP_WEIGHT = 100.0
+    cfg.MODEL.GALW.MAX_GROUP_WEIGHT = 10.0
     # One weight per task for WEIGHTING "manual" (fixed per task, whatever the grouping).
     cfg.MODEL.GALW.MANUAL_WEIGHTS = []
     # "galw" (cluster Gamma trends), "per_task", "all", "branch", "explicit" or "random".

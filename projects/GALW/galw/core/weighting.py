@@ -54,7 +54,7 @@ class LossWeighting(nn.Module):
         lam: float = 1.0,
         manual_weights: Optional[Sequence[float]] = None,
         group_log_sigma: str = "per_task",
-        max_group_weight: float = 100.0,
+        max_group_weight: float = 10.0,
     ):
         """
         Args:
