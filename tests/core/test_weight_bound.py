@@ -129,8 +129,8 @@ def test_groups_at_the_bound_are_logged_and_counted(caplog):
             storage.step()
     assert counts == [0, 1, 1, 0]
     bound_msgs = [r.getMessage() for r in caplog.records if "MAX_GROUP_WEIGHT" in r.getMessage()]
-    assert len(bound_msgs) == 2  # reaching it and leaving it, not every step at it
-    assert "det" in bound_msgs[0] and "25" in bound_msgs[0] and "oim" not in bound_msgs[0]
+    assert len(bound_msgs) == 1  # reaching it, not every step at it
+    assert "['det']" in bound_msgs[0] and "= 25" in bound_msgs[0]
     assert w.groups_at_bound() == []
 
 
@@ -146,7 +146,7 @@ def test_no_bound_no_count():
     assert w.groups_at_bound() == []
 
 
-def test_a_new_group_at_the_bound_is_named_even_when_the_count_stays(caplog):
+def test_each_group_is_named_once_when_it_first_reaches_the_bound(caplog):
     import logging
 
     from detectron2.utils.events import EventStorage
@@ -156,10 +156,12 @@ def test_a_new_group_at_the_bound_is_named_even_when_the_count_stays(caplog):
     w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=25.0))
     floor = -0.5 * math.log(25.0)
     with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw.core.train_step"):
-        for at in ([floor, 0.0], [floor, 0.0], [0.0, floor]):
+        for at in ([floor, 0.0], [floor, 0.0], [0.0, 0.0], [0.0, floor], [floor, floor]):
             with torch.no_grad():
                 w.log_sigma.copy_(torch.tensor(at))
             write_galw_metrics(w, VANISHING)
             storage.step()
     msgs = [r.getMessage() for r in caplog.records if "MAX_GROUP_WEIGHT" in r.getMessage()]
+    # once per group: det on reaching it, oim on reaching it; det coming back is not repeated
     assert len(msgs) == 2 and "['det']" in msgs[0] and "['oim']" in msgs[1]
+    assert storage.history("galw/groups_at_bound").values()[-5:] == [(1, 0), (1, 1), (0, 2), (1, 3), (2, 4)]

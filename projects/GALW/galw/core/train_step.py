@@ -150,16 +150,15 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
 
 
 def _report_groups_at_bound(weighting: LossWeighting) -> int:
-    """How many groups MAX_GROUP_WEIGHT holds; which ones is logged when they change (not every step)."""
+    """How many groups MAX_GROUP_WEIGHT holds; a warning the first time each group reaches it (a
+    group near the bound moves on and off it every few steps: the count is the time series)."""
     at_bound = weighting.groups_at_bound()
-    if at_bound != weighting.groups_at_bound_logged:
-        bound = weighting.max_group_weight
-        if at_bound:
-            logger.warning("GALW: group(s) %s at MODEL.GALW.MAX_GROUP_WEIGHT = %g: their 1/sigma^2 is held there",
-                           at_bound, bound)
-        else:
-            logger.warning("GALW: no group at MODEL.GALW.MAX_GROUP_WEIGHT = %g any more", bound)
-        weighting.groups_at_bound_logged = at_bound
+    new = [g for g in at_bound if g not in weighting.groups_warned_at_bound]
+    if new:
+        logger.warning("GALW: group(s) %s reached MODEL.GALW.MAX_GROUP_WEIGHT = %g: their 1/sigma^2 is held "
+                       "there while at it (EventStorage galw/groups_at_bound counts the groups held)",
+                       new, weighting.max_group_weight)
+        weighting.groups_warned_at_bound.update(new)
     return len(at_bound)
 
 

@@ -21,7 +21,7 @@ the optimizer's parameter set, so checkpoints and ``--resume`` stay simple.
 """
 import logging
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 import torch
 from torch import nn
@@ -92,8 +92,8 @@ class LossWeighting(nn.Module):
         self.group_log_sigma = group_log_sigma
         self.max_group_weight = float(max_group_weight)
         self.log_sigma_min = -0.5 * math.log(max_group_weight) if max_group_weight > 0 else None
-        #: The groups at the bound the trainer last logged (it logs changes, not every step).
-        self.groups_at_bound_logged: List[str] = []
+        #: Groups the trainer has warned about reaching the bound (once each per run).
+        self.groups_warned_at_bound: Set[str] = set()
         self.tasks = tasks
         self.kinds = dict(zip(tasks, task_kinds))
         self.lam = float(lam)
