@@ -5,13 +5,16 @@ L/sigma^2 + n log sigma + lambda|sigma - 1| has 1/sigma^2 ~ n/(2L): unbounded as
 Measured on the demo (seed 1, 3000 iterations): {loss_nae_det} reached 4.4e7 and the embeddings
 collapsed (docs/demo.md). MODEL.GALW.MAX_GROUP_WEIGHT bounds it.
 """
+import logging
 import math
 
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.utils.events import EventStorage
 
 from galw.core.config import add_galw_core_config
+from galw.core.train_step import write_galw_metrics
 from galw.core.validation import check_galw_config
 from galw.core.weighting import LossWeighting
 
@@ -112,12 +115,6 @@ def test_bad_bound_is_an_error_naming_the_key(bad):
 
 def test_groups_at_the_bound_are_logged_and_counted(caplog):
     """A bound that binds changes the equations: the log says which group, EventStorage counts them."""
-    import logging
-
-    from detectron2.utils.events import EventStorage
-
-    from galw.core.train_step import write_galw_metrics
-
     w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=25.0))
     with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw.core.train_step"):
         counts = []
@@ -135,10 +132,6 @@ def test_groups_at_the_bound_are_logged_and_counted(caplog):
 
 
 def test_no_bound_no_count():
-    from detectron2.utils.events import EventStorage
-
-    from galw.core.train_step import write_galw_metrics
-
     w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=0.0))
     with EventStorage(0) as storage:
         write_galw_metrics(w, VANISHING)
@@ -147,12 +140,6 @@ def test_no_bound_no_count():
 
 
 def test_each_group_is_named_once_when_it_first_reaches_the_bound(caplog):
-    import logging
-
-    from detectron2.utils.events import EventStorage
-
-    from galw.core.train_step import write_galw_metrics
-
     w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=25.0))
     floor = -0.5 * math.log(25.0)
     with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw.core.train_step"):
