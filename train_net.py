@@ -15,7 +15,7 @@ from detectron2.evaluation import verify_results
 
 from galw import add_galw_config
 from galw.checkpoint import AtomicCheckpointer
-from galw.core import needs_two_phases, train_two_phase
+from galw_core import needs_two_phases, train_two_phase
 from galw.engine import Trainer, setup_galw_logger
 
 

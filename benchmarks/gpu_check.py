@@ -16,7 +16,7 @@ torch 2.11) and no internet: what is missing is installed from files brought alo
   a machine with a package registry by ``make gpu-wheels``), ``pip install --no-index``;
 * detectron2, when not importable, from its source tarball (``--detectron2-source``; default:
   the first ``detectron2-*.tar.gz`` in the wheel folder, ``../shared/wheels`` or
-  ``shared/wheels``), unpacked and used as pure Python (``galw.compat`` stands in for its
+  ``shared/wheels``), unpacked and used as pure Python (``galw_core.compat`` stands in for its
   compiled ops, which this project does not use).
 
 ``--device cpu --tiny`` runs the same steps at toy scale (ResNet-18, 3 iterations, small images,
@@ -154,7 +154,7 @@ def stage_train(args):
     from detectron2.engine import HookBase
 
     from galw import add_galw_config
-    from galw.core.hook import GALWHook
+    from galw_core.hook import GALWHook
     from galw.data.synthetic import generate
     from galw.engine import Trainer, setup_logging
 
@@ -312,7 +312,7 @@ def main(argv=None):
         return 0
     start = time.perf_counter()
     env, d2 = prepare_environment(args)
-    probe = subprocess.run([sys.executable, "-c", "import galw, torch, detectron2, galw.compat as c; "
+    probe = subprocess.run([sys.executable, "-c", "import galw, torch, detectron2, galw_core.compat as c; "
                             "print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() "
                             "else 'no GPU', c.has_compiled_ops())"], cwd=REPO, env=env, capture_output=True, text=True)
     if probe.returncode:

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from galw.core.probe import GradientProbe, select_shared_parameters
-from galw.core.toy import ToyMultiTask, toy_batches
+from galw_core.probe import GradientProbe, select_shared_parameters
+from galw_core.toy import ToyMultiTask, toy_batches
 
 
 class NormsReducedProbe(GradientProbe):

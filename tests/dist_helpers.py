@@ -8,7 +8,7 @@ breach of that rule, so ``"nccl_like"`` simulates it on the CPU:
   ``"cuda:gloo"``), so torch refuses every CPU tensor on it with "No backend type associated
   with device type cpu", as NCCL does;
 * the CPU stands in for the GPU: the model lives on the CPU, so code that routes tensors by what
-  the default group can take (``galw.distributed``) sends them through the gloo group, while
+  the default group can take (``galw_core.distributed``) sends them through the gloo group, while
   code that puts CPU tensors on the default group fails as it would under NCCL;
 * detectron2 builds its gloo group (``comm._get_global_gloo_group``) only when
   ``dist.get_backend() == "nccl"``; the backend here is named "cuda:gloo", so the group is

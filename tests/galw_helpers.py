@@ -3,10 +3,10 @@ import galw  # noqa: F401  (compat before detectron2)
 import torch
 from detectron2.config import get_cfg
 
-from galw.core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer
-from galw.core.hook import GALWHook
-from galw.core.probe import GradientProbe, select_shared_parameters
-from galw.core.toy import ToyMultiTask, toy_batches
+from galw_core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer
+from galw_core.hook import GALWHook
+from galw_core.probe import GradientProbe, select_shared_parameters
+from galw_core.toy import ToyMultiTask, toy_batches
 
 TOY_TASKS = [f"loss_t{i}" for i in range(6)]
 #: The planted partition of ToyMultiTask's default trends (growing, flat, shrinking).

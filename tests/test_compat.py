@@ -1,11 +1,11 @@
-"""galw.compat: closes the pure-Python detectron2 gaps and is a no-op on an official build."""
+"""galw_core.compat: closes the pure-Python detectron2 gaps and is a no-op on an official build."""
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from galw import compat
+from galw_core import compat
 
 
 def _run(code):
@@ -76,13 +76,13 @@ def test_noop_on_official_build():
         Image.LINEAR = "sentinel"
         import galw
         import detectron2.layers, detectron2.modeling
-        from galw import compat
+        from galw_core import compat
         print(repr((
             compat.APPLIED,
             compat.has_compiled_ops(),
             type(sys.modules["detectron2._C"]).__name__,
             Image.LINEAR,
-            # compat patched no trainer (galw.core imports detectron2.engine itself)
+            # compat patched no trainer (galw_core imports detectron2.engine itself)
             sys.modules["detectron2.engine.defaults"].DefaultTrainer.state_dict
             is compat._default_trainer_state_dict,
         )))

@@ -15,10 +15,10 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
-from galw.core.grouping import LINKAGES
-from galw.core.hook import MODES, fixed_groups_from_config
-from galw.core.probe import select_shared_parameters
-from galw.core.weighting import LossWeighting
+from galw_core.grouping import LINKAGES
+from galw_core.hook import MODES, fixed_groups_from_config
+from galw_core.probe import select_shared_parameters
+from galw_core.weighting import LossWeighting
 from conftest import ALIGNPS_TASKS, CONFIG_DIR, NAE_TASKS, ROOT, TASK_KINDS
 
 ABLATION_SPEC = os.path.join(ROOT, "tools", "ablation_spec.yaml")  # tools/ablation.py's table, not a detectron2 config

@@ -1,4 +1,4 @@
-"""galw.distributed: tensors go through the default group when it takes their device, else
+"""galw_core.distributed: tensors go through the default group when it takes their device, else
 through detectron2's gloo group (NCCL's rule); 2 processes, gloo and NCCL-like (dist_helpers)."""
 import json
 import os
@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TESTS_DIR, free_port
-from galw import distributed
+from galw_core import distributed
 
 
 @pytest.mark.parametrize(

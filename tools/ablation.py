@@ -138,8 +138,8 @@ def schedule_opts(spec, max_iter):
 
 
 def galw_group_tasks(history, num_groups, linkage):
-    """GALW's clustering of Gamma histories (galw.core.grouping.group_tasks, docs/galw.md)."""
-    from galw.core.grouping import group_tasks
+    """GALW's clustering of Gamma histories (galw_core.grouping.group_tasks, docs/galw.md)."""
+    from galw_core.grouping import group_tasks
 
     return group_tasks(history, num_groups, linkage=linkage)
 
@@ -235,7 +235,7 @@ def collect_metrics(out_dir):
 def _save_json(path, obj):
     """``obj`` as indented JSON in ``path``, complete or absent (a crash mid-write must not leave a
     file that the resume cannot parse)."""
-    from galw.checkpoint import atomic_write
+    from galw_core.files import atomic_write
 
     def write(f):
         text = io.TextIOWrapper(f, encoding="utf-8")
@@ -247,7 +247,7 @@ def _save_json(path, obj):
 
 def _save_text(path, text):
     """``text`` in ``path``, complete or absent."""
-    from galw.checkpoint import atomic_write
+    from galw_core.files import atomic_write
 
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 

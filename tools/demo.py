@@ -29,7 +29,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from galw import add_galw_config
-from galw.core import train_two_phase
+from galw_core import train_two_phase
 from galw.data import register_person_search
 from galw.data.builtin import datasets_root
 from galw.data.synthetic import SIZES, generate

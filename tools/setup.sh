@@ -4,7 +4,7 @@
 # venv, the wheel's name) skips work when nothing changed, so a second run takes seconds.
 #
 # .venv          pinned deps + detectron2 (an official build already there is kept; otherwise
-#                PyPI's pb1-detectron2==0.6 in pure-Python mode, completed by galw/compat.py).
+#                PyPI's pb1-detectron2==0.6 in pure-Python mode, completed by galw_core/compat.py).
 # .venv-d2main   only when ../shared/wheels exists (developers, CI): the same pinned deps plus
 #                detectron2 upstream main from its wheel, so `make test` runs the suite on both builds.
 set -euo pipefail
@@ -35,7 +35,7 @@ pinned_deps() {  # venv
 
 install_project() {  # venv stamp
   "$1/bin/python" -m pip --disable-pip-version-check install -q --no-deps --no-build-isolation -e .
-  "$1/bin/python" -c "import galw, detectron2, detectron2.modeling, galw.compat as c; \
+  "$1/bin/python" -c "import galw, detectron2, detectron2.modeling, galw_core.compat as c; \
 print('[setup] $1: galw and detectron2 import OK (compiled ops:', c.has_compiled_ops(), ')')"
   echo "$2" > "$1/.galw-setup-stamp"
 }

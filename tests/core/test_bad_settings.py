@@ -22,8 +22,8 @@ import torch
 from detectron2.engine.hooks import PeriodicCheckpointer
 
 from galw.checkpoint import AtomicCheckpointer
-from galw.core.two_phase import PHASE_ONE_DIR, PHASE_ONE_RECORD, train_two_phase
-from galw.core.weighting import LossWeighting
+from galw_core.two_phase import PHASE_ONE_DIR, PHASE_ONE_RECORD, train_two_phase
+from galw_core.weighting import LossWeighting
 from galw_helpers import PLANTED, TOY_TASKS, toy_cfg, toy_training
 
 GROUPED = ["MODEL.GALW.GROUPING", "explicit", "MODEL.GALW.GROUPS", PLANTED]

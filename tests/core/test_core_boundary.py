@@ -1,4 +1,4 @@
-"""The GALW core (galw/core/) is model-agnostic: no module of it, nor any galw module it imports,
+"""The GALW core (galw_core/) is model-agnostic: no module of it, nor any galw module it imports,
 imports person search (galw.data, galw.modeling, galw.evaluation, galw.visualization).
 
 The imports are read from the source with ast (absolute, relative, `from galw import data`, and
@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGE_DIR = os.path.join(ROOT, "projects", "GALW")
-CORE = "galw.core"
+CORE = "galw_core"
 PERSON_SEARCH = ("galw.data", "galw.modeling", "galw.evaluation", "galw.visualization")
 
 
@@ -56,7 +56,7 @@ def _within(name, prefixes):
 
 
 def core_import_graph():
-    """{galw module: galw modules it imports}, from every module under galw/core and, transitively,
+    """{galw module: galw modules it imports}, from every module under galw_core and, transitively,
     every galw module outside the core that they import (package __init__ files of the parents,
     which Python also runs, are left out: galw/__init__.py registers the whole project)."""
     core_dir = os.path.join(PACKAGE_DIR, "galw", "core")
@@ -81,29 +81,29 @@ def core_import_graph():
 
 def test_the_core_imports_no_person_search_module():
     graph = core_import_graph()
-    assert {"galw.core", "galw.core.weighting", "galw.core.hook", "galw.core.train_step"} <= set(graph)
+    assert {"galw_core", "galw_core.weighting", "galw_core.hook", "galw_core.train_step"} <= set(graph)
     crossings = {m: sorted(n for n in names if _within(n, PERSON_SEARCH)) for m, names in graph.items()}
     crossings = {m: n for m, n in crossings.items() if n}
     assert not crossings, f"the GALW core reaches person search: {crossings}"
     # Outside the core it reaches only the project's neutral modules (checkpoints, collectives).
     outside = {n for names in graph.values() for n in names if not _within(n, (CORE,))}
-    assert outside <= {"galw", "galw.checkpoint", "galw.compat", "galw.config", "galw.distributed"}, outside
+    assert outside <= {"galw", "galw.checkpoint", "galw_core.compat", "galw.config", "galw_core.distributed"}, outside
 
 
 @pytest.mark.parametrize("source, module, expected", [
-    ("import galw.data.mapper", "galw.core.hook", "galw.data.mapper"),
-    ("from galw import modeling", "galw.core.hook", "galw.modeling"),
-    ("from galw.evaluation.metrics import search_ap", "galw.core.hook", "galw.evaluation.metrics"),
-    ("from .. import visualization", "galw.core.hook", "galw.visualization"),
-    ("from ..data import PersonSearchMapper", "galw.core.hook", "galw.data"),
-    ("from ...galw.modeling import x", "pkg.galw.core.hook", "pkg.galw.modeling"),
-    ("from .weighting import LossWeighting", "galw.core.hook", "galw.core.weighting"),
-    ("from . import hook", "galw.core", "galw.core.hook"),
-    ("def f():\n    from ..modeling import build\n", "galw.core.probe", "galw.modeling"),
+    ("import galw.data.mapper", "galw_core.hook", "galw.data.mapper"),
+    ("from galw import modeling", "galw_core.hook", "galw.modeling"),
+    ("from galw.evaluation.metrics import search_ap", "galw_core.hook", "galw.evaluation.metrics"),
+    ("from .. import visualization", "galw_core.hook", "galw.visualization"),
+    ("from ..data import PersonSearchMapper", "galw_core.hook", "galw.data"),
+    ("from ...galw.modeling import x", "pkg.galw_core.hook", "pkg.galw.modeling"),
+    ("from .weighting import LossWeighting", "galw_core.hook", "galw_core.weighting"),
+    ("from . import hook", "galw_core", "galw_core.hook"),
+    ("def f():\n    from ..modeling import build\n", "galw_core.probe", "galw.modeling"),
 ])
 def test_every_import_form_is_read(source, module, expected):
     """Each form a crossing could take is resolved to its absolute module name."""
-    assert expected in imported_modules(source, module, is_package=module == "galw.core")
+    assert expected in imported_modules(source, module, is_package=module == "galw_core")
 
 
 def test_a_crossing_is_caught_in_a_copy_of_the_core(tmp_path, monkeypatch):
@@ -115,5 +115,5 @@ def test_a_crossing_is_caught_in_a_copy_of_the_core(tmp_path, monkeypatch):
     with open(tmp_path / "galw" / "core" / "probe.py", "a") as f:
         f.write("\n\ndef _leak():\n    from ..modeling import person_search  # noqa\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE_DIR", str(tmp_path))
-    with pytest.raises(AssertionError, match=r"galw.core.probe.*galw.modeling"):
+    with pytest.raises(AssertionError, match=r"galw_core.probe.*galw.modeling"):
         test_the_core_imports_no_person_search_module()

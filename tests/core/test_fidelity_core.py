@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from galw.core.probe import GradientProbe
-from galw.core.train_step import build_optimizer, gamma_losses
-from galw.core.weighting import LossWeighting
+from galw_core.probe import GradientProbe
+from galw_core.train_step import build_optimizer, gamma_losses
+from galw_core.weighting import LossWeighting
 
 from galw_helpers import toy_cfg
 

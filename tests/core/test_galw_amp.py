@@ -13,10 +13,10 @@ import torch
 
 from detectron2.utils.events import EventStorage
 
-from galw.core.hook import GALWHook
-from galw.core.probe import GradientProbe, select_shared_parameters
-from galw.core.toy import ToyMultiTask, toy_batches
-from galw.core.train_step import GALWAMPTrainer, attach_weighting, build_optimizer
+from galw_core.hook import GALWHook
+from galw_core.probe import GradientProbe, select_shared_parameters
+from galw_core.toy import ToyMultiTask, toy_batches
+from galw_core.train_step import GALWAMPTrainer, attach_weighting, build_optimizer
 from galw_helpers import PLANTED, toy_cfg
 
 

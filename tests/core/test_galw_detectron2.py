@@ -7,8 +7,8 @@ import torch
 
 import train_net
 from conftest import stock_rcnn_cfg
-from galw.core.hook import GALWHook
-from galw.core.two_phase import INIT_WEIGHTS, PHASE_ONE_DIR, train_two_phase
+from galw_core.hook import GALWHook
+from galw_core.two_phase import INIT_WEIGHTS, PHASE_ONE_DIR, train_two_phase
 
 RCNN_TASKS = ["loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"]
 GALW_KEYS = [

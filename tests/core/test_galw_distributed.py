@@ -25,10 +25,10 @@ def _worker(rank, port, out_dir, kind):
 
     import detectron2.utils.comm as comm
     from dist_helpers import init_process_group
-    from galw.core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer, get_weighting
-    from galw.core.hook import GALWHook
-    from galw.core.probe import GradientProbe, select_shared_parameters
-    from galw.core.toy import ToyMultiTask, toy_batches
+    from galw_core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer, get_weighting
+    from galw_core.hook import GALWHook
+    from galw_core.probe import GradientProbe, select_shared_parameters
+    from galw_core.toy import ToyMultiTask, toy_batches
     from galw_helpers import toy_cfg
 
     torch.set_num_threads(1)
@@ -77,8 +77,8 @@ BATCH = 4
 
 
 def _gammas(images, batched):
-    from galw.core.probe import GradientProbe, select_shared_parameters
-    from galw.core.toy import ToyMultiTask
+    from galw_core.probe import GradientProbe, select_shared_parameters
+    from galw_core.toy import ToyMultiTask
 
     model = ToyMultiTask()  # seeded: the same weights in every process
     probe = GradientProbe(select_shared_parameters(model, ["backbone."]), batched=batched)
@@ -86,7 +86,7 @@ def _gammas(images, batched):
 
 
 def _batch():
-    from galw.core.toy import toy_batches
+    from galw_core.toy import toy_batches
 
     return next(toy_batches(batch_size=BATCH, size=16, seed=7))
 

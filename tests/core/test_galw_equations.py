@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from galw.core import grouping as G
-from galw.core.probe import GradientProbe, select_shared_parameters
-from galw.core.weighting import LossWeighting
+from galw_core import grouping as G
+from galw_core.probe import GradientProbe, select_shared_parameters
+from galw_core.weighting import LossWeighting
 
 TASKS = ["a", "b", "c"]
 KINDS = ["classification", "regression", "classification"]
@@ -167,7 +167,7 @@ def test_fixed_groupings():
 
 
 def test_optimizer_has_no_weight_decay_on_sigma():
-    from galw.core.train_step import build_optimizer
+    from galw_core.train_step import build_optimizer
     from galw_helpers import toy_cfg, toy_training
 
     cfg = toy_cfg()
@@ -182,7 +182,7 @@ def test_logged_weights_per_task_and_per_group_do_not_collide():
     weight the task's loss gets, 1/(k sigma^2), and 1/sigma^2 goes to galw/group_weight/<group>."""
     from detectron2.utils.events import EventStorage
 
-    from galw.core.train_step import write_galw_metrics
+    from galw_core.train_step import write_galw_metrics
 
     w = _weighting("rulwf")  # sigma: a 2 (k=1), b 1 (k=2), c 0.5 (k=1)
     with EventStorage(0) as storage:

@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine.hooks import PeriodicCheckpointer
 
-from galw.core.hook import GROUPS_FILENAME
+from galw_core.hook import GROUPS_FILENAME
 from galw_helpers import PLANTED, TOY_TASKS, toy_cfg, toy_training
 
 
@@ -103,7 +103,7 @@ def test_phase_one_with_manual_weights_measures_gamma_of_the_weighted_losses(tmp
     times its weight; with GAMMA_LOSS raw it is the equal-weight Gamma itself."""
     from detectron2.engine import SimpleTrainer
 
-    from galw.core.train_step import galw_train_step
+    from galw_core.train_step import galw_train_step
 
     weights = [1.0, 2.0, 3.0, 0.5, 4.0, 10.0]
     manual = ["MODEL.GALW.PROBE_WEIGHTING", "manual", "MODEL.GALW.MANUAL_WEIGHTS", weights]

@@ -6,9 +6,9 @@ import torch
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import EventStorage
 
-from galw import compat
-from galw.core.toy import ToyMultiTask
-from galw.core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting, build_optimizer, galw_train_step
+from galw_core import compat
+from galw_core.toy import ToyMultiTask
+from galw_core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting, build_optimizer, galw_train_step
 from galw_helpers import toy_cfg
 
 

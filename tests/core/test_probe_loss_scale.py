@@ -7,9 +7,9 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 
-from galw.core.probe import GradientProbe, select_shared_parameters
-from galw.core.toy import ToyMultiTask, toy_batches
-from galw.core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting, build_optimizer
+from galw_core.probe import GradientProbe, select_shared_parameters
+from galw_core.toy import ToyMultiTask, toy_batches
+from galw_core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting, build_optimizer
 from galw_helpers import TOY_TASKS, toy_cfg
 
 

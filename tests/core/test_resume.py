@@ -28,7 +28,7 @@ from detectron2.engine.train_loop import HookBase
 import train_net
 from conftest import CONFIG_DIR
 from galw.checkpoint import AtomicCheckpointer
-from galw.core.two_phase import PHASE_ONE_DIR
+from galw_core.two_phase import PHASE_ONE_DIR
 from galw.data.resumable_loader import PositionedBatchSampler, _SeededMapping
 
 #: 4 iterations per training, 2 per Gamma epoch, a checkpoint after iteration 2 (mid-epoch), killed

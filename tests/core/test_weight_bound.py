@@ -13,10 +13,10 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
-from galw.core.config import add_galw_core_config
-from galw.core.train_step import write_galw_metrics
-from galw.core.validation import check_galw_config
-from galw.core.weighting import LossWeighting
+from galw_core.config import add_galw_core_config
+from galw_core.train_step import write_galw_metrics
+from galw_core.validation import check_galw_config
+from galw_core.weighting import LossWeighting
 
 
 def _cfg(**galw):
@@ -116,7 +116,7 @@ def test_bad_bound_is_an_error_naming_the_key(bad):
 def test_groups_at_the_bound_are_logged_and_counted(caplog):
     """A bound that binds changes the equations: the log says which group, EventStorage counts them."""
     w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=25.0))
-    with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw.core.train_step"):
+    with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw_core.train_step"):
         counts = []
         for losses, steps in ((VANISHING, 0), (VANISHING, 400), (VANISHING, 1),
                               ({"det": torch.tensor(0.5), "oim": torch.tensor(3.5)}, 1000)):
@@ -142,7 +142,7 @@ def test_no_bound_no_count():
 def test_each_group_is_named_once_when_it_first_reaches_the_bound(caplog):
     w = LossWeighting(_cfg(MAX_GROUP_WEIGHT=25.0))
     floor = -0.5 * math.log(25.0)
-    with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw.core.train_step"):
+    with EventStorage(0) as storage, caplog.at_level(logging.WARNING, logger="galw_core.train_step"):
         for at in ([floor, 0.0], [floor, 0.0], [0.0, 0.0], [0.0, floor], [floor, floor]):
             with torch.no_grad():
                 w.log_sigma.copy_(torch.tensor(at))

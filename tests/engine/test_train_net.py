@@ -109,4 +109,4 @@ def test_galw_lines_reach_log_txt(box_dataset, tmp_path):
     groups = json.loads((tmp_path / "galw_groups.json").read_text())["groups"]
     log = (tmp_path / "log.txt").read_text()
     assert f"-> groups {groups}" in log
-    assert "galw.core.hook INFO: GALW: from iteration 2, rulwf weighting over 2 groups" in log
+    assert "galw_core.hook INFO: GALW: from iteration 2, rulwf weighting over 2 groups" in log

@@ -41,7 +41,7 @@ def _write_spec(tmp_path, seeds=(1, 2, 3)):
 
 
 def fake_group_tasks(history, num_groups, linkage):
-    """Stands in for galw.core.grouping.group_tasks: sorted tasks dealt into num_groups groups."""
+    """Stands in for galw_core.grouping.group_tasks: sorted tasks dealt into num_groups groups."""
     tasks = sorted(history)
     return [tasks[g::num_groups] for g in range(num_groups)]
 

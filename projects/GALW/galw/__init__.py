@@ -3,7 +3,7 @@
 Importing the package closes detectron2 compatibility gaps first (no-op on an
 official build), then registers the project's datasets, models and heads.
 """
-from . import compat
+from galw_core import compat
 
 compat.apply()
 

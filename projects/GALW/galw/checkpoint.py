@@ -8,8 +8,9 @@ import re
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from galw_core.files import atomic_write
 
-__all__ = ["AtomicCheckpointer", "atomic_write", "load_array_pickle", "remove_stale_temp_files", "non_finite_tensors"]
+__all__ = ["AtomicCheckpointer", "load_array_pickle", "remove_stale_temp_files", "non_finite_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,21 +86,6 @@ def non_finite_tensors(obj, prefix=""):
     for k, v in items:
         bad += non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))
     return bad
-
-
-def atomic_write(path, write):
-    """Call ``write(f)`` on a binary temporary file, sync it and rename it onto ``path``: the file
-    is complete or absent, never truncated (checkpoints, the GALW groups, caches)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -4,7 +4,7 @@ One function per concept below, so each part of the project owns its keys.
 """
 from detectron2.config import CfgNode as CN
 
-from .core import add_galw_core_config
+from galw_core import add_galw_core_config
 
 
 def add_galw_config(cfg):

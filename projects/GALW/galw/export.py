@@ -27,7 +27,9 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
-from .checkpoint import AtomicCheckpointer, atomic_write
+from galw_core.files import atomic_write
+
+from .checkpoint import AtomicCheckpointer
 from .config import add_galw_config
 from .modeling.deform_conv import DeformConv2d
 

@@ -10,7 +10,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from ..checkpoint import atomic_write
+from galw_core.files import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from detectron2.data import DatasetMapper
 from detectron2.engine import DefaultTrainer
 
 from ..checkpoint import AtomicCheckpointer
-from ..core import attach_weighting, build_optimizer, install_galw
+from galw_core import attach_weighting, build_optimizer, install_galw
 from ..data import build_person_search_train_loader
 from ..data.build import build_resumable_train_loader
 from ..data.resumable_loader import ResumableTrainLoader

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_gather_rows
+from galw_core.distributed import all_gather_rows
 
 __all__ = ["OIMLoss", "UNLABELED", "IGNORED"]
 

@@ -22,7 +22,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.logger import log_every_n_seconds
 
-from ...distributed import all_reduce_mean_
+from galw_core.distributed import all_reduce_mean_
 from ..backbone import build_res5_stage, res5_out_channels
 from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
 from ..nae import oim_num_labeled

@@ -8,7 +8,7 @@ import torch
 
 import detectron2.utils.comm as comm
 
-from ..checkpoint import atomic_write
+from .files import atomic_write
 from .hook import GROUPS_FILENAME
 from .train_step import epoch_iters
 

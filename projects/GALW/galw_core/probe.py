@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..distributed import all_reduce_mean_
+from .distributed import all_reduce_mean_
 
 __all__ = ["GradientProbe", "select_shared_parameters"]
 

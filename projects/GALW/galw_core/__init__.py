@@ -3,12 +3,19 @@
 Model-agnostic on purpose: nothing here imports person-search code, so a user puts GALW on
 any detectron2 model with ``add_galw_core_config(cfg)``, ``MODEL.GALW.*`` keys naming the
 loss-dict entries, and :func:`install_galw` in their DefaultTrainer's ``build_hooks``.
+
+Importing it closes detectron2 version gaps first (:mod:`galw_core.compat`, a no-op on an
+official build) and registers nothing: no dataset, model or evaluator.
 """
-from .config import add_galw_core_config
-from .grouping import group_tasks, load_groups_file
-from .hook import GROUPS_FILENAME, GALWHook
-from .probe import GradientProbe, select_shared_parameters
-from .train_step import (
+from . import compat
+
+compat.apply()
+
+from .config import add_galw_core_config  # noqa: E402
+from .grouping import group_tasks, load_groups_file  # noqa: E402
+from .hook import GROUPS_FILENAME, GALWHook  # noqa: E402
+from .probe import GradientProbe, select_shared_parameters  # noqa: E402
+from .train_step import (  # noqa: E402
     GALWAMPTrainer,
     GALWSimpleTrainer,
     attach_weighting,
@@ -16,8 +23,8 @@ from .train_step import (
     get_weighting,
     install_galw,
 )
-from .two_phase import needs_two_phases, train_two_phase
-from .weighting import LossWeighting
+from .two_phase import needs_two_phases, train_two_phase  # noqa: E402
+from .weighting import LossWeighting  # noqa: E402
 
 __all__ = [
     "GALWAMPTrainer",

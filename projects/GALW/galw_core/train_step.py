@@ -15,8 +15,8 @@ from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.events import get_event_storage
 
-from .. import compat
-from ..distributed import all_reduce_mean_
+from . import compat
+from .distributed import all_reduce_mean_
 from .finite import check_finite_step
 from .hook import GALWHook
 from .probe import GradientProbe, select_shared_parameters

@@ -24,7 +24,7 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils.events import get_event_storage
 
 from . import grouping as G
-from ..checkpoint import atomic_write
+from .files import atomic_write
 from .probe import GradientProbe
 from .validation import check_galw_config
 from .weighting import LossWeighting
