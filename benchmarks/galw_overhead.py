@@ -18,7 +18,8 @@ import galw  # noqa: F401  (before detectron2)
 import torch
 from detectron2.utils.events import EventStorage, get_event_storage
 
-from galw_core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer
+from galw_core.solver import build_optimizer
+from galw_core.train_step import GALWSimpleTrainer, attach_weighting
 from galw_core.hook import GALWHook
 from galw_core.probe import GradientProbe, select_shared_parameters
 from galw_core.toy import ToyMultiTask, toy_batches

@@ -15,8 +15,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from alignps_helpers import SYNTH_NUM_PIDS, synthetic_batch
-from galw_core.grouping import LINKAGES
-from galw_core.hook import MODES, fixed_groups_from_config
+from galw_core.config import LINKAGES, MODES
+from galw_core.hook import fixed_groups_from_config
 from galw_core.probe import select_shared_parameters
 from galw_core.weighting import LossWeighting
 from conftest import ALIGNPS_TASKS, CONFIG_DIR, NAE_TASKS, ROOT, TASK_KINDS

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from galw_core.probe import GradientProbe
-from galw_core.train_step import build_optimizer, gamma_losses
+from galw_core.solver import build_optimizer
+from galw_core.train_step import gamma_losses
 from galw_core.weighting import LossWeighting
 
 from galw_helpers import toy_cfg

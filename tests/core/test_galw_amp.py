@@ -16,7 +16,8 @@ from detectron2.utils.events import EventStorage
 from galw_core.hook import GALWHook
 from galw_core.probe import GradientProbe, select_shared_parameters
 from galw_core.toy import ToyMultiTask, toy_batches
-from galw_core.train_step import GALWAMPTrainer, attach_weighting, build_optimizer
+from galw_core.solver import build_optimizer
+from galw_core.train_step import GALWAMPTrainer, attach_weighting
 from galw_helpers import PLANTED, toy_cfg
 
 

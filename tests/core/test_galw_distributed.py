@@ -25,7 +25,8 @@ def _worker(rank, port, out_dir, kind):
 
     import detectron2.utils.comm as comm
     from dist_helpers import init_process_group
-    from galw_core.train_step import GALWSimpleTrainer, attach_weighting, build_optimizer, get_weighting
+    from galw_core.solver import build_optimizer
+    from galw_core.train_step import GALWSimpleTrainer, attach_weighting, get_weighting
     from galw_core.hook import GALWHook
     from galw_core.probe import GradientProbe, select_shared_parameters
     from galw_core.toy import ToyMultiTask, toy_batches

@@ -167,7 +167,7 @@ def test_fixed_groupings():
 
 
 def test_optimizer_has_no_weight_decay_on_sigma():
-    from galw_core.train_step import build_optimizer
+    from galw_core.solver import build_optimizer
     from galw_helpers import toy_cfg, toy_training
 
     cfg = toy_cfg()

@@ -8,7 +8,8 @@ from detectron2.utils.events import EventStorage
 
 from galw_core import compat
 from galw_core.toy import ToyMultiTask
-from galw_core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting, build_optimizer, galw_train_step
+from galw_core.solver import build_optimizer
+from galw_core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting, galw_train_step
 from galw_helpers import toy_cfg
 
 

@@ -9,7 +9,8 @@ from detectron2.utils.events import EventStorage
 
 from galw_core.probe import GradientProbe, select_shared_parameters
 from galw_core.toy import ToyMultiTask, toy_batches
-from galw_core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting, build_optimizer
+from galw_core.solver import build_optimizer
+from galw_core.train_step import GALWAMPTrainer, GALWSimpleTrainer, attach_weighting
 from galw_helpers import TOY_TASKS, toy_cfg
 
 

@@ -12,18 +12,19 @@ from . import compat
 compat.apply()
 
 from .config import add_galw_core_config  # noqa: E402
-from .grouping import group_tasks, load_groups_file  # noqa: E402
+from .grouping import group_tasks  # noqa: E402
 from .hook import GROUPS_FILENAME, GALWHook  # noqa: E402
 from .probe import GradientProbe, select_shared_parameters  # noqa: E402
+from .solver import build_optimizer  # noqa: E402
 from .train_step import (  # noqa: E402
     GALWAMPTrainer,
     GALWSimpleTrainer,
     attach_weighting,
-    build_optimizer,
     get_weighting,
     install_galw,
 )
 from .two_phase import needs_two_phases, train_two_phase  # noqa: E402
+from .validation import check_galw_config, load_groups_file  # noqa: E402
 from .weighting import LossWeighting  # noqa: E402
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "add_galw_core_config",
     "attach_weighting",
     "build_optimizer",
+    "check_galw_config",
     "get_weighting",
     "group_tasks",
     "install_galw",

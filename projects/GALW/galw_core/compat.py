@@ -57,7 +57,7 @@ class MissingCompiledOpError(RuntimeError):
     """A detectron2 op that needs the compiled ``detectron2._C`` extension was called."""
 
 
-_NOT_BUILT = "not built (pure-Python detectron2, galw.compat stand-in)"
+_NOT_BUILT = "not built (pure-Python detectron2, galw_core.compat stand-in)"
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -135,7 +135,7 @@ def apply() -> list:
         defaults.DefaultTrainer.state_dict = _default_trainer_state_dict
         defaults.DefaultTrainer.load_state_dict = _default_trainer_load_state_dict
         APPLIED.append("DefaultTrainer.state_dict")
-    logger.debug("galw.compat applied: %s", APPLIED)
+    logger.debug("galw_core.compat applied: %s", APPLIED)
     return list(APPLIED)
 
 

@@ -1,5 +1,32 @@
-"""``add_galw_core_config(cfg)``: the MODEL.GALW keys of the model-agnostic GALW core."""
+"""``add_galw_core_config(cfg)``: the MODEL.GALW keys of the model-agnostic GALW core, and the values
+each choice key accepts (:mod:`galw_core.validation` checks them, naming the key)."""
 from detectron2.config import CfgNode as CN
+
+__all__ = [
+    "GAMMA_LOSSES",
+    "GROUPINGS",
+    "GROUP_LOG_SIGMA",
+    "LINKAGES",
+    "MODES",
+    "TASK_KIND_K",
+    "WEIGHTING_METHODS",
+    "add_galw_core_config",
+]
+
+#: MODEL.GALW.WEIGHTING and PROBE_WEIGHTING.
+WEIGHTING_METHODS = ("equal", "manual", "ulwf", "rulwf")
+#: MODEL.GALW.TASK_KINDS, with Eq. 5's k for each kind.
+TASK_KIND_K = {"classification": 1.0, "regression": 2.0}
+#: MODEL.GALW.GROUP_LOG_SIGMA: Eq. 9's log sigma term once per task of a group (literal) or once per group.
+GROUP_LOG_SIGMA = ("per_task", "per_group")
+#: MODEL.GALW.GROUPING.
+GROUPINGS = ("galw", "per_task", "all", "branch", "explicit", "random")
+#: MODEL.GALW.MODE.
+MODES = ("two_phase", "single_run")
+#: MODEL.GALW.LINKAGE: scipy linkages whose dendrogram is monotone (cut_tree is exact for them).
+LINKAGES = ("ward", "single", "complete", "average", "weighted")
+#: MODEL.GALW.GAMMA_LOSS.
+GAMMA_LOSSES = ("weighted", "raw")
 
 
 def add_galw_core_config(cfg):

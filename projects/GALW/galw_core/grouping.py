@@ -4,13 +4,15 @@ Every function returns groups in a canonical order, so the same input gives the 
 groups: tasks inside a group sorted by name; GALW groups ordered by their mean s*
 (most decreasing trend first); fixed groupings in the order their definition gives.
 """
-import json
 import logging
 import math
 from typing import Dict, List, Sequence
 
 import numpy as np
 from scipy.cluster.hierarchy import cut_tree, linkage as scipy_linkage
+
+from .config import LINKAGES
+from .validation import check_choice, check_num_groups
 
 __all__ = [
     "average_slope",
@@ -21,14 +23,10 @@ __all__ = [
     "random_groups",
     "per_task_groups",
     "single_group",
-    "load_groups_file",
-    "LINKAGES",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: scipy linkages whose dendrogram is monotone (cut_tree is exact for them).
-LINKAGES = ("ward", "single", "complete", "average", "weighted")
 
 
 def average_slope(series: Sequence[float]) -> float:
@@ -53,12 +51,8 @@ def squash_slope(s: float) -> float:
 def cluster_s_star(s_star: Dict[str, float], num_groups: int, linkage: str = "ward") -> List[List[str]]:
     """Hierarchical clustering of the 1-D s* values into exactly ``num_groups`` groups."""
     tasks = sorted(s_star)
-    if not 1 <= num_groups <= len(tasks):
-        raise ValueError(
-            f"MODEL.GALW.NUM_GROUPS is {num_groups}, expected 1..{len(tasks)} (the number of tasks)"
-        )
-    if linkage not in LINKAGES:
-        raise ValueError(f"MODEL.GALW.LINKAGE is '{linkage}', expected one of {LINKAGES}")
+    check_num_groups(num_groups, len(tasks))
+    check_choice("LINKAGE", linkage, LINKAGES)
     if num_groups == len(tasks):
         labels = list(range(len(tasks)))
     elif num_groups == 1:
@@ -117,8 +111,7 @@ def groups_by_prefix(tasks: Sequence[str], branch_prefixes: Sequence[Sequence[st
 def random_groups(tasks: Sequence[str], num_groups: int, seed: int) -> List[List[str]]:
     """A random partition into ``num_groups`` non-empty groups, reproducible from ``seed``."""
     tasks = sorted(tasks)
-    if not 1 <= num_groups <= len(tasks):
-        raise ValueError(f"MODEL.GALW.NUM_GROUPS is {num_groups}, expected 1..{len(tasks)}")
+    check_num_groups(num_groups, len(tasks))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(tasks))
     labels = np.empty(len(tasks), dtype=np.int64)
@@ -133,21 +126,6 @@ def per_task_groups(tasks: Sequence[str]) -> List[List[str]]:
 
 def single_group(tasks: Sequence[str]) -> List[List[str]]:
     return [sorted(tasks)]
-
-
-def load_groups_file(path: str) -> List[List[str]]:
-    """The "groups" entry of a ``galw_groups.json`` written by the GALW hook."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"MODEL.GALW.GROUPS_FILE '{path}' cannot be read as JSON: {e}") from None
-    groups = data.get("groups") if isinstance(data, dict) else None
-    if not isinstance(groups, list) or not all(
-        isinstance(g, list) and all(isinstance(t, str) for t in g) for g in groups
-    ):
-        raise ValueError(f"MODEL.GALW.GROUPS_FILE '{path}': expected {{\"groups\": [[task, ...], ...]}}")
-    return groups
 
 
 def _as_list(prefixes):

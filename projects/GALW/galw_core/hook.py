@@ -24,18 +24,17 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils.events import get_event_storage
 
 from . import grouping as G
+from .config import GROUPINGS, MODES
 from .files import atomic_write
 from .probe import GradientProbe
-from .validation import check_galw_config
+from .validation import check_choice, check_galw_config, check_num_groups, check_probe_schedule, load_groups_file
 from .weighting import LossWeighting
 
-__all__ = ["GALWHook", "GROUPS_FILENAME", "fixed_groups_from_config", "GROUPINGS", "MODES"]
+__all__ = ["GALWHook", "GROUPS_FILENAME", "fixed_groups_from_config"]
 
 logger = logging.getLogger(__name__)
 
 GROUPS_FILENAME = "galw_groups.json"
-GROUPINGS = ("galw", "per_task", "all", "branch", "explicit", "random")
-MODES = ("two_phase", "single_run")
 
 
 def fixed_groups_from_config(cfg, tasks) -> Optional[List[List[str]]]:
@@ -45,9 +44,8 @@ def fixed_groups_from_config(cfg, tasks) -> Optional[List[List[str]]]:
     """
     g = cfg.MODEL.GALW
     if g.GROUPS_FILE:
-        return G.load_groups_file(g.GROUPS_FILE)
-    if g.GROUPING not in GROUPINGS:
-        raise ValueError(f"MODEL.GALW.GROUPING is '{g.GROUPING}', expected one of {GROUPINGS}")
+        return load_groups_file(g.GROUPS_FILE, tasks)
+    check_choice("GROUPING", g.GROUPING, GROUPINGS)
     if g.GROUPING == "galw":
         return None
     if g.GROUPING == "per_task":
@@ -84,24 +82,13 @@ class GALWHook(HookBase):
         probe_period: int = 100,
         probe_epochs: int = 0,
     ):
-        if mode not in MODES:
-            raise ValueError(f"MODEL.GALW.MODE is '{mode}', expected one of {MODES}")
-        if epoch_iters < 1:
-            raise ValueError(f"MODEL.GALW.EPOCH_ITERS: an epoch must be >= 1 iteration, got {epoch_iters}")
+        check_choice("MODE", mode, MODES)
         if fixed_groups is None:
             # Only a probing run measures Gamma; fixed groups (e.g. the manual baseline) never probe.
-            if not 1 <= probe_period <= epoch_iters:
-                raise ValueError(
-                    f"MODEL.GALW.PROBE_PERIOD is {probe_period}, expected 1..{epoch_iters} (one epoch), "
-                    "so that every epoch has a Gamma measurement"
-                )
-            if mode == "single_run" and probe_epochs < 2:
-                raise ValueError(
-                    f"MODEL.GALW.PROBE_EPOCHS is {probe_epochs}; single_run mode needs >= 2 epochs "
-                    "of Gamma (Eq. 7 takes differences between epochs)"
-                )
-            if not 1 <= num_groups <= len(weighting.tasks):
-                raise ValueError(f"MODEL.GALW.NUM_GROUPS is {num_groups}, expected 1..{len(weighting.tasks)}")
+            check_probe_schedule(mode, epoch_iters, probe_period, probe_epochs)
+            check_num_groups(num_groups, len(weighting.tasks))
+        elif epoch_iters < 1:
+            raise ValueError(f"MODEL.GALW.EPOCH_ITERS: an epoch must be >= 1 iteration, got {epoch_iters}")
         else:
             weighting.configure(method, fixed_groups)
         self.weighting = weighting

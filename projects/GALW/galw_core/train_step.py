@@ -12,20 +12,20 @@ from torch import nn
 
 import detectron2.utils.comm as comm
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.events import get_event_storage
 
 from . import compat
+from .config import GAMMA_LOSSES
 from .distributed import all_reduce_mean_
 from .finite import check_finite_step
 from .hook import GALWHook
 from .probe import GradientProbe, select_shared_parameters
+from .validation import check_choice
 from .weighting import LossWeighting
 
 __all__ = [
     "attach_weighting",
     "get_weighting",
-    "build_optimizer",
     "GALWSimpleTrainer",
     "GALWAMPTrainer",
     "galw_train_step",
@@ -63,62 +63,10 @@ def get_weighting(model: nn.Module) -> LossWeighting:
     weighting = getattr(model, WEIGHTING_ATTR, None)
     if weighting is None:
         raise AttributeError(
-            "the model has no GALW weighting: build it through galw.core.train_step.attach_weighting "
+            "the model has no GALW weighting: build it through galw_core.train_step.attach_weighting "
             "(train_net.Trainer.build_model does with MODEL.GALW.ENABLED True)"
         )
     return weighting
-
-
-#: SOLVER.CLIP_GRADIENTS.CLIP_TYPE that clips the norm of ALL gradients together (torch's
-#: clip_grad_norm_ over every parameter, as the references do); detectron2 v0.6's "norm" clips each
-#: parameter tensor on its own, "value" each element.
-FULL_MODEL_CLIP = "full_model"
-
-
-def with_full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
-    """``optimizer_cls`` whose step first scales all gradients so that their joint norm is <= max_norm.
-
-    The same construction as detectron2's own projects' ``build_optimizer`` (DETR), which v0.6's
-    ``maybe_add_gradient_clipping`` does not offer.
-    """
-
-    class FullModelGradientClipping(optimizer_cls):
-        def step(self, closure=None):
-            params = [p for group in self.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
-            return super().step(closure)
-
-    FullModelGradientClipping.__name__ = f"{optimizer_cls.__name__}WithFullModelGradientClipping"
-    return FullModelGradientClipping
-
-
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """detectron2's SGD builder, with the weighting's ``log_sigma`` free of weight decay.
-
-    Decay would pull log sigma to 0 (sigma to 1) on top of RULWF's own regulariser.
-    ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the global norm of all gradients
-    (:func:`with_full_model_clipping`); "value" and "norm" are detectron2's per-tensor clipping.
-    """
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        overrides={"log_sigma": {"weight_decay": 0.0}},
-    )
-    clip = cfg.SOLVER.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL_CLIP:
-        optimizer_cls = with_full_model_clipping(torch.optim.SGD, clip.CLIP_VALUE, clip.NORM_TYPE)
-    else:
-        optimizer_cls = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-    return optimizer_cls(
-        params,
-        lr=cfg.SOLVER.BASE_LR,
-        momentum=cfg.SOLVER.MOMENTUM,
-        nesterov=cfg.SOLVER.NESTEROV,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-    )
 
 
 @torch.no_grad()
@@ -162,18 +110,10 @@ def _report_groups_at_bound(weighting: LossWeighting) -> int:
     return len(at_bound)
 
 
-GAMMA_LOSSES = ("weighted", "raw")
-
-
-def check_gamma_loss(gamma_loss: str):
-    if gamma_loss not in GAMMA_LOSSES:
-        raise ValueError(f"MODEL.GALW.GAMMA_LOSS is '{gamma_loss}', expected one of {GAMMA_LOSSES}")
-
-
 def gamma_losses(weighting: LossWeighting, loss_dict, gamma_loss: str):
     """The per-task losses Gamma is measured on: each task's loss times the weight the current
     weighting gives it ("weighted": what the training backpropagates), or as returned ("raw")."""
-    check_gamma_loss(gamma_loss)
+    check_choice("GAMMA_LOSS", gamma_loss, GAMMA_LOSSES)
     if gamma_loss == "raw":
         return loss_dict
     weights = weighting.task_weights()
@@ -184,7 +124,7 @@ class _GALWStep:
     """The shared part of the GALW train steps; ``weighting``, ``probe`` and ``gamma_loss`` are set on init."""
 
     def _galw_init(self, weighting: LossWeighting, probe: GradientProbe, gamma_loss: str = "weighted"):
-        check_gamma_loss(gamma_loss)  # at build time, not at the first probe
+        check_choice("GAMMA_LOSS", gamma_loss, GAMMA_LOSSES)  # at build time, not at the first probe
         self.weighting = weighting
         self.probe = probe
         self.gamma_loss = gamma_loss

@@ -28,17 +28,12 @@ from torch import nn
 
 from detectron2.config import configurable
 
-from .validation import check_galw_config
+from .config import GROUP_LOG_SIGMA, TASK_KIND_K, WEIGHTING_METHODS
+from .validation import check_choice, check_galw_config, check_manual_weights, check_tasks, validate_groups
 
-__all__ = ["LossWeighting", "WEIGHTING_METHODS", "TASK_KIND_K", "GROUP_LOG_SIGMA"]
+__all__ = ["LossWeighting"]
 
 logger = logging.getLogger(__name__)
-
-WEIGHTING_METHODS = ("equal", "manual", "ulwf", "rulwf")
-#: Eq. 5's k for each declared task kind.
-TASK_KIND_K = {"classification": 1.0, "regression": 2.0}
-#: Readings of Eq. 9's log sigma term: one per task of the group (literal) or one per group.
-GROUP_LOG_SIGMA = ("per_task", "per_group")
 
 
 class LossWeighting(nn.Module):
@@ -69,26 +64,9 @@ class LossWeighting(nn.Module):
         """
         super().__init__()
         tasks = list(tasks)
-        if not tasks:
-            raise ValueError("MODEL.GALW.TASKS is empty: list the loss-dict keys to weight")
-        dup = sorted({t for t in tasks if tasks.count(t) > 1})
-        if dup:
-            raise ValueError(f"MODEL.GALW.TASKS lists task(s) {dup} more than once")
-        if len(task_kinds) != len(tasks):
-            raise ValueError(
-                f"MODEL.GALW.TASK_KINDS has {len(task_kinds)} entries but MODEL.GALW.TASKS has "
-                f"{len(tasks)}: give 'classification' or 'regression' for each task"
-            )
-        for task, kind in zip(tasks, task_kinds):
-            if kind not in TASK_KIND_K:
-                raise ValueError(
-                    f"MODEL.GALW.TASK_KINDS: task '{task}' has kind '{kind}', "
-                    f"expected one of {sorted(TASK_KIND_K)}"
-                )
-        if group_log_sigma not in GROUP_LOG_SIGMA:
-            raise ValueError(
-                f"MODEL.GALW.GROUP_LOG_SIGMA is '{group_log_sigma}', expected one of {GROUP_LOG_SIGMA}"
-            )
+        check_tasks(tasks, task_kinds)
+        check_choice("GROUP_LOG_SIGMA", group_log_sigma, GROUP_LOG_SIGMA)
+        check_manual_weights(manual_weights, tasks, method)
         self.group_log_sigma = group_log_sigma
         self.max_group_weight = float(max_group_weight)
         self.log_sigma_min = -0.5 * math.log(max_group_weight) if max_group_weight > 0 else None
@@ -99,11 +77,6 @@ class LossWeighting(nn.Module):
         self.lam = float(lam)
         self.manual_weights = None
         if manual_weights is not None and len(manual_weights) > 0:
-            if len(manual_weights) != len(tasks):
-                raise ValueError(
-                    f"MODEL.GALW.MANUAL_WEIGHTS has {len(manual_weights)} entries, "
-                    f"expected one per task ({len(tasks)})"
-                )
             self.manual_weights = dict(zip(tasks, (float(w) for w in manual_weights)))
         self.register_buffer("k", torch.tensor([TASK_KIND_K[k] for k in task_kinds]))
         # sigma = exp(log_sigma); log_sigma = 0 is sigma = 1, where RULWF's assumption is exact.
@@ -141,10 +114,8 @@ class LossWeighting(nn.Module):
         Raises naming the task when a task is in two groups or in none, or is unknown.
         Does not touch the sigma values (see :meth:`reset_sigmas`).
         """
-        if method not in WEIGHTING_METHODS:
-            raise ValueError(f"MODEL.GALW.WEIGHTING is '{method}', expected one of {WEIGHTING_METHODS}")
-        if method == "manual" and self.manual_weights is None:
-            raise ValueError("MODEL.GALW.WEIGHTING is 'manual' but MODEL.GALW.MANUAL_WEIGHTS is empty")
+        check_choice("WEIGHTING", method, WEIGHTING_METHODS)
+        check_manual_weights(list(self.manual_weights.values()) if self.manual_weights else None, self.tasks, method)
         per_task = [[t] for t in self.tasks]
         groups = per_task if groups is None else [list(g) for g in groups]
         names = list(self.tasks) if groups == per_task else [f"g{i}" for i in range(len(groups))]
@@ -235,19 +206,3 @@ class LossWeighting(nn.Module):
         return (f"method={self.method}, lambda={self.lam}, log_sigma={self.group_log_sigma}, "
                 f"max_group_weight={self.max_group_weight:g}, groups={self.groups}")
 
-
-def validate_groups(groups: Sequence[Sequence[str]], tasks: Sequence[str]):
-    """Each task in exactly one group, no unknown task, no empty group."""
-    seen = {}
-    for gi, group in enumerate(groups):
-        if not group:
-            raise ValueError(f"task grouping: group {gi} is empty")
-        for t in group:
-            if t not in tasks:
-                raise ValueError(f"task grouping: group {gi} holds '{t}', which is not in MODEL.GALW.TASKS")
-            if t in seen:
-                raise ValueError(f"task grouping: task '{t}' is in group {seen[t]} and in group {gi}")
-            seen[t] = gi
-    unheld = [t for t in tasks if t not in seen]
-    if unheld:
-        raise ValueError(f"task grouping: task(s) {unheld} are in no group")
