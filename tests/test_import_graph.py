@@ -198,3 +198,11 @@ def test_importing_the_core_loads_no_person_search_and_registers_nothing():
     assert {"galw", "galw.data", "galw.modeling", "galw.evaluation"} <= set(full["project_modules"])
     assert set(full["datasets"]) > set(base["datasets"])
     assert full["registries"]["META_ARCH"] != base["registries"]["META_ARCH"]
+
+
+def test_models_do_not_depend_on_the_data_package():
+    """A model is built from its config and the dataset catalog (galw.metadata), not from loaders."""
+    graph = import_graph()
+    reach = {m: sorted(n for n in names if n == "galw.data" or n.startswith("galw.data."))
+             for m, names in graph.items() if m.startswith("galw.modeling")}
+    assert not {m: n for m, n in reach.items() if n}

@@ -9,6 +9,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..metadata import current_metadata
 from .attributes import attach_attributes
 from .cuhk_sysu import CUHKSYSU
 from .prw import PRW
@@ -69,19 +70,6 @@ def _load(prefix, kind, root_fn, split):
     _set_file_metadata(f"{prefix}_{split}", **fields)
     logger.info("Loaded %d %s records from %s", len(records), f"{prefix}_{split}", root)
     return records
-
-
-def current_metadata(name):
-    """The metadata of a registered dataset after loading it.
-
-    File-derived fields (``num_pids``, ``attribute_names``, ...) are set when a split is loaded,
-    and may describe another root ($DETECTRON2_DATASETS) after an earlier load; models are built
-    before their loader, so they read these fields through here. Loading replaces the Metadata
-    object, hence the fresh lookup. Parses are cached, so a second load is cheap.
-    """
-    if name in DatasetCatalog.list():
-        DatasetCatalog.get(name)
-    return MetadataCatalog.get(name)
 
 
 def register_person_search(prefix, kind, root=None, subdir=None):

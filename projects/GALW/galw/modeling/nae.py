@@ -25,7 +25,7 @@ from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import ROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
 
-from ..data import current_metadata
+from ..metadata import current_metadata
 from .backbone import build_res5_stage, res5_out_channels
 from .branch import PS_BRANCH_REGISTRY, PersonSearchBranch
 from .oim import IGNORED, OIMLoss

@@ -30,7 +30,7 @@ from detectron2.modeling.poolers import convert_boxes_to_pooler_format
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
-from ...data import current_metadata
+from ...metadata import current_metadata
 from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
 from .alm import AttributeLocalization
 from .loss import UNKNOWN, check_attribute_targets, masked_attribute_bce
