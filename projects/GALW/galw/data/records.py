@@ -3,7 +3,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 from collections import Counter
 
 import numpy as np
@@ -20,46 +19,8 @@ __all__ = ["image_size", "xywh_to_xyxy", "cached_parse", "pack_records", "unpack
 CACHE_VERSION = 3
 
 
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg_size(f):
-    """(height, width) from a JPEG's SOF marker, or None; ~50x faster than PIL for 18k images."""
-    if f.read(2) != b"\xff\xd8":
-        return None
-    while True:
-        b = f.read(1)
-        while b and b != b"\xff":
-            b = f.read(1)
-        while b == b"\xff":
-            b = f.read(1)
-        if not b:
-            return None
-        m = b[0]
-        if m in _SOF:
-            seg = f.read(7)
-            if len(seg) < 7:
-                return None
-            h, w = struct.unpack(">HH", seg[3:7])
-            return (h, w) if h > 0 and w > 0 else None
-        if m == 0x01 or 0xD0 <= m <= 0xD8:
-            continue
-        length = f.read(2)
-        if len(length) < 2:
-            return None
-        f.seek(struct.unpack(">H", length)[0] - 2, 1)
-
-
 def image_size(path):
-    """(height, width) read from the image header only (no decoding); error naming the file."""
-    if path.lower().endswith((".jpg", ".jpeg")):
-        try:
-            with open(path, "rb") as f:
-                hw = _jpeg_size(f)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"Missing image {path}") from e
-        if hw is not None:
-            return hw
+    """(height, width) from the image header (PIL's open is lazy: no pixel is decoded); errors name the file."""
     try:
         with Image.open(path) as im:
             w, h = im.size
