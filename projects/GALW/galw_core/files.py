@@ -1,4 +1,10 @@
-"""Atomic file writes: a file the core writes (groups, phase-one record, checkpoints) is complete or absent."""
+"""Atomic file writes: a file the project writes (checkpoints, groups, records, results) is complete or absent.
+
+The POSIX recipe (write a temporary file in the same folder, fsync, ``os.replace``) in ten lines.
+The library for it, ``atomicwrites``, is archived by its author and unmaintained, and its temporary
+files carry random names, where ``galw.checkpoint.remove_stale_temp_files`` needs the writer's pid
+in the name to tell a dead writer's leftovers from a live one's.
+"""
 import os
 
 __all__ = ["atomic_write"]
