@@ -45,10 +45,12 @@ def conv2d_unfold(
     pixels, taps = h_out * w_out, c_per_group * kh * kw
     # Columns [N, C * kh * kw, L], channel-major: each group's rows are contiguous.
     columns = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
-    columns = columns.view(n, groups, taps, pixels).permute(1, 0, 3, 2).reshape(groups, n * pixels, taps)
-    out = torch.bmm(columns, weight.reshape(groups, c_out // groups, taps).transpose(1, 2))
+    columns = columns.view(n, groups, taps, pixels).permute(1, 2, 0, 3).reshape(groups, taps, n * pixels)
+    # weight @ columns (not columns @ weight^T): the weight's gradient then comes out in the weight's
+    # own layout, where the transposed product made the backward copy every 512x512x3x3 gradient.
+    out = torch.bmm(weight.reshape(groups, c_out // groups, taps), columns)
     # contiguous, as F.conv2d's output (a later .view() must work on either path)
-    out = out.view(groups, n, pixels, c_out // groups).permute(1, 0, 3, 2).contiguous().view(n, c_out, h_out, w_out)
+    out = out.view(groups, c_out // groups, n, pixels).permute(2, 0, 1, 3).contiguous().view(n, c_out, h_out, w_out)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
