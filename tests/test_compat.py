@@ -94,3 +94,38 @@ def test_noop_on_official_build():
 def test_apply_is_idempotent():
     first = compat.apply()
     assert compat.apply() == first
+
+
+def test_detectron2_export_tracing_adapter_on_every_build():
+    """detectron2's deployment route imports on both builds (v0.6's export package needs Caffe2,
+    which PyTorch no longer ships) and flattens a model's Instances outputs."""
+    import torch
+    from detectron2.export import TracingAdapter
+    from detectron2.structures import Boxes, Instances
+
+    class Detector(torch.nn.Module):
+        def forward(self, inputs):
+            image = inputs[0]["image"]
+            out = Instances(tuple(image.shape[1:]))
+            out.pred_boxes = Boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0]]) * image.mean())
+            out.scores = torch.tensor([0.5])
+            return [out]
+
+    image = torch.full((3, 8, 8), 2.0)
+    adapter = TracingAdapter(Detector(), [{"image": image}])
+    flat = adapter(image)
+    assert torch.equal(flat[0], torch.tensor([[2.0, 4.0, 6.0, 8.0]]))
+    assert torch.equal(flat[1], torch.tensor([0.5]))
+    restored = adapter.outputs_schema(flat)[0]
+    assert torch.equal(restored.pred_boxes.tensor, flat[0])
+
+
+def test_caffe2_exporters_are_named_unavailable_without_caffe2():
+    import importlib.util
+
+    import detectron2.export as export
+
+    if importlib.util.find_spec("caffe2") is not None:
+        pytest.skip("this environment ships Caffe2")
+    with pytest.raises(AttributeError, match=r"Caffe2Tracer"):
+        export.Caffe2Tracer  # noqa: B018

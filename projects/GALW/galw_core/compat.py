@@ -12,6 +12,11 @@ with its C++ extension skipped):
   ``layers/deform_conv.py``, ``layers/roi_align_rotated.py`` and
   ``structures/rotated_boxes.py``: a stand-in module is registered whose every
   function raises :class:`MissingCompiledOpError` naming the op.
+* ``detectron2.export`` imports Caffe2 (removed from PyTorch) unconditionally, so
+  ``from detectron2.export import TracingAdapter`` fails: as on current main, where Caffe2 is
+  optional (detectron2/export/__init__.py), the package then offers its Caffe2-free part
+  (``TracingAdapter``, ``scripting_with_instances``, ``dump_torchscript_IR``) and names the
+  Caffe2 exporters as unavailable.
 * ``PIL.Image.LINEAR`` was removed in Pillow 10 but is a default argument in
   ``detectron2/data/transforms``: aliased to ``BILINEAR`` (same filter).
 * v0.6's ``DefaultTrainer`` checkpoints only the iteration and hook states, so
@@ -89,6 +94,48 @@ class _MissingCompiledOps(types.ModuleType):
         return _missing
 
 
+#: What ``detectron2.export`` offers without Caffe2, and the module that defines each name.
+_CAFFE2_FREE_EXPORT = {
+    "TracingAdapter": "flatten",
+    "scripting_with_instances": "torchscript",
+    "dump_torchscript_IR": "torchscript",
+}
+
+
+class _Caffe2FreeExport(types.ModuleType):
+    """Stand-in for the ``detectron2.export`` package of a build whose ``__init__`` needs Caffe2:
+    its submodules import as usual, its Caffe2-free names load on first use."""
+
+    def __getattr__(self, name):
+        if name in _CAFFE2_FREE_EXPORT:
+            module = importlib.import_module(f"detectron2.export.{_CAFFE2_FREE_EXPORT[name]}")
+            value = getattr(module, name)
+            setattr(self, name, value)
+            return value
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"detectron2.export.{name} needs Caffe2, which PyTorch no longer ships; export with "
+            "detectron2.export.TracingAdapter + torch.export or torch.onnx.export(dynamo=True) instead"
+        )
+
+
+def _caffe2_free_export():
+    """Register :class:`_Caffe2FreeExport` as ``detectron2.export`` when Caffe2 is absent."""
+    if importlib.util.find_spec("caffe2") is not None or "detectron2.export" in sys.modules:
+        return False
+    spec = importlib.util.find_spec("detectron2.export")
+    if spec is None:
+        return False
+    module = _Caffe2FreeExport("detectron2.export")
+    module.__spec__ = spec
+    module.__path__ = list(spec.submodule_search_locations)
+    module.__file__ = spec.origin
+    module.__all__ = sorted(_CAFFE2_FREE_EXPORT)
+    sys.modules["detectron2.export"] = module
+    return True
+
+
 def has_compiled_ops() -> bool:
     """True when a real compiled ``detectron2._C`` can be found (official build)."""
     _C = sys.modules.get("detectron2._C")
@@ -124,6 +171,8 @@ def apply() -> list:
     stub.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", loader=None)
     sys.modules["detectron2._C"] = stub
     APPLIED.append("detectron2._C")
+    if _caffe2_free_export():
+        APPLIED.append("detectron2.export without Caffe2")
     from PIL import Image
 
     if not hasattr(Image, "LINEAR"):
