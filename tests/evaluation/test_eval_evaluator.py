@@ -256,12 +256,12 @@ def test_chunked_and_either_similarity_path_give_the_same_results(monkeypatch, t
     """One query per layout chunk, scored from the full product (fraction 0; with large = 0 the
     default protocol query by query) or from per-image products (inf): the same numbers and
     per-query JSON as the default run."""
-    import galw.evaluation.evaluator as E
+    import galw.evaluation.protocol_search as P
     import galw.evaluation.gallery_similarity as S
 
     _, default = cuhk(tmp_path / "a")
-    monkeypatch.setattr(E, "LAYOUT_ENTRIES", 1)
-    monkeypatch.setattr(E, "LARGE_GALLERY", large)
+    monkeypatch.setattr(P, "LAYOUT_ENTRIES", 1)
+    monkeypatch.setattr(P, "LARGE_GALLERY", large)
     monkeypatch.setattr(S, "FULL_PRODUCT_FRACTION", fraction)
     _, other = cuhk(tmp_path / "b")
     assert other == default

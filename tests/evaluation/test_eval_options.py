@@ -136,10 +136,10 @@ def test_options_on_every_scoring_path(monkeypatch, fraction, large):
     """CBGM, the GT-box oracle and PRW same-camera give the values above whether similarities come
     from the full product (fraction 0; large 0: default protocol and CBGM query by query) or from
     per-image products (inf)."""
-    import galw.evaluation.evaluator as E
+    import galw.evaluation.protocol_search as P
     import galw.evaluation.gallery_similarity as S
 
-    monkeypatch.setattr(E, "LARGE_GALLERY", large)
+    monkeypatch.setattr(P, "LARGE_GALLERY", large)
     monkeypatch.setattr(S, "FULL_PRODUCT_FRACTION", fraction)
     name, ios = cbgm_scene()
     r = run(name, ios, cuhk_protocols=(), cbgm=True, cbgm_context=2)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import galw  # noqa: F401
-from galw.evaluation.evaluator import _image_maxima, _pairs_that_can_rank
+from galw.evaluation.protocol_search import image_maxima, pairs_that_can_rank
 from galw.evaluation.gallery_similarity import full_product, layout_similarities, stable_argsort_indices
 from galw.evaluation.gallery_store import SearchGalleryStore
 from galw.evaluation.query_galleries import GalleryBatch, duplicate_rows_by_count, duplicate_rows_by_sort
@@ -69,7 +69,7 @@ def test_pairs_that_cannot_rank_change_nothing(seed):
     batch = random_batch(rng, store, int(rng.integers(1, 8)))
     sims = np.round(rng.normal(size=(len(store.embeddings), len(batch.n_img))), 1).astype(np.float32)
     rows = np.arange(len(batch.n_img))
-    keep = _pairs_that_can_rank(batch, rows, sims, _image_maxima(sims, store), store)
+    keep = pairs_that_can_rank(batch, rows, sims, image_maxima(sims, store), store)
     small = batch.keep_pairs(keep)
     got, ref = [], []
     for b, out in ((batch, ref), (small, got)):
@@ -86,7 +86,7 @@ def test_image_maxima():
                                [np.ones((2, 1)), np.ones((0, 1)), np.ones((3, 1))], 1)
     sims = np.array([[0.1, 0.5], [0.3, -1.0], [0.2, 0.0], [0.9, -0.5], [-0.4, 0.7]], np.float32)
     expected = np.array([[0.3, 0.5], [-np.inf, -np.inf], [0.9, 0.7]], np.float32)
-    np.testing.assert_array_equal(_image_maxima(sims, store), expected)
+    np.testing.assert_array_equal(image_maxima(sims, store), expected)
 
 
 def test_the_filter_drops_images_below_the_lowest_matched_positive():
@@ -97,7 +97,7 @@ def test_the_filter_drops_images_below_the_lowest_matched_positive():
     batch = GalleryBatch(np.array([7]), np.array([2, 1, 0]), np.array([3]), np.array([0]), np.array([2]),
                          np.array([[0, 0, 10, 20.0]]), [])
     sims = np.array([[0.5], [0.6], [0.4]], np.float32)
-    keep = _pairs_that_can_rank(batch, np.array([0]), sims, _image_maxima(sims, store), store)
+    keep = pairs_that_can_rank(batch, np.array([0]), sims, image_maxima(sims, store), store)
     assert keep.tolist() == [False, True, True]
     small = batch.keep_pairs(keep)
     assert small.images.tolist() == [1, 0] and small.n_img.tolist() == [2] and small.pos_list.tolist() == [1]

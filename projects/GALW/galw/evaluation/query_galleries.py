@@ -163,6 +163,26 @@ class CuhkQueryGalleries:
         return out, total, pos_list
 
 
+def cuhk_query_galleries(gallery_protocols, names, default, gallery_index, query_set, num_queries):
+    """name -> ``CuhkQueryGalleries`` of the CUHK-SYSU protocols ``names`` found in the metadata's
+    ``gallery_protocols`` (WholeGallery is built on TestG50's lists). A protocol that is absent, or
+    whose file is missing, is logged and left out, except ``default``, whose missing file raises."""
+    protocols = {}
+    for name in dict.fromkeys([default, *names]):
+        source = "TestG50" if name == "WholeGallery" else name
+        if source not in gallery_protocols:
+            logger.warning(f"CUHK-SYSU protocol {name} is not in the gallery metadata; not reported.")
+            continue
+        try:  # galw.data parses a protocol file on first access
+            protocols[name] = CuhkQueryGalleries(gallery_protocols[source], gallery_index, query_set, num_queries,
+                                                 source, name == "WholeGallery")
+        except FileNotFoundError as e:
+            if name == default:
+                raise
+            logger.warning(f"CUHK-SYSU protocol {name} skipped: {e}")
+    return protocols
+
+
 class PrwQueryGalleries:
     """PRW: each query's gallery is every other gallery frame ("standard"), the frames of the other
     cameras ("multi_view") or the other frames of its camera ("same_camera"), in record order."""
