@@ -177,16 +177,25 @@ def _rank(y_score, score, position) -> int:
     return higher + ties_before
 
 
-def _top_list(y_score, det_idx, positive_positions, k):
-    """The k best (position, store index, score, correct), ranked with the stable tie rule."""
-    if len(y_score) == 0:
-        return []
-    kth = np.partition(-y_score, min(k, len(y_score)) - 1)[min(k, len(y_score)) - 1]
+def rank_by_similarity(y_score, k=None) -> np.ndarray:
+    """Positions of the ``k`` highest of ``y_score`` (all when None), best first, equal scores in
+    gallery order (the earlier position first): how every ranked result list is ordered, the
+    evaluator's top-10 lists and ``galw.search``'s answers alike. Only the scores at or above the
+    k-th best are sorted."""
+    y_score = np.asarray(y_score)
+    k = len(y_score) if k is None else min(int(k), len(y_score))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(-y_score, k - 1)[k - 1]
     cand = np.nonzero(-y_score <= kth)[0]
-    cand = cand[np.lexsort((cand, -y_score[cand]))][:k]
+    return cand[np.lexsort((cand, -y_score[cand]))][:k]
+
+
+def _top_list(y_score, det_idx, positive_positions, k):
+    """The k best (store index, score, correct), ranked by ``rank_by_similarity``."""
     return [
         {"det": int(det_idx[p]), "similarity": float(y_score[p]), "correct": int(p) in positive_positions}
-        for p in cand
+        for p in rank_by_similarity(y_score, k)
     ]
 
 
@@ -321,7 +330,7 @@ def evaluate_layout(y, layout, pos_query, pos_list, pos_box, store, want_top=Fal
 
 
 def _top_lists(y, det_idx, q_of, seg_start, per_query, pos_at, k):
-    """Per query, its k best layout entries as in ``_top_list`` (ties: earlier in gallery order).
+    """Per query, its k best layout entries as ``rank_by_similarity`` orders them (tested equal).
 
     Each query's k-th best score comes from one ``np.partition`` of the batch's scores padded to a
     matrix; only entries at or above it are sorted.
