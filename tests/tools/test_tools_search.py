@@ -1,4 +1,4 @@
-"""tools/search.py ranks gallery people by a fake model whose embeddings are known by hand."""
+"""tools/search.py and galw.search rank gallery people by a fake model whose embeddings are known by hand."""
 import importlib.util
 import json
 import os
@@ -14,11 +14,13 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
 import galw
+from galw import search
+from galw.search import query as search_query
 from conftest import ROOT, write_video
 
 _spec = importlib.util.spec_from_file_location("galw_tools_search", os.path.join(ROOT, "tools", "search.py"))
-search = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(search)
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
 
 FAKE_ARCH = "_GalwToolsFakeSearchNet"
 
@@ -118,7 +120,7 @@ def _check_topk(result, gallery, k):
 
 def test_direct_search_ranks_by_hand_similarities(setup):
     out = str(setup["tmp"] / "direct")
-    result = search.main(["search", "--config-file", setup["config"], "--weights", setup["weights"],
+    result = tool.main(["search", "--config-file", setup["config"], "--weights", setup["weights"],
                           "--gallery", setup["gallery"], "--query-image", setup["query"],
                           "--box", "0", "0", "20", "20", "--topk", "4", "--out", out])
     _check_topk(result, setup["gallery"], 4)
@@ -131,7 +133,7 @@ def test_direct_search_ranks_by_hand_similarities(setup):
 
 def test_index_then_query_gives_the_same_ranking(setup):
     index_path = str(setup["tmp"] / "idx" / "index.pt")
-    index = search.main(["index", "--config-file", setup["config"], "--weights", setup["weights"],
+    index = tool.main(["index", "--config-file", setup["config"], "--weights", setup["weights"],
                          "--gallery", setup["gallery"], "--out", index_path])
     saved = search.load_index(index_path)
     assert saved["config_file"] == os.path.abspath(setup["config"])
@@ -141,12 +143,37 @@ def test_index_then_query_gives_the_same_ranking(setup):
     assert saved["boxes"].tolist() == [BOXES["left"], BOXES["right"]] * 3
     assert saved["embeddings"].shape == (6, 3)
     assert torch.equal(saved["embeddings"], index["embeddings"])
+    model = search.load_search_model(saved)  # the index's own fields name its model
+    assert isinstance(model, search.SearchModel) and model.config_file == saved["config_file"]
+    assert model.model.channel_weight.tolist() == [1.0, 1.0, 0.0]
     out = str(setup["tmp"] / "q")
-    result = search.main(["query", "--index", index_path, "--query-image", setup["query"],
+    result = tool.main(["query", "--index", index_path, "--query-image", setup["query"],
                           "--box", "0", "0", "20", "20", "--topk", "6", "--out", out])
     _check_topk(result, setup["gallery"], 6)
     assert result["index"] == os.path.abspath(index_path)
     assert os.path.isfile(os.path.join(out, "topk.png"))
+
+
+def test_model_source_resolves_command_and_index():
+    """What a command names wins over what the index stored, field by field; --exported excludes
+    the config, weights and overrides; the tool turns a bad combination into its exit message."""
+    stored = {"config_file": "/i/c.yaml", "weights": "/i/w.pth", "opts": ["A", "1"]}
+    assert search.model_source(stored=stored) == stored
+    assert search.model_source("c.yaml", stored=stored) == dict(stored, config_file="c.yaml")
+    assert search.model_source(opts=["B", "2"], stored=stored) == dict(stored, opts=["B", "2"])
+    exported = {"exported": "/e", "exported_format": "onnx"}
+    assert search.model_source(stored=exported) == exported
+    assert search.model_source(exported_format="torchscript", stored=exported) == dict(exported,
+                                                                                      exported_format="torchscript")
+    assert search.model_source(exported="x") == {"exported": "x", "exported_format": None}
+    with pytest.raises(ValueError, match="--exported replaces --config-file"):
+        search.model_source("c", "w", exported="x")
+    with pytest.raises(ValueError, match="--exported-format goes with --exported"):
+        search.model_source("c", "w", exported_format="onnx")
+    with pytest.raises(ValueError, match="give --config-file and --weights, or --exported"):
+        search.model_source("c", stored=exported)
+    with pytest.raises(SystemExit, match="give --config-file and --weights, or --exported"):
+        tool.main(["index", "--config-file", "c.yaml", "--gallery", "g", "--out", "o.pt"])
 
 
 def test_weights_are_loaded(setup):
@@ -200,14 +227,14 @@ def test_score_threshold_defaults_to_the_configs(setup):
     cfg_path = setup["tmp"] / "low_thresh.yaml"
     cfg_path.write_text(open(setup["config"]).read() + "TEST:\n  PERSON_SEARCH:\n    SEARCH_SCORE_THRESH: 0.05\n")
     common = ["index", "--config-file", str(cfg_path), "--weights", setup["weights"], "--gallery", setup["gallery"]]
-    index = search.main(common + ["--out", str(setup["tmp"] / "a.pt")])
+    index = tool.main(common + ["--out", str(setup["tmp"] / "a.pt")])
     assert index["score_thresh"] == pytest.approx(0.05)
     assert sorted(index["scores"].tolist()) == pytest.approx([0.1] * 3 + [0.8] * 3 + [0.9] * 3)
-    index = search.main(common + ["--out", str(setup["tmp"] / "b.pt"), "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", "0.85"])
+    index = tool.main(common + ["--out", str(setup["tmp"] / "b.pt"), "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", "0.85"])
     assert index["score_thresh"] == pytest.approx(0.85) and index["scores"].tolist() == pytest.approx([0.9] * 3)
-    index = search.main(common + ["--score-thresh", "0.75", "--out", str(setup["tmp"] / "c.pt")])
+    index = tool.main(common + ["--score-thresh", "0.75", "--out", str(setup["tmp"] / "c.pt")])
     assert index["score_thresh"] == pytest.approx(0.75) and len(index["scores"]) == 6
-    parser = search.build_parser()
+    parser = tool.build_parser()
     for command in ("search", "index"):
         assert parser.parse_args([command, "--config-file", "c", "--weights", "w", "--gallery", "g", "--out", "o"]
                                  + (["--query-image", "q", "--box", "0", "0", "1", "1"] if command == "search" else [])
@@ -278,11 +305,11 @@ def test_video_gallery_reports_frames_and_times(setup, tmp_path, monkeypatch):
     cfg.write_text(open(setup["config"]).read().replace("TEST_SHORT_SIDE: 10", "TEST_SHORT_SIDE: 144")
                    .replace("TEST_LONG_SIDE: 100", "TEST_LONG_SIDE: 192"))
     drawn = []
-    original_plot = search.plot_search_results
-    monkeypatch.setattr(search, "plot_search_results",
+    original_plot = search_query.plot_search_results
+    monkeypatch.setattr(search_query, "plot_search_results",
                         lambda queries, *a, **k: drawn.append(original_plot(queries, *a, **k)))
     out = tmp_path / "out"
-    result = search.main(["search", "--config-file", str(cfg), "--weights", setup["weights"],
+    result = tool.main(["search", "--config-file", str(cfg), "--weights", setup["weights"],
                           "--gallery", str(videos), "--sample-fps", "2", "--query-image", query,
                           "--box", "0", "0", "96", "144", "--topk", "16", "--out", str(out)])
     assert result["num_gallery_images"] == 8 and result["num_detections"] == 16
@@ -305,10 +332,10 @@ def test_video_gallery_reports_frames_and_times(setup, tmp_path, monkeypatch):
     assert os.path.getsize(out / "topk.png") > 5000
     # a single video file; the index keeps frames and times for the query command
     index_path = str(tmp_path / "video_index.pt")
-    index = search.main(["index", "--config-file", str(cfg), "--weights", setup["weights"],
+    index = tool.main(["index", "--config-file", str(cfg), "--weights", setup["weights"],
                          "--gallery", str(videos / "b.avi"), "--sample-fps", "0", "--out", index_path])
     assert index["frames"] == [0, 1, 2, 3] and index["times"] == pytest.approx([0.0, 0.5, 1.0, 1.5])
-    again = search.main(["query", "--index", index_path, "--query-image", query, "--box", "0", "0", "96", "144",
+    again = tool.main(["query", "--index", index_path, "--query-image", query, "--box", "0", "0", "96", "144",
                          "--topk", "2", "--out", str(tmp_path / "q")])
     assert all(os.path.basename(h["video"]) == "b.avi" and h["frame"] in range(4) for h in again["topk"])
 
