@@ -1,14 +1,20 @@
-"""tools/ablation.py: planning, resumable orchestration with an injected runner, table maths."""
+"""galw.ablation and tools/ablation.py: planning, resumable orchestration with an injected runner,
+the runs' result files, table maths."""
 import importlib.util
 import json
 import os
+import shlex
+import shutil
 
 import pytest
 from conftest import ROOT
 
-_spec = importlib.util.spec_from_file_location("galw_tools_ablation", os.path.join(ROOT, "tools", "ablation.py"))
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+from galw import ablation
+from galw.results import read_result
+
+_cli_spec = importlib.util.spec_from_file_location("galw_tools_ablation", os.path.join(ROOT, "tools", "ablation.py"))
+cli = importlib.util.module_from_spec(_cli_spec)
+_cli_spec.loader.exec_module(cli)
 
 # (variant, seed) -> (mAP, top1) that the fake training "reaches".
 FAKE = {("equal", 1): (50.0, 80.0), ("equal", 2): (52.0, 81.0), ("equal", 3): (54.0, 82.5),
@@ -66,9 +72,17 @@ class FakeTrainer:
                 json.dump({"groups": [["loss_a"], ["loss_b"], ["loss_c"]], "num_groups": 3, "linkage": "ward",
                            "gamma_history": HISTORY, "s_star": {}}, f)
             open(os.path.join(out_dir, "phase1", "init.pth"), "w").close()
+        if "MODEL.GALW.GROUPS_FILE" in cmd:  # the GALW hook writes the groups it trains with
+            shutil.copy(cmd[cmd.index("MODEL.GALW.GROUPS_FILE") + 1], os.path.join(out_dir, "galw_groups.json"))
         m_ap, top1 = FAKE[(name, seed)]
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            f.write(json.dumps({"iteration": 4, "total_loss": 1.0}) + "\n")
+            for it, sigma in ((1, 1.0), (3, 0.5)):
+                scalars = {"galw/sigma/g0": sigma, "galw/group_weight/g0": 1 / sigma ** 2,
+                           "galw/weight/loss_a": 1 / sigma ** 2} if name != "equal" else {}
+                f.write(json.dumps({"iteration": it, "total_loss": 1.0, **scalars}) + "\n")
+            f.write(json.dumps({"iteration": 2, "synth_cuhk_gallery/search/mAP": m_ap - 10,
+                                "synth_cuhk_gallery/search/top1": top1 - 10,
+                                "synth_cuhk_gallery/detection/AP": 70.0}) + "\n")
             f.write(json.dumps({"iteration": 4, "synth_cuhk_gallery/search/mAP": m_ap,
                                 "synth_cuhk_gallery/search/top1": top1}) + "\n")
         return 0
@@ -151,23 +165,82 @@ def test_a_crash_while_saving_a_result_leaves_no_partial_file(tmp_path, monkeypa
     resume would then fail to parse."""
     spec = _write_spec(tmp_path, seeds=(1,))
     out = str(tmp_path / "out")
-    real_dump = json.dump
 
-    def crash_mid_write(obj, f, **kw):
-        f.write(b"{" if "b" in getattr(f, "mode", "") else "{")
+    def crash_before_sync(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ablation.json, "dump", crash_mid_write)
+    monkeypatch.setattr(os, "fsync", crash_before_sync)  # the temporary file is written, not yet renamed
     with pytest.raises(KeyboardInterrupt):
         ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["equal"], group_tasks=fake_group_tasks)
     result = os.path.join(out, "equal", "seed1", ablation.RESULT_FILE)
     assert not os.path.exists(result)
     assert not [n for n in os.listdir(os.path.dirname(result)) if ".tmp." in n]
-    monkeypatch.setattr(ablation.json, "dump", real_dump)
+    monkeypatch.undo()
     outcome = ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["equal"], group_tasks=fake_group_tasks)
     assert [(r["name"], r["seed"], r["mAP"]) for r in outcome["results"]] == [("equal", 1, 50.0)]
-    with open(result) as f:
-        assert json.load(f)["top1"] == 80.0
+    assert read_result(result)["data"]["top1"] == 80.0
+
+
+def test_a_run_with_a_result_file_is_not_trained_again_and_its_file_stays_as_it_was(tmp_path):
+    spec = _write_spec(tmp_path, seeds=(1, 2))
+    out = str(tmp_path / "out")
+    first = FakeTrainer()
+    ablation.run_ablation(spec, out, runner=first, only=["equal", "galw_g4"], group_tasks=fake_group_tasks)
+    assert sorted((n, s) for n, s, _ in first.calls) == [("equal", 1), ("equal", 2), ("galw_g4", 1), ("galw_g4", 2)]
+    files = [os.path.join(out, n, f"seed{s}", ablation.RESULT_FILE) for n, s, _ in first.calls]
+    before = {}
+    for path in files:
+        with open(path, "rb") as f:
+            before[path] = (f.read(), os.stat(path).st_mtime_ns)
+    # the second invocation adds galw_g2 (its source galw_g4 is reused from its result file)
+    second = FakeTrainer(fail={k for k in FAKE if k[0] != "galw_g2"})
+    outcome = ablation.run_ablation(spec, out, runner=second, group_tasks=fake_group_tasks)
+    assert sorted((n, s) for n, s, _ in second.calls) == [("galw_g2", 1), ("galw_g2", 2)]
+    assert outcome["failed"] == [] and len(outcome["results"]) == 6
+    for path in files:
+        with open(path, "rb") as f:
+            assert (f.read(), os.stat(path).st_mtime_ns) == before[path], path
+
+
+def test_result_file_holds_figures_curve_groups_and_trajectories(tmp_path):
+    spec = _write_spec(tmp_path, seeds=(3,))
+    out = str(tmp_path / "out")
+    trainer = FakeTrainer()
+    outcome = ablation.run_ablation(spec, out, runner=trainer, group_tasks=fake_group_tasks)
+    assert outcome["failed"] == []
+    calls = {(n, s): c for n, s, c in trainer.calls}
+
+    g2_dir = os.path.join(out, "galw_g2", "seed3")
+    doc = read_result(os.path.join(g2_dir, ablation.RESULT_FILE))
+    assert doc["command"] == shlex.join(calls[("galw_g2", 3)])
+    for key in ("date", "commit", "cpu", "cores", "load_avg_1_5_15", "python", "torch", "detectron2"):
+        assert doc["meta"][key] is not None, key
+    data = doc["data"]
+    assert sorted(data) == ["curve", "groups", "mAP", "name", "seconds", "seed", "source", "top1", "trajectories"]
+    assert (data["name"], data["seed"], data["mAP"], data["top1"]) == ("galw_g2", 3, 59.0, 89.0)
+    assert data["source"] == os.path.join(g2_dir, "metrics.json") and data["seconds"] >= 0
+    assert data["curve"] == [{"iteration": 2, "mAP": 49.0, "top1": 79.0, "det_AP": 70.0},
+                             {"iteration": 4, "mAP": 59.0, "top1": 89.0}]
+    assert data["groups"] == {"groups": [["loss_a", "loss_c"], ["loss_b"]], "num_groups": 2, "linkage": "ward",
+                              "s_star": {}, "file": os.path.join(g2_dir, "galw_groups.json")}
+    assert data["trajectories"] == {
+        "sigma": {"g0": {"iteration": [1, 3], "value": [1.0, 0.5]}},
+        "group_weight": {"g0": {"iteration": [1, 3], "value": [1.0, 4.0]}},
+        "weight": {"loss_a": {"iteration": [1, 3], "value": [1.0, 4.0]}}}
+    # a two-phase run's groups are its first training's; a plain sum has no groups and no trajectories
+    g4 = read_result(os.path.join(out, "galw_g4", "seed3", ablation.RESULT_FILE))["data"]
+    assert g4["groups"]["groups"] == [["loss_a"], ["loss_b"], ["loss_c"]]
+    assert g4["groups"]["file"] == os.path.join(out, "galw_g4", "seed3", "phase1", "galw_groups.json")
+    equal = read_result(os.path.join(out, "equal", "seed3", ablation.RESULT_FILE))["data"]
+    assert equal["groups"] is None
+    assert equal["trajectories"] == {"sigma": {}, "group_weight": {}, "weight": {}}
+    # the study's JSON lists every run's figures, not its curves
+    assert not os.path.exists(os.path.join(out, "ablation.json"))  # training writes no tables
+    ablation.write_tables(spec, outcome, out)
+    with open(os.path.join(out, "ablation.json")) as f:
+        runs = json.load(f)["runs"]
+    assert runs[2] == {"name": "galw_g2", "seed": 3, "mAP": 59.0, "top1": 89.0, "seconds": data["seconds"],
+                       "source": data["source"]}
 
 
 def test_regroup_needs_the_phase_one_file(tmp_path):
@@ -294,7 +367,7 @@ def test_table_has_top10_and_detection_ap_when_every_run_has_them(tmp_path):
 
 def test_dry_run_prints_commands(tmp_path, capsys):
     spec = _write_spec(tmp_path, seeds=(1,))
-    ablation.main(["--spec", spec["_path"], "--out", str(tmp_path / "o"), "--dry-run", "--only", "equal"])
+    cli.main(["--spec", spec["_path"], "--out", str(tmp_path / "o"), "--dry-run", "--only", "equal"])
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and printed[0].endswith("SEED 1 SOLVER.MAX_ITER 5 MODEL.GALW.ENABLED False")
     assert not os.path.exists(tmp_path / "o")

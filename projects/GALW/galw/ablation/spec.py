@@ -1,0 +1,117 @@
+"""The ablation spec (``tools/ablation_spec.yaml``): its validation and the runs it plans.
+
+A run is one (variant, seed): a ``train_net.py`` training in ``OUT/<variant>/seed<k>`` with the
+base config, the spec's common overrides and the variant's own (``{seed}`` in them = the seed).
+"""
+import os
+import sys
+
+import yaml
+
+__all__ = ["REPO_ROOT", "base_config_path", "load_spec", "plan_runs", "schedule_opts", "train_command"]
+
+#: The repository root (projects/GALW/galw/ablation/spec.py -> <repo>): train_net.py and relative base configs.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))))
+
+
+def load_spec(path):
+    """The spec YAML at ``path`` (``yaml.safe_load``), validated; errors name the file and the field."""
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a mapping with base_config, seeds, variants")
+    for key in ("base_config", "seeds", "variants"):
+        if key not in spec:
+            raise ValueError(f"{path}: missing field {key!r}")
+    spec.setdefault("common_opts", [])
+    if not spec["seeds"] or not all(isinstance(s, int) for s in spec["seeds"]):
+        raise ValueError(f"{path}: 'seeds' must be a non-empty list of integers, got {spec['seeds']}")
+    seen = []
+    for i, v in enumerate(spec["variants"]):
+        if not isinstance(v, dict) or "name" not in v or "opts" not in v:
+            raise ValueError(f"{path}: variants[{i}] needs 'name' and 'opts'")
+        if v["name"] in seen:
+            raise ValueError(f"{path}: duplicate variant name {v['name']!r}")
+        if len(v["opts"]) % 2:
+            raise ValueError(f"{path}: variant {v['name']!r} has an odd number of opts (KEY VALUE pairs)")
+        v.setdefault("tables", [])
+        src = v.get("groups_from")
+        if src is not None:
+            missing = [k for k in ("variant", "groups_file", "num_groups") if k not in src]
+            if missing:
+                raise ValueError(f"{path}: variant {v['name']!r}: groups_from needs {missing}")
+            if src["variant"] not in seen:
+                raise ValueError(f"{path}: variant {v['name']!r}: groups_from.variant {src['variant']!r} "
+                                 "must be a variant listed before it")
+        seen.append(v["name"])
+    spec["_path"] = path
+    return spec
+
+
+def _variant(spec, name):
+    return next(v for v in spec["variants"] if v["name"] == name)
+
+
+def plan_runs(spec, out_root, only=None, seeds=None):
+    """The ordered runs: per seed, the variants in spec order (with ``only``, plus their groups_from sources)."""
+    out_root = os.path.abspath(out_root)
+    names = [v["name"] for v in spec["variants"]]
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"{spec['_path']}: no variant(s) named {unknown}")
+        wanted = set(only)
+        for v in reversed(spec["variants"]):  # sources come earlier in the list
+            if v["name"] in wanted and v.get("groups_from"):
+                wanted.add(v["groups_from"]["variant"])
+        names = [n for n in names if n in wanted]
+    seeds = list(seeds) if seeds else list(spec["seeds"])
+    runs = []
+    for seed in seeds:
+        for name in names:
+            v = _variant(spec, name)
+            run = {"name": name, "seed": seed, "out_dir": os.path.join(out_root, name, f"seed{seed}"),
+                   "opts": [str(o).replace("{seed}", str(seed)) for o in v["opts"]], "groups_from": None}
+            src = v.get("groups_from")
+            if src:
+                src_dir = os.path.join(out_root, src["variant"], f"seed{seed}")
+                run["groups_from"] = {
+                    "variant": src["variant"],
+                    "groups_file": os.path.join(src_dir, src["groups_file"]),
+                    "num_groups": int(src["num_groups"]),
+                    "init_weights": os.path.join(src_dir, src["init_weights"]) if src.get("init_weights") else None,
+                }
+            runs.append(run)
+    return runs
+
+
+def base_config_path(spec):
+    """The base config; a relative path is relative to the repository root."""
+    base = spec["base_config"]
+    return base if os.path.isabs(base) else os.path.join(REPO_ROOT, base)
+
+
+def train_command(spec, run, python=sys.executable, extra_args=(), extra_opts=()):
+    """The ``train_net.py`` command line of one run."""
+    return [python, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", base_config_path(spec), *extra_args,
+            "OUTPUT_DIR", run["out_dir"], "SEED", str(run["seed"]),
+            *[str(o) for o in spec["common_opts"]], *run["opts"], *extra_opts]
+
+
+def schedule_opts(spec, max_iter):
+    """Overrides that shorten the base config's schedule to ``max_iter`` iterations, its LR
+    steps scaled by the same factor (a reduced-scale ablation keeps the schedule's shape)."""
+    from detectron2.config import get_cfg
+
+    from galw import add_galw_config
+
+    if max_iter < 1:
+        raise ValueError(f"--max-iter must be >= 1, got {max_iter}")
+    cfg = get_cfg()
+    add_galw_config(cfg)
+    cfg.merge_from_file(base_config_path(spec))
+    cfg.merge_from_list([str(o) for o in spec["common_opts"]])
+    steps = tuple(int(round(s * max_iter / cfg.SOLVER.MAX_ITER)) for s in cfg.SOLVER.STEPS)
+    return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps),
+            "SOLVER.WARMUP_ITERS", str(min(cfg.SOLVER.WARMUP_ITERS, max_iter))]
