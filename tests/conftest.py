@@ -20,14 +20,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 CONFIG_DIR = os.path.join(ROOT, "projects", "GALW", "configs")
 
-#: The person-search tasks, one loss key each, in task order (projects/GALW/README.md's table).
-NAE_TASKS = ["loss_rpn_cls", "loss_rpn_box", "loss_nae_det", "loss_nae_box", "loss_nae_oim"]  # t1..t5
-ALIGNPS_TASKS = ["loss_aps_cls", "loss_aps_box", "loss_aps_ctr", "loss_aps_oim", "loss_aps_tri"]  # t6..t10
+from galw.modeling.tasks import BRANCH_TASKS, TASK_KINDS  # noqa: E402,F401  (the one task order)
+
+#: The person-search tasks, one loss key each, in task order (galw.modeling.tasks).
+NAE_TASKS = list(BRANCH_TASKS["NAEBranch"])  # t1..t5
+ALIGNPS_TASKS = list(BRANCH_TASKS["AlignPSBranch"])  # t6..t10
 ROI_ALIGNPS_TASKS = NAE_TASKS + ALIGNPS_TASKS
-ROI_ALIGNPS_ATTR_TASKS = ROI_ALIGNPS_TASKS + ["loss_attr"]  # t11
-#: Each task's GALW kind (k = 2 regression for the box losses and the triplet loss).
-TASK_KINDS = {t: "regression" if t in ("loss_rpn_box", "loss_nae_box", "loss_aps_box", "loss_aps_tri")
-              else "classification" for t in ROI_ALIGNPS_ATTR_TASKS}
+ROI_ALIGNPS_ATTR_TASKS = ROI_ALIGNPS_TASKS + list(BRANCH_TASKS["AttributeBranch"])  # t11
 
 
 def pytest_collection_modifyitems(config, items):

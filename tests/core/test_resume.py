@@ -1,5 +1,6 @@
-"""Resume reproduces the run (issue 15, items 1 and 9): an interrupted GALW two-phase training resumed
-with ``--resume`` ends bit-identical (CPU) to the same training uninterrupted, groups included.
+"""Resume reproduces the run: an interrupted GALW two-phase training resumed with ``--resume`` ends
+bit-identical (CPU) to the same training uninterrupted, groups included (every model family:
+test_resume_families.py).
 
 Cases:
 - test_kill_in_phase_one_then_resume_matches_uninterrupted: killed in phase one after a mid-epoch
