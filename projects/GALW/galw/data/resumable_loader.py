@@ -135,11 +135,19 @@ class ResumableTrainLoader:
             comm.get_rank(), comm.get_world_size(),
         )
         logger.info("Training data: seed %d, from batch %d (%d per process)", self.seed, self.start_iter, self.batch_size)
+        # A DataLoader iterator draws its workers' base seed when it starts (torch's dataloader.py,
+        # _BaseDataLoaderIter.__init__), from the global torch stream unless given a generator. That
+        # draw happens in the first step of a process: at iteration 0 uninterrupted, at the start
+        # iteration when resumed, where it shifted the stream ReproducibleRun had just seeded and so
+        # the model's draws in that step (the RPN's and ROI heads' proposal sampling).
+        generator = torch.Generator()
+        generator.manual_seed(derived_seed(self.seed, comm.get_rank()))
         loader = DataLoader(
             _SeededMapping(self._records, self._mapper, self.seed),
             batch_sampler=sampler,
             collate_fn=trivial_batch_collator,
             num_workers=self.num_workers,
             worker_init_fn=worker_init_reset_seed,
+            generator=generator,
         )
         yield from loader
