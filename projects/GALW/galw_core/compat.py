@@ -40,6 +40,7 @@ import importlib.util
 import logging
 import sys
 import types
+import warnings
 
 __all__ = [
     "APPLIED",
@@ -163,9 +164,25 @@ def _default_trainer_load_state_dict(self, state_dict):
         self._trainer.load_state_dict(state_dict["_trainer"])
 
 
+#: Modules that call ``torch.jit.script`` at import time, which the pinned torch (2.14) answers
+#: with a FutureWarning per call: detectron2's ``@torch.jit.script`` (modeling/box_regression.py:20) and
+#: fvcore's ``torch.jit.script(sigmoid_focal_loss)`` (nn/focal_loss.py:52), imported by detectron2's
+#: hooks. A user cannot act on it, so :func:`_import_jit_scripting_modules` imports exactly these
+#: with exactly that message ignored; any other ``torch.jit.script`` call still warns.
+_JIT_SCRIPTING_MODULES = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
+
+
+def _import_jit_scripting_modules():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        for name in _JIT_SCRIPTING_MODULES:
+            importlib.import_module(name)
+
+
 def apply() -> list:
     """Close the known gaps if this is a pure-Python detectron2; return what was applied."""
     if APPLIED or has_compiled_ops():
+        _import_jit_scripting_modules()
         return list(APPLIED)
     stub = _MissingCompiledOps("detectron2._C")
     stub.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", loader=None)
@@ -178,6 +195,7 @@ def apply() -> list:
     if not hasattr(Image, "LINEAR"):
         Image.LINEAR = Image.BILINEAR
         APPLIED.append("PIL.Image.LINEAR")
+    _import_jit_scripting_modules()
     from detectron2.engine import defaults
 
     if "state_dict" not in vars(defaults.DefaultTrainer):
