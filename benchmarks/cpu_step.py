@@ -90,6 +90,7 @@ def main():
 
     sys.path.insert(0, HERE)
     from galw_overhead import interleaved
+    from result_file import save
 
     with EventStorage(0):
         arms = build_arms(args)
@@ -102,6 +103,14 @@ def main():
             print(f"  {name:12s} {t[name]:7.3f} s/step  (deformable conv {deform}, ROI res5 conv {res5})")
         print(f"step-time ratio stock / grid_sample: {t['stock'] / t['grid_sample']:.2f}x, "
               f"stock / default: {t['stock'] / t['default']:.2f}x")
+        save("cpu_step", {
+            "settings": {"config": os.path.relpath(args.config_file, REPO), "rounds": args.rounds,
+                         "block": args.block, "threads": torch.get_num_threads()},
+            "rows": [{"arm": name, "deformable conv": deform, "ROI res5 conv": res5, "s/step": round(t[name], 3)}
+                     for name, (deform, res5) in ARMS.items()],
+            "step-time ratio stock / grid_sample": round(t["stock"] / t["grid_sample"], 3),
+            "step-time ratio stock / default": round(t["stock"] / t["default"], 3),
+        })
         if args.profile:
             profile(arms["default"], args.profile, args.warmup + args.rounds * args.block, args.top)
 

@@ -28,6 +28,7 @@ import galw  # noqa: F401
 from galw.data import CUHKSYSU, PRW
 from galw.data.matlab import cell_array as cell, struct_array as structs
 from galw.data.records import _fingerprint, cached_parse
+from result_file import save
 
 
 def link_images(src, paths):
@@ -132,6 +133,7 @@ def cache_vs_pickle(label, root, name, sources):
     os.remove(path)
     print(f"{label} cache file read: npz {t_npz:.3f} s, pickle of the same value {t_pkl:.3f} s "
           f"(ratio {t_npz / max(t_pkl, 1e-9):.2f})", flush=True)
+    return t_npz, t_pkl
 
 
 def main():
@@ -144,6 +146,11 @@ def main():
     args = parser.parse_args()
     sizes = [int(s) for s in args.cuhk_gallery_sizes.split(",")]
     rng = np.random.default_rng(0)
+    rows = []
+
+    def row(dataset, what, seconds, size=""):
+        rows.append({"dataset": dataset, "what": what, "seconds": round(seconds, 3), "size": size})
+
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch
         if not args.skip_cuhk:
@@ -159,13 +166,20 @@ def main():
             print(f"CUHK-SYSU parse (all splits, cold): {t_cold:.2f} s; {len(train)} train + {len(gallery)} gallery "
                   f"images, {nb} boxes, {num_pids} train ids, {len(queries)} queries", flush=True)
             print(f"CUHK-SYSU load of train+gallery+query from the cache: {t_warm:.2f} s", flush=True)
+            row("CUHK-SYSU", "parse, all splits (cold)", t_cold,
+                f"{len(train)} train + {len(gallery)} gallery images, {len(queries)} queries")
+            row("CUHK-SYSU", "load train+gallery+query from the cache", t_warm)
             for s in sizes:
                 t_p, entries = timed(lambda s=s: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
                 t_pw, _ = timed(lambda s=s: CUHKSYSU(root).parse_protocol(f"TestG{s}"))
                 print(f"CUHK-SYSU protocol TestG{s}: {len(entries)} queries x {len(entries[0]['gallery'])}, "
                       f"cold {t_p:.2f} s, cached {t_pw:.2f} s", flush=True)
+                row("CUHK-SYSU", f"protocol TestG{s} (cold)", t_p, f"{len(entries)} queries")
+                row("CUHK-SYSU", f"protocol TestG{s} (cached)", t_pw, f"{len(entries)} queries")
             ds = CUHKSYSU(root)
-            cache_vs_pickle("CUHK-SYSU base", root, "cuhk_sysu_base", ds._existing(ds._base_sources()))
+            t_npz, t_pkl = cache_vs_pickle("CUHK-SYSU base", root, "cuhk_sysu_base", ds._existing(ds._base_sources()))
+            row("CUHK-SYSU", "base cache file read (npz)", t_npz)
+            row("CUHK-SYSU", "base cache as a pickle (comparison)", t_pkl)
             cache_vs_pickle(f"CUHK-SYSU TestG{sizes[-1]}", root, f"cuhk_sysu_TestG{sizes[-1]}",
                             [ds.protocol_path(f"TestG{sizes[-1]}"), ds.protocol_path("TestG50")])
         if not args.skip_prw:
@@ -178,11 +192,18 @@ def main():
                   f"{cold['gallery'][0]:.2f} s ({n['gallery']} frames), query {cold['query'][0]:.2f} s "
                   f"({n['query']} queries); {len(cold['train'][1][1])} train ids", flush=True)
             print(f"PRW load of train+gallery+query from the cache: {warm:.2f} s", flush=True)
+            for s in ("train", "gallery", "query"):
+                row("PRW", f"parse {s} (cold)", cold[s][0], f"{n[s]} {'queries' if s == 'query' else 'frames'}")
+            row("PRW", "load train+gallery+query from the cache", warm)
             ds = PRW(root)
             names = ds._split_names("train")
             sources = [ds._file("frame_train.mat"), ds._file("frame_test.mat"), ds._file("ID_train.mat")] + [
                 os.path.join(ds.annotations, n + ".mat") for n in names]
-            cache_vs_pickle("PRW train", root, "prw_train", sources)
+            t_npz, t_pkl = cache_vs_pickle("PRW train", root, "prw_train", sources)
+            row("PRW", "train cache file read (npz)", t_npz)
+            row("PRW", "train cache as a pickle (comparison)", t_pkl)
+    save("data_parse", {"settings": {"CUHK-SYSU gallery sizes": args.cuhk_gallery_sizes,
+                                     "CUHK-SYSU": not args.skip_cuhk, "PRW": not args.skip_prw}, "rows": rows})
 
 
 if __name__ == "__main__":

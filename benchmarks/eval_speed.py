@@ -12,7 +12,7 @@ Protocols are handed to the evaluator as galw.data does (``ProtocolTable`` colum
 the parse cache): the "warm" figure. ``--cold-root`` names a full-size CUHK-SYSU fixture with a
 TestG100.mat (``benchmarks/data_parse.py --cuhk-gallery-sizes 50,100 --keep ROOT``); its
 TestG100.mat is parsed afresh (cache file removed) and "cold" = that parse + the warm evaluate().
-The summary prints each figure against the issue's targets (2 cores): TestG100 evaluate() <= 0.5 s
+The summary prints each figure against its target (2 cores): TestG100 evaluate() <= 0.5 s
 warm and <= 2 s cold, the six-size sweep <= 10 s.
 
 ``--baseline REV`` first runs the same measurement with ``projects/GALW/galw`` as of git revision
@@ -36,6 +36,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from galw.evaluation import PersonSearchEvaluator
+from result_file import save
 
 DIM = 256
 SIZES = (50, 100, 500, 1000, 2000, 4000)
@@ -324,6 +325,11 @@ def main():
             f"   ratio new/old {v / baseline[k]:.2f}" if "mAP" not in k and "top1" not in k and "load" not in k else "")
         target = f"   target <= {TARGETS[k]:.1f} s: {'met' if v <= TARGETS[k] else 'NOT met'}" if k in TARGETS else ""
         print(f"  {k:40s} {v:8.2f}{old}{target}")
+    save("eval_speed_" + args.dataset, {
+        "settings": {"dataset": args.dataset, "baseline": args.baseline, "cold root": bool(args.cold_root)},
+        "rows": [{"figure": k, "value": round(v, 3), "target": f"<= {TARGETS[k]} s" if k in TARGETS else "",
+                  **({"baseline": round(baseline[k], 3)} if baseline and k in baseline else {})}
+                 for k, v in summary.items()]})
 
 
 if __name__ == "__main__":

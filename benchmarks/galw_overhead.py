@@ -11,6 +11,7 @@ Also prints the probe options: every iteration, batched per-task gradients, and 
 with respect to all trainable parameters instead of the shared ones only.
 """
 import argparse
+import os
 import tempfile
 import time
 
@@ -23,6 +24,7 @@ from galw_core.train_step import GALWSimpleTrainer, attach_weighting
 from galw_core.hook import GALWHook
 from galw_core.probe import GradientProbe, select_shared_parameters
 from galw_core.toy import ToyMultiTask, toy_batches
+from result_file import save
 
 
 def toy_cfg(period, batched=False):
@@ -146,6 +148,12 @@ def main():
             t = interleaved(arms, args.rounds, {"equal": block, "galw": block}, args.warmup)
         print(f"config {args.config_file}: {t['equal'] * 1e3:.1f} ms/step equal, {t['galw'] * 1e3:.1f} ms/step GALW")
         print(f"step-time ratio GALW (PROBE_PERIOD={period}) / equal: {t['galw'] / t['equal']:.3f}")
+        save("galw_overhead_" + os.path.splitext(os.path.basename(args.config_file))[0], {
+            "settings": {"config": args.config_file, "rounds": args.rounds, "block": block, "probe period": period,
+                         "threads": torch.get_num_threads()},
+            "rows": [{"arm": k, "ms/step": round(v * 1e3, 1)} for k, v in t.items()],
+            "step-time ratio GALW / equal": round(t["galw"] / t["equal"], 3),
+        })
         return
     default_period = toy_cfg(0).MODEL.GALW.PROBE_PERIOD
     block = max(args.block, default_period)
@@ -169,6 +177,12 @@ def main():
     for k, v in t.items():
         print(f"  {k:40s} {v * 1e3:8.2f} ms/step   ratio {v / base:.3f}")
     print(f"step-time ratio GALW default / equal: {t[default] / base:.3f}")
+    save("galw_overhead_toy", {
+        "settings": {"model": "toy: 6 tasks, 3-stage conv trunk, 8x3x64x64 batches", "rounds": args.rounds,
+                     "block": block, "threads": torch.get_num_threads()},
+        "rows": [{"arm": k, "ms/step": round(v * 1e3, 2), "ratio to equal": round(v / base, 3)} for k, v in t.items()],
+        "step-time ratio GALW default / equal": round(t[default] / base, 3),
+    })
 
 
 if __name__ == "__main__":

@@ -295,6 +295,17 @@ def table(header, results):
     return "\n".join(lines)
 
 
+def save_result(results, header, env, device):
+    """``results/benchmarks/gpu_check.json`` through galw.results, in the prepared environment
+    (this process may lack detectron2)."""
+    code = ("import json, sys; from galw.results import write_result; "
+            "print(write_result('benchmarks', 'gpu_check', json.load(sys.stdin), command='make gpu-check', "
+            f"device={device!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, text=True, capture_output=True,
+                         input=json.dumps(dict(results, header=header)))
+    print(f"result file: {out.stdout.strip()}" if out.returncode == 0 else out.stderr[-2000:], flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -331,6 +342,8 @@ def main(argv=None):
     header = (f"GALW-PS GPU check: {device_name}; Python {sys.version.split()[0]}, torch {torch_version}, "
               f"detectron2 {d2} (compiled ops: {compiled})")
     print(table(header, results), flush=True)
+    if not args.tiny:  # a toy-scale run tests the script; it measures nothing
+        save_result(results, header, env, args.device)
     failed = [k for k, v in results.items() if isinstance(v, dict) and ("error" in v or v.get("ok") is False)]
     return 1 if failed else 0
 

@@ -28,6 +28,7 @@ import torch
 import torchvision
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from result_file import save
 
 WIDTH, HEIGHT = 1500, 900
 PAPER_MODELS = [
@@ -121,6 +122,7 @@ def main():
         + ("; person-search models under AMP" if args.amp else "")
     )
     ref_ms, ref_all = time_model(build_torchvision(args.device), images, args.device, args.warmup)
+    rows = [{"model": "torchvision fasterrcnn_resnet50_fpn", "ms/image (median)": round(ref_ms, 1), "ratio": 1.0}]
     print(f"{'torchvision fasterrcnn_resnet50_fpn':<45s} {ref_ms:9.1f} ms/image  (1.00x)  per image: "
           + ", ".join(f"{t:.0f}" for t in ref_all))
     for config_file in config_files:
@@ -128,6 +130,12 @@ def main():
         ms, all_ms = time_model(run, images, args.device, args.warmup)
         print(f"{config_file.split('configs/')[-1]:<45s} {ms:9.1f} ms/image  ({ms / ref_ms:.2f}x)  per image: "
               + ", ".join(f"{t:.0f}" for t in all_ms))
+        rows.append({"model": config_file.split("configs/")[-1], "ms/image (median)": round(ms, 1),
+                     "ratio": round(ms / ref_ms, 2)})
+    save("inference_" + args.device + ("_amp" if args.amp else ""), {
+        "settings": {"device": name, "images": f"{args.num_images} of {WIDTH}x{HEIGHT}", "warm-up": args.warmup,
+                     "amp": args.amp},
+        "rows": rows}, device=args.device)
 
 
 if __name__ == "__main__":

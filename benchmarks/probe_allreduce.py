@@ -9,6 +9,7 @@ all measured in this one run (interleaved, so load changes hit both alike).
     PYTHONPATH=projects/GALW:. python benchmarks/probe_allreduce.py [--channels 64] [--rounds 20]
 """
 import argparse
+import sys
 import time
 
 import galw  # noqa: F401  (before detectron2)
@@ -18,6 +19,7 @@ import torch.multiprocessing as mp
 
 from galw_core.probe import GradientProbe, select_shared_parameters
 from galw_core.toy import ToyMultiTask, toy_batches
+from result_file import save
 
 
 class NormsReducedProbe(GradientProbe):
@@ -73,6 +75,15 @@ def _worker(rank, port, args):
         print(f"  training step (backward + gradient all-reduce): {step * 1e3:8.2f} ms")
         print(f"probe time ratio gradients/norms reduced: {new / old:.3f}")
         print(f"extra cost per step at PROBE_PERIOD {period}: {(new - old) / period / step * 100:.2f}% of a step")
+        save("probe_allreduce", {
+            "settings": {"model": "toy", "processes": 2, "backend": "gloo", "tasks": len(model.task_names),
+                         "shared parameters": params, "rounds": n},
+            "rows": [{"what": "probe, gradients all-reduced", "ms": round(new * 1e3, 2)},
+                     {"what": "probe, norms all-reduced", "ms": round(old * 1e3, 2)},
+                     {"what": "training step (backward + gradient all-reduce)", "ms": round(step * 1e3, 2)}],
+            "probe time ratio gradients/norms reduced": round(new / old, 3),
+            f"extra cost per step at PROBE_PERIOD {period} (% of a step)": round((new - old) / period / step * 100, 2),
+        }, argv=args.argv)
     dist.destroy_process_group()
 
 
@@ -81,6 +92,7 @@ def main():
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    args.argv = list(sys.argv)  # the command line, for rank 0's result file
     import socket
 
     with socket.socket() as s:

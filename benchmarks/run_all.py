@@ -25,7 +25,8 @@ times inference and ROI-AlignPS* training on the GPU (``--amp``: autocast fp16 f
 inference, AMPTrainer for training); evaluation, parsing, the toy and the ALM stay on CPU.
 Benchmarks run with OMP_NUM_THREADS=1 unless the environment sets it (on a shared CPU two
 threads mostly wait on each other: a ROI-AlignPS* R-18 step took 3.5 s with one thread and
-12.9 s with two on this project's busy 2-core machine).
+12.9 s with two on a busy 2-core machine). Each benchmark writes its figures to
+``results/benchmarks/<name>.json`` (``make results`` renders the docs' tables from them).
 """
 import argparse
 import os
@@ -102,7 +103,6 @@ def child_env(data_root):
     env["DETECTRON2_DATASETS"] = data_root
     # One thread unless told otherwise: on a shared CPU, two OpenMP threads wait on each other.
     env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     return env
 
 

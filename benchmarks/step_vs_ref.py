@@ -65,7 +65,7 @@ def main():
     data = tempfile.mkdtemp(prefix="galw_step_data_")
     sys.path.insert(0, os.path.join(REPO, "projects", "GALW"))
     from galw.data.synthetic import generate
-    from galw.results import write_result
+    from result_file import save
 
     generate("prw", os.path.join(data, "SynthPS-PRW"), seed=0, size="tiny")
     ref_dir = tempfile.mkdtemp(prefix="galw_ref_")
@@ -101,10 +101,10 @@ def main():
     for name, t in per_step.items():
         print(f"  {name:24s} {t:.3f} s/step")
     print(f"speed-up of this checkout over {args.ref}: {ref / this:.2f}x")
-    write_result("benchmarks", "step_vs_ref", {
+    save("step_vs_ref", {
         "config": CONFIG, "ref": args.ref, "rounds": args.rounds, "block": args.block, "opts": args.opts,
         "seconds_per_step": {"this": this, "ref": ref}, "speedup": ref / this,
-    }, command=f"python benchmarks/step_vs_ref.py --ref {args.ref}")
+    })
 
 
 if __name__ == "__main__":
