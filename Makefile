@@ -6,7 +6,7 @@ PY_D2MAIN := .venv-d2main/bin/python
 GPU_PY ?= python3
 GPU_WHEELS := .gpu-wheels
 
-.PHONY: setup test demo bench gpu-check gpu-wheels
+.PHONY: setup test demo bench results gpu-check gpu-wheels
 setup:
 	bash tools/setup.sh
 
@@ -38,6 +38,10 @@ demo: setup
 # Every benchmark, figures printed (BENCH_ARGS e.g. "--scale full", "--device cuda --amp").
 bench: setup
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# The docs' results tables rewritten from results/<category>/<name>.json (tools/render_results.py).
+results: setup
+	$(PY) tools/render_results.py
 
 # On a fresh GPU machine (no setup, no internet): gpu tests, ROI-AlignPS* R-50 AMP training with
 # GALW probing, inference beside torchvision; one table (benchmarks/gpu_check.py).
