@@ -9,21 +9,17 @@ import logging
 
 import galw  # noqa: F401  (closes detectron2 gaps and registers the project's parts)
 import detectron2.utils.comm as comm
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
-from galw import add_galw_config
 from galw.checkpoint import AtomicCheckpointer
+from galw.config_file import load_config
 from galw_core import needs_two_phases, train_two_phase
 from galw.engine import Trainer, setup_galw_logger
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_galw_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)  # safe YAML: a config runs no code
     cfg.freeze()
     default_setup(cfg, args)
     setup_galw_logger(cfg.OUTPUT_DIR)  # galw.* lines (groups, s*, phases) beside detectron2's

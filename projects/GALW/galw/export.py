@@ -23,14 +23,13 @@ import warnings
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 from galw_core.files import atomic_write
 
 from .checkpoint import AtomicCheckpointer
-from .config import add_galw_config
+from .config_file import load_config
 from .modeling.deform_conv import DeformConv2d
 
 __all__ = [
@@ -57,10 +56,7 @@ def build_inference_model(config_file, weights, opts=()):
     for what, path in (("config file", config_file), ("weights file", weights)):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{what} {path!r} not found")
-    cfg = get_cfg()
-    add_galw_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     cfg.MODEL.WEIGHTS = os.path.abspath(weights)
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
