@@ -1,5 +1,5 @@
-"""Checkpoints that survive a crash mid-write, hold only finite tensors, and leave no temporary
-file behind a killed writer."""
+"""Checkpoints that survive a crash mid-write, hold only finite, non-exploded tensors, carry their
+SHA-256 and load without running code; ``--resume`` skips a damaged one for the newest intact one."""
 import fnmatch
 import logging
 import os
@@ -8,26 +8,53 @@ import re
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import Checkpointer
+from galw_core.content_hash import recorded_sha256, sha256_of, sidecar_path, torch_save_with_sha256
 from galw_core.files import atomic_write
 
-__all__ = ["AtomicCheckpointer", "load_array_pickle", "remove_stale_temp_files", "non_finite_tensors"]
+__all__ = [
+    "AtomicCheckpointer", "CheckpointError", "EXPLODED", "exploded_tensors", "load_array_pickle",
+    "load_checkpoint_file", "non_finite_tensors", "remove_stale_temp_files", "verify_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Files this project writes through :func:`atomic_write` into a run directory.
-ATOMIC_TARGETS = ("*.pth", "last_checkpoint", "galw_*.json")
+ATOMIC_TARGETS = ("*.pth", "*.pth.sha256", "last_checkpoint", "galw_*.json")
 _TEMP = re.compile(r"^(?P<target>.+)\.tmp\.(?P<pid>\d+)$")
+#: A weight or buffer beyond +-EXPLODED means a diverged training: trained detectors' weights stay
+#: within +-1e3 and their BatchNorm running variances within 1e8, while a diverging one grows by
+#: orders of magnitude per iteration, through float32's finite range (3.4e38) towards inf.
+EXPLODED = 1e12
+#: Training checkpoints ``--resume`` may fall back to (detectron2's PeriodicCheckpointer names).
+_RESUMABLE = "model_*.pth"
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer whose files are complete or absent, never truncated, never non-finite.
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: empty, truncated, damaged, or holding code."""
+
+
+class _WeightsOnlyLoad(Checkpointer):
+    """fvcore's ``Checkpointer._load_file`` as :func:`load_checkpoint_file`. Listed after
+    DetectionCheckpointer in :class:`AtomicCheckpointer`'s bases, so that detectron2's own call of
+    ``super()._load_file`` (``_torch_load`` on detectron2 main) lands here."""
+
+    def _load_file(self, f):
+        return load_checkpoint_file(f)
+
+
+class AtomicCheckpointer(DetectionCheckpointer, _WeightsOnlyLoad):
+    """DetectionCheckpointer whose files are complete or absent, never truncated, never non-finite
+    or exploded, each with its SHA-256, and loaded without running code.
 
     fvcore writes ``model_*.pth`` in place and then ``last_checkpoint``; a crash in
     between leaves a truncated file that ``--resume`` would try to load. Here the data
-    goes to a temporary file first and is renamed into place (atomic on POSIX), and
-    ``last_checkpoint`` is replaced the same way. A state holding a NaN or inf tensor (weights,
-    GALW sigmas, optimizer state) is refused, so ``last_checkpoint`` keeps naming a usable one.
-    On construction, temporary files left by killed writers are removed.
+    goes to a temporary file first and is renamed into place (atomic on POSIX), then its SHA-256
+    to ``<file>.sha256``, and ``last_checkpoint`` is replaced the same way. A state holding a NaN or
+    inf tensor (weights, GALW sigmas, optimizer state), or weights beyond +-:data:`EXPLODED`, is
+    refused, so ``last_checkpoint`` keeps naming a usable one. Loading checks the SHA-256 and reads
+    with ``weights_only=True``; ``resume_or_load`` falls back past damaged checkpoints. On
+    construction, temporary files left by killed writers are removed.
     """
 
     def __init__(self, model, save_dir="", **kwargs):
@@ -37,7 +64,15 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         """detectron2's reading of a model-zoo ``.pkl`` (d2 format, or Caffe2 blobs), through
-        :func:`load_array_pickle`: detectron2's own reader would unpickle anything."""
+        :func:`load_array_pickle` (detectron2's own reader would unpickle anything), and of a pycls
+        ``.pyth``, through :func:`load_checkpoint_file`; other files as detectron2 reads them, with
+        :func:`load_checkpoint_file` for the ``torch.load``."""
+        if filename.endswith(".pyth"):
+            data = load_checkpoint_file(filename)
+            if "model_state" not in data:
+                raise CheckpointError(f"{filename}: a pycls .pyth checkpoint holds 'model_state'; this one does not")
+            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         if not filename.endswith(".pkl"):
             return super()._load_file(filename)
         data = load_array_pickle(filename)
@@ -46,6 +81,44 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data = data.get("blobs", data)
         data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+    def resume_or_load(self, path, *, resume=True):
+        """fvcore's, except that a damaged checkpoint named by ``last_checkpoint`` is skipped for the
+        newest intact ``model_*.pth`` of ``save_dir`` (one whose SHA-256 matches), logged; with none
+        left, CheckpointError names the damaged files."""
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        tagged = self.get_checkpoint_file()
+        damaged = []
+        for candidate in [tagged] + self._fallbacks(tagged):
+            try:
+                if not os.path.isfile(candidate):
+                    raise CheckpointError(f"{candidate}: named by last_checkpoint, but not found")
+                loaded = self.load(candidate)
+            except CheckpointError as e:
+                # detectron2 main's DetectionCheckpointer.load leaves this set when loading raises, and
+                # asserts it unset on the next load (detectron2/checkpoint/detection_checkpoint.py, load).
+                if hasattr(self, "_parsed_url_during_load"):
+                    self._parsed_url_during_load = None
+                logger.error("Cannot resume from %s", e)
+                damaged.append(os.path.basename(candidate))
+                continue
+            if damaged:
+                logger.warning("Resumed from %s, the newest intact checkpoint of %s; skipped the damaged %s",
+                               candidate, self.save_dir, ", ".join(damaged))
+            return loaded
+        raise CheckpointError(
+            f"--resume: no intact checkpoint in {self.save_dir}: {', '.join(damaged)} cannot be loaded (see the "
+            "errors above); copy them again from a backup, or remove them (and last_checkpoint) and train again"
+        )
+
+    def _fallbacks(self, tagged):
+        """The other ``model_*.pth`` with a recorded SHA-256, newest first."""
+        names = [n for n in os.listdir(self.save_dir)
+                 if fnmatch.fnmatchcase(n, _RESUMABLE) and os.path.isfile(sidecar_path(os.path.join(self.save_dir, n)))]
+        paths = [os.path.join(self.save_dir, n) for n in names]
+        paths = [p for p in paths if os.path.abspath(p) != os.path.abspath(tagged)]
+        return sorted(paths, key=lambda p: (os.path.getmtime(p), p), reverse=True)
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -61,13 +134,79 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"Refusing to write {save_file}: {len(bad)} tensor(s) hold NaN or inf: "
                 f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; last_checkpoint is unchanged"
             )
+        big = exploded_tensors(data["model"], "model")
+        if big:
+            listing = ", ".join(f"{k} (max |w| {v:.3g})" for k, v in big[:10])
+            raise FloatingPointError(
+                f"Refusing to write {save_file}: the training diverged: {len(big)} weight tensor(s) exceed "
+                f"+-{EXPLODED:g}: {listing}{' ...' if len(big) > 10 else ''}; last_checkpoint is unchanged. "
+                "Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, and resume or train again"
+            )
         self.logger.info("Saving checkpoint to %s", save_file)
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        torch_save_with_sha256(save_file, data)
         self.tag_last_checkpoint(os.path.basename(save_file))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+_WHAT_TO_DO = ("copy it again from its source, or use an earlier checkpoint (train_net.py --resume falls back to "
+               "the newest intact one of OUTPUT_DIR by itself)")
+
+
+def verify_checkpoint(path):
+    """True when ``path`` matches the SHA-256 recorded beside it, False without a recorded one;
+    CheckpointError naming the file when it is empty or differs from its recorded SHA-256."""
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), not a checkpoint; {_WHAT_TO_DO}")
+    try:
+        expected = recorded_sha256(path)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its SHA-256 file is unreadable: {e}; {_WHAT_TO_DO}") from None
+    if expected is None:
+        return False
+    actual = sha256_of(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{path}: the file is damaged: its SHA-256 {actual} differs from {expected}, recorded in "
+            f"{sidecar_path(path)} when it was written; {_WHAT_TO_DO}"
+        )
+    return True
+
+
+def load_checkpoint_file(path):
+    """``torch.load(path, weights_only=True)`` after :func:`verify_checkpoint`; CheckpointError naming
+    the file when it holds more than tensors and plain containers (it could run code) or is damaged."""
+    verify_checkpoint(path)
+    try:
+        return torch.load(path, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable checkpoint ({e}); {_WHAT_TO_DO}") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("WeightsUnpickler error")]
+        raise CheckpointError(
+            f"{path}: refusing to load objects other than tensors, numbers, strings and containers, whose "
+            f"unpickling could run code ({lines[0] if lines else str(e).splitlines()[0]}); load only checkpoints "
+            "from a source you trust"
+        ) from None
+    except (EOFError, RuntimeError, ValueError, OSError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, the file is truncated or damaged ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no detail'}); {_WHAT_TO_DO}"
+        ) from None
+
+
+def exploded_tensors(state, prefix=""):
+    """(dotted name, max |value|) of the floating-point tensors of a state dict beyond +-EXPLODED."""
+    found = []
+    for k, v in state.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel():
+            peak = float(v.detach().abs().max())
+            if peak > EXPLODED:
+                found.append((name, peak))
+    return found
 
 
 def non_finite_tensors(obj, prefix=""):
