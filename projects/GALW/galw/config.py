@@ -55,6 +55,11 @@ def _add_evaluation_config(cfg):
     cfg.TEST.PERSON_SEARCH.DETECTION_IOU_THRESH = 0.5
     # Query feature: "gt_box" (embedding of the query box) or "best_iou_detection" (AlignPS, PSTR).
     cfg.TEST.PERSON_SEARCH.QUERY_FEATURE = "gt_box"
+    # Embedding searched with when MODEL.PERSON_SEARCH.DETECTOR and EMBEDDER differ (ROI-AlignPS*):
+    # "embedder" (the EMBEDDER's embedding of the detector's boxes: NAE's), "detector" (the
+    # detector's own: AlignPS's) or "concat" (both, each unit-norm, concatenated / sqrt(2)). The
+    # ROI-AlignPS reference scores all three; docs/fidelity.md says why "embedder" is the default.
+    cfg.TEST.PERSON_SEARCH.EMBEDDING = "embedder"
     # CUHK-SYSU gallery size reported as "search" (one of 50, 100, 500, 1000, 2000, 4000).
     cfg.TEST.PERSON_SEARCH.CUHK_GALLERY_SIZE = 100
     # Further CUHK-SYSU protocols, each reported as "search_<name>".

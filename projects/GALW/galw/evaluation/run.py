@@ -35,6 +35,6 @@ def evaluate_person_search(cfg, model, gallery_name: str):
     evaluator = PersonSearchEvaluator(cfg, gallery_name)
     results = inference_person_search(model, gallery_loader, query_loader, evaluator)
     if results:
-        logger.info("Person-search results on %s:", gallery_name)
+        logger.info("Person-search results on %s (EMBEDDING %s):", gallery_name, cfg.TEST.PERSON_SEARCH.EMBEDDING)
         print_csv_format(OrderedDict(results))
     return results

@@ -7,14 +7,19 @@ contract: per input, ``instances`` in original image coordinates with
 ``pred_boxes``, ``scores`` and ``embeddings`` (unit norm, or norm = score with NAE's
 score weighting, MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS); query inputs (with
 ``query_instances``) also get ``query_embedding``, the embedding of the given box.
+With a detector and an embedder apart (ROI-AlignPS*), TEST.PERSON_SEARCH.EMBEDDING picks
+the embedder's embedding, the detector's own, or both concatenated, the three the
+ROI-AlignPS reference scores (tools/test_results_psd.py, tools/test_results_psd_prw.py).
 A branch with a ``predict_attributes(images, features, boxes)`` method (the attribute
 branch) adds ``attribute_probs`` [N, A] to the detections.
 """
 import logging
+import math
 import os
 from typing import Dict, List
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
@@ -24,10 +29,14 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from .backbone import load_imagenet_weights
 from .branch import PersonSearchBranch, build_branch
+from .exportable import pad_image
 
-__all__ = ["PersonSearch"]
+__all__ = ["PersonSearch", "EMBEDDINGS"]
 
 logger = logging.getLogger(__name__)
+
+#: TEST.PERSON_SEARCH.EMBEDDING's choices (galw/config.py).
+EMBEDDINGS = ("embedder", "detector", "concat")
 
 
 @META_ARCH_REGISTRY.register()
@@ -48,19 +57,31 @@ class PersonSearch(nn.Module):
         input_format: str = "BGR",
         pretrained: str = "",
         stride_in_1x1: bool = True,
+        embedding: str = "embedder",
     ):
         """``pretrained``: ImageNet ResNet checkpoint copied into the trunk and every branch's
-        ``res5`` once the model is built (see ``galw.modeling.backbone``); "" = random init."""
+        ``res5`` once the model is built (see ``galw.modeling.backbone``); "" = random init.
+        ``embedding``: one of EMBEDDINGS (TEST.PERSON_SEARCH.EMBEDDING)."""
         super().__init__()
         for role, name in (("DETECTOR", detector), ("EMBEDDER", embedder)):
             if name not in branches:
                 raise ValueError(
                     f"MODEL.PERSON_SEARCH.{role} = {name!r} is not among MODEL.PERSON_SEARCH.BRANCHES {list(branches)}"
                 )
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"TEST.PERSON_SEARCH.EMBEDDING = {embedding!r}; expected one of {EMBEDDINGS}")
+        if embedding == "concat" and detector == embedder:
+            raise ValueError(
+                f"TEST.PERSON_SEARCH.EMBEDDING = 'concat' needs MODEL.PERSON_SEARCH.DETECTOR and EMBEDDER apart; "
+                f"both are {detector!r}"
+            )
         self.backbone = backbone
         self.branches = nn.ModuleDict(branches)
         self.detector = detector
         self.embedder = embedder
+        self.embedding = embedding
+        logger.info("Person search embeds with %s (TEST.PERSON_SEARCH.EMBEDDING = %s)",
+                    self.embedding_description, embedding)
         self.size_divisibility = size_divisibility
         self.input_format = input_format
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -92,15 +113,27 @@ class PersonSearch(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "pretrained": pretrained,
             "stride_in_1x1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
+            "embedding": cfg.TEST.PERSON_SEARCH.EMBEDDING,
         }
 
     @property
     def device(self):
         return self.pixel_mean.device
 
+    @property
+    def embedding_description(self) -> str:
+        """Which branch's embedding the search uses, in words."""
+        if self.embedding == "concat":
+            return f"{self.detector}'s and {self.embedder}'s embeddings, each unit-norm, concatenated / sqrt(2)"
+        if self.embedding == "detector" or self.detector == self.embedder:
+            return f"{self.detector}'s embedding of its detections"
+        return f"{self.embedder}'s embedding of {self.detector}'s boxes"
+
     def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
         """Normalise and pad the images (in ``INPUT.FORMAT`` channel order)."""
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        if len(images) == 1:
+            return pad_image(images[0], self.size_divisibility)  # sizes symbolic under torch.export
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def forward(self, batched_inputs: List[dict]):
@@ -143,9 +176,9 @@ class PersonSearch(nn.Module):
         detector = self.branches[self.detector]
         embedder = self.branches[self.embedder]
         detections = detector.detect(images, features)
-        if embedder is not detector:
+        if embedder is not detector and self.embedding != "detector":
             for inst, emb in zip(detections, embedder.embed(images, features, [d.pred_boxes for d in detections])):
-                inst.embeddings = emb
+                inst.embeddings = _concat(inst.embeddings, emb) if self.embedding == "concat" else emb
         for branch in self.branches.values():
             if hasattr(branch, "predict_attributes"):
                 boxes = [d.pred_boxes for d in detections]
@@ -154,14 +187,14 @@ class PersonSearch(nn.Module):
         empty = Boxes(torch.zeros((0, 4), device=self.device))
         query_embeddings = None
         if any(b is not None for b in query_boxes):
-            query_embeddings = embedder.embed(
+            query_embeddings = self._embed_boxes(
                 images, features, [b if b is not None else empty for b in query_boxes]
             )
         oracle_boxes = [x["oracle_instances"].gt_boxes.to(self.device) if "oracle_instances" in x else None
                         for x in batched_inputs]
         oracle_embeddings = None
         if any(b is not None for b in oracle_boxes):  # the evaluation's GT-box oracle
-            oracle_embeddings = embedder.embed(
+            oracle_embeddings = self._embed_boxes(
                 images, features, [b if b is not None else empty for b in oracle_boxes]
             )
         outputs = []
@@ -175,6 +208,17 @@ class PersonSearch(nn.Module):
             outputs.append(out)
         return outputs
 
+    def _embed_boxes(self, images, features, boxes: List[Boxes]) -> List[torch.Tensor]:
+        """Per image, the TEST.PERSON_SEARCH.EMBEDDING embedding of the given boxes."""
+        detector = self.branches[self.detector]
+        embedder = self.branches[self.embedder]
+        if self.embedding == "detector":
+            return detector.embed(images, features, boxes)
+        if self.embedding == "embedder":
+            return embedder.embed(images, features, boxes)
+        return [_concat(a, b) for a, b in zip(detector.embed(images, features, boxes),
+                                              embedder.embed(images, features, boxes))]
+
     def _query_box(self, x: dict, index: int):
         """The single query box of a query input (input scale), or None for a gallery input."""
         query = x.get("query_instances")
@@ -186,3 +230,10 @@ class PersonSearch(nn.Module):
                 f"Instances holding exactly one gt_boxes entry; got {query!r}"
             )
         return query.gt_boxes.to(self.device)
+
+
+def _concat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[a/|a|, b/|b|] / sqrt(2): each part normalised as the reference's scripts do before
+    concatenating (test_results_psd_prw.py:151,156,161), the result unit-norm as its CUHK-SYSU
+    script makes it (test_results_psd.py:99,139,158), so similarities are the mean of the two."""
+    return torch.cat([F.normalize(a, dim=1), F.normalize(b, dim=1)], dim=1) / math.sqrt(2.0)
