@@ -7,7 +7,7 @@ import pytest
 import galw
 from detectron2.config import get_cfg
 
-from conftest import CONFIG_DIR, ROOT
+from conftest import CONFIG_DIR, ROI_ALIGNPS_ATTR_TASKS, ROI_ALIGNPS_TASKS, ROOT
 
 FIDELITY_MD = os.path.join(ROOT, "projects", "GALW", "docs", "fidelity.md")
 
@@ -28,6 +28,10 @@ PINNED = [
     ("attr/roi_alignps_attr_R50_cuhk.yaml", "TEST.PERSON_SEARCH.QUERY_FEATURE", "best_iou_detection"),
     ("nae/nae_R50_prw.yaml", "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", 0.5),
     ("nae/nae_R50_prw.yaml", "TEST.PERSON_SEARCH.QUERY_FEATURE", "gt_box"),
+    # 12. ROI-AlignPS* searches with NAE's embedding of AlignPS's boxes
+    ("alignps/roi_alignps_R50_prw.yaml", "TEST.PERSON_SEARCH.EMBEDDING", "embedder"),
+    ("alignps/roi_alignps_R50_cuhk_galw.yaml", "TEST.PERSON_SEARCH.EMBEDDING", "embedder"),
+    ("alignps/roi_alignps_R50_prw.yaml", "MODEL.PERSON_SEARCH.EMBEDDER", "NAEBranch"),
     # 2. the ROI-AlignPS* baseline: Table 1's last row; the equal-weight variant has its own name
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.GALW.ENABLED", True),
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.GALW.WEIGHTING", "manual"),
@@ -56,10 +60,19 @@ PINNED = [
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.ROI_HEADS.IOU_LABELS", [0, -1, 1]),
     ("nae/nae_R50_prw.yaml", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 128),
     ("nae/nae_R50_prw.yaml", "MODEL.ROI_HEADS.POSITIVE_FRACTION", 0.5),
+    # 2. the task order Table 1's weights are indexed by (galw/modeling/tasks.py)
+    ("alignps/roi_alignps_R50_prw.yaml", "MODEL.GALW.TASKS", ROI_ALIGNPS_TASKS),
+    ("attr/roi_alignps_attr_R50_prw.yaml", "MODEL.GALW.TASKS", ROI_ALIGNPS_ATTR_TASKS),
+    # 13. ROIAlign as ROI-AlignPS (mmcv's aligned default, adaptive sampling) for every NAE head
+    ("nae/nae_R50_prw.yaml", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlignV2"),
+    ("alignps/roi_alignps_R50_prw.yaml", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlignV2"),
+    ("nae/nae_R50_prw.yaml", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", 0),
     # 6. NAE box regressor init
     ("nae/nae_R50_prw.yaml", "MODEL.NAE.BOX_PREDICTOR_INIT_STD", 0.01),
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.NAE.BOX_PREDICTOR_INIT_STD", 0.001),
     ("nae/nae_R50_prw.yaml", "MODEL.NAE.BOX_REG_LOSS_WEIGHT", 10.0),
+    ("alignps/roi_alignps_R50_prw.yaml", "MODEL.NAE.BOX_REG_LOSS_WEIGHT", 1.0),  # the 10 is Table 1's w3
+    ("attr/roi_alignps_attr_R50_cuhk.yaml", "MODEL.NAE.BOX_REG_LOSS_WEIGHT", 1.0),
     # 7. gradient clipping: global norm 10 over all parameters
     ("nae/nae_R50_prw.yaml", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model"),
     ("alignps/alignps_R50_cuhk.yaml", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model"),

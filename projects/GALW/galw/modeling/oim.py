@@ -3,10 +3,13 @@
 OIM (Xiao et al., CVPR 2017) classifies a box embedding against a lookup table
 (LUT) holding one slowly updated feature per labeled identity, plus a circular
 queue of recent unlabeled features that only enlarge the softmax denominator.
-The public person-search codebases update these memories with the local batch
-only, so under DDP every rank drifts to its own table. Here the features and
-identities of ALL ranks are gathered first and every rank applies the same
-updates in the same order, so the tables stay identical on every rank.
+SeqNet and the ROI-AlignPS reference update these memories with the local batch
+only (their gather is commented out: SeqNet models/oim.py:20, AlignPS
+mmdet/models/roi_heads/bbox_heads/oim_nae_new.py:20), so under DDP every rank
+drifts to its own table. Here, as in NAE4PS (lib/loss/oim.py:26-27 gathers with
+lib/utils/distributed.py:133 tensor_gather), the features and identities of ALL
+ranks are gathered first and every rank applies the same updates in the same
+order, so the tables stay identical on every rank.
 """
 from typing import Optional
 
