@@ -4,6 +4,10 @@
     python train_net.py --config-file projects/GALW/configs/<config>.yaml [--num-gpus N]
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
     python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR
+
+A GALW phase one interrupted and resumed must keep the settings it started with (recorded in
+OUTPUT_DIR/galw_phase1/galw_phase1_config.json); ``--resume --mixed-phase-one`` continues it under
+changed ones, logged and recorded as mixed.
 """
 import logging
 
@@ -26,6 +30,17 @@ def setup(args):
     return cfg
 
 
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--mixed-phase-one", action="store_true",
+        help="with --resume: continue an interrupted GALW phase one under settings other than those it was "
+             "trained with so far (logged; galw_phase1_config.json records it as mixed, and its groups are "
+             "never taken as matching a later run's settings)",
+    )
+    return parser
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_only:
@@ -38,14 +53,15 @@ def main(args):
             verify_results(cfg, res)
         return res
     if needs_two_phases(cfg):  # GALW Algorithm 1: a probing training, then the grouped one
-        return train_two_phase(cfg, Trainer, resume=args.resume)
+        return train_two_phase(cfg, Trainer, resume=args.resume,
+                               mixed_phase_one=getattr(args, "mixed_phase_one", False))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     logging.getLogger(__name__).info("Command Line Args: %s", args)
     launch(
         main,

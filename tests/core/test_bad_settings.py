@@ -99,7 +99,7 @@ def test_huge_learning_rate_stops_before_a_non_finite_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError):
         step.train(0, 50)
     assert 0 < step.iter < 49
-    saved = [p for p in os.listdir(tmp_path) if p.startswith("model_")]
+    saved = [p for p in os.listdir(tmp_path) if p.startswith("model_") and p.endswith(".pth")]
     assert saved and not [p for p in os.listdir(tmp_path) if ".tmp." in p]
     for name in saved:
         state = torch.load(tmp_path / name, map_location="cpu", weights_only=True)

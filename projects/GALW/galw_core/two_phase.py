@@ -4,10 +4,9 @@ import json
 import logging
 import os
 
-import torch
-
 import detectron2.utils.comm as comm
 
+from .content_hash import torch_save_with_sha256
 from .files import atomic_write
 from .hook import GROUPS_FILENAME
 from .train_step import epoch_iters
@@ -45,6 +44,13 @@ def phase_configs(cfg):
     one.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, PHASE_ONE_DIR)
     if cfg.MODEL.GALW.PROBE_EPOCHS > 0:
         one.SOLVER.MAX_ITER = cfg.MODEL.GALW.PROBE_EPOCHS * epoch_iters(cfg)
+    # detectron2's multi-step schedule needs every milestone below MAX_ITER (fvcore's
+    # MultiStepParamScheduler raises on one equal to it); phase one's LR drops are those inside it.
+    late = [s for s in one.SOLVER.STEPS if s >= one.SOLVER.MAX_ITER]
+    if late:
+        one.SOLVER.STEPS = tuple(s for s in one.SOLVER.STEPS if s < one.SOLVER.MAX_ITER)
+        logger.info("GALW phase one: SOLVER.STEPS %s dropped: phase one lasts %d iterations (phase two keeps them)",
+                    ", ".join(str(s) for s in late), one.SOLVER.MAX_ITER)
     # Phase one only measures Gamma: no evaluation (detectron2's EvalHook also evaluates after the
     # last iteration whatever EVAL_PERIOD is, so the test sets are removed).
     one.TEST.EVAL_PERIOD = 0
@@ -58,9 +64,12 @@ def phase_configs(cfg):
     return one, two
 
 
-def train_two_phase(cfg, trainer_cls, resume: bool = False):
+def train_two_phase(cfg, trainer_cls, resume: bool = False, mixed_phase_one: bool = False):
     """Run (or resume) phase one unless its groups exist, then phase two; returns phase two's
-    ``train()`` result. ``trainer_cls(cfg)`` must build a GALW-enabled DefaultTrainer."""
+    ``train()`` result. ``trainer_cls(cfg)`` must build a GALW-enabled DefaultTrainer.
+
+    Resuming an interrupted phase one under settings other than its record's raises, naming the
+    keys, unless ``mixed_phase_one``: then it continues, logged, and the record notes the change."""
     one, two = phase_configs(cfg)
     groups_file = two.MODEL.GALW.GROUPS_FILE
     phase_two_started = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
@@ -68,12 +77,12 @@ def train_two_phase(cfg, trainer_cls, resume: bool = False):
         _check_reusable(one, resume)
     if not phase_two_started and not os.path.isfile(groups_file):
         logger.info("GALW phase one: recording Gamma in %s", one.OUTPUT_DIR)
-        if comm.is_main_process():
-            os.makedirs(one.OUTPUT_DIR, exist_ok=True)
-            settings = json.dumps({"settings": phase_one_settings(one)}, indent=1, sort_keys=True)
-            atomic_write(os.path.join(one.OUTPUT_DIR, PHASE_ONE_RECORD), lambda f: f.write(settings.encode()))
-        first = trainer_cls(one)
+        resumed = resume and os.path.isfile(os.path.join(one.OUTPUT_DIR, "last_checkpoint"))
+        changed = _changed_since_record(one, mixed_phase_one) if resumed else None
+        first = trainer_cls(one)  # builds the model: settings it rejects fail before phase one writes a file
         first.resume_or_load(resume=resume)
+        if comm.is_main_process():
+            _write_record(one, first.start_iter, changed)
         if first.start_iter == 0 and comm.is_main_process():
             _save_init_weights(first.model, two.MODEL.WEIGHTS)
         comm.synchronize()
@@ -91,8 +100,75 @@ def train_two_phase(cfg, trainer_cls, resume: bool = False):
 def _save_init_weights(model, path):
     model = getattr(model, "module", model)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, lambda f: torch.save({"model": model.state_dict()}, f))
+    torch_save_with_sha256(path, {"model": model.state_dict()})
     logger.info("GALW: initial weights saved to %s", path)
+
+
+def _read_record(path):
+    with open(path) as f:
+        record = json.load(f)
+    if not isinstance(record.get("settings"), dict):
+        raise ValueError("no 'settings' mapping")
+    return record
+
+
+def _latest_settings(record) -> dict:
+    """The settings phase one trains with now: its first ones, updated by each mixed resume."""
+    settings = dict(record["settings"])
+    for entry in record.get("mixed", []):
+        settings.update(entry["settings"])
+    return settings
+
+
+def _differences(recorded, now):
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k, "<absent>") != now.get(k, "<absent>"))
+
+
+def _listing(keys, recorded, now):
+    return "; ".join(f"{k}: recorded {recorded.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}" for k in keys)
+
+
+def _changed_since_record(one, mixed_phase_one):
+    """On ``--resume`` of an interrupted phase one: None when its settings are the record's (or no
+    record can tell), else the changed keys, allowed only with ``mixed_phase_one``."""
+    path = os.path.join(one.OUTPUT_DIR, PHASE_ONE_RECORD)
+    try:
+        recorded = _latest_settings(_read_record(path))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        logger.warning("GALW: resuming phase one in %s without its settings record %s (%s): the settings it "
+                       "was trained with cannot be checked", one.OUTPUT_DIR, path, e)
+        return None
+    now = json.loads(json.dumps(phase_one_settings(one)))  # tuples as lists, as recorded
+    differ = _differences(recorded, now)
+    if not differ:
+        return None
+    listing = _listing(differ, recorded, now)
+    if not mixed_phase_one:
+        raise ValueError(
+            f"GALW: --resume of the interrupted phase one in {one.OUTPUT_DIR}: its checkpoints were trained with "
+            f"other settings (recorded in {path}): {listing}. Resume with the recorded settings, pass "
+            f"--mixed-phase-one to continue under the new ones (recorded as mixed), or remove {one.OUTPUT_DIR} "
+            "to train phase one again"
+        )
+    return {"keys": differ, "now": {k: now.get(k) for k in differ}, "listing": listing}
+
+
+def _write_record(one, start_iter, changed):
+    """Phase one's settings record: written afresh when phase one starts at iteration 0; a mixed
+    resume appends its changes; any other resume leaves the record as its checkpoints' settings."""
+    path = os.path.join(one.OUTPUT_DIR, PHASE_ONE_RECORD)
+    if start_iter == 0 or not os.path.isfile(path):
+        record = {"settings": phase_one_settings(one)}
+    elif changed:
+        record = _read_record(path)
+        record.setdefault("mixed", []).append({"from_iteration": int(start_iter), "settings": changed["now"]})
+        logger.warning("GALW: phase one in %s continues under other settings from iteration %d (--mixed-phase-one): "
+                       "%s; %s records it as mixed", one.OUTPUT_DIR, start_iter, changed["listing"], path)
+    else:
+        return
+    os.makedirs(one.OUTPUT_DIR, exist_ok=True)
+    text = json.dumps(record, indent=1, sort_keys=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def phase_one_settings(one) -> dict:
@@ -119,32 +195,39 @@ def phase_one_settings(one) -> dict:
 
 
 def _check_reusable(one, resume: bool):
-    """Phase one's groups are reused when its recorded settings match; with ``--resume`` they are
-    reused anyway (differences logged). Otherwise raise naming the file and the differing keys."""
-    record = os.path.join(one.OUTPUT_DIR, PHASE_ONE_RECORD)
+    """Phase one's groups are reused when its recorded settings match (a phase one trained under
+    mixed settings never does); with ``--resume`` they are reused anyway (differences logged).
+    Otherwise raise naming the file and the differing keys."""
+    record_path = os.path.join(one.OUTPUT_DIR, PHASE_ONE_RECORD)
     groups = os.path.join(one.OUTPUT_DIR, GROUPS_FILENAME)
     try:
-        with open(record) as f:
-            recorded = json.load(f)["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        record = _read_record(record_path)
+        mixed = [(k, v, int(e["from_iteration"])) for e in record.get("mixed", []) for k, v in e["settings"].items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         if resume:
-            logger.warning("GALW: reusing %s (--resume) although %s is unreadable: %s", groups, record, e)
+            logger.warning("GALW: reusing %s (--resume) although %s is unreadable: %s", groups, record_path, e)
             return
         raise ValueError(
-            f"GALW: {groups} exists, but {record}, which records the settings it was made with, cannot be "
+            f"GALW: {groups} exists, but {record_path}, which records the settings it was made with, cannot be "
             f"read ({e}); pass --resume to reuse that phase one, or remove {one.OUTPUT_DIR}"
         ) from None
+    recorded = record["settings"]
     now = json.loads(json.dumps(phase_one_settings(one)))  # tuples as lists, as recorded
-    differ = sorted(k for k in set(recorded) | set(now) if recorded.get(k, "<absent>") != now.get(k, "<absent>"))
-    if not differ:
-        logger.info("GALW: phase one's settings match %s: reusing %s", record, groups)
+    differ = _differences(recorded, now)
+    if not differ and not mixed:
+        logger.info("GALW: phase one's settings match %s: reusing %s", record_path, groups)
         return
-    listing = "; ".join(f"{k}: recorded {recorded.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}"
-                        for k in differ)
+    listing = _listing(differ, recorded, now)
+    if mixed:
+        changes = "; ".join(f"{k}: {v!r} from iteration {it}" for k, v, it in mixed)
+        what = f"a phase one trained with mixed settings (recorded in {record_path}): {changes}"
+        what += f"; and now {listing}" if listing else ""
+    else:
+        what = f"a phase one with other settings (recorded in {record_path}): {listing}"
     if resume:
-        logger.warning("GALW: reusing %s (--resume) although the settings differ from %s: %s", groups, record, listing)
+        logger.warning("GALW: reusing %s (--resume) although it was made by %s", groups, what)
         return
     raise ValueError(
-        f"GALW: {groups} was made by a phase one with other settings (recorded in {record}): {listing}. "
-        f"Pass --resume to reuse it anyway, or remove {one.OUTPUT_DIR} to train phase one again"
+        f"GALW: {groups} was made by {what}. Pass --resume to reuse it anyway, or remove {one.OUTPUT_DIR} to "
+        "train phase one again"
     )

@@ -12,9 +12,28 @@ from ..data import build_person_search_train_loader
 from ..data.build import build_resumable_train_loader
 from ..data.resumable_loader import ResumableTrainLoader
 from ..evaluation import evaluate_person_search, is_person_search_dataset
+from ..modeling.tasks import BRANCH_TASKS, tasks_of
 from .reproducible import ReproducibleRun
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "check_tasks_are_losses"]
+
+
+def check_tasks_are_losses(cfg):
+    """Every MODEL.GALW.TASKS entry is a loss key of the person-search model MODEL.PERSON_SEARCH.BRANCHES
+    builds (galw.modeling.tasks); otherwise ValueError naming them. Other meta-architectures, and
+    branches without a task order, declare no loss keys: a missing one fails at the first step."""
+    if not cfg.MODEL.GALW.ENABLED or cfg.MODEL.META_ARCHITECTURE != "PersonSearch":
+        return
+    branches = list(cfg.MODEL.PERSON_SEARCH.BRANCHES)
+    if not all(b in BRANCH_TASKS for b in branches):
+        return
+    losses = tasks_of(branches)
+    unknown = [t for t in cfg.MODEL.GALW.TASKS if t not in losses]
+    if unknown:
+        raise ValueError(
+            f"MODEL.GALW.TASKS: {', '.join(repr(t) for t in unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+            f"a loss of the model (MODEL.PERSON_SEARCH.BRANCHES {branches} give {', '.join(losses)})"
+        )
 
 
 class Trainer(DefaultTrainer):
@@ -46,6 +65,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        check_tasks_are_losses(cfg)  # before DefaultTrainer writes metrics or phase one its files
         return attach_weighting(super().build_model(cfg), cfg)  # MODEL.GALW.ENABLED
 
     @classmethod
