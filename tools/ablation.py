@@ -19,6 +19,11 @@ import argparse
 import os
 from functools import partial
 
+import galw  # noqa: F401  (before detectron2: compat and registrations)
+from galw import ablation
+from galw.ablation import base_config_path, load_spec, plan_runs  # noqa: F401  (names of the tool's module)
+from galw.engine import setup_logging
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -48,10 +53,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.opts) % 2:
         parser.error(f"--opts needs KEY VALUE pairs, got {args.opts}")
-    import galw  # noqa: F401  (here: --help and argument errors stay instant)
-    from galw import ablation
-    from galw.engine import setup_logging
-
     setup_logging()
     spec = ablation.load_spec(args.spec)
     if args.max_iter is not None:

@@ -138,6 +138,6 @@ def run_demo(out="output/demo", report_dir=None, data_root=None, size="default",
         {"trained": trained, "untrained": untrained, "colour_baseline": baseline}, summary, root=results_root)
     with open(os.path.join(report_dir, "demo_summary.md")) as f:
         print(f.read(), flush=True)
-    print(f"GALW demo finished in {progress.elapsed()}; report: {report_dir}; figures: {summary['result_file']}",
+    print(f"GALW demo finished in {progress.elapsed()}; report: {report_dir}; headline figures: {summary['result_file']}",
           flush=True)
     return summary
