@@ -220,7 +220,7 @@ def test_ablation_variants_use_real_keys_and_values():
 
 
 def test_ablation_runs_at_the_demo_scale():
-    """Issue 18: every ablation run trains the demo's schedule and model size (the demo's config,
+    """Every ablation run trains the demo's schedule and model size (the demo's config,
     no schedule override), so the table speaks about the model the demo reports."""
     demo = get_cfg()
     galw.add_galw_config(demo)

@@ -1,8 +1,8 @@
 """The suite leaves no passing test's files on disk.
 
 Its trainings write checkpoints of 45 MB each; with pytest's default retention one run left about
-4 GB under /tmp/pytest-of-<user>, the three runs pytest keeps filled the dev machine's disk, and
-most likely CI's in the second leg of stop 24 (torch.save failed in setup). The repository's pytest
+4 GB under /tmp/pytest-of-<user>, and the three runs pytest keeps can fill a small disk (torch.save
+then fails in setup, in the suite's second leg). The repository's pytest
 config must remove a passing test's tmp_path and keep a failing one's, for the post-mortem.
 """
 import os

@@ -1,4 +1,4 @@
-"""Bad settings and non-finite training fail early and say where (issue 15, items 2, 3 and 4).
+"""Bad settings and non-finite training fail early and say where.
 
 Cases:
 - test_two_phase_probe_epochs_one_fails_at_build_naming_key

@@ -1,4 +1,4 @@
-"""Issue 16, GALW core: Eq. 9's two readings at equilibrium, Gamma on weighted vs raw losses,
+"""Fidelity of the GALW core: Eq. 9's two readings at equilibrium, Gamma on weighted vs raw losses,
 and global-norm ("full_model") gradient clipping, all on hand-computed values."""
 import math
 

@@ -1,4 +1,4 @@
-"""Bad input catalogue for the datasets (issue 15, items 5-8): one test per case, each named after it.
+"""Bad input catalogue for the datasets: one test per case, each named after it.
 
 Every case is written in the real on-disk layouts (tests/data_helpers.py) and failed on the code
 before its fix.

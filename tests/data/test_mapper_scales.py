@@ -1,4 +1,4 @@
-"""Issue 16 item 8: multi-scale training draws one of the references' six (long, short) bound pairs
+"""Multi-scale training draws one of the references' six (long, short) bound pairs
 ("value", default) or long and short bounds independently ("range"), on a 1920x1080 PRW frame."""
 import numpy as np
 import pytest

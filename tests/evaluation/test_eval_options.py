@@ -1,4 +1,4 @@
-"""Evaluation options peers offer, off by default (issue 17.5), on hand-built values:
+"""Evaluation options peers offer, off by default, on hand-built values:
 CBGM re-scoring (search_CBGM), the GT-box oracle (search_GTOracle), PRW same camera (search_SameCamera)."""
 import numpy as np
 import pytest

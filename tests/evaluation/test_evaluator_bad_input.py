@@ -1,4 +1,4 @@
-"""Evaluator bad-input catalogue (issue 15, item 10). Each case failed on the code before its fix.
+"""Evaluator bad-input catalogue. Each case failed on the code before its fix.
 
 - (a) ``PersonSearchEvaluator("<prefix>_gallery")`` built BEFORE the dataset was loaded in the
   process (the order docs/evaluation.md shows) keeps no stale metadata: the default protocol is

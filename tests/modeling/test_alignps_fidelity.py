@@ -1,4 +1,4 @@
-"""Issue 16 item 9, the AlignPS head as the reference (FCOSReidHeadFocalSubTriQueue3 with
+"""The AlignPS head as the reference (FCOSReidHeadFocalSubTriQueue3 with
 dcn_on_last_conv, FPNDcnLconv3Dcn): focal OIM at scale 10, a lookup table that is not renormalised,
 DCNv2 on the last conv of both towers (zero offsets, masks 0.5) and Xavier-initialised neck offsets."""
 import math

@@ -1,4 +1,4 @@
-"""Issue 16 item 11, the ALM as Tang et al.'s code (model/inception_iccv.py): the transform is
+"""The ALM as Tang et al.'s code (model/inception_iccv.py): the transform is
 predicted from the AVERAGE-pooled gated map, the attended region is sampled with BORDER padding and
 average-pooled, the laterals are linear, the main classifier reads the deepest crop itself."""
 import torch

@@ -1,4 +1,4 @@
-"""Issue 16, NAE branch as the references: ROI sampling (bg IoU < 0.1, 0.1-0.5 ignored), a box
+"""The NAE branch as the references: ROI sampling (bg IoU < 0.1, 0.1-0.5 ignored), a box
 regressor starting near zero deltas, and score-weighted gallery embeddings (CWS)."""
 import pytest
 import torch
