@@ -9,6 +9,8 @@ Cases:
   optimizer state and GALW state match.
 - test_sampler_started_at_k_continues_the_uninterrupted_stream: the loader's batch k (indices,
   aspect groups, per-sample augmentation seeds) is the same whether started at 0 or at k.
+- test_loader_start_draws_nothing_from_the_global_torch_stream: starting the loader (in a resumed
+  run's first step) leaves the stream the model samples proposals from as it was.
 - test_stale_temp_files_removed_on_start: ``*.tmp.<pid>`` files of a killed writer (or of a pid now
   reused by a process that does not hold them) are removed when a checkpointer starts, logged;
   a live writer's file and other programs' files are kept.
@@ -30,7 +32,7 @@ import train_net
 from conftest import CONFIG_DIR
 from galw.checkpoint import AtomicCheckpointer
 from galw_core.two_phase import PHASE_ONE_DIR
-from galw.data.resumable_loader import PositionedBatchSampler, _SeededMapping
+from galw.data.resumable_loader import PositionedBatchSampler, ResumableTrainLoader, _SeededMapping
 
 #: 4 iterations per training, 2 per Gamma epoch, a checkpoint after iteration 2 (mid-epoch), killed
 #: before iteration 3. Multi-scale and flip stay random so that the augmentation state matters.
@@ -129,6 +131,17 @@ def test_sampler_started_at_k_continues_the_uninterrupted_stream():
     first = mapping[(0, 3)]
     np.random.uniform(size=5)
     assert mapping[(0, 3)] == first and mapping[(0, 4)] != first
+
+
+def test_loader_start_draws_nothing_from_the_global_torch_stream():
+    """The model's random draws of a step (proposal sampling) follow ReproducibleRun's seed whether
+    the loader started in this step (a resumed run) or earlier."""
+    loader = ResumableTrainLoader([{"width": 4, "height": 3, "i": i} for i in range(3)], lambda d: d, 1, seed=5)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert next(iter(loader))[0]["width"] == 4
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.slow
