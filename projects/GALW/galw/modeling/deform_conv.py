@@ -39,13 +39,13 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
-def _next_pow2(n: Union[int, torch.Tensor]) -> Union[int, torch.Tensor]:
-    """The smallest power of two >= ``n``. While tracing (TorchScript or ONNX export) sizes are
-    0-dim tensors: the padding is then computed in the graph, so it follows the input size."""
-    if not isinstance(n, torch.Tensor):
+def _next_pow2(n: Union[int, torch.SymInt]) -> Union[int, torch.SymInt]:
+    """The smallest power of two >= ``n`` (up to 2 ** 16). Under ``torch.export`` a size is a SymInt
+    without ``bit_length``: the power is then 1 + the sum of 2 ** k over the k with 2 ** k < n, in
+    integer min/max ops that the exported program (and its ONNX form) computes from the input size."""
+    if isinstance(n, int):
         return 1 << max(0, (n - 1).bit_length())
-    p = torch.pow(2.0, torch.ceil(torch.log2(n.clamp(min=1).to(torch.float32))))
-    return torch.where(p / 2 >= n, p / 2, p).to(n.dtype)  # a float log2 one power too high is undone
+    return 1 + sum((1 << k) * torch.sym_min(torch.sym_max(n - (1 << k), 0), 1) for k in range(16))
 
 
 def deform_conv2d_grid_sample(
@@ -95,7 +95,8 @@ def deform_conv2d_grid_sample(
 
     # Power-of-two sizes keep grid_sample's coordinate round trip exact (module docstring).
     hp, wp = _next_pow2(h), _next_pow2(w)
-    padded = F.pad(input, (0, wp - w, 0, hp - h)) if torch.jit.is_tracing() or (hp, wp) != (h, w) else input
+    symbolic = not isinstance(h, int) or not isinstance(w, int)  # under torch.export: no guard on the size
+    padded = F.pad(input, (0, wp - w, 0, hp - h)) if symbolic or (hp, wp) != (h, w) else input
 
     # Sampling positions (pixels): output location * stride - padding + tap * dilation + offset.
     dtype, device = offset.dtype, offset.device

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
@@ -28,6 +29,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from ..metadata import current_metadata
 from .backbone import build_res5_stage, res5_out_channels
 from .branch import PS_BRANCH_REGISTRY, PersonSearchBranch
+from .exportable import pool_boxes
 from .oim import IGNORED, OIMLoss
 from .small_map_conv import use_small_map_convs
 
@@ -196,12 +198,13 @@ class NormAwareROIHeads(ROIHeads):
 
     def _heads(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
         """Embeddings, person logits and box deltas of ``boxes`` (concatenated over images)."""
-        pooled = self.pooler([features[f] for f in self.in_features], boxes)
+        pooled, extra = pool_boxes(self.pooler, [features[f] for f in self.in_features], boxes)
         res5 = self.res5(pooled)
         vec4 = pooled.amax(dim=(2, 3))
         vec5 = res5.amax(dim=(2, 3))
         embeddings, logits = self.embedding([vec4, vec5])
-        return embeddings, logits, self.box_predictor(vec5)
+        out = embeddings, logits, self.box_predictor(vec5)
+        return tuple(t[: t.shape[0] - extra] for t in out) if extra else out
 
     def losses(self, features, proposals: List[Instances], targets: List[Instances]) -> Dict[str, torch.Tensor]:
         proposals = self.label_and_sample_proposals(proposals, targets)
@@ -258,8 +261,8 @@ class NormAwareROIHeads(ROIHeads):
 
     def embed_boxes(self, features, boxes: List[Boxes]) -> List[torch.Tensor]:
         """Unit-norm embeddings of given boxes (query boxes, another branch's detections)."""
-        counts = [len(b) for b in boxes]
-        if sum(counts) == 0 and not torch.jit.is_tracing():  # a traced graph keeps the heads for any count
+        counts = [b.tensor.shape[0] for b in boxes]  # len() would fix a symbolic (exported) count
+        if guard_or_false(sum(counts) == 0):  # an exported detection count may be 0 or not: the heads run
             ref = features[self.in_features[0]]
             return [ref.new_zeros((0, self.oim.feat_dim)) for _ in boxes]
         embeddings, _, _ = self._heads(features, boxes)

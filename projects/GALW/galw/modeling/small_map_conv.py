@@ -70,9 +70,13 @@ class SmallMapConv2d(Conv2d):
         return x.device.type == "cpu" and self.kernel_size != (1, 1) and x.shape[-2] * x.shape[-1] <= UNFOLD_MAX_PIXELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._unfolds(x):
+        if self._unfolds(x):
+            x = conv2d_unfold(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        elif torch.compiler.is_exporting():
+            # detectron2's forward branches on x.numel() == 0 (layers/wrappers.py:100): an exported ROI count
+            x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        else:
             return super().forward(x)
-        x = conv2d_unfold(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:

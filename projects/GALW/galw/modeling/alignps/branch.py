@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 from torchvision.ops import nms, roi_align
 
 from detectron2.config import configurable
@@ -25,6 +26,7 @@ from detectron2.utils.logger import log_every_n_seconds
 from galw_core.distributed import all_reduce_mean_
 from ..backbone import build_res5_stage, res5_out_channels
 from ..branch import PS_BRANCH_REGISTRY, PersonSearchBranch
+from ..exportable import boxes_of, clip_boxes, instances_of
 from ..nae import oim_num_labeled
 from ..oim import OIMLoss
 from .afa import AFAFPN
@@ -258,22 +260,21 @@ class AlignPSBranch(PersonSearchBranch):
         for i, image_size in enumerate(images.image_sizes):
             keep = torch.nonzero(logits[i] > self.score_thresh).squeeze(1)
             scores = logits[i, keep] * ctrs[i, keep]
-            if torch.jit.is_tracing():
-                # an exported graph: the candidate count varies with the image, so k is computed in it
-                scores, order = scores.topk(torch.clamp(torch.as_tensor(keep.shape[0]), max=self.pre_nms_topk))
+            count = keep.shape[0]
+            if not isinstance(count, int):
+                # torch.export: the candidate count is symbolic (it varies with the image), so k is computed from it
+                scores, order = scores.topk(torch.sym_min(count, self.pre_nms_topk))
                 keep = keep[order]
-            elif keep.numel() > self.pre_nms_topk:
+            elif count > self.pre_nms_topk:
                 scores, order = scores.topk(self.pre_nms_topk)
                 keep = keep[order]
-            boxes = Boxes(distances_to_boxes(points[keep], dists[i, keep]))
-            boxes.clip(image_size)
+            boxes = boxes_of(distances_to_boxes(points[keep], dists[i, keep]))
+            clip_boxes(boxes, image_size)
             kept = nms(boxes.tensor, scores, self.nms_thresh)[: self.max_detections]
-            inst = Instances(image_size)
-            inst.pred_boxes = boxes[kept]
-            inst.scores = scores[kept]
-            inst.pred_classes = torch.zeros_like(kept)
-            inst.embeddings = F.normalize(embeds[i, keep[kept]], dim=1)
-            results.append(inst)
+            results.append(instances_of(
+                image_size, pred_boxes=boxes_of(boxes.tensor[kept]), scores=scores[kept],
+                pred_classes=torch.zeros_like(kept), embeddings=F.normalize(embeds[i, keep[kept]], dim=1),
+            ))
         return results
 
     @torch.no_grad()
@@ -288,7 +289,7 @@ class AlignPSBranch(PersonSearchBranch):
         out = []
         for i, b in enumerate(boxes):
             t = b.tensor.to(maps[0].device)
-            if t.numel() == 0:
+            if guard_or_false(t.shape[0] == 0):  # an exported count may be 0 or not: the general path runs
                 out.append(maps[0].new_zeros((0, maps[0].shape[1])))
                 continue
             if self.embed_pooling == "roi_average":
