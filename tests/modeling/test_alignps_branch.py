@@ -1,6 +1,5 @@
 """The AlignPS branch on a shared R-18 trunk: its 5 losses train, detect/embed outputs; traced
 (as exported), the centre embedding follows its input boxes."""
-import warnings
 
 import pytest
 import torch
@@ -138,8 +137,8 @@ def test_box_owning_no_location_is_counted_in_the_log(caplog):
     assert "1 ground-truth boxes of this batch own no location" in caplog.text
 
 
-def test_traced_center_embedding_follows_the_boxes():
-    # The query embedder is exported by tracing: the embedded locations, levels and box count must come
+def test_exported_center_embedding_follows_the_boxes():
+    # The query embedder is exported (torch.export): the embedded locations, levels and box count must come
     # from the input boxes, not from the trace's (P3 and P4: boxes of half-size <= 24 and above).
     torch.manual_seed(0)
     cfg = small_branch_cfg()
@@ -159,9 +158,9 @@ def test_traced_center_embedding_follows_the_boxes():
     image = normalized_images(cfg, synthetic_batch())[0][None][0]
     traced_on = torch.tensor([[10.0, 14, 34, 70], [52, 20, 76, 84]])
     others = torch.tensor([[90.0, 8, 118, 60], [8, 30, 30, 88], [44, 6, 70, 30], [0, 0, 128, 96]])
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(Embed(), (image, traced_on), check_trace=False)
+    with torch.no_grad():
+        traced = torch.export.export(Embed(), (image, traced_on), dynamic_shapes={
+            "image": None, "boxes": {0: torch.export.Dim("boxes", min=1, max=64)}}).module()
         for boxes in (traced_on, others, others[2:3]):
             want = Embed()(image, boxes)
             assert want.shape == (len(boxes), 32)

@@ -1,7 +1,6 @@
 """The pure-PyTorch deformable convolution equals torchvision's (values and every gradient),
 and MODEL.ALIGNPS.DEFORM_CONV_IMPL picks the implementation the AFA neck runs; traced (for
 export), the grid_sample form follows the input size."""
-import warnings
 
 import pytest
 import torch
@@ -165,26 +164,34 @@ def test_grid_sample_equals_torchvision_on_cuda():
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=name)
 
 
-def test_next_pow2_of_traced_sizes_equals_the_integer_one():
-    # while tracing (TorchScript or ONNX export) sizes are 0-dim tensors
-    sizes = torch.arange(1, 5000)
-    got = torch.stack([_next_pow2(n) for n in sizes])
-    assert got.tolist() == [_next_pow2(int(n)) for n in sizes]
+class _Pow2Size(torch.nn.Module):
+    def forward(self, x):
+        return x.new_zeros(_next_pow2(x.shape[0]))
+
+
+def test_next_pow2_of_symbolic_sizes_equals_the_integer_one():
+    # under torch.export sizes are SymInts: the power is computed by the exported program
+    program = torch.export.export(_Pow2Size(), (torch.zeros(5),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("n", min=2, max=1 << 16)}}).module()
+    for n in [*range(2, 600), 1023, 1024, 1025, 4097, 1 << 16]:
+        assert program(torch.zeros(n)).shape[0] == _next_pow2(n), n
     assert _next_pow2(64) == 64 and _next_pow2(65) == 128 and _next_pow2(1) == 1
 
 
-def test_traced_grid_sample_follows_the_input_size():
-    # traced at 7x9 (padded to 8x16), run at sizes whose power-of-two padding differs, including none
-    def fn(x, offset, weight, bias, mask):
+class _GridSampleConv(torch.nn.Module):
+    def forward(self, x, offset, weight, bias, mask):
         return deform_conv2d_grid_sample(x, offset, weight, bias, padding=1, mask=mask)
 
+
+def test_exported_grid_sample_follows_the_input_size():
+    # exported at 7x9 (padded to 8x16), run at sizes whose power-of-two padding differs, including none
     gen = torch.Generator().manual_seed(0)
-    traced = None
-    for h, w in ((7, 9), (11, 5), (16, 16), (17, 3)):
-        tensors, kwargs = _case(gen, 1, 4, h, w, 3, 3, 1, 1, 1, 1, 1, 1.5, True, dtype=torch.float64)
-        if traced is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(fn, tuple(tensors), check_trace=False)
+    h, w = torch.export.Dim("h", min=3, max=64), torch.export.Dim("w", min=3, max=64)
+    program = None
+    for size in ((7, 9), (11, 5), (16, 16), (17, 3)):
+        tensors, kwargs = _case(gen, 1, 4, *size, 3, 3, 1, 1, 1, 1, 1, 1.5, True, dtype=torch.float64)
+        if program is None:
+            program = torch.export.export(_GridSampleConv(), tuple(tensors), dynamic_shapes=(
+                {2: h, 3: w}, {2: h, 3: w}, None, None, {2: h, 3: w})).module()
         want = torchvision_deform_conv2d(*tensors[:4], mask=tensors[4], **kwargs)
-        torch.testing.assert_close(traced(*tensors), want, rtol=1e-10, atol=1e-10, msg=f"{h}x{w}")
+        torch.testing.assert_close(program(*tensors), want, rtol=1e-10, atol=1e-10, msg=f"{size}")
