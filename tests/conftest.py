@@ -137,9 +137,10 @@ def train_losses(compute_losses, params, steps, lr):
 
 @pytest.fixture(autouse=True)
 def _galw_records_reach_caplog():
-    """Entry points give the "galw" logger detectron2's handlers, which stop propagation to the
-    root logger; caplog listens there, so every test starts with propagation back on."""
-    logging.getLogger("galw").propagate = True
+    """Entry points give the "galw" and "galw_core" loggers detectron2's handlers, which stop
+    propagation to the root logger; caplog listens there, so every test starts with propagation back on."""
+    for name in ("galw", "galw_core"):
+        logging.getLogger(name).propagate = True
     yield
 
 

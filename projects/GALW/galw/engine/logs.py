@@ -1,5 +1,5 @@
-"""Log set-up for every entry point: the package's logger ("galw": groups, s*, phase switches,
-resumes, files written, records loaded) beside detectron2's, on the console with timestamps and
+"""Log set-up for every entry point: the packages' loggers ("galw", "galw_core": groups, s*, phase
+switches, resumes, files written, records loaded) beside detectron2's, on the console with timestamps and
 in ``OUTPUT_DIR/log.txt``, as detectron2's own projects do (DensePose: ``name="densepose"``)."""
 import logging
 from typing import Optional
@@ -11,7 +11,9 @@ __all__ = ["setup_galw_logger", "setup_logging"]
 
 
 def setup_galw_logger(output: Optional[str] = None) -> logging.Logger:
-    """The "galw" logger, for scripts whose detectron2 loggers ``default_setup`` already made."""
+    """The "galw" and "galw_core" (the GALW hook's groups and phases) loggers, for scripts whose
+    detectron2 loggers ``default_setup`` already made; returns "galw"."""
+    setup_logger(output, distributed_rank=comm.get_rank(), name="galw_core")
     return setup_logger(output, distributed_rank=comm.get_rank(), name="galw")
 
 
