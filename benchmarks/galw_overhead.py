@@ -42,6 +42,9 @@ def toy_cfg(period, batched=False):
             "MODEL.GALW.EPOCH_ITERS", max(period, 20) * 100,
             "MODEL.GALW.PROBE_BATCHED", batched,
             "SOLVER.BASE_LR", 1e-4,
+            # the arms time probing steps only: a schedule whose grouped phase starts after the run
+            # (check_galw_config wants the probing epochs to end before MAX_ITER)
+            "SOLVER.MAX_ITER", 1000 * max(period, 20) * 100 + 1,
         ]
     )
     if period:
@@ -99,6 +102,9 @@ class ConfigArm:
         if enabled:
             cfg.MODEL.GALW.MODE = "single_run"
             cfg.MODEL.GALW.PROBE_EPOCHS = 10**6
+            # the arm times probing steps only: the grouped phase starts after the run
+            # (check_galw_config wants the probing epochs to end before MAX_ITER)
+            cfg.SOLVER.MAX_ITER = 10**6 * max(1, cfg.MODEL.GALW.EPOCH_ITERS) + 1
         cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
         self.trainer = Trainer(cfg)
         self.trainer.storage = self.trainer._trainer.storage = get_event_storage()
