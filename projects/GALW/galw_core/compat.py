@@ -34,6 +34,7 @@ run the same code on every build; nothing is patched):
   ``grad_scaler`` only): :func:`train_step_options` copies those of the installed build.
 * After-backward hooks exist on main only: :func:`run_after_backward_hooks`.
 """
+import functools
 import importlib.machinery
 import inspect
 import importlib.util
@@ -177,6 +178,29 @@ def _import_jit_scripting_modules():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
         for name in _JIT_SCRIPTING_MODULES:
             importlib.import_module(name)
+    _quiet_anchor_grid()
+
+
+#: detectron2's anchor generator calls ``torch.meshgrid`` without ``indexing`` (anchor_generator.py:48 in
+#: v0.6, :52 on main), which torch answers with a UserWarning in every training and inference; the
+#: default it warns about, "ij", is what the generator means. Only that call is silenced.
+_MESHGRID_WARNING = r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing argument"
+
+
+def _quiet_anchor_grid():
+    module = importlib.import_module("detectron2.modeling.anchor_generator")
+    original = module._create_grid_offsets
+    if getattr(original, "_galw_quiet", False):
+        return
+
+    @functools.wraps(original)
+    def create_grid_offsets(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_MESHGRID_WARNING, category=UserWarning)
+            return original(*args, **kwargs)
+
+    create_grid_offsets._galw_quiet = True
+    module._create_grid_offsets = create_grid_offsets
 
 
 def apply() -> list:
