@@ -1,16 +1,16 @@
 #!/usr/bin/env python
-"""Export a trained GALW-PS model for deployment: TorchScript and/or ONNX programs for gallery
-indexing (image -> boxes, scores, embeddings) and query embedding (image + box -> embedding).
+"""Export a trained GALW-PS model for deployment: torch.export (.pt2) and ONNX programs for gallery
+indexing (image -> boxes, scores, embeddings) and query embedding (image + boxes -> embeddings).
 
     python tools/export.py --config-file C.yaml --weights model_final.pth --out exported/ \
-        [--format torchscript|onnx|both] [--image sample.jpg]
+        [--format torch_export|onnx|both] [--image sample.jpg]
     python tools/search.py index --exported exported/ [--exported-format onnx] --gallery photos/ --out index.pt
 
-Writes OUT/gallery.ts and OUT/query.ts (TorchScript, the default), OUT/gallery.onnx and
-OUT/query.onnx (ONNX, run with onnxruntime), and OUT/export.json (formats, input channel order,
-test-size bounds, search score threshold, embedding size, the largest |exported - eager|
-difference of each output on the trace image). What is exported and its limits:
-projects/GALW/docs/export.md.
+Writes OUT/gallery.pt2 and OUT/query.pt2 (torch.export ExportedPrograms), OUT/gallery.onnx and
+OUT/query.onnx (ONNX from the same programs, run with onnxruntime), both by default, and
+OUT/export.json (formats, input channel order, test-size bounds, search score threshold, embedding
+size, the largest |exported - eager| difference of each output on the example image). What is
+exported and its limits: projects/GALW/docs/export.md.
 """
 import argparse
 import json
@@ -23,13 +23,13 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-from galw.export import FORMATS, build_inference_model, export_model
+from galw.export import DEFAULT_FORMATS, FORMATS, build_inference_model, export_model
 
 logger = logging.getLogger("galw.export")
 
 
-def trace_inputs(cfg, image_path=None, seed=0):
-    """(uint8 [3, H, W] image at the test size, one query box [1, 4] in its centre) to trace with:
+def example_inputs(cfg, image_path=None, seed=0):
+    """(uint8 [3, H, W] image at the test size, one query box [1, 4] in its centre) to export with:
     ``image_path`` resized as the search tool does, else a noise image of the test size."""
     short, longest = int(cfg.INPUT.PS.TEST_SHORT_SIDE), int(cfg.INPUT.PS.TEST_LONG_SIDE)
     if image_path:
@@ -47,19 +47,20 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--out", required=True, help="folder for the programs and export.json")
-    parser.add_argument("--format", choices=[*FORMATS, "both"], default="torchscript",
-                        help="programs to write: torchscript (default), onnx (needs onnx and onnxruntime) or both")
-    parser.add_argument("--image", help="image to trace with (default: noise at the test size)")
+    parser.add_argument("--format", choices=[*FORMATS, "both"], default="both",
+                        help="programs to write: torch_export, onnx (needs onnx, onnxscript and onnxruntime) or both "
+                             "(default)")
+    parser.add_argument("--image", help="example image to export with (default: noise at the test size)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg, model = build_inference_model(args.config_file, args.weights, args.opts)
-    image, box = trace_inputs(cfg, args.image)
-    formats = list(FORMATS) if args.format == "both" else [args.format]
+    image, box = example_inputs(cfg, args.image)
+    formats = list(DEFAULT_FORMATS) if args.format == "both" else [args.format]
     meta = export_model(model, cfg, args.out, image.to(cfg.MODEL.DEVICE), box.to(cfg.MODEL.DEVICE), formats, meta={
         "config_file": os.path.abspath(args.config_file), "weights": os.path.abspath(args.weights), "opts": args.opts,
     })
-    print(json.dumps(meta["max_abs_diff_on_trace_image"]))
+    print(json.dumps(meta["max_abs_diff_on_example"]))
     print(f"exported to {args.out}")
     return meta
 

@@ -1,70 +1,94 @@
-"""tools/export.py --format both on the demo's model, ROI-AlignPS* R-18 (synthetic config):
-both formats give the eager model's boxes, scores, embeddings and query embeddings within 1e-4 on SynthPS
-gallery frames, at image sizes other than the traced one (with more and with fewer detection candidates
-than the pre-NMS top-k); the ONNX files are plain ONNX (protobuf, standard ops only) that onnxruntime runs
-without torch; tools/search.py indexes and answers queries with them."""
+"""tools/export.py (default formats: torch.export and ONNX) on the demo's model, ROI-AlignPS* R-18
+(synthetic config), run with DeprecationWarning and FutureWarning as errors: both programs give the
+eager model's boxes, scores, embeddings and query embeddings within 1e-4 on SynthPS gallery frames, at
+image sizes other than the example's and with detection counts that differ between images (zero
+and one included); they run in a Python that cannot import detectron2 nor this project; the ONNX files are
+plain ONNX; tools/search.py indexes and answers queries with them; bad inputs are named."""
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
-import onnx  # tools/setup.sh installs onnx and onnxruntime in both venvs
+import onnx  # tools/setup.sh installs onnx, onnxscript and onnxruntime in both venvs
 import pytest
 import torch
 
 import galw
+from conftest import CONFIG_DIR, ROOT
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from galw.export import OnnxProgram, load_exported
-from conftest import CONFIG_DIR
-from tools_helpers import assert_query_equals_eager_search, export_on_tiny_gallery, load_tool, run_without_project
-
-
+from detectron2.modeling import build_model
+from export_helpers import isolated_site_packages, match_rows, run_isolated
+from galw.export import GalleryIndexer, QueryEmbedder, build_inference_model
+from galw.exported import CheckedGallery, ExportedProgramRunner, load_exported
+from tools_helpers import assert_query_equals_eager_search, load_tool
 
 search = load_tool("search")
 pytestmark = pytest.mark.slow
 
-#: Tiny SynthPS frames (192x144) are resized to 256x192, the portrait crop to 192x256, the wide crop to 256x96.
-#: At the random init every location scores near the prior: the score threshold keeps the top ~5% of the
-#: 768 (384 wide) locations of AlignPS's stride-8 map, 39 on the trace image (above the pre-NMS top-k of 30:
-#: its path is the top-k's) and 23 on the wide crop (below it). No cap on the detections, so their number
-#: (the NMS survivors) differs between images and from the trace image's. Lower thresholds keep near-ties
-#: (score gaps below 1e-7, under the runtimes' rounding differences) whose NMS order differs between torch
-#: and onnxruntime (measured: 16 of 1012 box coordinates off by up to 41 px with all 768 kept).
-OPTS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.OIM.NUM_LABELED", 3,
-        "INPUT.PS.TEST_SHORT_SIDE", 192, "INPUT.PS.TEST_LONG_SIDE", 256,
-        "MODEL.ALIGNPS.SCORE_THRESH_TEST", 0.011, "MODEL.ALIGNPS.PRE_NMS_TOPK_TEST", 30,
-        "MODEL.ALIGNPS.DETECTIONS_PER_IMAGE", 1000, "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", 0.0]
+#: Tiny SynthPS frames (192x144) are resized to 256x192, the portrait crop to 192x256, the wide crop to
+#: 256x96. At the random init every location scores near the prior: the threshold keeps the top ~5% of
+#: AlignPS's stride-8 locations, around the pre-NMS top-k of 30. Lower thresholds keep near-ties (score
+#: gaps below 1e-7, under the runtimes' rounding differences) whose NMS order differs between runtimes.
+OPTS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.OIM.NUM_LABELED", "3",
+        "INPUT.PS.TEST_SHORT_SIDE", "192", "INPUT.PS.TEST_LONG_SIDE", "256",
+        "MODEL.ALIGNPS.SCORE_THRESH_TEST", "0.011", "MODEL.ALIGNPS.PRE_NMS_TOPK_TEST", "30",
+        "MODEL.ALIGNPS.DETECTIONS_PER_IMAGE", "1000", "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", "0.0"]
 QUERY_BOX = [10, 10, 60, 70]  # inside every gallery image, the wide crop (192x72) included
+WARNINGS_AS_ERRORS = ["-W", "error::DeprecationWarning", "-W", "error::FutureWarning"]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    from galw.data.synthetic import generate
+
+    tmp = tmp_path_factory.mktemp("export_onnx")
     cfg = get_cfg()
     galw.add_galw_config(cfg)
     cfg.merge_from_file(os.path.join(CONFIG_DIR, "alignps", "roi_alignps_R18_synth_cpu.yaml"))
-    cfg.merge_from_list([str(v) if not isinstance(v, str) else v for v in OPTS])
-    yield export_on_tiny_gallery(
-        tmp_path_factory.mktemp("export_onnx"), cfg, num_frames=3,
-        crops={"portrait.png": (slice(None), slice(40, 148)),  # resized to 192x256
-               "wide.png": (slice(36, 108), slice(None))},  # 256x96: fewer locations than the top-k
-        export_args=["--format", "both"])
-    torch.set_num_threads(threads)
+    cfg.merge_from_list(OPTS)
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp)).save("model")
+    (tmp / "config.yaml").write_text(cfg.dump())
+    generate("prw", str(tmp / "synth"), seed=0, size="tiny")
+    gallery = tmp / "gallery"
+    gallery.mkdir()
+    frames = sorted(os.listdir(tmp / "synth" / "frames"))[:3]
+    for name in frames:
+        os.link(tmp / "synth" / "frames" / name, gallery / name)
+    frame = cv2.imread(str(gallery / frames[1]))
+    cv2.imwrite(str(gallery / "portrait.png"), frame[:, 40:148])  # resized to 192x256
+    cv2.imwrite(str(gallery / "wide.png"), frame[36:108])  # 256x96
+    out = tmp / "exported"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, *WARNINGS_AS_ERRORS, os.path.join(ROOT, "tools", "export.py"), "--config-file",
+         str(tmp / "config.yaml"), "--weights", str(tmp / "model.pth"), "--out", str(out),
+         "--image", str(gallery / frames[0])], capture_output=True, text=True, env=env, cwd=str(tmp))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "export.json") as f:
+        meta = json.load(f)
+    return {"tmp": tmp, "config": str(tmp / "config.yaml"), "weights": str(tmp / "model.pth"),
+            "gallery": str(gallery), "out": str(out), "meta": meta, "stdout": proc.stdout}
 
 
-def test_onnx_files_are_plain_onnx_and_metadata(exported):
+def test_default_formats_and_metadata(exported):
     meta, out = exported["meta"], exported["out"]
-    assert sorted(os.listdir(out)) == ["export.json", "gallery.onnx", "gallery.ts", "query.onnx", "query.ts"]
-    with open(os.path.join(out, "export.json")) as f:
-        assert json.load(f) == json.loads(json.dumps(meta))
-    assert meta["formats"] == ["torchscript", "onnx"] and meta["onnx_opset"] == 17
-    assert meta["programs"]["onnx"] == {"gallery": "gallery.onnx", "query": "query.onnx"}
-    assert sorted(meta["max_abs_diff_on_trace_image"]) == sorted(
-        f"{fmt}/{name}" for fmt in ("torchscript", "onnx")
-        for name in ("gallery/boxes", "gallery/scores", "gallery/embeddings", "query/embedding"))
-    assert max(meta["max_abs_diff_on_trace_image"].values()) <= 1e-4
-    for name, inputs in (("gallery.onnx", ["image"]), ("query.onnx", ["image", "box"])):
+    assert sorted(os.listdir(out)) == ["export.json", "gallery.onnx", "gallery.pt2", "query.onnx", "query.pt2"]
+    assert meta["formats"] == ["torch_export", "onnx"] and meta["format"] == "galw-export/2"
+    assert meta["programs"]["torch_export"] == {"gallery": "gallery.pt2", "query": "query.pt2"}
+    assert sorted(meta["max_abs_diff_on_example"]) == sorted(
+        f"{fmt}/{name}" for fmt in ("torch_export", "onnx")
+        for name in ("gallery/boxes", "gallery/scores", "gallery/embeddings", "query/embeddings"))
+    assert max(meta["max_abs_diff_on_example"].values()) <= 1e-4
+    assert json.loads(exported["stdout"].splitlines()[0]) == meta["max_abs_diff_on_example"]
+
+
+def test_onnx_files_are_plain_onnx(exported):
+    out, opset = exported["out"], exported["meta"]["onnx_opset"]
+    for name, inputs in (("gallery.onnx", ["image"]), ("query.onnx", ["image", "boxes"])):
         path = os.path.join(out, name)
         with open(path, "rb") as f:
             head = f.read(2)
@@ -73,17 +97,16 @@ def test_onnx_files_are_plain_onnx_and_metadata(exported):
         onnx.checker.check_model(model)
         assert [i.name for i in model.graph.input] == inputs
         image_dims = model.graph.input[0].type.tensor_type.shape.dim
-        assert [d.dim_value or d.dim_param for d in image_dims] == [3, "height", "width"]
-        assert {op.domain for op in model.opset_import} == {""} and model.opset_import[0].version == 17
-        domains = {node.domain for node in model.graph.node}
-        assert domains <= {""}, f"{name}: custom-domain ops {domains}"
-        ops = {node.op_type for node in model.graph.node}
-        assert not ops & {"ATen", "PythonOp"}
+        assert image_dims[0].dim_value == 3 and all(d.dim_param for d in image_dims[1:])
+        assert {op.domain for op in model.opset_import} <= {"", "ai.onnx"}
+        assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) == opset
+        assert {node.domain for node in model.graph.node} <= {""}, name
+        assert not {node.op_type for node in model.graph.node} & {"ATen", "PythonOp"}
     gallery_ops = {node.op_type for node in onnx.load(os.path.join(out, "gallery.onnx")).graph.node}
     assert {"GridSample", "NonMaxSuppression", "RoiAlign", "NonZero", "TopK"} <= gallery_ops
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
 def test_exported_equals_eager_on_the_synthetic_gallery(exported, fmt):
     eager = search.SearchModel(exported["config"], exported["weights"])
     program = search.ExportedSearchModel(exported["out"], fmt)
@@ -101,7 +124,7 @@ def test_exported_equals_eager_on_the_synthetic_gallery(exported, fmt):
         torch.testing.assert_close(t_emb, e_emb, atol=1e-4, rtol=0)
         torch.testing.assert_close(program.embed_query(path, QUERY_BOX), eager.embed_query(path, QUERY_BOX),
                                    atol=1e-4, rtol=0)
-    assert len(set(counts)) >= 3, counts  # the first image is the trace image
+    assert len(set(counts)) >= 3, counts  # the first image is the example image
 
 
 def test_search_indexes_and_queries_with_the_onnx_model(exported, tmp_path):
@@ -116,41 +139,94 @@ def test_search_indexes_and_queries_with_the_onnx_model(exported, tmp_path):
     for key in ("boxes", "scores", "embeddings"):
         torch.testing.assert_close(index[key], eager[key], atol=1e-4, rtol=0)
     assert_query_equals_eager_search(search, exported, tmp_path / "onnx.pt", query, box, tmp_path)
-    with pytest.raises(SystemExit, match="--exported-format goes with --exported"):
-        search.main(["index", "--config-file", exported["config"], "--weights", exported["weights"],
-                     "--exported-format", "onnx", "--gallery", exported["gallery"], "--out", str(tmp_path / "x.pt")])
 
 
-def test_onnx_programs_run_with_onnxruntime_without_torch(exported, tmp_path):
-    image = np.ascontiguousarray(cv2.resize(cv2.imread(os.path.join(exported["gallery"], "wide.png")),
-                                            (256, 96)).transpose(2, 0, 1))
-    box = np.array([[20.0, 10.0, 120.0, 90.0]], dtype=np.float32)
-    np.savez(tmp_path / "inputs.npz", image=image, box=box)
-    code = (
-        "import sys, numpy as np, onnxruntime as ort\n"
-        "assert 'torch' not in sys.modules and 'galw' not in sys.modules\n"
-        "x = np.load(sys.argv[2])\n"
-        "so = ort.SessionOptions(); so.intra_op_num_threads = 1  # as the test process (thread count = sum order)\n"
-        "run = lambda name, feed: ort.InferenceSession(sys.argv[1] + '/' + name, so).run(None, feed)\n"
-        "g = run('gallery.onnx', {'image': x['image']})\n"
-        "q = run('query.onnx', {'image': x['image'], 'box': x['box']})\n"
-        "np.savez(sys.argv[3], boxes=g[0], scores=g[1], embeddings=g[2], query=q[0])\n"
-    )
-    run_without_project(code, exported["out"], tmp_path / "inputs.npz", tmp_path / "outputs.npz", cwd=tmp_path)
-    got = np.load(tmp_path / "outputs.npz")
-    gallery, query, meta = load_exported(exported["out"], "onnx")
-    assert isinstance(gallery, OnnxProgram) and meta["loaded_format"] == "onnx"
-    want = gallery(torch.from_numpy(image)), query(torch.from_numpy(image), torch.from_numpy(box))
-    assert got["boxes"].shape == tuple(want[0][0].shape) and len(got["boxes"]) > 0 and got["query"].shape == (1, 64)
-    for key, value in zip(("boxes", "scores", "embeddings"), want[0]):
-        np.testing.assert_allclose(got[key], value.numpy(), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(got["query"], want[1].numpy(), atol=1e-6, rtol=0)
+ISOLATED_RUN = """
+import importlib.util, io, json
+import numpy as np, onnxruntime as ort, torch, torchvision
+assert importlib.util.find_spec("detectron2") is None and importlib.util.find_spec("galw") is None
+x = torch.load(sys.argv[2], weights_only=True)
+image, boxes = x["image"], x["boxes"]
+out = {}
+for name, inputs in (("gallery", (image,)), ("query", (image, boxes))):
+    program = torch.export.load(sys.argv[1] + "/" + name + ".pt2").module()
+    with torch.no_grad():
+        got = program(*inputs)
+    out["pt2/" + name] = list(got) if isinstance(got, (tuple, list)) else [got]
+    session = ort.InferenceSession(sys.argv[1] + "/" + name + ".onnx", providers=["CPUExecutionProvider"])
+    feed = dict(zip([i.name for i in session.get_inputs()], [t.numpy() for t in inputs]))
+    out["onnx/" + name] = [torch.from_numpy(o) for o in session.run(None, feed)]
+torch.save(out, sys.argv[3])
+print(json.dumps(sys.path))
+"""
 
 
-def test_format_choice_errors_name_what_the_folder_holds(exported, tmp_path):
-    out = tmp_path / "ts_only"
+def test_programs_run_without_detectron2_or_the_project(exported, tmp_path):
+    _, model = build_inference_model(exported["config"], exported["weights"])
+    frame = cv2.imread(os.path.join(exported["gallery"], "portrait.png"))
+    cases = {"portrait": cv2.resize(frame, (192, 256)), "wide": cv2.resize(frame, (256, 96))}
+    site = isolated_site_packages(tmp_path)
+    for case, bgr in cases.items():
+        image = torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
+        boxes = torch.tensor([[20.0, 10.0, 120.0, 90.0], [5.0, 5.0, 40.0, 60.0]])
+        torch.save({"image": image, "boxes": boxes}, tmp_path / "inputs.pt")
+        sys_path = json.loads(run_isolated("import sys\n" + ISOLATED_RUN, site, exported["out"],
+                                           tmp_path / "inputs.pt", tmp_path / "outputs.pt", cwd=tmp_path))
+        assert not any(p.startswith(os.path.join(ROOT, "projects")) for p in sys_path), sys_path
+        got = torch.load(tmp_path / "outputs.pt", weights_only=True)
+        with torch.no_grad():
+            want = GalleryIndexer(model)(image), QueryEmbedder(model)(image, boxes)
+        assert len(want[0][0]) > 0, case
+        for fmt in ("pt2", "onnx"):
+            g_boxes, g_scores, g_emb = got[f"{fmt}/gallery"]
+            order = match_rows(want[0][0], g_boxes)
+            for field, a, b in zip(("boxes", "scores", "embeddings"), want[0], (g_boxes, g_scores, g_emb)):
+                assert (b[order] - a).abs().max() <= 1e-4, (case, fmt, field)
+            assert (got[f"{fmt}/query"][0] - want[1]).abs().max() <= 1e-4, (case, fmt)
+
+
+def test_zero_and_one_detection(exported):
+    # flat grey images: at 96x256 no location passes the score threshold, at 128x160 one box is kept
+    # (torchvision's own nms shape function assumed 2 or more kept boxes)
+    _, model = build_inference_model(exported["config"], exported["weights"])
+    for size, count in (((96, 256), 0), ((128, 160), 1)):
+        image = torch.full((3, *size), 127, dtype=torch.uint8)
+        with torch.no_grad():
+            want = GalleryIndexer(model)(image)
+        assert len(want[0]) == count
+        for fmt in ("torch_export", "onnx"):
+            got = load_exported(exported["out"], fmt)[0](image)
+            assert [tuple(t.shape) for t in got] == [(count, 4), (count,), (count, 64)], (fmt, size)
+            for a, b in zip(want, got):
+                torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
+def test_bad_inputs_to_the_programs_are_named_or_clipped(exported, fmt):
+    gallery, query, meta = load_exported(exported["out"], fmt)
+    assert isinstance(gallery, CheckedGallery) and meta["loaded_format"] == fmt
+    image = torch.as_tensor(np.ascontiguousarray(cv2.resize(
+        cv2.imread(os.path.join(exported["gallery"], "wide.png")), (256, 96)).transpose(2, 0, 1)))
+    for bad, error in ((image[:1], ValueError), (image[:, :0], ValueError), (image.float(), TypeError),
+                       (image.permute(1, 2, 0), ValueError)):
+        with pytest.raises(error, match="image"):
+            gallery(bad)
+        with pytest.raises(error, match="image"):
+            query(bad, [[10.0, 10, 50, 60]])
+    with pytest.raises(ValueError, match="no area inside the 256x96 image"):
+        query(image, [[300.0, 10, 350, 60]])
+    clipped = query(image, [[-20.0, 10, 50, 160]])  # partly outside: clipped to the image
+    torch.testing.assert_close(clipped, query(image, [[0.0, 10, 50, 96]]), atol=0, rtol=0)
+    assert query(image, torch.zeros((0, 4))).shape == (0, 64)
+
+
+def test_load_errors_name_what_the_folder_holds(exported, tmp_path):
+    out = tmp_path / "onnx_only"
     out.mkdir()
-    meta = dict(exported["meta"], formats=["torchscript"])
-    (out / "export.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"holds the formats \['torchscript'\], not 'onnx'"):
-        load_exported(str(out), "onnx")
+    (out / "export.json").write_text(json.dumps(dict(exported["meta"], formats=["onnx"])))
+    with pytest.raises(ValueError, match=r"holds the formats \['onnx'\], not 'torch_export'"):
+        load_exported(str(out), "torch_export")
+    (out / "export.json").write_text(json.dumps(dict(exported["meta"], format="galw-export/1")))
+    with pytest.raises(ValueError, match="re-export the model with tools/export.py"):
+        load_exported(str(out))
+    assert isinstance(load_exported(exported["out"])[0].program, ExportedProgramRunner)

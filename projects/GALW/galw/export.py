@@ -1,27 +1,28 @@
-"""Deployable inference models of a trained person-search model: TorchScript and ONNX programs.
+"""Deployable inference programs of a trained person-search model: ``torch.export`` and ONNX.
 
-Two programs that need neither this project nor detectron2 to run (``torch.jit.load``, or
-onnxruntime for the ONNX files):
+Two programs that need neither this project nor detectron2 to run (``torch.export.load`` with
+torchvision imported, or onnxruntime for the ONNX files):
 
 * gallery indexing: ``gallery(image) -> (boxes [N, 4], scores [N], embeddings [N, D])``;
 * query embedding: ``query(image, boxes [K, 4]) -> embeddings [K, D]`` (the search tool passes one box).
 
 ``image`` is a uint8 ``[3, H, W]`` tensor in the model's ``INPUT.FORMAT`` channel order, already
 resized to the test size (the resize is the caller's: ``export.json`` holds its bounds); boxes are
-x1, y1, x2, y2 in that image's pixels. Embeddings are L2-normalised. The model's own ops run as
-traced: its resolution-dependent parts (padding, anchors, ROIAlign) follow the input size, its
-test thresholds and top-k are the config's at export time. Both formats are traced from the same
-eager modules (the ONNX files with PyTorch's TorchScript-based ONNX exporter).
+x1, y1, x2, y2 in that image's pixels. Image height and width (``MIN_SIDE`` to ``MAX_SIDE``), the
+number of detections and the number of query boxes are dynamic; the test thresholds and top-k are
+the config's at export time. Both formats come from one ``torch.export.export`` of the same eager
+modules (ONNX by ``torch.onnx.export(..., dynamo=True)``); ``galw.exported`` loads and runs them
+behind input checks.
 """
-import contextlib
 import io
 import json
 import logging
 import os
-import warnings
 
 import torch
+import torchvision  # noqa: F401  (torchvision::nms is registered before its shape is replaced below)
 from torch import nn
+from torch.export import Dim
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
@@ -30,23 +31,26 @@ from galw_core.files import atomic_write
 
 from .checkpoint import AtomicCheckpointer
 from .config_file import load_config
-from .modeling.deform_conv import DeformConv2d
+from .exported import (
+    EXPORT_FORMAT, FORMATS, MAX_SIDE, META_FILE, MIN_SIDE, OnnxProgram, import_onnxruntime, load_exported, load_program,
+)
+from .modeling.deform_conv import DeformConv2d, resolve_impl
+from .modeling.meta_arch import _concat
 
 __all__ = [
-    "EXPORT_FORMAT", "FORMATS", "GalleryIndexer", "OnnxProgram", "QueryEmbedder", "build_inference_model", "export_model",
-    "load_exported",
+    "DEFAULT_FORMATS", "EXPORT_FORMAT", "FORMATS", "GalleryIndexer", "OnnxProgram", "QueryEmbedder",
+    "build_inference_model", "export_model", "load_exported",
 ]
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "galw-export/1"
-META_FILE = "export.json"
-#: The program files of each format: (gallery indexing, query embedding).
-FORMATS = {"torchscript": ("gallery.ts", "query.ts"), "onnx": ("gallery.onnx", "query.onnx")}
-#: GridSample (the deformable conv's exported form) and ROIAlign's aligned mode need opset >= 16.
-ONNX_OPSET = 17
-ONNX_PACKAGES = "onnx==1.23.2 onnxruntime==1.32.0"
-_OUTPUTS = {"gallery": ("boxes", "scores", "embeddings"), "query": ("embedding",)}
+DEFAULT_FORMATS = ("torch_export", "onnx")
+#: The ONNX opset of torch 2.14's dynamo exporter (GridSample and RoiAlign's half_pixel mode need >= 16).
+ONNX_OPSET = 18
+#: Most query boxes per call of an exported query program.
+MAX_BOXES = 4096
+_INPUTS = {"gallery": ("image",), "query": ("image", "boxes")}
+_OUTPUTS = {"gallery": ("boxes", "scores", "embeddings"), "query": ("embeddings",)}
 
 
 def build_inference_model(config_file, weights, opts=()):
@@ -67,19 +71,33 @@ def build_inference_model(config_file, weights, opts=()):
 
 
 class GalleryIndexer(nn.Module):
-    """image -> boxes (input pixels), scores, embeddings of every detected person."""
+    """image -> boxes (input pixels), scores, embeddings of every detected person: the model's
+    inference for one image without a resize (``PersonSearch._inference`` and detectron2's
+    ``detector_postprocess`` at scale 1), in ops whose output sizes ``torch.export`` keeps symbolic.
+    The attribute branch's probabilities are not computed."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        inst = self.model([{"image": image}])[0]["instances"]
-        return inst.pred_boxes.tensor, inst.scores, inst.embeddings
+        model = self.model
+        images = model.preprocess_image([{"image": image}])
+        features = model.backbone(images.tensor)
+        detector, embedder = model.branches[model.detector], model.branches[model.embedder]
+        inst = detector.detect(images, features)[0]
+        boxes, embeddings = inst.pred_boxes, inst.embeddings
+        if embedder is not detector and model.embedding != "detector":
+            embedded = embedder.embed(images, features, [boxes])[0]
+            embeddings = _concat(embeddings, embedded) if model.embedding == "concat" else embedded
+        # detector_postprocess at scale 1 keeps the non-empty boxes; one index for every field keeps
+        # one symbolic detection count (an Instances mask per field would give each its own).
+        keep = torch.nonzero(boxes.nonempty()).squeeze(1)
+        return boxes.tensor[keep], inst.scores[keep], embeddings[keep]
 
 
 class QueryEmbedder(nn.Module):
-    """image + boxes [K, 4] -> the embedder branch's embeddings of them [K, D]."""
+    """image + boxes [K, 4] -> the search embeddings of the boxes [K, D] (TEST.PERSON_SEARCH.EMBEDDING)."""
 
     def __init__(self, model):
         super().__init__()
@@ -89,115 +107,109 @@ class QueryEmbedder(nn.Module):
         model = self.model
         images = model.preprocess_image([{"image": image}])
         features = model.backbone(images.tensor)
-        return model.branches[model.embedder].embed(images, features, [Boxes(boxes)])[0]
+        return model._embed_boxes(images, features, [Boxes(boxes)])[0]
 
 
-def _trace(module, inputs):
-    """torch.jit.trace without its own re-run check (export_model compares outputs itself).
-    Its TracerWarnings (Python values fixed at trace time) are the limits docs/export.md lists."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.jit.trace(module.eval(), inputs, check_trace=False)
-
-
-def _torchscript_bytes(module, inputs):
-    buffer = io.BytesIO()
-    torch.jit.save(_trace(module, inputs), buffer)
-    return buffer.getvalue()
-
-
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError(f"ONNX export and inference need onnxruntime: pip install {ONNX_PACKAGES}") from None
-    return onnxruntime
-
-
-@contextlib.contextmanager
-def _grid_sample_deform_convs(model):
+class _GridSampleDeformConvs:
     """Every deformable conv on its pure-PyTorch grid_sample form (the same function) while exporting
-    to ONNX: torchvision's ``deform_conv2d`` has no symbolic in the TorchScript-based exporter."""
-    convs = [(m, m.impl) for m in model.modules() if isinstance(m, DeformConv2d)]
-    try:
-        for m, _ in convs:
+    to ONNX: torchvision's ``deform_conv2d`` has no ONNX translation (onnxscript's torchlib)."""
+
+    def __init__(self, model):
+        self.convs = [(m, m.impl) for m in model.modules() if isinstance(m, DeformConv2d)]
+        self.device = model.device
+
+    def changes_any(self):
+        """Whether a conv runs another implementation on the model's device (a program exported
+        without this context then holds torchvision's op)."""
+        return any(resolve_impl(impl, self.device) != "grid_sample" for _, impl in self.convs)
+
+    def __enter__(self):
+        for m, _ in self.convs:
             m.impl = "grid_sample"
-        yield
-    finally:
-        for m, impl in convs:
+
+    def __exit__(self, *exc):
+        for m, impl in self.convs:
             m.impl = impl
 
 
-def _onnx_bytes(module, inputs, name):
-    """ONNX protobuf of ``module`` traced on ``inputs``: image height and width, and the number of
-    gallery detections, are dynamic axes."""
-    input_names = ["image", "box"][: len(inputs)]
-    dynamic_axes = {"image": {1: "height", 2: "width"}}
+@torch.library.register_fake("torchvision::nms")
+def _nms_shape(dets, scores, iou_threshold):
+    """torchvision::nms's output shape for ``torch.export``, a kept count from 0: torchvision 0.29.1's
+    (torchvision/_meta_registrations.py:173) makes it with the deprecated ``create_unbacked_symint``,
+    whose minimum is 2, so an exported program asserted two kept boxes and failed on an image with
+    fewer (and torch warned of the deprecation)."""
+    torch._check(dets.dim() == 2 and dets.size(1) == 4, lambda: f"nms: boxes must be [N, 4], got {list(dets.shape)}")
+    torch._check(scores.dim() == 1 and scores.size(0) == dets.size(0), lambda: "nms: one score per box")
+    return dets.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.long)
+
+
+def _dynamic_shapes(name):
+    image = {1: Dim("height", min=MIN_SIDE, max=MAX_SIDE), 2: Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
     if name == "gallery":
-        dynamic_axes.update({out: {0: "detections"} for out in _OUTPUTS[name]})
-    else:
-        dynamic_axes.update(box={0: "boxes"}, embedding={0: "boxes"})
+        return {"image": image}
+    return {"image": image, "boxes": {0: Dim("boxes", min=1, max=MAX_BOXES)}}
+
+
+def _export(module, inputs, name):
+    """``torch.export.export`` of a program. Shape relations that the exporter cannot prove over the
+    whole size range (true ones, e.g. reshapes of the padded maps) become runtime asserts rather
+    than errors; a data-dependent branch left in the model is an error naming the program."""
+    try:
+        return torch.export.export(module.eval(), inputs, dynamic_shapes=_dynamic_shapes(name), strict=False,
+                                   prefer_deferred_runtime_asserts_over_guards=True)
+    except Exception as e:  # torch.export raises several types; the first line names the code
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"export: the {name} program of this model cannot be exported with torch.export: "
+                           f"{reason} (projects/GALW/docs/export.md lists what exports)") from e
+
+
+def _pt2_bytes(program):
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings (see _trace) and the exporter's deprecation notice
-        torch.onnx.export(
-            module.eval(), inputs, buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=input_names,
-            output_names=list(_OUTPUTS[name]), dynamic_axes=dynamic_axes,
-        )
+    torch.export.save(program, buffer)
     return buffer.getvalue()
 
 
-class OnnxProgram:
-    """An ONNX program run by onnxruntime (CPU), called as the TorchScript one: torch tensors in, a
-    tensor (one output) or a tuple of tensors out. Uses as many threads as torch."""
-
-    def __init__(self, model):
-        """``model``: an ``.onnx`` path or its bytes."""
-        ort = _import_onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, *inputs):
-        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs)}
-        outputs = tuple(torch.from_numpy(o) for o in self.session.run(None, feed))
-        return outputs[0] if len(outputs) == 1 else outputs
-
-
-def _load_program(fmt, source, map_location="cpu"):
-    """A program of ``fmt`` from a path or from its bytes."""
-    if fmt == "onnx":
-        return OnnxProgram(source)
-    return torch.jit.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location=map_location)
+def _onnx_bytes(program, name):
+    """ONNX protobuf of an ExportedProgram (its dynamic dimensions kept, named as in ``_dynamic_shapes``)."""
+    onnx_program = torch.onnx.export(
+        program, dynamo=True, opset_version=ONNX_OPSET, input_names=list(_INPUTS[name]),
+        output_names=list(_OUTPUTS[name]), verbose=False, optimize=True,
+    )
+    return onnx_program.model_proto.SerializeToString()
 
 
 @torch.no_grad()
-def export_model(model, cfg, out_dir, image, query_boxes, formats=("torchscript",), meta=None):
-    """Trace ``model`` (a built ``PersonSearch`` with its weights, eval mode) on ``image`` (uint8
-    [3, H, W], test size) and ``query_boxes`` [1, 4] into each of ``formats`` (keys of ``FORMATS``);
-    write their gallery and query programs and export.json to ``out_dir``. Each program is loaded
-    back from its bytes and run on ``image`` before anything is written; the metadata holds the
-    largest |exported - eager| of each output (``"<format>/<program>/<output>"``)."""
+def export_model(model, cfg, out_dir, image, query_boxes, formats=DEFAULT_FORMATS, meta=None):
+    """Export ``model`` (a built ``PersonSearch`` with its weights, eval mode) with ``image`` (uint8
+    [3, H, W], test size) and ``query_boxes`` [K, 4] as example inputs into each of ``formats``
+    (keys of ``FORMATS``); write their gallery and query programs and export.json to ``out_dir``.
+    Each program is loaded back from its bytes and run on the example before anything is written;
+    the metadata holds the largest |exported - eager| of each output (``"<format>/<program>/<output>"``)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"export: formats must be among {list(FORMATS)}; got {list(formats)}")
     model.eval()
-    query_boxes = query_boxes.to(torch.float32)
+    query_boxes = query_boxes.to(torch.float32).reshape(-1, 4)
+    # torch.export specialises a dimension whose example size is 1: two boxes keep K symbolic.
+    example_boxes = query_boxes if len(query_boxes) > 1 else query_boxes.expand(2, 4).contiguous()
     modules = {"gallery": GalleryIndexer(model), "query": QueryEmbedder(model)}
-    inputs = {"gallery": (image,), "query": (image, query_boxes)}
-    eager = {"gallery": modules["gallery"](image), "query": (modules["query"](image, query_boxes),)}
+    inputs = {"gallery": (image,), "query": (image, example_boxes)}
+    eager = {"gallery": modules["gallery"](image), "query": (modules["query"](image, example_boxes),)}
     programs, diffs, meta = {}, {}, dict(meta or {})
+    exported = {}
     for fmt in formats:
         for name, file_name in zip(("gallery", "query"), FORMATS[fmt]):
             if fmt == "onnx":
-                with _grid_sample_deform_convs(model):
-                    data = _onnx_bytes(modules[name], inputs[name], name)
-                got = _load_program(fmt, data)(*(t.cpu() for t in inputs[name]))
+                convs = _GridSampleDeformConvs(model)
+                if convs.changes_any() or name not in exported:
+                    with convs:
+                        exported[name] = _export(modules[name], inputs[name], name)
+                data = _onnx_bytes(exported[name], name)
+                got = load_program(fmt, data)(*(t.cpu() for t in inputs[name]))
             else:
-                data = _torchscript_bytes(modules[name], inputs[name])
-                got = _load_program(fmt, data)(*inputs[name])
+                exported[name] = _export(modules[name], inputs[name], name)
+                data = _pt2_bytes(exported[name])
+                got = load_program(fmt, data)(*inputs[name])
             got = got if isinstance(got, tuple) else (got,)
             for field, a, b in zip(_OUTPUTS[name], eager[name], got):
                 b = b.to(a.device)
@@ -208,8 +220,8 @@ def export_model(model, cfg, out_dir, image, query_boxes, formats=("torchscript"
     if "onnx" in formats:
         import onnx
 
-        ort = _import_onnxruntime()
-        meta.update(onnx_opset=ONNX_OPSET, onnx_version=onnx.__version__, onnxruntime_version=ort.__version__)
+        meta.update(onnx_opset=ONNX_OPSET, onnx_version=onnx.__version__,
+                    onnxruntime_version=import_onnxruntime().__version__)
     os.makedirs(out_dir, exist_ok=True)
     for file_name, data in programs.items():
         atomic_write(os.path.join(out_dir, file_name), lambda f, d=data: f.write(d))
@@ -220,30 +232,14 @@ def export_model(model, cfg, out_dir, image, query_boxes, formats=("torchscript"
         input_format=cfg.INPUT.FORMAT,
         test_short_side=int(cfg.INPUT.PS.TEST_SHORT_SIDE),
         test_long_side=int(cfg.INPUT.PS.TEST_LONG_SIDE),
+        image_side_range=[MIN_SIDE, MAX_SIDE],
+        max_query_boxes=MAX_BOXES,
         search_score_thresh=float(cfg.TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH),
         embedding_dim=int(eager["gallery"][2].shape[1]),
-        traced_on_size=list(image.shape[1:]),
+        example_image_size=list(image.shape[1:]),
         torch_version=torch.__version__,
-        max_abs_diff_on_trace_image=diffs,
+        max_abs_diff_on_example=diffs,
     )
     atomic_write(os.path.join(out_dir, META_FILE), lambda f: f.write(json.dumps(meta, indent=2).encode()))
-    logger.info("export: %s written (%s); |exported - eager| on the trace image: %s", out_dir, ", ".join(formats), diffs)
+    logger.info("export: %s written (%s); |exported - eager| on the example: %s", out_dir, ", ".join(formats), diffs)
     return meta
-
-
-def load_exported(out_dir, format=None, map_location="cpu"):
-    """(gallery, query, metadata) of an export folder in ``format`` (default: its first format,
-    TorchScript when it holds both); the programs are TorchScript or ONNX, not pickles."""
-    meta_path = os.path.join(out_dir, META_FILE)
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{out_dir}: not an exported model (no {META_FILE}; write one with tools/export.py)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
-    available = meta.get("formats", ["torchscript"])
-    format = format or available[0]
-    if format not in available:
-        raise ValueError(f"{out_dir}: holds the formats {available}, not {format!r} (export it with tools/export.py --format)")
-    gallery, query = (_load_program(format, os.path.join(out_dir, name), map_location) for name in FORMATS[format])
-    return gallery, query, dict(meta, loaded_format=format)
