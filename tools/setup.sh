@@ -29,8 +29,8 @@ pinned_deps() {  # venv
     "matplotlib>=3.9,<4" "tqdm>=4.66,<5" "pytest>=8,<10" "Pillow>=10" \
     "cloudpickle" "tabulate" "termcolor" "omegaconf>=2.1,<2.4" "hydra-core>=1.1" \
     "pyyaml" "setuptools" "wheel" "ruff==0.17.6"
-  # ONNX export and its onnxruntime inference (tools/export.py --format onnx; setup.cfg's extra "onnx").
-  $pip install -q "onnx==1.23.2" "onnxruntime==1.32.0"
+  # ONNX export (torch.onnx.export dynamo=True needs onnxscript) and onnxruntime inference (setup.cfg's extra "onnx").
+  $pip install -q "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2"
 }
 
 install_project() {  # venv stamp
