@@ -19,6 +19,7 @@ import galw  # noqa: F401  (before detectron2)
 import torch
 from detectron2.utils.events import EventStorage, get_event_storage
 
+from galw.config_file import merge_config_file
 from galw_core.solver import build_optimizer
 from galw_core.train_step import GALWSimpleTrainer, attach_weighting
 from galw_core.hook import GALWHook
@@ -97,7 +98,7 @@ class ConfigArm:
 
         cfg = get_cfg()
         galw.add_galw_config(cfg)
-        cfg.merge_from_file(args.config_file)
+        merge_config_file(cfg, args.config_file)
         cfg.merge_from_list(args.opts + ["MODEL.GALW.ENABLED", enabled, "OUTPUT_DIR", tempfile.mkdtemp()])
         if enabled:
             cfg.MODEL.GALW.MODE = "single_run"

@@ -154,6 +154,7 @@ def stage_train(args):
     from detectron2.engine import HookBase
 
     from galw import add_galw_config
+    from galw.config_file import merge_config_file
     from galw_core.hook import GALWHook
     from galw.data.synthetic import generate
     from galw.engine import Trainer, setup_logging
@@ -168,7 +169,7 @@ def stage_train(args):
     epoch = max(2, iters // 3)
     cfg = get_cfg()
     add_galw_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, TINY_TRAIN_CONFIG if args.tiny else TRAIN_CONFIG))
+    merge_config_file(cfg, os.path.join(REPO, TINY_TRAIN_CONFIG if args.tiny else TRAIN_CONFIG))
     cfg.merge_from_list([
         "DATASETS.TRAIN", ("synth_prw_train",), "DATASETS.TEST", (), "TEST.EVAL_PERIOD", 0,
         "MODEL.PERSON_SEARCH.PRETRAINED", "", "MODEL.DEVICE", args.device, "OUTPUT_DIR", out,
@@ -216,6 +217,7 @@ def stage_inference(args):
     from detectron2.modeling import build_model
 
     from galw import add_galw_config
+    from galw.config_file import merge_config_file
 
     width, height = (320, 192) if args.tiny else (1500, 900)
     num, warmup = (1, 1) if args.tiny else (10, 3)
@@ -226,7 +228,7 @@ def stage_inference(args):
 
     cfg = get_cfg()
     add_galw_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, TINY_TRAIN_CONFIG if args.tiny else TRAIN_CONFIG))
+    merge_config_file(cfg, os.path.join(REPO, TINY_TRAIN_CONFIG if args.tiny else TRAIN_CONFIG))
     cfg.merge_from_list([
         "MODEL.PERSON_SEARCH.PRETRAINED", "", "DATASETS.TRAIN", (), "MODEL.DEVICE", args.device,
         "MODEL.OIM.NUM_LABELED", 1, "MODEL.GALW.ENABLED", False,

@@ -28,6 +28,7 @@ import torch
 import torchvision
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from galw.config_file import merge_config_file
 from result_file import save
 
 WIDTH, HEIGHT = 1500, 900
@@ -55,7 +56,7 @@ def synthetic_images(num, seed=0):
 def build_person_search(config_file, opts, device, amp=False):
     cfg = get_cfg()
     galw.add_galw_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
     # timing needs no ImageNet file and no dataset; OIM memories play no part in inference
     cfg.merge_from_list(["MODEL.PERSON_SEARCH.PRETRAINED", "", "DATASETS.TRAIN", (), "MODEL.DEVICE", device])

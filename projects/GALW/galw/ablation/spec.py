@@ -105,12 +105,13 @@ def schedule_opts(spec, max_iter):
     from detectron2.config import get_cfg
 
     from galw import add_galw_config
+    from galw.config_file import merge_config_file
 
     if max_iter < 1:
         raise ValueError(f"--max-iter must be >= 1, got {max_iter}")
     cfg = get_cfg()
     add_galw_config(cfg)
-    cfg.merge_from_file(base_config_path(spec))
+    merge_config_file(cfg, base_config_path(spec))
     cfg.merge_from_list([str(o) for o in spec["common_opts"]])
     steps = tuple(int(round(s * max_iter / cfg.SOLVER.MAX_ITER)) for s in cfg.SOLVER.STEPS)
     return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps),

@@ -5,6 +5,7 @@ import os
 from detectron2.config import get_cfg
 
 from galw.config import add_galw_config
+from galw.config_file import merge_config_file
 from galw_core.files import atomic_write
 
 __all__ = ["CONFIG_FILENAME", "DEFAULT_CONFIG", "DEMO_OWNED_KEYS", "PREFIX", "REPO_ROOT", "build_cfg", "save_config"]
@@ -29,7 +30,7 @@ def build_cfg(config_file, output_dir, seed, opts):
                          "remove the override, or run train_net.py for another dataset or folder.")
     cfg = get_cfg()
     add_galw_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.SEED = seed
     cfg.merge_from_list(list(opts))
     cfg.DATASETS.TRAIN = (f"{PREFIX}_train",)
