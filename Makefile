@@ -10,12 +10,19 @@ GPU_WHEELS := .gpu-wheels
 setup:
 	bash tools/setup.sh
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (one torch thread each, tests/conftest.py),
+# a test file per worker (--dist loadfile: a module's fixtures are built once).
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+
 # One leg of the suite: $(1) the venv's Python, $(2) what it runs on, $(3) more pytest options.
-# It prints the temp folder's free space first (the legs' tmp_paths live there) and sets status=1
-# on failure, so the other leg still runs.
+# It prints the temp folder's free space first (the legs' tmp_paths live there) and its wall time
+# last, and sets status=1 on failure, so the other leg still runs.
 suite_leg = echo "== the suite on $(2); free space for its tmp_paths:"; \
 	df -h "$${TMPDIR:-/tmp}" | tail -1; \
-	$(1) -m pytest -q --tb=short $(3) tests || status=1
+	start=$$(date +%s); \
+	$(1) -m pytest -q --tb=short $(PYTEST_PARALLEL) $(3) tests || status=1; \
+	echo "== wall time of the suite on $(2): $$(( $$(date +%s) - start )) s"
 
 # Lint (ruff, configured in pyproject.toml), then the suite with its slowest tests listed, on
 # pb1-detectron2 0.6 (.venv) and, where setup made it, on the official detectron2 (.venv-d2main);
@@ -29,6 +36,13 @@ test: setup
 	else \
 	  echo "note: no .venv-d2main (../shared/wheels absent): the suite ran on pb1-detectron2 0.6 only"; \
 	fi; \
+	exit $$status
+
+# The suite without the tests marked slow (setup.cfg), on .venv: every package module still runs.
+test-fast: setup
+	@start=$$(date +%s); status=0; \
+	$(PY) -m pytest -q --tb=short $(PYTEST_PARALLEL) -m "not slow" --durations=10 tests || status=1; \
+	echo "== wall time of the fast suite: $$(( $$(date +%s) - start )) s"; \
 	exit $$status
 
 # GALW end to end on CPU: SynthPS, untrained baseline, both GALW trainings, evaluation, report.

@@ -16,7 +16,11 @@ for _p in (os.path.join(ROOT, "projects", "GALW"), ROOT):
 import galw  # noqa: E402,F401  (compat before any detectron2 import)
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread per process, child processes included (gloo ranks, tools run as commands): the
+# suite runs in parallel as pytest-xdist workers (the Makefile's -n), and two threads per process on
+# two busy cores cost about three times the CPU of one (the stock R-CNN training of test_train_net.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 CONFIG_DIR = os.path.join(ROOT, "projects", "GALW", "configs")
 
@@ -76,22 +80,40 @@ def write_video(path, frames, fps):
     writer.release()
 
 
+def register_box_dataset(name, image_dir):
+    """Register tiny box images (write_box_images) as detectron2 dataset ``name``; returns its cleanup."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    records = write_box_images(str(image_dir))
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(thing_classes=["person"])
+
+    def cleanup():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+    return cleanup
+
+
 @pytest.fixture
 def box_dataset(tmp_path):
     """A registered tiny detection dataset; yields its name and removes it afterwards."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     name = f"galw_test_boxes_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
-    records = write_box_images(str(tmp_path / "images"))
-    DatasetCatalog.register(name, lambda: records)
-    MetadataCatalog.get(name).set(thing_classes=["person"])
+    cleanup = register_box_dataset(name, tmp_path / "images")
     yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    cleanup()
+
+
+#: The stock Faster R-CNN at test size: 64-pixel images, 8 ROIs per image pooled to 4x4 (res5 runs on
+#: each ROI in the C4 head), a fifth of the CPU time of the config's own sizes per iteration.
+STOCK_RCNN_TEST_SIZE = [
+    "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 96,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 8, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 4,
+]
 
 
 def stock_rcnn_cfg(dataset_name, output_dir, *opts):
-    """The stock Faster R-CNN CPU config on a test dataset."""
+    """The stock Faster R-CNN CPU config on a test dataset, at test size."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
@@ -99,9 +121,25 @@ def stock_rcnn_cfg(dataset_name, output_dir, *opts):
     cfg.merge_from_file(os.path.join(CONFIG_DIR, "stock", "faster_rcnn_R18_C4_cpu.yaml"))
     cfg.merge_from_list(
         ["DATASETS.TRAIN", (dataset_name,), "DATASETS.TEST", (), "OUTPUT_DIR", str(output_dir), "SEED", 1]
-        + list(opts)
+        + STOCK_RCNN_TEST_SIZE + list(opts)
     )
     return cfg
+
+
+@pytest.fixture(scope="session")
+def stock_rcnn_trained(tmp_path_factory):
+    """train_net.Trainer's stock Faster R-CNN trained one iteration on tiny box images, once per test
+    run: {"trainer", "dataset" (its registered name), "output_dir" (model_final.pth, last_checkpoint,
+    metrics.json)}. Tests read it; a test that writes checkpoints copies ``output_dir`` first."""
+    import train_net
+
+    root = tmp_path_factory.mktemp("stock_rcnn")
+    name = f"galw_test_boxes_session_{os.getpid()}"
+    cleanup = register_box_dataset(name, root / "images")
+    trainer = train_net.Trainer(stock_rcnn_cfg(name, root / "output", "SOLVER.MAX_ITER", 1))
+    trainer.train()
+    yield {"trainer": trainer, "dataset": name, "output_dir": root / "output"}
+    cleanup()
 
 
 def free_port():
@@ -144,17 +182,32 @@ def _galw_records_reach_caplog():
     yield
 
 
-@pytest.fixture(scope="module")
-def tiny_synth_prw(tmp_path_factory):
-    """SynthPS-PRW at size tiny under a temporary $DETECTRON2_DATASETS (read when a split loads),
-    trained on with one torch thread."""
+#: Where ``galw.data.synthetic`` datasets live under $DETECTRON2_DATASETS (galw/data/builtin.py).
+SYNTHPS_FOLDERS = {"prw": "SynthPS-PRW", "cuhk": "SynthPS-CUHK"}
+
+
+@pytest.fixture(scope="session")
+def synthps_tiny(tmp_path_factory):
+    """SynthPS at size tiny, seed 0, generated once per test run (per pytest-xdist worker): a function
+    of the layout ("prw" or "cuhk") giving the datasets root that holds it. Tests read these files;
+    a test that changes a dataset generates its own."""
     from galw.data.synthetic import generate
 
-    root = tmp_path_factory.mktemp("datasets")
-    generate("prw", str(root / "SynthPS-PRW"), seed=0, size="tiny")
+    roots = {}
+
+    def root(layout="prw"):
+        if layout not in roots:
+            roots[layout] = tmp_path_factory.mktemp(f"synthps_{layout}")
+            generate(layout, str(roots[layout] / SYNTHPS_FOLDERS[layout]), seed=0, size="tiny")
+        return roots[layout]
+
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_synth_prw(synthps_tiny):
+    """The tiny SynthPS-PRW as $DETECTRON2_DATASETS (read when a split loads) for a module's tests."""
+    root = synthps_tiny("prw")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DETECTRON2_DATASETS", str(root))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
         yield root
-        torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ pinned_deps() {  # venv
   $pip install -q "numpy>=1.26,<3" "fvcore==0.1.5.post20221221" "iopath==0.1.9" \
     "pycocotools==2.0.10" "scipy>=1.13,<2" "scikit-learn>=1.5,<2" \
     "opencv-python-headless>=4.10,<5" "yacs==0.1.8" "tensorboard>=2.17,<3" \
-    "matplotlib>=3.9,<4" "tqdm>=4.66,<5" "pytest>=8,<10" "Pillow>=10" \
+    "matplotlib>=3.9,<4" "tqdm>=4.66,<5" "pytest>=8,<10" "pytest-xdist==3.8.0" "pytest-cov==7.1.0" "Pillow>=10" \
     "cloudpickle" "tabulate" "termcolor" "omegaconf>=2.1,<2.4" "hydra-core>=1.1" \
     "pyyaml" "setuptools" "wheel" "ruff==0.17.6"
   # ONNX export (torch.onnx.export dynamo=True needs onnxscript) and onnxruntime inference (setup.cfg's extra "onnx").

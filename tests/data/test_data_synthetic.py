@@ -94,13 +94,13 @@ def test_cuhk_layout_loads_through_real_loader(tmp_path):
         cleanup()
 
 
-def test_builtin_synth_names_follow_detectron2_datasets(tmp_path, monkeypatch):
+def test_builtin_synth_names_follow_detectron2_datasets(synthps_tiny, tmp_path, monkeypatch):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    generate("prw", str(tmp_path / "SynthPS-PRW"), seed=0, size="tiny")
+    root = synthps_tiny("prw")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
     train = DatasetCatalog.get("synth_prw_train")
-    assert train[0]["file_name"].startswith(str(tmp_path / "SynthPS-PRW" / "frames"))
+    assert train[0]["file_name"].startswith(str(root / "SynthPS-PRW" / "frames"))
     assert MetadataCatalog.get("synth_prw_train").num_pids == SIZES["tiny"].train_ids
     assert MetadataCatalog.get("synth_prw_gallery").query_set == "synth_prw_query"
     # another root: file-derived metadata follows the new files

@@ -18,7 +18,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
-from galw.data.synthetic import generate
 from conftest import CONFIG_DIR, ROOT, write_video
 
 #: NAE R-18 shrunk; tiny SynthPS frames are 192x144, DefaultPredictor resizes by INPUT.{MIN,MAX}_SIZE_TEST.
@@ -82,12 +81,15 @@ def _tiny_cfg(config="nae/nae_R18_synth_cpu.yaml", *opts):
     return cfg
 
 
-@pytest.fixture
-def trained(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained(synthps_tiny, tmp_path_factory):
     """A model built with SynthPS-PRW present (5 train identities), its 'trained' lookup table
-    written by hand, saved with its config; then the datasets are gone."""
-    data = tmp_path / "datasets"
-    generate("prw", str(data / "SynthPS-PRW"), seed=0, size="tiny")
+    written by hand, saved with its config; then the datasets are gone (for the module's tests)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield _save_trained(synthps_tiny("prw"), tmp_path_factory.mktemp("trained"), monkeypatch)
+
+
+def _save_trained(data, tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(data))
     torch.manual_seed(0)
     cfg = _tiny_cfg()

@@ -1,11 +1,13 @@
 """train_net.py's Trainer trains a stock detectron2 model on CPU; checkpoints save, load and resume."""
+import copy
 import json
 import os
+import shutil
 
 import torch
 
 import train_net
-from conftest import CONFIG_DIR, stock_rcnn_cfg
+from conftest import CONFIG_DIR, STOCK_RCNN_TEST_SIZE, stock_rcnn_cfg
 
 
 def _state(model):
@@ -55,40 +57,38 @@ def test_checkpoint_resume_at_iteration_two(box_dataset, tmp_path):
     assert resumed.iter == 3
 
 
-def test_eval_only_main_runs_with_weights(box_dataset, tmp_path):
-    cfg = stock_rcnn_cfg(box_dataset, tmp_path, "SOLVER.MAX_ITER", 1)
-    trainer = train_net.Trainer(cfg)
-    trainer.train()
+def test_eval_only_main_runs_with_weights(stock_rcnn_trained, tmp_path):
     args = train_net.default_argument_parser().parse_args(
         [
             "--config-file",
             os.path.join(CONFIG_DIR, "stock", "faster_rcnn_R18_C4_cpu.yaml"),
             "--eval-only",
-            "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
-            "DATASETS.TRAIN", f"('{box_dataset}',)",
+            "MODEL.WEIGHTS", str(stock_rcnn_trained["output_dir"] / "model_final.pth"),
+            "DATASETS.TRAIN", f"('{stock_rcnn_trained['dataset']}',)",
             "OUTPUT_DIR", str(tmp_path / "eval"),
         ]
     )
     assert train_net.main(args) == {}
 
 
-def test_checkpoint_write_is_atomic(box_dataset, tmp_path, monkeypatch):
-    cfg = stock_rcnn_cfg(box_dataset, tmp_path, "SOLVER.MAX_ITER", 1)
-    trainer = train_net.Trainer(cfg)
-    trainer.train()
-    good = (tmp_path / "model_final.pth").read_bytes()
+def test_checkpoint_write_is_atomic(stock_rcnn_trained, tmp_path, monkeypatch):
+    out = tmp_path / "output"
+    shutil.copytree(stock_rcnn_trained["output_dir"], out)
+    checkpointer = copy.copy(stock_rcnn_trained["trainer"].checkpointer)  # the trainer's, writing to out
+    checkpointer.save_dir = str(out)
+    good = (out / "model_final.pth").read_bytes()
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
     try:
-        trainer.checkpointer.save("model_final")
+        checkpointer.save("model_final")
     except OSError:
         pass
-    assert (tmp_path / "model_final.pth").read_bytes() == good
-    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
-    assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
+    assert (out / "model_final.pth").read_bytes() == good
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert not [p for p in os.listdir(out) if ".tmp." in p]
 
 
 def test_galw_lines_reach_log_txt(box_dataset, tmp_path):
@@ -98,7 +98,7 @@ def test_galw_lines_reach_log_txt(box_dataset, tmp_path):
         [
             "--config-file", os.path.join(CONFIG_DIR, "stock", "faster_rcnn_R18_C4_cpu.yaml"),
             "DATASETS.TRAIN", f"('{box_dataset}',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path),
-            "SOLVER.MAX_ITER", "3", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
+            "SOLVER.MAX_ITER", "3", *[str(v) for v in STOCK_RCNN_TEST_SIZE],
             "MODEL.GALW.ENABLED", "True", "MODEL.GALW.MODE", "single_run", "MODEL.GALW.TASKS", tasks,
             "MODEL.GALW.TASK_KINDS", "['classification', 'regression', 'classification', 'regression']",
             "MODEL.GALW.NUM_GROUPS", "2", "MODEL.GALW.EPOCH_ITERS", "1", "MODEL.GALW.PROBE_EPOCHS", "2",
