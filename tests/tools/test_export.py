@@ -62,3 +62,23 @@ def test_query_checks_before_running_its_program():
     with pytest.raises(TypeError, match="uint8"):
         query(_image(dtype=torch.float64), [[0.0, 0, 20, 30]])
     assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_a_detector_that_does_not_export_is_named(tmp_path):
+    # NAE's detector is detectron2's RPN, whose proposal selection branches on tensor values
+    import galw
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from galw.export import export_model
+
+    cfg = get_cfg()
+    galw.add_galw_config(cfg)
+    cfg.merge_from_file(f"{CONFIG_DIR}/nae/nae_R18_synth_cpu.yaml")
+    cfg.merge_from_list(["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.OIM.NUM_LABELED", "3"])
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match=r"gallery program \(detector NAEBranch\) cannot be exported"):
+        export_model(model, cfg, str(tmp_path / "out"), image, torch.tensor([[10.0, 10, 60, 90]]),
+                     formats=("torch_export",))
+    assert not (tmp_path / "out").exists()

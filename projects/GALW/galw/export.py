@@ -158,8 +158,9 @@ def _export(module, inputs, name):
         return torch.export.export(module.eval(), inputs, dynamic_shapes=_dynamic_shapes(name), strict=False,
                                    prefer_deferred_runtime_asserts_over_guards=True)
     except Exception as e:  # torch.export raises several types; the first line names the code
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f"export: the {name} program of this model cannot be exported with torch.export: "
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        reason = lines[0] + "".join(f" {line.strip()}" for line in lines if line.startswith("Caused by:"))
+        raise RuntimeError(f"export: the {name} program (detector {module.model.detector}) cannot be exported with torch.export: "
                            f"{reason} (projects/GALW/docs/export.md lists what exports)") from e
 
 
