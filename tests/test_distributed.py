@@ -41,6 +41,7 @@ def _worker(rank, port, out_dir, kind):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes importing torch, detectron2 and galw
 @pytest.mark.parametrize("kind", ["gloo", "nccl_like"])
 def test_collectives_two_processes(tmp_path, kind):
     mp.spawn(_worker, args=(free_port(), str(tmp_path), kind), nprocs=2, join=True)

@@ -184,6 +184,7 @@ def _snapshot(imports):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # three fresh interpreters importing detectron2
 def test_importing_the_core_loads_no_person_search_and_registers_nothing():
     # detectron2 alone (after the compat module, without which the pure-Python build cannot import).
     base = _snapshot("import importlib.util as u; s = u.spec_from_file_location('c', "

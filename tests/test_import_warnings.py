@@ -8,6 +8,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Each test starts a fresh interpreter importing torch, detectron2 and galw: 7-18 s apiece.
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("module", ["galw_core", "galw"])

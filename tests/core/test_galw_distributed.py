@@ -16,6 +16,9 @@ import torch.multiprocessing as mp
 
 from conftest import TESTS_DIR, free_port
 
+#: Each test spawns two processes that import torch, detectron2 and galw: 10-20 s apiece.
+pytestmark = pytest.mark.slow
+
 
 def _worker(rank, port, out_dir, kind):
     sys.path.insert(0, TESTS_DIR)  # spawned: conftest and the helpers are not on its path

@@ -53,6 +53,7 @@ def _train_then_eval_only(config, out, *opts):
     return res
 
 
+@pytest.mark.slow
 def test_nae_trains_and_evaluates(tiny_synth_prw, tmp_path):
     _train_then_eval_only("nae/nae_R18_synth_cpu.yaml", str(tmp_path), "SOLVER.MAX_ITER", 2,
                           "MODEL.OIM.QUEUE_SIZE", 16)

@@ -43,6 +43,7 @@ def trained():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # the 25-step training of trained
 def test_losses_one_key_per_task_finite_and_falling(trained):
     *_, history = trained
     assert set(history[0]) == APS_KEYS
@@ -52,14 +53,17 @@ def test_losses_one_key_per_task_finite_and_falling(trained):
         assert values[-5:].mean() < values[:3].mean(), (key, values.tolist())
 
 
-def test_branch_owns_res5_and_reads_res3_res4(trained):
-    cfg, backbone, branch, *_ = trained
+def test_branch_owns_res5_and_reads_res3_res4():
+    cfg = small_branch_cfg()  # the layout, as built
+    backbone = build_backbone(cfg)
+    branch = build_branch("AlignPSBranch", cfg, backbone.output_shape())
     assert set(backbone.output_shape()) == {"res3", "res4"}
     # R-18 res5: 2 BasicBlocks, 512 channels, stride 2 on res4
     assert len(branch.res5) == 2 and branch.res5[0].out_channels == 512
     assert len(branch.afa.outputs) == 1  # AlignPS: P3 owns every size (SIZE_RANGES default)
 
 
+@pytest.mark.slow  # the 25-step training of trained
 def test_detect_gives_boxes_scores_normalized_embeddings(trained):
     _, backbone, branch, images, gts, _ = trained
     with torch.no_grad():
@@ -75,6 +79,7 @@ def test_detect_gives_boxes_scores_normalized_embeddings(trained):
         assert (b[:, 0] >= 0).all() and (b[:, 2] <= 128).all() and (b[:, 3] <= 96).all()
 
 
+@pytest.mark.slow  # the 25-step training of trained
 def test_embed_center_and_roi_average(trained):
     _, backbone, branch, images, gts, _ = trained
     feats = backbone(images.tensor)

@@ -63,8 +63,8 @@ def test_ten_losses_finite_and_falling(roi_alignps):
     assert box[-4:].mean() < 0.9 * box[:3].mean(), [round(v, 4) for v in box.tolist()]  # GIoU really learns
 
 
-def test_res2_to_res4_shared_each_branch_owns_res5(roi_alignps):
-    model, _ = roi_alignps
+def test_res2_to_res4_shared_each_branch_owns_res5(one_thread):
+    model = build_model(tiny_cfg("roi_alignps_R18_synth_cpu.yaml"))  # the layout, as built
     assert set(model.backbone.output_shape()) == {"res3", "res4"}
     assert not any(n.startswith("res5") for n, _ in model.backbone.named_children())
     aps = model.branches["AlignPSBranch"]
@@ -102,6 +102,7 @@ def _check_contract(outputs, dim):
     assert q.shape == (dim,) and abs(q.norm().item() - 1) < 1e-4
 
 
+@pytest.mark.slow  # the 20-step training of roi_alignps
 def test_eval_contract_alignps_detects_nae_embeds(roi_alignps):
     model, _ = roi_alignps
     gallery, query = _eval_inputs()

@@ -132,7 +132,7 @@ def test_demo_result_file_holds_the_headline_figures(tmp_path):
     assert (trained["similarity_match"], trained["similarity_other"]) == (0.6, -0.1)
 
 
-@pytest.mark.slow  # 245 s at load ~7, 759 s at load ~25 on the 2-core machine
+@pytest.mark.slow  # two trainings, three evaluations and a report: 11 s with one torch thread
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     out, data = str(tmp_path / "demo"), str(tmp_path / "SynthPS-PRW")
     results_root = str(tmp_path / "results")
