@@ -26,7 +26,8 @@ FORBIDDEN = [
 ]
 #: Product uses of a flagged word, removed from a line before it is checked.
 ALLOWED = re.compile(r"InferenceSession|SessionOptions|onnxruntime session|ort session|"
-                     r"\bsessions?\s*=|\bsessions?\.\w|\bsessions?\[", re.I)
+                     r"\bsessions?\s*=|\bsessions?\.\w|\bsessions?\[|"
+                     r"scope\s*=\s*[\"']session[\"']", re.I)  # pytest's fixture scope of a whole test run
 #: Files not read: binaries and this file (it spells the patterns).
 BINARY_EXT = (".png", ".jpg", ".jpeg", ".gif", ".pkl", ".pth", ".pt", ".npz", ".npy", ".mat", ".gz", ".zip", ".onnx")
 SELF = os.path.relpath(os.path.abspath(__file__), ROOT)
@@ -58,6 +59,7 @@ def offending_lines(text):
     ("on the 2-core development machine", True),
     ("onnxruntime.InferenceSession(path).run(None, feed)", False),
     ("feed = dict(zip([i.name for i in session.get_inputs()], inputs))", False),
+    ('@pytest.fixture(scope="session")', False),
     ('"""Helpers of the AlignPS tests: a tiny batch."""', False),
     ("the hook will issue a warning per group", False),
     ('_MIXED_COLOR = "#555555"', False),
