@@ -67,7 +67,8 @@ class ExportedProgramRunner:
     def __call__(self, *inputs):
         with torch.no_grad():
             out = self.module(*inputs)
-        return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else tuple(out) if isinstance(out, list) else out
+        out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return out[0] if len(out) == 1 else out
 
 
 def load_program(fmt, source):
