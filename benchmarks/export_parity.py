@@ -28,6 +28,7 @@ from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from galw.config_file import merge_config_file
 from galw.data.synthetic import generate
 from galw.export import GalleryIndexer, QueryEmbedder, export_model
 from galw.exported import load_exported
@@ -77,7 +78,7 @@ def main():
     args = parser.parse_args()
     cfg = get_cfg()
     galw.add_galw_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(OPTS + list(args.opts))
     cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(0)

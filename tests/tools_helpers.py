@@ -8,7 +8,6 @@ import sys
 
 import cv2
 import numpy as np
-import torch
 
 from conftest import ROOT
 
@@ -106,35 +105,6 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def export_on_tiny_gallery(tmp, cfg, num_frames, crops, export_args=()):
-    """Save ``cfg``'s model at a seeded random init, write a gallery of ``num_frames`` tiny SynthPS
-    frames plus ``crops`` ({file name: (row slice, column slice)} of the second frame, other shapes
-    than the trace image) and run tools/export.py on it, traced on the first frame."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-    from galw.data.synthetic import generate
-
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    DetectionCheckpointer(model, save_dir=str(tmp)).save("model")
-    config = tmp / "config.yaml"
-    config.write_text(cfg.dump())
-    generate("prw", str(tmp / "synth"), seed=0, size="tiny")
-    gallery = tmp / "gallery"
-    gallery.mkdir()
-    frames = sorted(os.listdir(tmp / "synth" / "frames"))[:num_frames]
-    for name in frames:
-        os.link(tmp / "synth" / "frames" / name, gallery / name)
-    frame = cv2.imread(str(gallery / frames[1]))
-    for name, (rows, cols) in crops.items():
-        cv2.imwrite(str(gallery / name), frame[rows, cols])
-    out = tmp / "exported"
-    meta = load_tool("export").main(["--config-file", str(config), "--weights", str(tmp / "model.pth"),
-                                     "--out", str(out), *export_args, "--image", str(gallery / frames[0])])
-    return {"tmp": tmp, "config": str(config), "weights": str(tmp / "model.pth"), "gallery": str(gallery),
-            "out": str(out), "meta": meta}
 
 
 def assert_query_equals_eager_search(search, exported, index_path, query, box, out_dir):

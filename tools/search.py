@@ -9,7 +9,7 @@ Index once, query many times (the index stores the config and weights paths):
     python tools/search.py index --config-file C.yaml --weights model_final.pth --gallery photos/ --out index.pt
     python tools/search.py query --index index.pt --query-image me.jpg --box 120 40 220 380 --topk 10 --out results/
 
-With the TorchScript or ONNX programs of tools/export.py instead of config + weights:
+With the torch.export (.pt2) or ONNX programs of tools/export.py instead of config + weights:
     python tools/search.py index --exported exported/ [--exported-format onnx] --gallery photos/ --out index.pt
 
 The gallery is a folder of images and/or videos, or one video file; videos are sampled at

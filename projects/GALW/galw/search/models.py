@@ -87,7 +87,7 @@ class SearchModel(_ImageInputs):
 
 
 class ExportedSearchModel(_ImageInputs):
-    """The programs of tools/export.py (TorchScript, or ONNX run by onnxruntime) in place of the
+    """The programs of tools/export.py (torch.export, or ONNX run by onnxruntime) in place of the
     config and weights; ``format`` None = the export's first format."""
 
     def __init__(self, export_dir, format=None):
