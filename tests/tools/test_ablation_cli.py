@@ -6,6 +6,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from galw.ablation.spec import load_spec, schedule_opts
+
 _spec = importlib.util.spec_from_file_location("galw_tools_ablation_cli", os.path.join(ROOT, "tools", "ablation.py"))
 ablation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ablation)
@@ -23,14 +25,14 @@ def _spec_file(tmp_path):
 
 
 def test_schedule_opts_scale_the_steps(tmp_path):
-    spec = ablation.load_spec(_spec_file(tmp_path))
+    spec = load_spec(_spec_file(tmp_path))
     # 200 * 100 / 300 = 66.7 -> 67, 270 / 3 = 90; warm-up 20 kept.
-    assert ablation.schedule_opts(spec, 100) == ["SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(67, 90)",
+    assert schedule_opts(spec, 100) == ["SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(67, 90)",
                                                  "SOLVER.WARMUP_ITERS", "20"]
     # 10 iterations: steps 6.7 -> 7 and 9, warm-up cut to the schedule.
-    assert ablation.schedule_opts(spec, 10)[3:] == ["(7, 9)", "SOLVER.WARMUP_ITERS", "10"]
+    assert schedule_opts(spec, 10)[3:] == ["(7, 9)", "SOLVER.WARMUP_ITERS", "10"]
     with pytest.raises(ValueError, match="--max-iter"):
-        ablation.schedule_opts(spec, 0)
+        schedule_opts(spec, 0)
 
 
 def test_cli_appends_to_common_opts_and_variants_win(tmp_path, capsys):
