@@ -74,6 +74,13 @@ def exported(tmp_path_factory):
             "gallery": str(gallery), "out": str(out), "meta": meta, "stdout": proc.stdout}
 
 
+@pytest.fixture(scope="module")
+def loaded(exported):
+    """Each format's (gallery, query, metadata) from load_exported, loaded once for the module's tests
+    (loading the torch.export programs takes about 25 s on one core)."""
+    return {fmt: load_exported(exported["out"], fmt) for fmt in ("torch_export", "onnx")}
+
+
 def test_default_formats_and_metadata(exported):
     meta, out = exported["meta"], exported["out"]
     assert sorted(os.listdir(out)) == ["export.json", "gallery.onnx", "gallery.pt2", "query.onnx", "query.pt2"]
@@ -185,7 +192,7 @@ def test_programs_run_without_detectron2_or_the_project(exported, tmp_path):
             assert (got[f"{fmt}/query"][0] - want[1]).abs().max() <= 1e-4, (case, fmt)
 
 
-def test_zero_and_one_detection(exported):
+def test_zero_and_one_detection(exported, loaded):
     # flat grey images: at 96x256 no location passes the score threshold, at 128x160 one box is kept
     # (torchvision's own nms shape function assumed 2 or more kept boxes)
     _, model = build_inference_model(exported["config"], exported["weights"])
@@ -195,15 +202,15 @@ def test_zero_and_one_detection(exported):
             want = GalleryIndexer(model)(image)
         assert len(want[0]) == count
         for fmt in ("torch_export", "onnx"):
-            got = load_exported(exported["out"], fmt)[0](image)
+            got = loaded[fmt][0](image)
             assert [tuple(t.shape) for t in got] == [(count, 4), (count,), (count, 64)], (fmt, size)
             for a, b in zip(want, got):
                 torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
-def test_bad_inputs_to_the_programs_are_named_or_clipped(exported, fmt):
-    gallery, query, meta = load_exported(exported["out"], fmt)
+def test_bad_inputs_to_the_programs_are_named_or_clipped(exported, loaded, fmt):
+    gallery, query, meta = loaded[fmt]
     assert isinstance(gallery, CheckedGallery) and meta["loaded_format"] == fmt
     image = torch.as_tensor(np.ascontiguousarray(cv2.resize(
         cv2.imread(os.path.join(exported["gallery"], "wide.png")), (256, 96)).transpose(2, 0, 1)))
