@@ -16,7 +16,8 @@ from galw_core.files import atomic_write
 __all__ = ["RESULTS_DIR", "machine_facts", "read_result", "result_path", "write_result"]
 
 #: The repository's results folder (projects/GALW/galw/results.py -> <repo>/results).
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "results")
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+RESULTS_DIR = os.path.join(_REPO, "results")
 
 
 def _cpu_name() -> str:
