@@ -141,12 +141,38 @@ def render_result(doc: Dict[str, Any]) -> str:
     return "\n".join(_tables(doc["data"]) + _footer([doc]))
 
 
+#: The demo's headline columns: (header, key of a model's figures).
+_DEMO_COLUMNS = [("search mAP", "mAP"), ("top-1", "top1"), ("top-5", "top5"), ("top-10", "top10"),
+                 ("detection AP", "detection_AP"), ("recall", "detection_recall"),
+                 ("similarity: true match", "similarity_match"), ("other people", "similarity_other")]
+_DEMO_MODELS = [("untrained (random init)", "untrained"), ("colour histograms on GT boxes (the gauge)", "colour_baseline"),
+                ("ROI-AlignPS* + GALW (trained)", "trained")]
+
+
+def _demo_tables(docs: List[Dict[str, Any]]) -> str:
+    """The demo's verdict per result file: the three models' headline figures, schedule and wall time."""
+    out = []
+    for d in docs:
+        data = d["data"]
+        ds = data.get("dataset", {})
+        out.append(f"SynthPS-PRW `{ds.get('size')}` (dataset seed {ds.get('seed')}, {ds.get('num_queries')} queries), "
+                   f"phase one {data.get('phase_one_iters')} + phase two {data.get('phase_two_iters')} iterations, "
+                   f"demo wall time {_fmt(data.get('wall_time_s'))} s:")
+        out.append("")
+        rows = [[label] + [data["models"].get(key, {}).get(k) for _, k in _DEMO_COLUMNS]
+                for label, key in _DEMO_MODELS if key in data.get("models", {})]
+        out += _table(["model"] + [h for h, _ in _DEMO_COLUMNS], rows) + [""]
+    return "\n".join(out[:-1] + _footer(docs)) + "\n"
+
+
 def render_block(name: str, root: Optional[str] = None) -> str:
     """The text between a block's comments: the file's or category's tables, or the command to run."""
     files = result_files(name, root)
     if not files:
         return f"No result file yet: `{producer(name)}` writes `results/{name}` and `make results` shows it here.\n"
     docs = [read_result(f) for f in files]
+    if name == "demo":
+        return _demo_tables(docs)
     if len(docs) == 1:
         return render_result(docs[0]) + "\n"
     names = [os.path.splitext(os.path.basename(f))[0] for f in files]
