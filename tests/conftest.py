@@ -134,7 +134,7 @@ def stock_rcnn_trained(tmp_path_factory):
     import train_net
 
     root = tmp_path_factory.mktemp("stock_rcnn")
-    name = f"galw_test_boxes_session_{os.getpid()}"
+    name = f"galw_test_boxes_run_{os.getpid()}"
     cleanup = register_box_dataset(name, root / "images")
     trainer = train_net.Trainer(stock_rcnn_cfg(name, root / "output", "SOLVER.MAX_ITER", 1))
     trainer.train()

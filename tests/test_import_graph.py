@@ -65,9 +65,8 @@ def project_modules(package_dir=PACKAGE_DIR):
 
 
 def import_graph(package_dir=PACKAGE_DIR):
-    """{module: project modules it imports}. A package's own ``__init__`` importing its children is
-    how Python builds a package, not a dependency of the children, so the edge child -> parent
-    package is kept only when the child imports a name the parent defines (not a submodule)."""
+    """{module: project modules it imports}, every import form included (see :func:`imported_modules`;
+    :func:`_without_package_inits` drops the edges into a module's own parent packages)."""
     graph = {}
     for module in project_modules(package_dir):
         path = module_path(module, package_dir)

@@ -27,7 +27,8 @@ from . import grouping as G
 from .config import GROUPINGS, MODES
 from .files import atomic_write
 from .probe import GradientProbe
-from .validation import check_choice, check_galw_config, check_num_groups, check_probe_schedule, load_groups_file
+from .validation import (check_choice, check_epoch_iters, check_galw_config, check_num_groups, check_probe_schedule,
+                         load_groups_file)
 from .weighting import LossWeighting
 
 __all__ = ["GALWHook", "GROUPS_FILENAME", "fixed_groups_from_config"]
@@ -87,9 +88,8 @@ class GALWHook(HookBase):
             # Only a probing run measures Gamma; fixed groups (e.g. the manual baseline) never probe.
             check_probe_schedule(mode, epoch_iters, probe_period, probe_epochs)
             check_num_groups(num_groups, len(weighting.tasks))
-        elif epoch_iters < 1:
-            raise ValueError(f"MODEL.GALW.EPOCH_ITERS: an epoch must be >= 1 iteration, got {epoch_iters}")
         else:
+            check_epoch_iters(epoch_iters)
             weighting.configure(method, fixed_groups)
         self.weighting = weighting
         self.probe = probe

@@ -15,6 +15,7 @@ from .config import GAMMA_LOSSES, GROUP_LOG_SIGMA, GROUPINGS, LINKAGES, MODES, T
 
 __all__ = [
     "check_choice",
+    "check_epoch_iters",
     "check_galw_config",
     "check_manual_weights",
     "check_num_groups",
@@ -80,12 +81,17 @@ def check_shared_prefixes(prefixes: Sequence[str]):
         raise ValueError("MODEL.GALW.SHARED_PARAM_PREFIXES is empty: name the shared layers' prefixes")
 
 
+def check_epoch_iters(epoch_iters: int):
+    """The iterations of one Gamma epoch (MODEL.GALW.EPOCH_ITERS, or derived from the data) are >= 1."""
+    if epoch_iters < 1:
+        raise ValueError(f"MODEL.GALW.EPOCH_ITERS: an epoch must be >= 1 iteration, got {epoch_iters}")
+
+
 def check_probe_schedule(mode: str, epoch_iters: int, probe_period: int, probe_epochs: int,
                          max_iter: Optional[int] = None):
     """MODE, EPOCH_ITERS, PROBE_PERIOD and PROBE_EPOCHS of a probing training (and SOLVER.MAX_ITER)."""
     check_choice("MODE", mode, MODES)
-    if epoch_iters < 1:
-        raise ValueError(f"MODEL.GALW.EPOCH_ITERS: an epoch must be >= 1 iteration, got {epoch_iters}")
+    check_epoch_iters(epoch_iters)
     if not 1 <= probe_period <= epoch_iters:
         raise ValueError(
             f"MODEL.GALW.PROBE_PERIOD is {probe_period}, expected 1..{epoch_iters} (one epoch), "
