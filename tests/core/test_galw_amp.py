@@ -129,8 +129,11 @@ def test_amp_on_cuda_records_finite_gamma(tmp_path):
 
 @pytest.mark.gpu
 def test_amp_on_cuda_skips_overflowing_probes(tmp_path):
+    """A start scale of 2**40 overflows float16 gradients; a 2**-16 backoff reaches a finite scale
+    (2**24, then 2**8) within the 5-iteration first epoch, whose probe is then recorded."""
     cfg = toy_cfg(tmp_path, "MODEL.GALW.PROBE_PERIOD", 5)
-    step, hook = _amp_training(cfg, "cuda", torch.float16, torch.amp.GradScaler("cuda", init_scale=2.0**40))
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**40, backoff_factor=2.0**-16)
+    step, hook = _amp_training(cfg, "cuda", torch.float16, scaler)
     step.train(0, 23)
     assert hook.probes_rejected >= 1
     assert all(math.isfinite(v) for h in hook.gamma_history.values() for v in h)

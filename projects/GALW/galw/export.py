@@ -132,12 +132,14 @@ class _GridSampleDeformConvs:
             m.impl = impl
 
 
-@torch.library.register_fake("torchvision::nms")
+@torch.library.register_fake("torchvision::nms", allow_override=True)
 def _nms_shape(dets, scores, iou_threshold):
     """torchvision::nms's output shape for ``torch.export``, a kept count from 0: torchvision 0.29.1's
     (torchvision/_meta_registrations.py:173) makes it with the deprecated ``create_unbacked_symint``,
     whose minimum is 2, so an exported program asserted two kept boxes and failed on an image with
-    fewer (and torch warned of the deprecation)."""
+    fewer (and torch warned of the deprecation). It replaces torchvision's registration:
+    ``allow_override`` (torch >= 2.8, setup.cfg) is passed because torch refused a second
+    registration by default until pytorch/pytorch#182293 (torch 2.11 does)."""
     torch._check(dets.dim() == 2 and dets.size(1) == 4, lambda: f"nms: boxes must be [N, 4], got {list(dets.shape)}")
     torch._check(scores.dim() == 1 and scores.size(0) == dets.size(0), lambda: "nms: one score per box")
     return dets.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.long)
