@@ -13,6 +13,16 @@ sample sits while the offset convs are still at their zero init. ``grid_sample``
 that round trip is exact in floating point only when ``size`` is a power of two, so the
 input is zero-padded on the bottom/right to power-of-two sizes (zeros are exactly what
 torchvision reads outside the image) and integer positions stay integer.
+
+Inference (no autograd) runs ``deform_conv2d_gather``: bilinear sampling commutes with the
+channel mix (both are linear and the sampling is the same for every channel), so it first
+applies the weight at every input pixel (one matrix product to ``taps * C_out`` channels,
+``C_in / C_out`` times fewer samples than sampling the ``C_in`` input channels) and then
+sums, per output location, the 4 bilinear corners of each tap's rows, weighted as
+torchvision weights them (times the mask), in one ``embedding_bag``. At the AFA's P3 output
+conv of a 1500x900 image (768 -> 256 channels) that is about 3.5x faster on one CPU thread
+than ``grid_sample`` + matmul; the sums run in another order (float32 differences of a few
+1e-6 relative).
 """
 from typing import Optional, Tuple, Union
 
@@ -22,20 +32,28 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import DeformConv2d as _TorchvisionDeformConv2d
 from torchvision.ops import deform_conv2d as _torchvision_deform_conv2d
 
-__all__ = ["DEFORM_CONV_IMPLS", "DeformConv2d", "deform_conv2d", "deform_conv2d_grid_sample", "resolve_impl"]
+__all__ = [
+    "DEFORM_CONV_IMPLS", "DeformConv2d", "deform_conv2d", "deform_conv2d_gather", "deform_conv2d_grid_sample",
+    "resolve_impl",
+]
 
-# "auto": grid_sample on CPU, torchvision's compiled kernel on CUDA (where it is fast).
-DEFORM_CONV_IMPLS = ("auto", "torchvision", "grid_sample")
+# "auto": on CPU "gather" where no gradient is needed and "grid_sample" otherwise; torchvision's
+# compiled kernel on CUDA (where it is fast). "gather" is an inference kernel: a call that is
+# differentiated runs "grid_sample" (the offset gradient at integer positions is torchvision's there).
+DEFORM_CONV_IMPLS = ("auto", "torchvision", "grid_sample", "gather")
 
 IntPair = Union[int, Tuple[int, int]]
 
 
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """The concrete implementation ("torchvision" or "grid_sample") for ``impl`` on ``device``."""
+def resolve_impl(impl: str, device: torch.device, needs_grad: bool = True) -> str:
+    """The concrete implementation ("torchvision", "grid_sample" or "gather") for ``impl`` on ``device``;
+    ``needs_grad``: whether the call is differentiated (training) or only evaluated (inference)."""
     if impl not in DEFORM_CONV_IMPLS:
         raise ValueError(f"MODEL.ALIGNPS.DEFORM_CONV_IMPL must be one of {DEFORM_CONV_IMPLS}; got {impl!r}")
     if impl == "auto":
-        return "grid_sample" if device.type == "cpu" else "torchvision"
+        if device.type != "cpu":
+            return "torchvision"
+        return "grid_sample" if needs_grad else "gather"
     return impl
 
 
@@ -137,6 +155,86 @@ def deform_conv2d_grid_sample(
     return out
 
 
+def _gather_applies(input, offset, weight) -> bool:
+    """The gather kernel's reach: concrete shapes (no torch.export / tracing, whose programs keep the
+    grid_sample form), one weight group and one offset group (every AFA and head conv)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if not all(isinstance(d, int) for d in (*input.shape, *offset.shape)):
+        return False
+    taps = weight.shape[2] * weight.shape[3]
+    return weight.shape[1] == input.shape[1] and offset.shape[1] == 2 * taps
+
+
+def deform_conv2d_gather(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` for one weight group and one offset group: weight first,
+    then the bilinear sums of torchvision's ``bilinear_interpolate`` (a corner outside the image
+    reads zero; a position at or beyond -1 / size reads nothing) in one ``embedding_bag``."""
+    stride_h, stride_w = _pair(stride)
+    pad_h, pad_w = _pair(padding)
+    dil_h, dil_w = _pair(dilation)
+    n, c, h, w = input.shape
+    c_out, c_in, kh, kw = weight.shape
+    taps = kh * kw
+    h_out = (h + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
+    w_out = (w + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
+    if c_in != c or h_out <= 0 or w_out <= 0 or tuple(offset.shape) != (n, 2 * taps, h_out, w_out):
+        raise ValueError(
+            f"deform_conv2d_gather: one weight and offset group; input {list(input.shape)}, weight "
+            f"{list(weight.shape)} and offset {list(offset.shape)} do not fit (offset [{n}, {2 * taps}, {h_out}, {w_out}])"
+        )
+    if mask is not None and tuple(mask.shape) != (n, taps, h_out, w_out):
+        raise ValueError(f"deform_conv2d_gather: mask must be [{n}, {taps}, {h_out}, {w_out}]; got {list(mask.shape)}")
+    # rows[(image * h * w + pixel) * taps + tap, o] = sum_c weight[o, c, tap] * input[image, c, pixel]
+    rows = torch.matmul(input.reshape(n, c, h * w).transpose(1, 2), weight.permute(1, 2, 3, 0).reshape(c, taps * c_out))
+    rows = rows.reshape(n * h * w * taps, c_out)
+
+    dtype, device = offset.dtype, offset.device
+    ky, kx = torch.meshgrid(
+        torch.arange(kh, device=device, dtype=dtype) * dil_h,
+        torch.arange(kw, device=device, dtype=dtype) * dil_w,
+        indexing="ij",
+    )
+    off = offset.view(n, taps, 2, h_out, w_out)
+    pos_y = (ky.reshape(1, taps, 1, 1) + (torch.arange(h_out, device=device, dtype=dtype) * stride_h - pad_h).view(
+        1, 1, -1, 1)) + off[:, :, 0]
+    pos_x = (kx.reshape(1, taps, 1, 1) + (torch.arange(w_out, device=device, dtype=dtype) * stride_w - pad_w).view(
+        1, 1, 1, -1)) + off[:, :, 1]
+    inside = (pos_y > -1) & (pos_y < h) & (pos_x > -1) & (pos_x < w)
+    y_low, x_low = pos_y.floor(), pos_x.floor()
+    ly, lx = pos_y - y_low, pos_x - x_low
+    y_low, x_low = y_low.long(), x_low.long()
+    base = torch.arange(n, device=device).view(n, 1, 1, 1) * (h * w)
+    tap = torch.arange(taps, device=device).view(1, taps, 1, 1)
+    index, weights = [], []
+    for dy, wy in ((0, 1 - ly), (1, ly)):
+        for dx, wx in ((0, 1 - lx), (1, lx)):
+            yy, xx = y_low + dy, x_low + dx
+            valid = inside & (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            index.append(((base + yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)) * taps + tap))
+            weights.append(torch.where(valid, wy * wx, torch.zeros((), dtype=dtype, device=device)))
+    # bags: one per output location, its taps * 4 corners
+    index = torch.stack(index, dim=-1).permute(0, 2, 3, 1, 4).reshape(n * h_out * w_out, taps * 4)
+    weights = torch.stack(weights, dim=-1)
+    if mask is not None:
+        weights = weights * mask.to(dtype).unsqueeze(-1)
+    weights = weights.permute(0, 2, 3, 1, 4).reshape(n * h_out * w_out, taps * 4).to(rows.dtype)
+    out = F.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")  # [N * Ho * Wo, C_out]
+    out = out.view(n, h_out * w_out, c_out).transpose(1, 2).contiguous().view(n, c_out, h_out, w_out)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
 def deform_conv2d(
     input: torch.Tensor,
     offset: torch.Tensor,
@@ -149,7 +247,15 @@ def deform_conv2d(
     impl: str = "auto",
 ) -> torch.Tensor:
     """Deformable convolution by the implementation ``impl`` names (see ``DEFORM_CONV_IMPLS``)."""
-    if resolve_impl(impl, input.device) == "grid_sample":
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, offset, weight, bias, mask)
+    )
+    chosen = resolve_impl(impl, input.device, needs_grad)
+    if chosen == "gather" and (needs_grad or not _gather_applies(input, offset, weight)):
+        chosen = "grid_sample"
+    if chosen == "gather":
+        return deform_conv2d_gather(input, offset, weight, bias, stride, padding, dilation, mask)
+    if chosen == "grid_sample":
         return deform_conv2d_grid_sample(input, offset, weight, bias, stride, padding, dilation, mask)
     return _torchvision_deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
 
