@@ -182,6 +182,10 @@ def load_checkpoint_file(path):
     try:
         return torch.load(path, map_location=torch.device("cpu"), weights_only=True)
     except pickle.UnpicklingError as e:
+        operand = re.search(r"Unsupported operand \S+", str(e))
+        if operand:  # a byte that is no pickle opcode the weights-only unpickler knows: damage, not code
+            raise CheckpointError(f"{path}: not a readable checkpoint, the file is truncated or damaged ({operand[0]}); "
+                                  f"{_WHAT_TO_DO}") from None
         if "weights only load failed" not in str(e).lower():
             raise CheckpointError(f"{path}: not a readable checkpoint ({e}); {_WHAT_TO_DO}") from None
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("WeightsUnpickler error")]
@@ -190,7 +194,7 @@ def load_checkpoint_file(path):
             f"unpickling could run code ({lines[0] if lines else str(e).splitlines()[0]}); load only checkpoints "
             "from a source you trust"
         ) from None
-    except (EOFError, RuntimeError, ValueError, OSError) as e:
+    except (EOFError, RuntimeError, ValueError, OSError, KeyError, IndexError) as e:  # Key/IndexError: bad pickle ops
         raise CheckpointError(
             f"{path}: not a readable checkpoint, the file is truncated or damaged ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'no detail'}); {_WHAT_TO_DO}"
