@@ -178,6 +178,9 @@ def _add_alignps_config(cfg):
     cfg.MODEL.ALIGNPS.OIM_FOCAL_GAMMA = 2.0
     # Renormalise updated lookup-table rows (plain OIM) or keep the running average (the reference).
     cfg.MODEL.ALIGNPS.OIM_RENORMALIZE = False
+    # Channels of an unlabeled feature the queue keeps (the rest stay 0): the reference's queue stores the
+    # first 64 (unlabeled_matching_layer.py:32, used by its AlignPS and ROI-AlignPS heads); 0 = all.
+    cfg.MODEL.ALIGNPS.OIM_QUEUE_CHANNELS = 64
     # Batch-hard triplet margin (t10) and whether the OIM table rows of the batch's identities join the batch.
     cfg.MODEL.ALIGNPS.TRIPLET_MARGIN = 0.3
     cfg.MODEL.ALIGNPS.TRIPLET_WITH_LUT = True

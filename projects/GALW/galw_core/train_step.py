@@ -94,6 +94,7 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
             scalars[f"galw/group_weight/{name}"] = 1.0 / (s * s)
         if weighting.log_sigma_min is not None:
             scalars["galw/groups_at_bound"] = _report_groups_at_bound(weighting)
+            scalars["galw/groups_collapsed"] = _report_groups_collapsed(weighting)
     storage.put_scalars(**scalars, smoothing_hint=False)  # they jump at the switch: no median
 
 
@@ -108,6 +109,20 @@ def _report_groups_at_bound(weighting: LossWeighting) -> int:
                        new, weighting.max_group_weight)
         weighting.groups_warned_at_bound.update(new)
     return len(at_bound)
+
+
+def _report_groups_collapsed(weighting: LossWeighting) -> int:
+    """How many groups weigh less than 1/MAX_GROUP_WEIGHT; a warning the first time each one does."""
+    collapsed = weighting.groups_collapsed()
+    new = [g for g in collapsed if g not in weighting.groups_warned_collapsed]
+    if new:
+        weights = weighting.group_weights()
+        logger.warning("GALW: group(s) %s collapsed: weight 1/sigma^2 %s below 1/MAX_GROUP_WEIGHT = %g, so their "
+                       "tasks barely train; their loss stays large (see galw/raw/*; EventStorage "
+                       "galw/groups_collapsed counts such groups)", new,
+                       ", ".join(f"{weights[g]:.3g}" for g in new), 1.0 / weighting.max_group_weight)
+        weighting.groups_warned_collapsed.update(new)
+    return len(collapsed)
 
 
 def gamma_losses(weighting: LossWeighting, loss_dict, gamma_loss: str):

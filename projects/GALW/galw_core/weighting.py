@@ -70,8 +70,10 @@ class LossWeighting(nn.Module):
         self.group_log_sigma = group_log_sigma
         self.max_group_weight = float(max_group_weight)
         self.log_sigma_min = -0.5 * math.log(max_group_weight) if max_group_weight > 0 else None
-        #: Groups the trainer has warned about reaching the bound (once each per run).
+        #: Groups the trainer has warned about reaching the bound, or collapsing below its inverse
+        #: (once each per run).
         self.groups_warned_at_bound: Set[str] = set()
+        self.groups_warned_collapsed: Set[str] = set()
         self.tasks = tasks
         self.kinds = dict(zip(tasks, task_kinds))
         self.lam = float(lam)
@@ -146,6 +148,18 @@ class LossWeighting(nn.Module):
             return []
         at = (self.log_sigma.detach()[: len(self.groups)] <= self.log_sigma_min + 1e-6).tolist()
         return [name for name, hit in zip(self.group_names, at) if hit]
+
+    def groups_collapsed(self) -> List[str]:
+        """Names of the groups whose weight 1/sigma^2 is below ``1 / max_group_weight`` (none without
+        a bound): their tasks train ``max_group_weight`` times slower than at sigma = 1. Not clamped:
+        sigma grows where a loss stays large (the optimum is about n/(2L)), and only the log says so."""
+        if self.log_sigma_min is None or not self.uses_sigma:
+            return []
+        return [name for name, w in self.group_weights().items() if w < 1.0 / self.max_group_weight]
+
+    def group_weights(self) -> Dict[str, float]:
+        """{group name: 1/sigma^2} for the current grouping."""
+        return {name: 1.0 / (s * s) for name, s in self.sigmas().items()}
 
     def sigmas(self) -> Dict[str, float]:
         """{group name: sigma} for the current grouping."""

@@ -6,8 +6,8 @@ projected from the two pooled vectors; its NORM, rescaled by a 1-d BatchNorm, is
 person/background logit (BCE) and its ANGLE is the identity (OIM on the normalised
 embedding). Boxes are refined from the pooled res5 vector (L1, weight 10 as in the
 ROI-AlignPS reference). Five tasks, five loss keys:
-``loss_rpn_cls`` (t1), ``loss_rpn_box`` (t2), ``loss_nae_det`` (t3), ``loss_nae_box`` (t4),
-``loss_nae_oim`` (t5).
+``loss_rpn_cls`` (t1), ``loss_rpn_box`` (t2), ``loss_nae_box`` (t3), ``loss_nae_det`` (t4),
+``loss_nae_oim`` (t5), the order of galw/modeling/tasks.py.
 """
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple

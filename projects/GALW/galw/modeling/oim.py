@@ -42,6 +42,9 @@ class OIMLoss(nn.Module):
             identity's probability p (the AlignPS reference: gamma 2, temperature 10).
         renormalize: renormalise an updated LUT row to unit norm (OIM, NAE) or keep the running
             average as it is (the AlignPS reference).
+        queue_channels: 0 = the queue stores whole features; k > 0 = only their first k channels (the
+            rest stay 0; k >= feat_dim keeps all), as the AlignPS reference's queue
+            (unlabeled_matching_layer.py:32 stores ``[:64]``).
 
     The LUT, the queue and its write position are buffers, so they live in checkpoints.
     Memories are updated only in training mode, after the logits are computed (the
@@ -57,6 +60,7 @@ class OIMLoss(nn.Module):
         temperature: float = 30.0,
         focal_gamma: float = 0.0,
         renormalize: bool = True,
+        queue_channels: int = 0,
     ):
         super().__init__()
         if feat_dim <= 0 or (num_labeled is not None and num_labeled <= 0) or queue_size < 0:
@@ -68,6 +72,9 @@ class OIMLoss(nn.Module):
             raise ValueError(f"OIMLoss momentum must be in [0, 1); got {momentum}")
         if focal_gamma < 0:
             raise ValueError(f"OIMLoss focal_gamma must be >= 0; got {focal_gamma}")
+        if queue_channels < 0:
+            raise ValueError(f"OIMLoss queue_channels must be >= 0; got {queue_channels}")
+        self.queue_channels = int(queue_channels)
         self.feat_dim = feat_dim
         self.num_labeled = num_labeled
         self.queue_size = queue_size
@@ -85,7 +92,7 @@ class OIMLoss(nn.Module):
         return (
             f"feat_dim={self.feat_dim}, num_labeled={self.num_labeled}, queue_size={self.queue_size}, "
             f"momentum={self.momentum}, temperature={self.temperature}, focal_gamma={self.focal_gamma}, "
-            f"renormalize={self.renormalize}"
+            f"renormalize={self.renormalize}, queue_channels={self.queue_channels}"
         )
 
     @property
@@ -158,6 +165,9 @@ class OIMLoss(nn.Module):
         if self.queue_size == 0 or unlabeled.numel() == 0:
             return
         unlabeled = unlabeled[-self.queue_size :]
+        if 0 < self.queue_channels < self.feat_dim:
+            unlabeled = unlabeled.clone()
+            unlabeled[:, self.queue_channels :] = 0
         n = unlabeled.shape[0]
         slots = (self.queue_head + torch.arange(n, device=unlabeled.device)) % self.queue_size
         self.unlabeled_queue[slots] = unlabeled

@@ -130,6 +130,7 @@ class AlignPSBranch(PersonSearchBranch):
                 a.OIM_TEMPERATURE,
                 focal_gamma=a.OIM_FOCAL_GAMMA,
                 renormalize=a.OIM_RENORMALIZE,
+                queue_channels=a.OIM_QUEUE_CHANNELS,
             ),
             "triplet": BatchHardTripletLoss(a.TRIPLET_MARGIN),
             "strides": strides,
@@ -173,6 +174,22 @@ class AlignPSBranch(PersonSearchBranch):
                 raise ValueError(f"AlignPSBranch: training instances of image {i} have no 'gt_pids' field")
         maps = self.dense_features(features)
         logits, dists, ctrs = self.head(maps)
+        return self.losses(maps, logits, dists, ctrs, gt_instances)
+
+    def losses(
+        self,
+        maps: List[torch.Tensor],
+        logits: List[torch.Tensor],
+        dists: List[torch.Tensor],
+        ctrs: List[torch.Tensor],
+        gt_instances: List[Instances],
+    ) -> Dict[str, torch.Tensor]:
+        """The five task losses from per-level embedding maps and head outputs (pixel distances).
+
+        Normalisers as the AlignPS reference (mmdet/models/dense_heads/fcos_reid_head_focal_sub_triqueue3.py):
+        focal loss by ``num_pos + num_imgs`` (line 312), GIoU by the sum of centerness targets (line 347),
+        centerness BCE by ``num_pos`` (its mean, line 348); counts are averaged over data-parallel ranks.
+        """
         points = level_points([m.shape[-2:] for m in maps], self.strides, device=maps[0].device)
         all_points = torch.cat(points, dim=0)
 
@@ -203,9 +220,10 @@ class AlignPSBranch(PersonSearchBranch):
 
         num_pos = int(fg.sum())
         num_pos_avg = max(_mean_over_ranks(float(num_pos), logits.device), 1.0)
+        cls_norm = _mean_over_ranks(float(num_pos + len(gt_instances)), logits.device)
         loss_cls = sigmoid_focal_loss(
             logits, fg.to(logits.dtype), alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
-        ) / num_pos_avg
+        ) / cls_norm
 
         pos_points = all_points[None].expand(len(gt_instances), -1, -1)[fg]
         pos_ltrb = ltrb_t[fg]
@@ -232,17 +250,16 @@ class AlignPSBranch(PersonSearchBranch):
         }
 
     def _triplet_loss(self, embeds: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
-        """Batch-hard triplet over labeled positive locations, plus (as the reference's
-        ``triqueue``) the OIM lookup-table rows of the identities in the batch as extra samples.
-        Must run before OIM updates its table with this batch."""
+        """Batch-hard triplet over the L2-normalised labeled positive locations plus, as the reference's
+        ``triqueue`` heads, ONE lookup-table row per labeled location (duplicates and never-updated zero
+        rows included, rows not renormalised): fcos_reid_head_focal_sub_triqueue3.py:379-381 with the rows of
+        labeled_matching_layer_queue.py:17-20. Must run before OIM updates its table with this batch."""
+        feats = F.normalize(embeds.float(), dim=1)
         if not self.triplet_with_lut:
-            return self.triplet(embeds, pids)
-        ids = pids[pids >= 0].unique()
-        rows = self.oim.lookup_table[ids].detach()
-        known = rows.norm(dim=1) > 0
-        return self.triplet(
-            torch.cat([embeds, rows[known].to(embeds.dtype)]), torch.cat([pids, ids[known]])
-        )
+            return self.triplet(feats, pids, normalize=False)
+        labeled = pids >= 0
+        rows = self.oim.lookup_table[pids[labeled]].detach()
+        return self.triplet(torch.cat([feats, rows]), torch.cat([pids, pids[labeled]]), normalize=False)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -26,7 +26,10 @@ class BatchHardTripletLoss(nn.Module):
 
     For each labeled anchor: the farthest same-identity sample and the nearest
     other-identity sample (Euclidean distance of L2-normalised features), hinge
-    ``max(0, d_ap - d_an + margin)``, averaged over anchors that have a negative.
+    ``max(0, d_ap - d_an + margin)``, averaged over the anchors. Distances are
+    ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 1e-12))`` as the AlignPS reference
+    (mmdet/models/dense_heads/triplet_loss.py:51-54). ``normalize=False`` takes the features as
+    given (the reference's lookup-table rows join the batch unnormalised).
     Unlabeled samples (pid < 0) are dropped. With fewer than two identities there is
     no negative and the loss is ``0 * sum(features)`` (graph kept for DDP).
     """
@@ -38,13 +41,15 @@ class BatchHardTripletLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
 
-    def forward(self, features: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, pids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         keep = pids >= 0
-        x = F.normalize(features[keep], dim=1)
+        x = features[keep]
+        x = F.normalize(x, dim=1) if normalize else x
         y = pids[keep]
         if y.unique().numel() < 2:
             return features.sum() * 0.0
-        dist = torch.cdist(x, x).clamp(min=1e-12)
+        sq = x.pow(2).sum(dim=1)
+        dist = (sq[:, None] + sq[None, :] - 2.0 * x @ x.t()).clamp(min=1e-12).sqrt()
         same = y[:, None] == y[None, :]
         d_ap = dist.masked_fill(~same, float("-inf")).max(dim=1).values
         d_an = dist.masked_fill(same, float("inf")).min(dim=1).values
