@@ -130,6 +130,16 @@ def test_demo_result_file_holds_the_headline_figures(tmp_path):
     assert trained["similarity"] == {"bin_edges": [-1.0, 0.0, 1.0], "true_match": [1, 5], "other_people": [30, 10],
                                      "mean_true_match": 0.6, "mean_other_people": -0.1}
     assert (trained["similarity_match"], trained["similarity_other"]) == (0.6, -0.1)
+    md = open(tmp_path / "demo_summary.md").read().splitlines()
+    assert md[2] == ("Verdict: the trained model beats the colour-histogram gauge: search mAP 40.00 vs 30.00 "
+                     "(+10.00), top-1 60.00 vs 50.00.")
+
+
+def test_verdict_says_when_the_trained_model_does_not_beat_the_gauge():
+    text = demo.verdict({"mAP": 17.04, "top1": 31.25}, {"mAP": 44.49, "top1": 95.0})
+    assert text == ("Verdict: the trained model does not beat the colour-histogram gauge: search mAP 17.04 vs "
+                    "44.49 (-27.45), top-1 31.25 vs 95.00.")
+    assert demo.verdict({"mAP": None}, {"mAP": 1.0}) == "Verdict: n/a (a search mAP is missing)."
 
 
 @pytest.mark.slow  # two trainings, three evaluations and a report: 11 s with one torch thread

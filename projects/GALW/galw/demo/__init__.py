@@ -9,7 +9,7 @@ from .dataset import STAMP, prepare_dataset, register_demo_dataset
 from .pipeline import NUM_STAGES, evaluate_baseline, evaluate_untrained, run_demo, train_galw
 from .progress import Progress
 from .summary import (ROW_BASELINE, ROW_TRAINED, ROW_UNTRAINED, demo_command, headline, result_data,
-                      write_demo_result, write_summary)
+                      verdict, write_demo_result, write_summary)
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -33,6 +33,7 @@ __all__ = [
     "run_demo",
     "save_config",
     "train_galw",
+    "verdict",
     "write_demo_result",
     "write_summary",
 ]

@@ -9,7 +9,7 @@ from galw.results import write_result
 from .config import DEFAULT_CONFIG, REPO_ROOT
 
 __all__ = ["ROW_BASELINE", "ROW_TRAINED", "ROW_UNTRAINED", "demo_command", "fmt", "headline", "result_data",
-           "write_demo_result", "write_summary"]
+           "verdict", "write_demo_result", "write_summary"]
 
 ROW_UNTRAINED = "untrained (random init)"
 ROW_BASELINE = "colour histograms on GT boxes (no learning)"
@@ -37,6 +37,17 @@ def _fmt3(v):
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def verdict(trained, gauge):
+    """One sentence a user reads first: does the trained model find people better than the colour
+    gauge (same gallery, same evaluator)? Compared on search mAP, the headline metric."""
+    t, g = trained.get("mAP"), gauge.get("mAP")
+    if t is None or g is None:
+        return "Verdict: n/a (a search mAP is missing)."
+    word = "beats" if t >= g else "does not beat"
+    return (f"Verdict: the trained model {word} the colour-histogram gauge: search mAP {fmt(t)} vs {fmt(g)} "
+            f"({t - g:+.2f}), top-1 {fmt(trained.get('top1'))} vs {fmt(gauge.get('top1'))}.")
+
+
 def write_summary(report_dir, untrained, baseline, trained, report, info):
     """Write report/demo_summary.json and .md (the table, the groups with s*, stage times); returns the summary."""
     rows = {ROW_UNTRAINED: headline(untrained), ROW_BASELINE: headline(baseline), ROW_TRAINED: headline(trained)}
@@ -48,6 +59,7 @@ def write_summary(report_dir, untrained, baseline, trained, report, info):
         json.dump(summary, f, indent=2, sort_keys=True)
     lines = [
         "# GALW demo: ROI-AlignPS* (R-18) on SynthPS-PRW, CPU", "",
+        verdict(rows[ROW_TRAINED], rows[ROW_BASELINE]), "",
         f"Dataset: SynthPS-PRW `{info['dataset']['size']}` (seed {info['dataset']['seed']}), "
         f"{info['dataset']['num_queries']} queries; config `{os.path.relpath(info['config_file'], REPO_ROOT)}`; "
         f"phase one {info['phase_one_iters']} iterations, phase two {info['phase_two_iters']}.", "",
