@@ -7,10 +7,10 @@
 
 Without --config-file it times the paper's three models: NAE, AlignPS and ROI-AlignPS* (R-50, CUHK-SYSU).
 
-Every model (each --config-file, then torchvision's ``fasterrcnn_resnet50_fpn(weights=None,
-weights_backbone=None)`` as the common yardstick) runs on the SAME synthetic 1500x900 images,
-one image per forward, in this one process; the script prints ms per image and the ratio to
-the yardstick. Random weights (no checkpoint is needed): the models still keep their fixed
+Every model (torchvision's ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`` as the
+common yardstick, then each --config-file) runs on the SAME synthetic 1500x900 images, one image
+per forward, in this one process, round robin (each image through every model in turn); the script
+prints ms per image and the ratio to the yardstick. Random weights (no checkpoint is needed): the models still keep their fixed
 proposal / detection budgets, so the timing is that of a trained model up to the number of
 boxes surviving the score threshold. AlignPS's random-init classifier scores every location near
 its prior (0.01), below MODEL.ALIGNPS.SCORE_THRESH_TEST, so for timing that threshold is set to 0:
@@ -84,21 +84,25 @@ def build_torchvision(device):
     return lambda image: model([image.float().div_(255)])
 
 
-def time_model(run, images, device, warmup):
-    """Milliseconds per image (median over images), after ``warmup`` untimed images."""
-    times = []
+def time_models(runs, images, device, warmup):
+    """Milliseconds per image (median over images) per model, after ``warmup`` untimed images each.
+
+    Round robin: every image goes through every model before the next image, so that a machine
+    shared with other jobs loads all models alike (their ratios hold while the load drifts)."""
+    times = [[] for _ in runs]
     with torch.inference_mode():
         for i, image in enumerate(images[:warmup] + images):
             image = image.to(device)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            run(image)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), times
+            for run, own in zip(runs, times):
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run(image)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    own.append((time.perf_counter() - start) * 1000)
+    return [(statistics.median(t), t) for t in times]
 
 
 def main():
@@ -122,20 +126,17 @@ def main():
         f"device: {args.device} ({name}); {args.num_images} images of {WIDTH}x{HEIGHT}, warm-up {args.warmup}"
         + ("; person-search models under AMP" if args.amp else "")
     )
-    ref_ms, ref_all = time_model(build_torchvision(args.device), images, args.device, args.warmup)
-    rows = [{"model": "torchvision fasterrcnn_resnet50_fpn", "ms/image (median)": round(ref_ms, 1), "ratio": 1.0}]
-    print(f"{'torchvision fasterrcnn_resnet50_fpn':<45s} {ref_ms:9.1f} ms/image  (1.00x)  per image: "
-          + ", ".join(f"{t:.0f}" for t in ref_all))
-    for config_file in config_files:
-        run = build_person_search(config_file, args.opts, args.device, args.amp)
-        ms, all_ms = time_model(run, images, args.device, args.warmup)
-        print(f"{config_file.split('configs/')[-1]:<45s} {ms:9.1f} ms/image  ({ms / ref_ms:.2f}x)  per image: "
-              + ", ".join(f"{t:.0f}" for t in all_ms))
-        rows.append({"model": config_file.split("configs/")[-1], "ms/image (median)": round(ms, 1),
-                     "ratio": round(ms / ref_ms, 2)})
+    names = ["torchvision fasterrcnn_resnet50_fpn"] + [c.split("configs/")[-1] for c in config_files]
+    runs = [build_torchvision(args.device)] + [build_person_search(c, args.opts, args.device, args.amp) for c in config_files]
+    timed = time_models(runs, images, args.device, args.warmup)
+    ref_ms = timed[0][0]
+    rows = []
+    for model_name, (ms, all_ms) in zip(names, timed):
+        print(f"{model_name:<45s} {ms:9.1f} ms/image  ({ms / ref_ms:.2f}x)  per image: " + ", ".join(f"{t:.0f}" for t in all_ms))
+        rows.append({"model": model_name, "ms/image (median)": round(ms, 1), "ratio": round(ms / ref_ms, 2)})
     save("inference_" + args.device + ("_amp" if args.amp else ""), {
         "settings": {"device": name, "images": f"{args.num_images} of {WIDTH}x{HEIGHT}", "warm-up": args.warmup,
-                     "amp": args.amp},
+                     "amp": args.amp, "order": "round robin"},
         "rows": rows}, device=args.device)
 
 
