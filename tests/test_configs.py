@@ -101,11 +101,11 @@ def test_galw_config_tasks_follow_the_contract(rel):
 
 
 def test_paper_schedule_epochs_are_whole():
-    """EPOCH_ITERS of the R-50 configs: 24 epochs of Gamma in the 24-epoch schedule (hand values)."""
+    """EPOCH_ITERS of the R-50 configs: one epoch of the train set at the config's batch size (hand values)."""
     for rel, epoch, images in [("alignps/roi_alignps_R50_cuhk_galw.yaml", 2241, 11206),
                                ("alignps/roi_alignps_R50_prw_galw.yaml", 1140, 5704),
                                ("attr/roi_alignps_attr_R50_prw_galw.yaml", 1140, 5704),
-                               ("alignps/alignps_R50_cuhk_galw.yaml", 2241, 11206)]:
+                               ("alignps/alignps_R50_cuhk_galw.yaml", 2801, 11206)]:
         cfg = load(rel)
         assert cfg.MODEL.GALW.EPOCH_ITERS == epoch == images // cfg.SOLVER.IMS_PER_BATCH
         assert cfg.SOLVER.MAX_ITER // epoch == 24 and cfg.MODEL.GALW.PROBE_PERIOD == 100

@@ -88,7 +88,7 @@ PINNED = [
     ("alignps/roi_alignps_R50_prw.yaml", "INPUT.PS.TEST_SHORT_SIDE", 900),
     # 9. AlignPS head and re-id
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.ALIGNPS.OIM_TEMPERATURE", 10.0),
-    ("alignps/alignps_R50_prw.yaml", "MODEL.ALIGNPS.OIM_TEMPERATURE", 10.0),
+    ("alignps/alignps_R50_prw.yaml", "MODEL.ALIGNPS.OIM_TEMPERATURE", 15.0),
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.ALIGNPS.OIM_FOCAL_GAMMA", 2.0),
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.ALIGNPS.OIM_RENORMALIZE", False),
     ("alignps/roi_alignps_R50_prw.yaml", "MODEL.ALIGNPS.DCN_ON_LAST_CONV", True),

@@ -217,3 +217,8 @@ def _add_attribute_config(cfg):
     cfg.MODEL.ATTRIBUTE.PADDING_MODE = "border"
     # ReLU after the 1x1 laterals (Tang et al.'s laterals are linear: False).
     cfg.MODEL.ATTRIBUTE.LATERAL_RELU = False
+    # Scale of the queue similarities; 0 = OIM_TEMPERATURE (the PRW AlignPS reference: table 15, queue 10).
+    cfg.MODEL.ALIGNPS.OIM_QUEUE_TEMPERATURE = 0.0
+    # Divisor of the summed OIM loss: "labeled" (labeled positive locations, as ROI-AlignPS) or "all"
+    # (every positive location, labeled or not, as the AlignPS-alone references' reduction='none').
+    cfg.MODEL.ALIGNPS.OIM_NORMALIZER = "labeled"

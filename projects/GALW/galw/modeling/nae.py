@@ -136,6 +136,7 @@ class NormAwareROIHeads(ROIHeads):
         test_nms_thresh: float,
         test_topk_per_image: int,
         score_weighted_embeddings: bool = True,
+        smooth_l1_beta: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -153,6 +154,7 @@ class NormAwareROIHeads(ROIHeads):
         self.test_nms_thresh = test_nms_thresh
         self.test_topk_per_image = test_topk_per_image
         self.score_weighted_embeddings = score_weighted_embeddings
+        self.smooth_l1_beta = smooth_l1_beta
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -193,6 +195,8 @@ class NormAwareROIHeads(ROIHeads):
             test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
             test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             score_weighted_embeddings=cfg.MODEL.NAE.SCORE_WEIGHTED_EMBEDDINGS,
+            # detectron2's key: 0 = L1 (ROI-AlignPS), 1 = torch's smooth L1 default (NAE4PS)
+            smooth_l1_beta=cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
         )
         return ret
 
@@ -223,8 +227,9 @@ class NormAwareROIHeads(ROIHeads):
             proposal_boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
             gt_boxes = _gt_boxes_or_dummy(proposals)
             targets_delta = self.box2box_transform.get_deltas(proposal_boxes[foreground], gt_boxes[foreground])
-            # L1 summed over foreground, averaged over all sampled proposals (as detectron2/mmdet)
-            loss_box = F.l1_loss(deltas[foreground], targets_delta, reduction="sum") / gt_classes.numel()
+            # (smooth) L1 summed over foreground, averaged over all sampled proposals (as detectron2/mmdet)
+            loss_box = F.smooth_l1_loss(deltas[foreground], targets_delta, reduction="sum", beta=self.smooth_l1_beta)
+            loss_box = loss_box / gt_classes.numel()
         else:
             loss_box = deltas.sum() * 0.0
         return {

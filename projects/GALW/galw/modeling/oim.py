@@ -45,6 +45,11 @@ class OIMLoss(nn.Module):
         queue_channels: 0 = the queue stores whole features; k > 0 = only their first k channels (the
             rest stay 0; k >= feat_dim keeps all), as the AlignPS reference's queue
             (unlabeled_matching_layer.py:32 stores ``[:64]``).
+        queue_temperature: scale of the queue similarities; None = ``temperature`` (the AlignPS PRW
+            reference scales the table by 15 and the queue by 10).
+        normalizer: "labeled" divides the summed loss by the labeled boxes (OIM, NAE, ROI-AlignPS);
+            "all" by every box given to forward, labeled or not (the AlignPS references'
+            ``nll_loss(..., reduction='none')`` averaged by mmdet's ``_parse_losses``).
 
     The LUT, the queue and its write position are buffers, so they live in checkpoints.
     Memories are updated only in training mode, after the logits are computed (the
@@ -60,6 +65,8 @@ class OIMLoss(nn.Module):
         temperature: float = 30.0,
         focal_gamma: float = 0.0,
         renormalize: bool = True,
+        queue_temperature: Optional[float] = None,
+        normalizer: str = "labeled",
         queue_channels: int = 0,
     ):
         super().__init__()
@@ -72,6 +79,8 @@ class OIMLoss(nn.Module):
             raise ValueError(f"OIMLoss momentum must be in [0, 1); got {momentum}")
         if focal_gamma < 0:
             raise ValueError(f"OIMLoss focal_gamma must be >= 0; got {focal_gamma}")
+        if normalizer not in ("labeled", "all"):
+            raise ValueError(f"OIMLoss normalizer must be 'labeled' or 'all'; got {normalizer!r}")
         if queue_channels < 0:
             raise ValueError(f"OIMLoss queue_channels must be >= 0; got {queue_channels}")
         self.queue_channels = int(queue_channels)
@@ -82,6 +91,8 @@ class OIMLoss(nn.Module):
         self.temperature = temperature
         self.focal_gamma = float(focal_gamma)
         self.renormalize = bool(renormalize)
+        self.queue_temperature = temperature if queue_temperature is None else float(queue_temperature)
+        self.normalizer = normalizer
         # Unsized: an empty table outside the state dict (so a checkpointer's shape check keeps the
         # checkpoint's entry) until _load_from_state_dict gives it the checkpoint's size.
         self.register_buffer("lookup_table", torch.zeros(num_labeled or 0, feat_dim), persistent=num_labeled is not None)
@@ -92,7 +103,8 @@ class OIMLoss(nn.Module):
         return (
             f"feat_dim={self.feat_dim}, num_labeled={self.num_labeled}, queue_size={self.queue_size}, "
             f"momentum={self.momentum}, temperature={self.temperature}, focal_gamma={self.focal_gamma}, "
-            f"renormalize={self.renormalize}, queue_channels={self.queue_channels}"
+            f"renormalize={self.renormalize}, queue_temperature={self.queue_temperature}, normalizer={self.normalizer}, "
+            f"queue_channels={self.queue_channels}"
         )
 
     @property
@@ -117,7 +129,8 @@ class OIMLoss(nn.Module):
         """Loss of ``features`` [N, D] (normalised here) with identities ``pids`` [N].
 
         ``pids``: ``>= 0`` labeled, ``-1`` unlabeled (queued), ``-2`` ignored.
-        Returns the mean cross-entropy over the labeled boxes, ``0 * features.sum()``
+        Returns the (focal) cross-entropy summed over the labeled boxes and divided as ``normalizer``
+        says (by default: the mean over the labeled boxes), ``0 * features.sum()``
         when there are none (so the graph stays connected for DDP).
         """
         if features.dim() != 2 or features.shape[1] != self.feat_dim:
@@ -142,13 +155,14 @@ class OIMLoss(nn.Module):
         features = F.normalize(features.float(), dim=1)
         labeled = pids >= 0
         if labeled.any():
+            # a copy of the memories (cat), which the updates below do not touch
             memory = torch.cat([self.lookup_table, self.unlabeled_queue], dim=0)
-            logits = features[labeled] @ memory.t() * self.temperature
-            if self.focal_gamma > 0:
-                log_p = F.log_softmax(logits, dim=1).gather(1, pids[labeled][:, None]).squeeze(1)
-                loss = -((1.0 - log_p.exp()) ** self.focal_gamma * log_p).mean()
-            else:
-                loss = F.cross_entropy(logits, pids[labeled])
+            table = memory.new_full((self.lookup_table.shape[0],), self.temperature)
+            scale = torch.cat([table, memory.new_full((self.queue_size,), self.queue_temperature)])
+            logits = features[labeled] @ memory.t() * scale
+            log_p = F.log_softmax(logits, dim=1).gather(1, pids[labeled][:, None]).squeeze(1)
+            per_box = -((1.0 - log_p.exp()) ** self.focal_gamma * log_p) if self.focal_gamma > 0 else -log_p
+            loss = per_box.sum() / (features.shape[0] if self.normalizer == "all" else per_box.numel())
         else:
             loss = features.sum() * 0.0
         if self.training:

@@ -130,6 +130,8 @@ class AlignPSBranch(PersonSearchBranch):
                 a.OIM_TEMPERATURE,
                 focal_gamma=a.OIM_FOCAL_GAMMA,
                 renormalize=a.OIM_RENORMALIZE,
+                queue_temperature=a.OIM_QUEUE_TEMPERATURE or None,
+                normalizer=a.OIM_NORMALIZER,
                 queue_channels=a.OIM_QUEUE_CHANNELS,
             ),
             "triplet": BatchHardTripletLoss(a.TRIPLET_MARGIN),
