@@ -26,6 +26,9 @@ _TEMP = re.compile(r"^(?P<target>.+)\.tmp\.(?P<pid>\d+)$")
 #: within +-1e3 and their BatchNorm running variances within 1e8, while a diverging one grows by
 #: orders of magnitude per iteration, through float32's finite range (3.4e38) towards inf.
 EXPLODED = 1e12
+#: State-dict prefix of the GALW loss weighting, a submodule of the model during training only
+#: (galw_core/train_step.py, ``WEIGHTING_ATTR`` and ``attach_weighting``).
+WEIGHTING_PREFIX = "galw_weighting."
 #: Training checkpoints ``--resume`` may fall back to (detectron2's PeriodicCheckpointer names).
 _RESUMABLE = "model_*.pth"
 
@@ -81,6 +84,23 @@ class AtomicCheckpointer(DetectionCheckpointer, _WeightsOnlyLoad):
         data = data.get("blobs", data)
         data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+    def _load_model(self, checkpoint):
+        """detectron2's, with a checkpoint's GALW weighting state that the model does not hold
+        (``galw_weighting.*``: training state, see :data:`WEIGHTING_PREFIX`) logged in one line
+        that says so, instead of among fvcore's "keys not used by the model"."""
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is None or hasattr(self.model, WEIGHTING_PREFIX.rstrip(".")):
+            return incompatible
+        skipped = [k for k in incompatible.unexpected_keys if k.startswith(WEIGHTING_PREFIX)]
+        if skipped:
+            for k in skipped:
+                incompatible.unexpected_keys.remove(k)
+            self.logger.info(
+                "Not loaded: %s, the GALW loss weighting's state (its learned task uncertainties) that training "
+                "saves with the model; the loss weighting only scales the training losses, so inference does not "
+                "need it (the model is complete without it)", ", ".join(sorted(skipped)))
+        return incompatible
 
     def resume_or_load(self, path, *, resume=True):
         """fvcore's, except that a damaged checkpoint named by ``last_checkpoint`` is skipped for the

@@ -21,6 +21,45 @@ def add_galw_config(cfg):
     return cfg
 
 
+#: detectron2's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST defaults (detectron2/config/defaults.py), the values
+#: of a config that never set them.
+_D2_TEST_SIZE = (800, 1333)
+_PS_TEST_KEYS = ("INPUT.PS.TEST_SHORT_SIDE", "INPUT.PS.TEST_LONG_SIDE")
+_D2_TEST_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST")
+
+
+def sync_test_size(cfg, opts=()):
+    """Set INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST to the person-search test size INPUT.PS.TEST_SHORT_SIDE /
+    TEST_LONG_SIDE (PersonSearch models; others are left as they are); returns ``cfg``.
+
+    The evaluation's mapper, tools/search.py and the export resize by INPUT.PS; detectron2's
+    ``DefaultPredictor`` and tools/deploy/export_model.py resize by ``ResizeShortestEdge([MIN_SIZE_TEST] * 2,
+    MAX_SIZE_TEST)`` (detectron2/engine/defaults.py), the same keep-ratio fit. Kept equal, a predictor built
+    from a run's config.yaml sees images at the evaluated size. detectron2's defaults (800, 1333) are
+    replaced, as are values that ``opts`` (KEY VALUE ...) leave while changing INPUT.PS's (a saved
+    config.yaml evaluated at another size); other values that differ raise ValueError.
+    """
+    if cfg.MODEL.META_ARCHITECTURE != "PersonSearch":
+        return cfg
+    ps = (int(cfg.INPUT.PS.TEST_SHORT_SIDE), int(cfg.INPUT.PS.TEST_LONG_SIDE))
+    now = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    named = set(list(opts)[::2])
+    follows = now == _D2_TEST_SIZE or (named & set(_PS_TEST_KEYS) and not named & set(_D2_TEST_KEYS))
+    if now != ps and not follows:
+        raise ValueError(
+            f"INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST are {now[0]}/{now[1]}, but the person-search test size "
+            f"INPUT.PS.TEST_SHORT_SIDE/TEST_LONG_SIDE is {ps[0]}/{ps[1]}: the evaluation and the search resize by "
+            "INPUT.PS, detectron2's DefaultPredictor by INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST, which follow it. Set the "
+            "test size with INPUT.PS.TEST_SHORT_SIDE/TEST_LONG_SIDE and leave INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST unset"
+        )
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = ps
+    if was_frozen:
+        cfg.freeze()
+    return cfg
+
+
 def _add_data_config(cfg):
     """Person-search data: the mapper's multi-scale training resize, flip and test resize.
 
@@ -38,7 +77,8 @@ def _add_data_config(cfg):
     cfg.INPUT.PS.TRAIN_SHORT_SIDE_RANGE = (400, 1200)
     # Probability of a horizontal flip during training (boxes, pids and attributes follow).
     cfg.INPUT.PS.HFLIP_PROB = 0.5
-    # Test resize: the largest keep-ratio size with long side <= this ...
+    # Test resize: the largest keep-ratio size with long side <= this ... (config loading copies
+    # both into INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST for DefaultPredictor: sync_test_size)
     cfg.INPUT.PS.TEST_LONG_SIDE = 1500
     # ... and short side <= this (1500x900 as in the paper).
     cfg.INPUT.PS.TEST_SHORT_SIDE = 900
@@ -181,6 +221,11 @@ def _add_alignps_config(cfg):
     # Channels of an unlabeled feature the queue keeps (the rest stay 0): the reference's queue stores the
     # first 64 (unlabeled_matching_layer.py:32, used by its AlignPS and ROI-AlignPS heads); 0 = all.
     cfg.MODEL.ALIGNPS.OIM_QUEUE_CHANNELS = 64
+    # Scale of the queue similarities; 0 = OIM_TEMPERATURE (the PRW AlignPS reference: table 15, queue 10).
+    cfg.MODEL.ALIGNPS.OIM_QUEUE_TEMPERATURE = 0.0
+    # Divisor of the summed OIM loss: "labeled" (labeled positive locations, as ROI-AlignPS) or "all"
+    # (every positive location, labeled or not, as the AlignPS-alone references' reduction='none').
+    cfg.MODEL.ALIGNPS.OIM_NORMALIZER = "labeled"
     # Batch-hard triplet margin (t10) and whether the OIM table rows of the batch's identities join the batch.
     cfg.MODEL.ALIGNPS.TRIPLET_MARGIN = 0.3
     cfg.MODEL.ALIGNPS.TRIPLET_WITH_LUT = True
@@ -217,8 +262,3 @@ def _add_attribute_config(cfg):
     cfg.MODEL.ATTRIBUTE.PADDING_MODE = "border"
     # ReLU after the 1x1 laterals (Tang et al.'s laterals are linear: False).
     cfg.MODEL.ATTRIBUTE.LATERAL_RELU = False
-    # Scale of the queue similarities; 0 = OIM_TEMPERATURE (the PRW AlignPS reference: table 15, queue 10).
-    cfg.MODEL.ALIGNPS.OIM_QUEUE_TEMPERATURE = 0.0
-    # Divisor of the summed OIM loss: "labeled" (labeled positive locations, as ROI-AlignPS) or "all"
-    # (every positive location, labeled or not, as the AlignPS-alone references' reduction='none').
-    cfg.MODEL.ALIGNPS.OIM_NORMALIZER = "labeled"

@@ -9,7 +9,7 @@ which refuses such a file, ``_BASE_`` files included, instead.
 import yaml
 from detectron2.config import get_cfg
 
-from .config import add_galw_config
+from .config import add_galw_config, sync_test_size
 
 __all__ = ["load_config", "merge_config_file"]
 
@@ -35,10 +35,11 @@ def merge_config_file(cfg, path):
 
 
 def load_config(path, opts=()):
-    """detectron2's defaults + this project's keys + ``path`` (safe YAML) + ``opts`` (KEY VALUE ...).
-    The config is returned unfrozen."""
+    """detectron2's defaults + this project's keys + ``path`` (safe YAML) + ``opts`` (KEY VALUE ...),
+    INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST set to the person-search test size (:func:`galw.config.sync_test_size`,
+    so the config.yaml a run saves gives DefaultPredictor that size). The config is returned unfrozen."""
     cfg = get_cfg()
     add_galw_config(cfg)
     merge_config_file(cfg, path)
     cfg.merge_from_list(list(opts))
-    return cfg
+    return sync_test_size(cfg, opts)

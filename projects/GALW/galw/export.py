@@ -35,11 +35,12 @@ from .exported import (
     EXPORT_FORMAT, FORMATS, MAX_SIDE, META_FILE, MIN_SIDE, OnnxProgram, import_onnxruntime, load_exported, load_program,
 )
 from .modeling.deform_conv import DeformConv2d, resolve_impl
+from .modeling.exportable import boxes_of, instances_of
 from .modeling.meta_arch import _concat
 
 __all__ = [
     "DEFAULT_FORMATS", "EXPORT_FORMAT", "FORMATS", "GalleryIndexer", "OnnxProgram", "QueryEmbedder",
-    "build_inference_model", "export_model", "load_exported",
+    "build_inference_model", "export_model", "load_exported", "tracing_inference",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,19 +82,40 @@ class GalleryIndexer(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        model = self.model
-        images = model.preprocess_image([{"image": image}])
-        features = model.backbone(images.tensor)
-        detector, embedder = model.branches[model.detector], model.branches[model.embedder]
-        inst = detector.detect(images, features)[0]
-        boxes, embeddings = inst.pred_boxes, inst.embeddings
-        if embedder is not detector and model.embedding != "detector":
-            embedded = embedder.embed(images, features, [boxes])[0]
-            embeddings = _concat(embeddings, embedded) if model.embedding == "concat" else embedded
-        # detector_postprocess at scale 1 keeps the non-empty boxes; one index for every field keeps
-        # one symbolic detection count (an Instances mask per field would give each its own).
-        keep = torch.nonzero(boxes.nonempty()).squeeze(1)
-        return boxes.tensor[keep], inst.scores[keep], embeddings[keep]
+        return _gallery(self.model, image)
+
+
+def _gallery(model, image):
+    """(boxes, scores, embeddings) of one image at its own scale: :class:`GalleryIndexer`'s forward."""
+    images = model.preprocess_image([{"image": image}])
+    features = model.backbone(images.tensor)
+    detector, embedder = model.branches[model.detector], model.branches[model.embedder]
+    inst = detector.detect(images, features)[0]
+    boxes, embeddings = inst.pred_boxes, inst.embeddings
+    if embedder is not detector and model.embedding != "detector":
+        embedded = embedder.embed(images, features, [boxes])[0]
+        embeddings = _concat(embeddings, embedded) if model.embedding == "concat" else embedded
+    # detector_postprocess at scale 1 keeps the non-empty boxes; one index for every field keeps
+    # one symbolic detection count (an Instances mask per field would give each its own).
+    keep = torch.nonzero(boxes.nonempty()).squeeze(1)
+    return boxes.tensor[keep], inst.scores[keep], embeddings[keep]
+
+
+def tracing_inference(model, inputs):
+    """``inference_func`` of ``detectron2.export.TracingAdapter`` for a ``PersonSearch`` model: one
+    input ``{"image": [3, H, W]}`` -> ``[{"instances": Instances(pred_boxes, scores, embeddings)}]`` in
+    that image's pixels, the model's inference without the final resize, as detectron2's
+    tools/deploy/export_model.py (``export_tracing``) runs ``GeneralizedRCNN.inference(...,
+    do_postprocess=False)``. The model's own forward ends in ``detector_postprocess``, whose
+    ``Instances`` rebuild fixes the symbolic detection count (structures/instances.py, ``set``), so
+    ``torch.export`` of the adapter around the plain model stops there."""
+    if len(inputs) != 1 or set(inputs[0]) - {"height", "width", "file_name", "image_id"} != {"image"}:
+        raise ValueError("tracing_inference: one input {'image': uint8 or float [3, H, W]} is traced; "
+                         f"got {len(inputs)} input(s) with keys {[sorted(x) for x in inputs]}")
+    image = inputs[0]["image"]
+    boxes, scores, embeddings = _gallery(model, image)
+    fields = {"pred_boxes": boxes_of(boxes), "scores": scores, "embeddings": embeddings}
+    return [{"instances": instances_of((image.shape[-2], image.shape[-1]), **fields)}]
 
 
 class QueryEmbedder(nn.Module):

@@ -19,9 +19,18 @@ TRAIN_SCALE_MODES = ("value", "range")
 
 
 def _scaled_size(h, w, long_side, short_side):
-    """Keep-ratio size whose long side <= long_side and short side <= short_side (one bound is met)."""
+    """Keep-ratio size whose long side <= long_side and short side <= short_side (one bound is met),
+    rounded as the references' mmcv ``rescale_size`` (int(x + 0.5))."""
     scale = min(long_side / max(h, w), short_side / min(h, w))
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def _test_size(h, w, long_side, short_side):
+    """:func:`_scaled_size`'s fit computed as detectron2's ``ResizeShortestEdge.get_output_shape``
+    (data/transforms/augmentation_impl.py), so that a size on a half-pixel tie (e.g. 87x174 into 213x160:
+    106.5 rows) rounds as in ``DefaultPredictor``, tools/search.py and the export, which resize with it."""
+    nh, nw = T.ResizeShortestEdge.get_output_shape(h, w, short_side, long_side)
+    return max(1, nh), max(1, nw)
 
 
 class LongShortResize(T.Augmentation):
@@ -33,7 +42,7 @@ class LongShortResize(T.Augmentation):
 
     def get_transform(self, image):
         h, w = image.shape[:2]
-        nh, nw = _scaled_size(h, w, self.long_side, self.short_side)
+        nh, nw = _test_size(h, w, self.long_side, self.short_side)
         return T.ResizeTransform(h, w, nh, nw, self.interp)
 
 

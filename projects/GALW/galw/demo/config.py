@@ -4,7 +4,7 @@ import os
 
 from detectron2.config import get_cfg
 
-from galw.config import add_galw_config
+from galw.config import add_galw_config, sync_test_size
 from galw.config_file import merge_config_file
 from galw_core.files import atomic_write
 
@@ -36,6 +36,7 @@ def build_cfg(config_file, output_dir, seed, opts):
     cfg.DATASETS.TRAIN = (f"{PREFIX}_train",)
     cfg.DATASETS.TEST = (f"{PREFIX}_gallery",)
     cfg.OUTPUT_DIR = output_dir
+    sync_test_size(cfg, opts)  # the saved config.yaml gives DefaultPredictor the test size
     cfg.freeze()
     return cfg
 

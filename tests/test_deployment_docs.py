@@ -1,0 +1,115 @@
+"""Every Python snippet of the deployment docs (projects/GALW/docs/export.md) runs as written, in a folder
+laid out as the docs say: a run's output/run/config.yaml and model_final.pth (ROI-AlignPS* R-18 at its
+seeded random init, with a GALW run's loss-weighting state), photo.jpg at the test size, and the gallery
+program exported to exported/ (.pt2 and ONNX); each snippet's results are checked against the eager model."""
+import logging
+import os
+import re
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import CONFIG_DIR, ROOT
+from detectron2.modeling import build_model
+from galw.checkpoint import AtomicCheckpointer
+from galw.config_file import load_config
+from galw.export import GalleryIndexer, _export, _GridSampleDeformConvs, _onnx_bytes, _pt2_bytes
+
+pytestmark = pytest.mark.slow
+
+DOC = os.path.join(ROOT, "projects", "GALW", "docs", "export.md")
+#: The test size 144x192; the threshold keeps the top of the random init's scores (docs/export.md, Limits).
+OPTS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.OIM.NUM_LABELED", "3",
+        "INPUT.PS.TEST_SHORT_SIDE", "144", "INPUT.PS.TEST_LONG_SIDE", "192", "MODEL.ALIGNPS.SCORE_THRESH_TEST", "0.011"]
+
+
+def python_snippets(text):
+    """The ```python blocks of a Markdown text (list items' indented ones too), dedented."""
+    return [textwrap.dedent(m.group(2)) for m in re.finditer(r"^( *)```python\n(.*?)^\1```", text, flags=re.M | re.S)]
+
+
+SNIPPETS = python_snippets(open(DOC).read())
+ONNX_SNIPPETS = [s for s in SNIPPETS if "onnxruntime" in s]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deployment")
+    cfg = load_config(os.path.join(CONFIG_DIR, "alignps", "roi_alignps_R18_synth_cpu.yaml"), OPTS)
+    run = root / "output" / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(cfg.dump())
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    model.galw_weighting = nn.Module()  # what a GALW training's checkpoint holds beside the model
+    model.galw_weighting.log_sigma = nn.Parameter(torch.zeros(3))
+    model.galw_weighting.register_buffer("k", torch.ones(3))
+    AtomicCheckpointer(model, save_dir=str(run)).save("model_final")
+    del model.galw_weighting
+    bgr = np.random.default_rng(0).integers(0, 256, (144, 192, 3), dtype=np.uint8)
+    cv2.imwrite(str(root / "photo.jpg"), bgr)
+    bgr = cv2.imread(str(root / "photo.jpg"))  # the decoded JPEG the snippets read
+    image = torch.from_numpy(bgr).permute(2, 0, 1).contiguous()
+    gallery = GalleryIndexer(model)
+    with torch.no_grad(), _GridSampleDeformConvs(model):
+        eager = gallery(image)
+        program = _export(gallery, (image,), "gallery")
+    (root / "exported").mkdir()
+    (root / "exported" / "gallery.pt2").write_bytes(_pt2_bytes(program))
+    return {"root": root, "eager": eager, "program": program, "model": model, "bgr": bgr}
+
+
+def _run(snippet, root, monkeypatch):
+    monkeypatch.chdir(root)
+    namespace = {"__name__": "__snippet__"}
+    exec(compile(snippet, DOC, "exec"), namespace)
+    return namespace
+
+
+def test_the_docs_hold_the_snippets():
+    assert len(SNIPPETS) == 4 and len(ONNX_SNIPPETS) == 1
+    assert sum("DefaultPredictor" in s for s in SNIPPETS) == 1 and sum("TracingAdapter" in s for s in SNIPPETS) == 1
+    assert python_snippets("a\n  ```python\n  x = 1\n    y\n  ```\n```python\nz\n```\n") == ["x = 1\n  y\n", "z\n"]
+
+
+def test_torch_snippets_run_as_written(deployment, monkeypatch, caplog):
+    root, (boxes, scores, embeddings) = deployment["root"], deployment["eager"]
+    assert len(boxes) > 5
+    caplog.set_level(logging.INFO)
+    done = 0
+    for snippet in SNIPPETS:
+        if snippet in ONNX_SNIPPETS:
+            continue
+        with torch.no_grad():
+            ns = _run(snippet, root, monkeypatch)
+        if "DefaultPredictor" in snippet:  # the config's 144x192 test size: photo.jpg at scale 1
+            out = ns["out"]
+            torch.testing.assert_close(out.pred_boxes.tensor, boxes, atol=1e-4, rtol=0)
+            torch.testing.assert_close(out.embeddings, embeddings, atol=1e-5, rtol=0)
+        elif "TracingAdapter" in snippet:
+            got = ns["instances"]
+            torch.testing.assert_close(got.pred_boxes.tensor, boxes, atol=1e-4, rtol=0)
+            torch.testing.assert_close(got.scores, scores, atol=1e-6, rtol=0)
+            torch.testing.assert_close(got.embeddings, embeddings, atol=1e-5, rtol=0)
+            assert (root / "model.pt2").stat().st_size > 1e6
+            assert any(r.getMessage().startswith("Not loaded: galw_weighting.k, galw_weighting.log_sigma")
+                       for r in caplog.records)
+        else:
+            for a, b in zip((boxes, scores, embeddings), (ns["boxes"], ns["scores"], ns["embeddings"])):
+                torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+        done += 1
+    assert done == len(SNIPPETS) - len(ONNX_SNIPPETS)
+
+
+def test_onnx_snippet_runs_as_written(deployment, monkeypatch):
+    root, (boxes, scores, embeddings) = deployment["root"], deployment["eager"]
+    (root / "exported" / "gallery.onnx").write_bytes(_onnx_bytes(deployment["program"], "gallery"))
+    for snippet in ONNX_SNIPPETS:
+        ns = _run(snippet, root, monkeypatch)
+        for a, b in zip((boxes, scores, embeddings), (ns["boxes"], ns["scores"], ns["embeddings"])):
+            assert isinstance(b, np.ndarray)
+            np.testing.assert_allclose(b, a.numpy(), atol=1e-3, rtol=0)
