@@ -225,7 +225,7 @@ def test_ablation_runs_at_the_demo_scale():
     demo = get_cfg()
     galw.add_galw_config(demo)
     demo.merge_from_file(os.path.join(CONFIG_DIR, "alignps", "roi_alignps_R18_synth_galw.yaml"))
-    assert (demo.SOLVER.MAX_ITER, tuple(demo.SOLVER.STEPS)) == (600, (500,))
+    assert (demo.SOLVER.MAX_ITER, tuple(demo.SOLVER.STEPS)) == (3000, (2500,))
     for _spec, run, cfg in _variant_cfgs():
         for key in ("SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS", "SOLVER.BASE_LR",
                     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
