@@ -132,3 +132,27 @@ def test_other_unused_keys_are_still_listed(tmp_path, caplog):
         AtomicCheckpointer(_Net()).load(str(tmp_path / "model_final.pth"))
     unused = [r.getMessage() for r in caplog.records if "not used by the model" in r.getMessage()]
     assert len(unused) == 1 and "extra." in unused[0] and "galw_weighting" not in unused[0]
+
+
+@pytest.mark.slow
+def test_default_predictor_skips_the_weighting_state_with_the_same_line(tmp_path, caplog):
+    """DefaultPredictor loads through detectron2's own DetectionCheckpointer: the person-search model
+    itself drops a training checkpoint's galw_weighting.* keys with the explaining line."""
+    from galw_core.train_step import attach_weighting
+
+    cfg = _demo_run_config(tmp_path)
+    trained = attach_weighting(DefaultPredictor(cfg).model, cfg)
+    AtomicCheckpointer(trained, save_dir=str(tmp_path)).save("model_final")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model_final.pth")
+    with caplog.at_level(logging.INFO):
+        predictor = DefaultPredictor(cfg)
+    assert not hasattr(predictor.model, "galw_weighting")
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if m.startswith("Not loaded: galw_weighting.")] == [
+        "Not loaded: galw_weighting.k, galw_weighting.log_sigma, the GALW loss weighting's state (its learned task "
+        "uncertainties) that training saves with the model; the loss weighting only scales the training losses, so "
+        "inference does not need it (the model is complete without it)"
+    ]
+    assert not [m for m in messages if "not used by the model" in m]
+    trained_state = {k: v for k, v in trained.state_dict().items() if not k.startswith("galw_weighting.")}
+    assert all(torch.equal(v, trained_state[k]) for k, v in predictor.model.state_dict().items())

@@ -29,6 +29,15 @@ EXPLODED = 1e12
 #: State-dict prefix of the GALW loss weighting, a submodule of the model during training only
 #: (galw_core/train_step.py, ``WEIGHTING_ATTR`` and ``attach_weighting``).
 WEIGHTING_PREFIX = "galw_weighting."
+
+
+def log_skipped_weighting(log, keys):
+    """The one line that says why a checkpoint's ``galw_weighting.*`` keys are not loaded."""
+    log.info("Not loaded: %s, the GALW loss weighting's state (its learned task uncertainties) that training "
+             "saves with the model; the loss weighting only scales the training losses, so inference does not "
+             "need it (the model is complete without it)", ", ".join(sorted(keys)))
+
+
 #: Training checkpoints ``--resume`` may fall back to (detectron2's PeriodicCheckpointer names).
 _RESUMABLE = "model_*.pth"
 
@@ -96,10 +105,7 @@ class AtomicCheckpointer(DetectionCheckpointer, _WeightsOnlyLoad):
         if skipped:
             for k in skipped:
                 incompatible.unexpected_keys.remove(k)
-            self.logger.info(
-                "Not loaded: %s, the GALW loss weighting's state (its learned task uncertainties) that training "
-                "saves with the model; the loss weighting only scales the training losses, so inference does not "
-                "need it (the model is complete without it)", ", ".join(sorted(skipped)))
+            log_skipped_weighting(self.logger, skipped)
         return incompatible
 
     def resume_or_load(self, path, *, resume=True):

@@ -27,6 +27,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
+from ..checkpoint import WEIGHTING_PREFIX, log_skipped_weighting
 from .backbone import load_imagenet_weights
 from .branch import PersonSearchBranch, build_branch
 from .exportable import pad_image
@@ -37,6 +38,19 @@ logger = logging.getLogger(__name__)
 
 #: TEST.PERSON_SEARCH.EMBEDDING's choices (galw/config.py).
 EMBEDDINGS = ("embedder", "detector", "concat")
+
+
+def _skip_weighting_state(module, state_dict, prefix, *args):
+    """A training checkpoint's ``galw_weighting.*`` keys, loaded into a model built for inference
+    (which has no loss weighting: detectron2's DefaultPredictor, say), are dropped with the line
+    that says why, not listed among "keys not used by the model"."""
+    if hasattr(module, WEIGHTING_PREFIX.rstrip(".")):
+        return
+    keys = [k for k in state_dict if k.startswith(prefix + WEIGHTING_PREFIX)]
+    for k in keys:
+        del state_dict[k]
+    if keys:
+        log_skipped_weighting(logger, [k[len(prefix):] for k in keys])
 
 
 @META_ARCH_REGISTRY.register()
@@ -88,6 +102,7 @@ class PersonSearch(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if pretrained:
             load_imagenet_weights(self, pretrained, stride_in_1x1=stride_in_1x1, input_format=input_format)
+        self.register_load_state_dict_pre_hook(_skip_weighting_state)
 
     @classmethod
     def from_config(cls, cfg):
