@@ -169,4 +169,6 @@ def test_exported_center_embedding_follows_the_boxes():
         for boxes in (traced_on, others, others[2:3]):
             want = Embed()(image, boxes)
             assert want.shape == (len(boxes), 32)
-            torch.testing.assert_close(traced(image, boxes), want, atol=1e-6, rtol=0)
+            # eager CPU inference runs the gather deformable-conv kernel, the exported program its grid_sample
+            # form (galw/modeling/deform_conv.py): the same function up to float32 summation order
+            torch.testing.assert_close(traced(image, boxes), want, atol=1e-5, rtol=0)
