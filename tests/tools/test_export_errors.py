@@ -1,12 +1,15 @@
 """The export's refusals before any program is built or loaded: missing config or weights files,
-unknown formats, a folder without export.json, and onnxruntime missing (its install line named)."""
+unknown formats, a folder without export.json, and onnxruntime missing (its install line named);
+the deformable convs' switch to their grid_sample form while exporting to ONNX."""
 import json
 import re
 import sys
 
 import pytest
+import torch
 
-from galw.export import build_inference_model, export_model
+from galw.export import _GridSampleDeformConvs, build_inference_model, export_model
+from galw.modeling.deform_conv import DeformConv2d
 from galw.exported import EXPORT_FORMAT, ONNX_PACKAGES, OnnxProgram, import_onnxruntime, load_exported
 
 
@@ -45,3 +48,21 @@ def test_missing_onnxruntime_names_the_packages_to_install(monkeypatch, tmp_path
         OnnxProgram(str(tmp_path / "gallery.onnx"))
     monkeypatch.undo()
     assert import_onnxruntime().__name__ == "onnxruntime"
+
+
+class _TwoDeformConvs(torch.nn.Module):
+    device = torch.device("cpu")
+
+    def __init__(self, impls):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(DeformConv2d(4, 4, 3, padding=1, impl=impl) for impl in impls)
+
+
+@pytest.mark.parametrize("impls, changes", [(("torchvision", "grid_sample"), True), (("grid_sample", "auto"), False)])
+def test_deformable_convs_run_grid_sample_while_exporting_to_onnx(impls, changes):
+    model = _TwoDeformConvs(impls)
+    convs = _GridSampleDeformConvs(model)
+    assert convs.changes_any() is changes  # "auto" on CPU with gradients resolves to grid_sample
+    with convs:
+        assert [m.impl for m in model.convs] == ["grid_sample", "grid_sample"]
+    assert [m.impl for m in model.convs] == list(impls)
