@@ -33,6 +33,9 @@ PRODUCERS = {
     "ablation": "python tools/ablation.py --out output/ablation",
     "benchmarks": "make bench",
     "benchmarks/gpu_check": "make gpu-check (on a GPU machine)",
+    "benchmarks/demo_seeds_default_data0": "PYTHONPATH=projects/GALW:. .venv/bin/python benchmarks/demo_seeds.py",
+    "benchmarks/demo_seeds_default_data1":
+        "PYTHONPATH=projects/GALW:. .venv/bin/python benchmarks/demo_seeds.py --data-seed 1",
 }
 
 
