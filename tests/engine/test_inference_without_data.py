@@ -20,10 +20,12 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from conftest import CONFIG_DIR, ROOT, write_video
 
-#: NAE R-18 shrunk; tiny SynthPS frames are 192x144, DefaultPredictor resizes by INPUT.{MIN,MAX}_SIZE_TEST.
+#: NAE R-18 shrunk; tiny SynthPS frames are 192x144, tested at that size (INPUT.PS; config loading
+#: gives DefaultPredictor's INPUT.{MIN,MAX}_SIZE_TEST the same, galw.config.sync_test_size).
 TINY = [
     "MODEL.NAE.EMBEDDING_DIM", 32, "MODEL.OIM.QUEUE_SIZE", 8, "MODEL.RPN.POST_NMS_TOPK_TEST", 30,
-    "INPUT.MIN_SIZE_TEST", 144, "INPUT.MAX_SIZE_TEST", 192, "SEED", 0,
+    "INPUT.PS.TEST_SHORT_SIDE", 144, "INPUT.PS.TEST_LONG_SIDE", 192, "INPUT.MIN_SIZE_TEST", 144,
+    "INPUT.MAX_SIZE_TEST", 192, "SEED", 0,
 ]
 
 #: Run in a fresh process: the metadata of the parent's loads must not help.
