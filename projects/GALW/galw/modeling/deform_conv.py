@@ -66,6 +66,15 @@ def _next_pow2(n: Union[int, torch.SymInt]) -> Union[int, torch.SymInt]:
     return 1 + sum((1 << k) * torch.sym_min(torch.sym_max(n - (1 << k), 0), 1) for k in range(16))
 
 
+def _geometry(input, weight, stride, padding, dilation):
+    """The (stride, padding, dilation) pairs and the output (height, width) of a conv of ``weight``
+    over ``input``, as torchvision's deform_conv2d computes them."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    size = tuple((input.shape[2 + i] + 2 * padding[i] - (dilation[i] * (weight.shape[2 + i] - 1) + 1)) // stride[i] + 1
+                 for i in range(2))
+    return stride, padding, dilation, size
+
+
 def deform_conv2d_grid_sample(
     input: torch.Tensor,
     offset: torch.Tensor,
@@ -82,9 +91,8 @@ def deform_conv2d_grid_sample(
     tap (row-major), a (dy, dx) pair; ``mask`` (modulated, v2) is ``[N, G * kh * kw, Ho, Wo]``.
     Weight groups come from ``weight.shape[1]`` as in torchvision.
     """
-    stride_h, stride_w = _pair(stride)
-    pad_h, pad_w = _pair(padding)
-    dil_h, dil_w = _pair(dilation)
+    (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), (h_out, w_out) = _geometry(
+        input, weight, stride, padding, dilation)
     n, c, h, w = input.shape
     c_out, c_per_group, kh, kw = weight.shape
     taps = kh * kw
@@ -94,8 +102,6 @@ def deform_conv2d_grid_sample(
             f"weight's {c_per_group} input channels per group"
         )
     groups = c // c_per_group
-    h_out = (h + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
-    w_out = (w + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
     if h_out <= 0 or w_out <= 0:
         raise ValueError(f"deform_conv2d: output size {h_out}x{w_out} from input {h}x{w} is empty")
     if offset.shape[0] != n or offset.shape[2:] != (h_out, w_out) or offset.shape[1] % (2 * taps) != 0:
@@ -185,14 +191,11 @@ def deform_conv2d_gather(
     torchvision's ``bilinear_interpolate`` (a corner outside the image reads zero; a position at or
     beyond -1 / size reads nothing) gathered by ``embedding_bag``, a block of locations at a time,
     each block's columns times the weight in one matrix product."""
-    stride_h, stride_w = _pair(stride)
-    pad_h, pad_w = _pair(padding)
-    dil_h, dil_w = _pair(dilation)
+    (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w), (h_out, w_out) = _geometry(
+        input, weight, stride, padding, dilation)
     n, c, h, w = input.shape
     c_out, c_in, kh, kw = weight.shape
     taps = kh * kw
-    h_out = (h + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
-    w_out = (w + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
     if c_in != c or h_out <= 0 or w_out <= 0 or tuple(offset.shape) != (n, 2 * taps, h_out, w_out):
         raise ValueError(
             f"deform_conv2d_gather: one weight and offset group; input {list(input.shape)}, weight "
