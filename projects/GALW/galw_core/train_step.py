@@ -89,9 +89,8 @@ def write_galw_metrics(weighting: LossWeighting, loss_dict):
     storage.put_scalars(**{k: sum(d[k] for d in gathered) / len(gathered) for k in raw})
     scalars = {f"galw/weight/{t}": w for t, w in weighting.task_weights().items()}
     if weighting.uses_sigma:
-        for name, s in weighting.sigmas().items():
-            scalars[f"galw/sigma/{name}"] = s
-            scalars[f"galw/group_weight/{name}"] = 1.0 / (s * s)
+        scalars.update({f"galw/sigma/{name}": s for name, s in weighting.sigmas().items()})
+        scalars.update({f"galw/group_weight/{name}": w for name, w in weighting.group_weights().items()})
         if weighting.log_sigma_min is not None:
             scalars["galw/groups_at_bound"] = _report_groups_at_bound(weighting)
             scalars["galw/groups_collapsed"] = _report_groups_collapsed(weighting)
