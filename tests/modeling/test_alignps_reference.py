@@ -19,8 +19,10 @@ from galw.modeling.alignps import AlignPSBranch, BatchHardTripletLoss, assign_ta
 from galw.modeling.oim import OIMLoss
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "alignps_head_reference.pt")
-#: The reference trains P3 with every size and P4..P7 as negatives only (regress range (-2, -1)).
-REF_SIZE_RANGES = [[-1.0, 1e8]] + [[-2.0, -1.0]] * 4
+#: The reference's regress ranges: P3 with every size, P4..P7 negatives only (range (-2, -1)).
+REF_REGRESS_RANGES = [[-1.0, 1e8]] + [[-2.0, -1.0]] * 4
+#: The same as the branch's options: one real level owning every size and four negative-only levels.
+REF_SIZE_RANGES, REF_NEGATIVE_LEVELS = [[-1.0, 1e8]], 4
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,8 @@ def _branch(ref, queue_channels=64, triplet_with_lut=True):
     oim.queue_head.fill_(x["queue_tail"])
     return AlignPSBranch(
         in_features=["res3", "res4"], res5=nn.Identity(), afa=nn.Identity(), head=nn.Identity(), oim=oim,
-        triplet=BatchHardTripletLoss(0.3), strides=x["strides"], size_ranges=REF_SIZE_RANGES, center_radius=1.5,
+        triplet=BatchHardTripletLoss(0.3), strides=x["strides"], size_ranges=REF_SIZE_RANGES,
+        negative_levels=REF_NEGATIVE_LEVELS, center_radius=1.5,
         focal_alpha=0.25, focal_gamma=2.0, triplet_with_lut=triplet_with_lut, score_thresh=0.05, pre_nms_topk=1000,
         nms_thresh=0.5, max_detections=100, embed_pooling="center",
     ).train()
@@ -72,7 +75,7 @@ def test_alignps_head_oim_divides_by_every_positive(ref):
     points = level_points([m.shape[-2:] for m in x["maps"]], x["strides"])
     labeled = positives = 0
     for boxes, pids in zip(x["gt_boxes"], x["gt_pids"]):
-        matched, _ = assign_targets(points, x["strides"], REF_SIZE_RANGES, boxes, 1.5)
+        matched, _ = assign_targets(points, x["strides"], REF_REGRESS_RANGES, boxes, 1.5)
         positives += int((matched >= 0).sum())
         labeled += int((pids[matched[matched >= 0]] >= 0).sum())
     assert 0 < labeled < positives

@@ -202,6 +202,11 @@ def _add_alignps_config(cfg):
     # One [lo, hi] max-regression-distance range per output level P3, P4, P5 (1 to 3 levels).
     # AlignPS gives every size to P3 ("scale alignment"); FCOS style: [[-1, 64], [64, 128], [128, 1e8]].
     cfg.MODEL.ALIGNPS.SIZE_RANGES = [[-1.0, 1e8]]
+    # Training-only levels coarser than the last SIZE_RANGES level, whose every location is a negative of
+    # the focal loss (no box, centerness or re-id loss, never in inference): the reference trains
+    # P4..P7 so (4; its neck builds them in training only, fpn_dcn_lconv3_dcn.py:201-228). At most 5
+    # levels in all with SIZE_RANGES. 0 = train the real levels only.
+    cfg.MODEL.ALIGNPS.NEGATIVE_LEVELS = 0
     # Center sampling: positives lie within radius * stride of the box centre.
     cfg.MODEL.ALIGNPS.CENTER_SAMPLING_RADIUS = 1.5
     # Initial foreground probability of the classification logits.

@@ -76,34 +76,57 @@ class AFAFPN(nn.Module):
             infers; 3 = P3, P4, P5 for FCOS-style multi-level assignment).
         offset_init: init of every deformable conv's offset conv (see DeformConvWithOffsets).
         deform_impl: deformable-conv implementation (MODEL.ALIGNPS.DEFORM_CONV_IMPL).
+        negative_levels: levels built in training only, coarser than the last of ``num_outs``
+            (MODEL.ALIGNPS.NEGATIVE_LEVELS): first the remaining deformable output convs (one per
+            input level), then stride-2 3x3 plain convs, the first on the last output and each next
+            on the relu of the previous, as the reference neck's extra levels
+            (mmdet/models/necks/fpn_dcn_lconv3_dcn.py:201-228 with add_extra_convs 'on_output' and
+            relu_before_extra_convs). Eval builds the ``num_outs`` levels only (fpn_dcn_lconv3_dcn.py:229-232).
     Output level ``i`` sees the concatenation of lateral ``i`` and the upsampled
     aggregate of all coarser levels, i.e. ``(L - i) * out_channels`` channels.
     """
 
     def __init__(
         self, in_channels: List[int], out_channels: int, num_outs: int, offset_init: str = "xavier",
-        deform_impl: str = "auto",
+        deform_impl: str = "auto", negative_levels: int = 0,
     ):
         super().__init__()
         if not 1 <= num_outs <= len(in_channels):
             raise ValueError(
                 f"AFAFPN: num_outs must be in [1, {len(in_channels)}] (one per input level); got {num_outs}"
             )
+        if isinstance(negative_levels, bool) or not isinstance(negative_levels, int) or negative_levels < 0:
+            raise ValueError(f"AFAFPN: negative_levels must be an int >= 0; got {negative_levels!r}")
         num_in = len(in_channels)
         self.out_channels = out_channels
+        self.num_outs = num_outs
         self.laterals = nn.ModuleList(
             DeformConvWithOffsets(c, out_channels, offset_init=offset_init, impl=deform_impl) for c in in_channels
         )
+        num_deform = min(num_outs + negative_levels, num_in)
         self.outputs = nn.ModuleList(
             DeformConvWithOffsets((num_in - i) * out_channels, out_channels, offset_init=offset_init, impl=deform_impl)
-            for i in range(num_outs)
+            for i in range(num_deform)
         )
+        self.extras = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+            for _ in range(num_outs + negative_levels - num_deform)
+        )
+        for conv in self.extras:  # the reference neck's init_weights: xavier uniform on every nn.Conv2d
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
 
     def forward(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The ``num_outs`` real levels, finest first; in training followed by the negative-only levels."""
         if len(inputs) != len(self.laterals):
             raise ValueError(f"AFAFPN expects {len(self.laterals)} input maps; got {len(inputs)}")
         merged = [lateral(x) for lateral, x in zip(self.laterals, inputs)]
         for i in range(len(merged) - 1, 0, -1):
             up = F.interpolate(merged[i], size=merged[i - 1].shape[-2:], mode="nearest")
             merged[i - 1] = torch.cat([merged[i - 1], up], dim=1)
-        return [conv(merged[i]) for i, conv in enumerate(self.outputs)]
+        if not self.training:
+            return [self.outputs[i](merged[i]) for i in range(self.num_outs)]
+        outs = [conv(merged[i]) for i, conv in enumerate(self.outputs)]
+        for j, conv in enumerate(self.extras):
+            outs.append(conv(outs[-1] if j == 0 else F.relu(outs[-1])))
+        return outs

@@ -6,7 +6,8 @@ head; the AFA map itself (minus its per-image spatial mean, as the reference's
 aligned features. Training returns one key per task:
 ``loss_aps_cls`` (focal), ``loss_aps_box`` (GIoU), ``loss_aps_ctr`` (centerness BCE),
 ``loss_aps_oim`` (OIM) and ``loss_aps_tri`` (batch-hard triplet), all on the
-locations that target assignment makes positive.
+locations that target assignment makes positive; the focal loss also on every location
+of the training-only negative levels (MODEL.ALIGNPS.NEGATIVE_LEVELS).
 """
 import logging
 from typing import Dict, List, Optional
@@ -37,6 +38,20 @@ from .targets import assign_targets, centerness_target, level_points
 __all__ = ["AlignPSBranch"]
 
 EMBED_POOLINGS = ("center", "roi_average")
+#: Most trained levels, real and negative-only together: P3..P7 as the reference
+#: (fcos_reid_head_focal_sub_triqueue3.py:66, five strides and regress ranges).
+MAX_TRAINING_LEVELS = 5
+
+
+def _check_negative_levels(value, num_real: int):
+    """MODEL.ALIGNPS.NEGATIVE_LEVELS: an int >= 0 with at most MAX_TRAINING_LEVELS levels in all."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"MODEL.ALIGNPS.NEGATIVE_LEVELS must be an int >= 0; got {value!r}")
+    if num_real + value > MAX_TRAINING_LEVELS:
+        raise ValueError(
+            f"MODEL.ALIGNPS.NEGATIVE_LEVELS: len(MODEL.ALIGNPS.SIZE_RANGES) + NEGATIVE_LEVELS must be at most "
+            f"{MAX_TRAINING_LEVELS} (P3..P7); got {num_real} + {value}"
+        )
 
 
 def _mean_over_ranks(value: float, device: torch.device) -> float:
@@ -60,6 +75,7 @@ class AlignPSBranch(PersonSearchBranch):
         triplet: BatchHardTripletLoss,
         strides: List[int],
         size_ranges: List[List[float]],
+        negative_levels: int = 0,
         center_radius: float,
         focal_alpha: float,
         focal_gamma: float,
@@ -73,13 +89,21 @@ class AlignPSBranch(PersonSearchBranch):
         super().__init__()
         if embed_pooling not in EMBED_POOLINGS:
             raise ValueError(f"MODEL.ALIGNPS.EMBED_POOLING must be one of {EMBED_POOLINGS}; got {embed_pooling!r}")
+        _check_negative_levels(negative_levels, len(size_ranges))
+        if len(strides) != len(size_ranges) + negative_levels:
+            raise ValueError(
+                f"AlignPSBranch: one stride per trained level, len(MODEL.ALIGNPS.SIZE_RANGES) + "
+                f"MODEL.ALIGNPS.NEGATIVE_LEVELS = {len(size_ranges)} + {negative_levels}; got strides {strides}"
+            )
         self.in_features = in_features
         self.res5 = res5
         self.afa = afa
         self.head = head
         self.oim = oim
         self.triplet = triplet
-        self.strides = strides
+        # real levels (detection, re-id, inference) and the training-only negative levels after them
+        self.strides = list(strides[: len(size_ranges)])
+        self.negative_strides = list(strides[len(size_ranges):])
         self.size_ranges = size_ranges
         self.center_radius = center_radius
         self.focal_alpha = focal_alpha
@@ -108,15 +132,18 @@ class AlignPSBranch(PersonSearchBranch):
             raise ValueError(
                 f"MODEL.ALIGNPS.SIZE_RANGES must hold 1 to 3 [lo, hi] pairs (P3, P4, P5); got {a.SIZE_RANGES}"
             )
-        all_strides = [fine.stride, coarse.stride, coarse.stride * 2]
-        strides = all_strides[: len(size_ranges)]
+        _check_negative_levels(a.NEGATIVE_LEVELS, len(size_ranges))
+        num_levels = len(size_ranges) + a.NEGATIVE_LEVELS
+        # the AFA's deformable outputs sit at the input strides; each extra stride-2 conv doubles the last
+        strides = [fine.stride, coarse.stride, coarse.stride * 2][:num_levels]
+        strides += [strides[-1] * 2 ** k for k in range(1, num_levels - len(strides) + 1)]
         channels = a.FPN_CHANNELS
         return {
             "in_features": in_features,
             "res5": res5,
             "afa": AFAFPN(
                 [fine.channels, coarse.channels, res5_channels], channels, len(size_ranges), a.DEFORM_OFFSET_INIT,
-                a.DEFORM_CONV_IMPL,
+                a.DEFORM_CONV_IMPL, negative_levels=a.NEGATIVE_LEVELS,
             ),
             "head": DenseHead(
                 channels, a.NUM_CONVS, a.HEAD_NORM, strides, a.PRIOR_PROB, dcn_on_last_conv=a.DCN_ON_LAST_CONV,
@@ -137,6 +164,7 @@ class AlignPSBranch(PersonSearchBranch):
             "triplet": BatchHardTripletLoss(a.TRIPLET_MARGIN),
             "strides": strides,
             "size_ranges": size_ranges,
+            "negative_levels": a.NEGATIVE_LEVELS,
             "center_radius": a.CENTER_SAMPLING_RADIUS,
             "focal_alpha": a.FOCAL_ALPHA,
             "focal_gamma": a.FOCAL_GAMMA,
@@ -150,10 +178,13 @@ class AlignPSBranch(PersonSearchBranch):
 
     # ------------------------------------------------------------------ features
     def dense_features(self, features: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
-        """AFA maps (finest first) minus their per-image spatial mean; also the embedding maps."""
+        """AFA maps (finest first); the real levels, also the embedding maps, minus their per-image spatial
+        mean, the training-only negative levels as they are (the reference subtracts it on P3 only,
+        fcos_reid_head_focal_sub_triqueue3.py:188-191)."""
         fine, coarse = (features[f] for f in self.in_features)
         maps = self.afa([fine, coarse, self.res5(coarse)])
-        return [m - m.mean(dim=(2, 3), keepdim=True) for m in maps]
+        real = len(self.size_ranges)
+        return [m - m.mean(dim=(2, 3), keepdim=True) for m in maps[:real]] + list(maps[real:])
 
     @staticmethod
     def _flatten(maps: List[torch.Tensor]) -> torch.Tensor:
@@ -188,11 +219,22 @@ class AlignPSBranch(PersonSearchBranch):
     ) -> Dict[str, torch.Tensor]:
         """The five task losses from per-level embedding maps and head outputs (pixel distances).
 
-        Normalisers as the AlignPS reference (mmdet/models/dense_heads/fcos_reid_head_focal_sub_triqueue3.py):
-        focal loss by ``num_pos + num_imgs`` (line 312), GIoU by the sum of centerness targets (line 347),
-        centerness BCE by ``num_pos`` (its mean, line 348); counts are averaged over data-parallel ranks.
+        Every list holds the real levels then the negative-only ones. Normalisers as the AlignPS reference
+        (mmdet/models/dense_heads/fcos_reid_head_focal_sub_triqueue3.py): focal loss by ``num_pos + num_imgs``
+        (line 312), GIoU by the sum of centerness targets (line 347), centerness BCE by ``num_pos`` (its mean,
+        line 348); counts are averaged over data-parallel ranks. The focal loss also sums over every location
+        of the negative levels with target 0 (their regress range (-2, -1), line 66, owns no box); the other
+        four losses read positives, which lie on the real levels only.
         """
-        points = level_points([m.shape[-2:] for m in maps], self.strides, device=maps[0].device)
+        real = len(self.size_ranges)
+        num_levels = real + len(self.negative_strides)
+        if not len(maps) == len(logits) == len(dists) == len(ctrs) == num_levels:
+            raise ValueError(
+                f"AlignPSBranch.losses: {num_levels} levels (len(MODEL.ALIGNPS.SIZE_RANGES) + "
+                f"MODEL.ALIGNPS.NEGATIVE_LEVELS) in every list; got {len(maps)} maps, {len(logits)} logits, "
+                f"{len(dists)} distances, {len(ctrs)} centerness maps"
+            )
+        points = level_points([m.shape[-2:] for m in maps[:real]], self.strides, device=maps[0].device)
         all_points = torch.cat(points, dim=0)
 
         matched, ltrb_t, pids = [], [], []
@@ -214,17 +256,21 @@ class AlignPSBranch(PersonSearchBranch):
                 name=__name__,
             )
         fg = matched >= 0
+        # over every trained location: the negative levels' locations follow, all background; the head
+        # outputs of those levels stay in the graph (indexed, zero gradient) so every Scale is used (DDP)
+        num_negative = sum(m.shape[-2] * m.shape[-1] for m in maps[real:])
+        fg_all = torch.cat([fg, fg.new_zeros((fg.shape[0], num_negative))], dim=1)
 
         logits = self._flatten(logits).squeeze(2)
         dists = self._flatten(dists)
         ctrs = self._flatten(ctrs).squeeze(2)
-        embeds = self._flatten(maps)
+        embeds = self._flatten(maps[:real])
 
         num_pos = int(fg.sum())
         num_pos_avg = max(_mean_over_ranks(float(num_pos), logits.device), 1.0)
         cls_norm = _mean_over_ranks(float(num_pos + len(gt_instances)), logits.device)
         loss_cls = sigmoid_focal_loss(
-            logits, fg.to(logits.dtype), alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+            logits, fg_all.to(logits.dtype), alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
         ) / cls_norm
 
         pos_points = all_points[None].expand(len(gt_instances), -1, -1)[fg]
@@ -233,11 +279,12 @@ class AlignPSBranch(PersonSearchBranch):
         ctr_norm = max(_mean_over_ranks(float(pos_ctr_t.sum()), logits.device), 1e-6)
         if num_pos > 0:
             loss_box = weighted_giou_loss(
-                distances_to_boxes(pos_points, dists[fg]), distances_to_boxes(pos_points, pos_ltrb), pos_ctr_t, ctr_norm
+                distances_to_boxes(pos_points, dists[fg_all]), distances_to_boxes(pos_points, pos_ltrb), pos_ctr_t,
+                ctr_norm,
             )
         else:
             loss_box = dists.sum() * 0.0
-        loss_ctr = F.binary_cross_entropy_with_logits(ctrs[fg], pos_ctr_t, reduction="sum") / num_pos_avg
+        loss_ctr = F.binary_cross_entropy_with_logits(ctrs[fg_all], pos_ctr_t, reduction="sum") / num_pos_avg
 
         pos_embeds = embeds[fg]
         pos_pids = pids[fg]

@@ -36,6 +36,8 @@ class DenseHead(nn.Module):
     tower (``centerness_on_reg``), as the AlignPS reference does. With ``dcn_on_last_conv`` the
     last conv of each tower is a modulated deformable conv (DCNv2, offsets starting at zero) followed
     by the tower's norm, as the reference's ``dcn_on_last_conv=True``; ``deform_impl`` picks its kernel.
+    ``strides`` names every level trained on, negative-only ones included (one ``Scale`` each, as the
+    reference's one Scale per level).
     """
 
     def __init__(
@@ -83,9 +85,15 @@ class DenseHead(nn.Module):
         nn.init.constant_(self.box_pred.bias, BOX_INIT_STRIDES)
 
     def forward(self, feats: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
-        """Per level: logits [N,1,H,W], pixel distances [N,4,H,W], centerness logits [N,1,H,W]."""
-        if len(feats) != len(self.strides):
-            raise ValueError(f"DenseHead built for {len(self.strides)} levels; got {len(feats)} maps")
+        """Per level: logits [N,1,H,W], pixel distances [N,4,H,W], centerness logits [N,1,H,W].
+
+        Training takes every level of ``strides``; eval also a finest-first prefix of them, since the
+        negative-only levels (MODEL.ALIGNPS.NEGATIVE_LEVELS) exist in training only."""
+        if len(feats) > len(self.strides) or not feats or (self.training and len(feats) != len(self.strides)):
+            raise ValueError(
+                f"DenseHead built for {len(self.strides)} levels (training: all of them, eval: a finest-first "
+                f"prefix); got {len(feats)} maps in {'training' if self.training else 'eval'}"
+            )
         logits, dists, ctrs = [], [], []
         for x, scale, stride in zip(feats, self.scales, self.strides):
             c = self.cls_tower(x)
