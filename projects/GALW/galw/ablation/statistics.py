@@ -1,12 +1,21 @@
-"""Per-variant statistics over seeds, and which differences between variants exceed the seed spread."""
+"""Per-variant statistics over seeds, and paired differences between variants.
+
+Runs of two variants with the same seed start from the same initialisation and see the same data
+order (train_net.py's SEED), so a variant is compared with a reference on the seeds both have: the
+per-seed differences, their mean, a 95 % confidence interval and p-value from the paired t-test
+(scipy.stats.ttest_rel), and their number n.
+"""
 import numpy as np
 
-__all__ = ["COLUMNS", "REFERENCES", "aggregate", "all_comparisons", "compare", "mean_std"]
+__all__ = ["COLUMNS", "CONFIDENCE", "REFERENCES", "aggregate", "all_comparisons", "mean_std", "paired",
+           "paired_comparisons"]
 
 #: Columns of the table: (result key, header); top-10 and detection AP only when every run has them.
 COLUMNS = (("mAP", "mAP (%)"), ("top1", "top-1 (%)"), ("top10", "top-10 (%)"), ("det_AP", "detection AP (%)"))
-#: Variants the others are compared with, when present: the plain sum and the paper's GALW.
-REFERENCES = ("equal", "galw_g4")
+#: Variants the others are compared with, when present: the plain sum and the searched static weighting.
+REFERENCES = ("equal", "tuned_static")
+#: Confidence level of the intervals of the paired differences.
+CONFIDENCE = 0.95
 
 
 def mean_std(values):
@@ -22,7 +31,7 @@ def aggregate(spec, results):
         mine = sorted((r for r in results if r["name"] == v["name"]), key=lambda r: r["seed"])
         if not mine:
             continue
-        row = {"name": v["name"], "tables": v["tables"], "runs": len(mine), "seeds": [r["seed"] for r in mine]}
+        row = {"name": v["name"], "tables": v.get("tables", []), "runs": len(mine), "seeds": [r["seed"] for r in mine]}
         for key, _ in COLUMNS:
             values = [r.get(key) for r in mine]
             if any(x is None for x in values):
@@ -33,35 +42,59 @@ def aggregate(spec, results):
     return rows
 
 
-def compare(rows, reference, keys=("mAP", "top1")):
-    """Per variant other than ``reference`` (both with 2+ runs): for each of ``keys`` the difference of
-    means, Welch's t-test p-value and whether the two seed ranges are apart (every run of one
-    above every run of the other): the differences that exceed the seed-to-seed spread."""
-    from scipy.stats import ttest_ind
+def paired(row, ref, key):
+    """Paired difference ``row - ref`` of ``key`` over the seeds both rows have, or None without any.
 
+    {"n", "seeds", "diffs", "mean_diff", "ci_low", "ci_high", "p"}; with n < 2 the interval and p
+    are None (one pair has no spread), with n >= 2 they are ttest_rel's.
+    """
+    if key not in row or key not in ref:
+        return None
+    mine, theirs = dict(zip(row["seeds"], row[key])), dict(zip(ref["seeds"], ref[key]))
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    a = np.asarray([mine[s] for s in seeds], dtype=np.float64)
+    b = np.asarray([theirs[s] for s in seeds], dtype=np.float64)
+    diffs = a - b
+    out = {"n": len(seeds), "seeds": seeds, "diffs": diffs.tolist(), "mean_diff": float(diffs.mean()),
+           "ci_low": None, "ci_high": None, "p": None}
+    if len(seeds) >= 2:
+        from scipy.stats import ttest_rel
+
+        if np.all(diffs == diffs[0]):  # no spread: the t statistic is undefined, the interval a point
+            out.update(ci_low=float(diffs[0]), ci_high=float(diffs[0]), p=0.0 if diffs[0] else 1.0)
+        else:
+            test = ttest_rel(a, b)
+            ci = test.confidence_interval(CONFIDENCE)
+            out.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(test.pvalue))
+    return out
+
+
+def paired_comparisons(rows, reference, keys=("mAP", "top1")):
+    """Every variant other than ``reference`` against it: {"name", "reference", key: paired(...)}."""
     ref = next((r for r in rows if r["name"] == reference), None)
-    if ref is None or ref["runs"] < 2:
+    if ref is None:
         return []
     out = []
     for r in rows:
-        if r["name"] == reference or r["runs"] < 2:
+        if r["name"] == reference:
             continue
         cmp = {"name": r["name"], "reference": reference}
         for key in keys:
-            if key not in r or key not in ref:
-                continue
-            a, b = r[key], ref[key]
-            p = float(ttest_ind(a, b, equal_var=False).pvalue)
-            cmp[key] = {"diff": r[f"{key}_mean"] - ref[f"{key}_mean"], "welch_p": p,
-                        "apart": bool(min(a) > max(b) or max(a) < min(b))}
-        out.append(cmp)
+            got = paired(r, ref, key)
+            if got is not None:
+                cmp[key] = got
+        if len(cmp) > 2:
+            out.append(cmp)
     return out
 
 
 def all_comparisons(rows):
-    """``compare`` against each of REFERENCES, each pair once (galw_g4 against equal, not also the reverse)."""
+    """``paired_comparisons`` against each of REFERENCES, each pair once (tuned_static against equal,
+    not also the reverse)."""
     out = []
     for ref in REFERENCES:
         done = {(c["name"], c["reference"]) for c in out}
-        out += [c for c in compare(rows, ref) if (ref, c["name"]) not in done]
+        out += [c for c in paired_comparisons(rows, ref) if (ref, c["name"]) not in done]
     return out

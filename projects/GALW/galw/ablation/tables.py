@@ -1,19 +1,33 @@
-"""The study's outputs: ``OUT/ablation.md`` (per-variant table and comparisons) and ``OUT/ablation.json``."""
+"""The study's outputs: ``ablation.md`` (tables), ``ablation.json`` (the same as data) and two figures.
+
+Tables: mean ± std per variant, the paired differences against the references, and how much each
+variant's mAP still moved over the last 20 % of its training (convergence.py). Figures (plots.py):
+``ablation_means.png`` (per-variant mean and spread) and ``ablation_curves.png`` (learning curves of
+equal, tuned_static and galw_g4).
+"""
 import json
 import os
 
 from galw_core.files import atomic_write
 
-from .statistics import COLUMNS, aggregate, all_comparisons
+from .convergence import convergence
+from .statistics import COLUMNS, CONFIDENCE, aggregate, all_comparisons
 
-__all__ = ["RUN_FIELDS", "comparison_table", "markdown_table", "write_tables"]
+__all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "markdown_table", "write_tables"]
 
 #: A run's fields in ablation.json (curves, groups and trajectories stay in its own result file).
 RUN_FIELDS = ("name", "seed", "mAP", "top1", "top10", "det_AP", "seconds", "source")
+#: The figures write_tables makes: (file, what).
+FIGURES = (("ablation_means.png", "mAP per variant, mean ± std over seeds"),
+           ("ablation_curves.png", "mAP against iteration of equal, tuned_static and galw_g4"))
 
 
 def _cell(mean, std):
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _num(x, fmt="{:+.2f}"):
+    return "n/a" if x is None else fmt.format(x)
 
 
 def markdown_table(rows):
@@ -28,18 +42,33 @@ def markdown_table(rows):
 
 
 def comparison_table(comparisons):
-    """Difference, Welch's p and whether the seed ranges are apart, per compared pair and metric."""
+    """Per compared pair and metric: n paired seeds, mean difference, its confidence interval, p."""
     keys = [k for k, _ in COLUMNS if any(k in c for c in comparisons)]
     header = {k: h.replace(" (%)", "") for k, h in COLUMNS}
-    lines = ["| variant | vs | " + " | ".join(f"Δ {header[k]} | Welch p | seed ranges apart" for k in keys) + " |",
-             "|---|---|" + "---|---|---|" * len(keys)]
+    ci = f"{round(CONFIDENCE * 100)} % CI"
+    lines = ["| variant | vs | " + " | ".join(f"n | Δ {header[k]} | {ci} | p" for k in keys) + " |",
+             "|---|---|" + "---|---|---|---|" * len(keys)]
     for c in comparisons:
         cells = []
         for k in keys:
             d = c.get(k)
-            cells += ["n/a"] * 3 if d is None else [f"{d['diff']:+.2f}", f"{d['welch_p']:.2g}",
-                                                    "**yes**" if d["apart"] else "no"]
+            if d is None:
+                cells += ["0", "n/a", "n/a", "n/a"]
+                continue
+            interval = "n/a" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+            cells += [str(d["n"]), f"{d['mean_diff']:+.2f}", interval, _num(d["p"], "{:.2g}")]
         lines.append(f"| {c['name']} | {c['reference']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def convergence_table(conv):
+    """Per variant: the worst seed's mAP range over the window, the largest |drift|, converged or not."""
+    lines = ["| variant | worst seed | mAP range in window | largest drift | all seeds < "
+             f"{conv['threshold']:g} point |", "|---|---|---|---|---|"]
+    for v in conv["variants"]:
+        flag = {True: "yes", False: "**no**", None: "n/a (curve too short)"}[v["converged"]]
+        lines.append(f"| {v['name']} | {v['worst_seed'] if v['worst_seed'] is not None else 'n/a'} | "
+                     f"{_num(v['worst_range'], '{:.2f}')} | {_num(v['worst_drift'])} | {flag} |")
     return "\n".join(lines) + "\n"
 
 
@@ -47,9 +76,27 @@ def _write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def write_tables(spec, outcome, out_root):
-    """Write ablation.md and ablation.json for ``outcome`` (run_ablation's or finished_runs'); returns the rows."""
-    rows = aggregate(spec, outcome["results"])
+def _figures(rows, results, out_root):
+    """The figures that have data, as {file: what}; plotting happens here only."""
+    from .plots import plot_learning_curves, plot_variant_means
+
+    made = {}
+    if any("mAP" in r for r in rows):
+        plot_variant_means(rows, os.path.join(out_root, FIGURES[0][0]))
+        made[FIGURES[0][0]] = FIGURES[0][1]
+    if any(r.get("curve") for r in results):
+        try:
+            plot_learning_curves(results, os.path.join(out_root, FIGURES[1][0]))
+            made[FIGURES[1][0]] = FIGURES[1][1]
+        except ValueError:  # none of the curve variants has finished yet
+            pass
+    return made
+
+
+def write_tables(spec, outcome, out_root, figures=True):
+    """Write ablation.md, ablation.json and (``figures``) the PNGs for ``outcome``; returns the rows."""
+    results = outcome["results"]
+    rows = aggregate(spec, results)
     os.makedirs(out_root, exist_ok=True)
     note = "Mean ± sample standard deviation (ddof=1) over seeds; a single run shows its value only.\n"
     if outcome["failed"]:
@@ -58,17 +105,34 @@ def write_tables(spec, outcome, out_root):
         note += (f"Not run (yet): {len(outcome['not_run'])}: "
                  + ", ".join(f"{r['name']}/seed{r['seed']}" for r in outcome["not_run"]) + ".\n")
     comparisons = all_comparisons(rows)
+    conv = convergence(spec, results)
     md = f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n"
+    if spec.get("data"):
+        md += f"Data: `{spec['data']}`\n\n"
     if spec["common_opts"]:
         md += f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n"
     md += markdown_table(rows) + "\n" + note
+    if outcome.get("search"):
+        s = outcome["search"]
+        md += (f"\ntuned_static's weights: search candidate `{s['best']}` "
+               f"{s['weights']} (validation mAP {s['score']:.2f}; every candidate in ablation.json).\n")
     if comparisons:
-        md += ("\nDifferences of means; Welch's t-test over the seeds; \"apart\": every run of one variant "
-               "above every run of the other (a difference beyond the seed-to-seed spread).\n\n"
-               + comparison_table(comparisons))
+        md += ("\nPaired differences (variant - reference) over the seeds both have (same seed: same "
+               f"initialisation and data order); mean, {round(CONFIDENCE * 100)} % confidence interval and "
+               "p-value of the paired t-test (scipy.stats.ttest_rel).\n\n" + comparison_table(comparisons))
+    base_flag = {True: "yes", False: "no", None: "unknown"}[conv["baseline_converged"]]
+    md += (f"\nConvergence: mAP over the last {round((1 - conv['tail_start']) * 100)} % of the iterations "
+           "(range = max - min, drift = last - value at the window's start). "
+           f"Baseline `{conv['baseline']}` converged on every seed: {base_flag}.\n\n"
+           + convergence_table(conv))
+    made = _figures(rows, results, out_root) if figures else {}
+    if made:
+        md += "\n" + "".join(f"![{what}]({name})\n" for name, what in made.items())
     _write_text(os.path.join(out_root, "ablation.md"), md)
-    runs = [{k: r[k] for k in RUN_FIELDS if k in r} for r in outcome["results"]]
+    runs = [{k: r[k] for k in RUN_FIELDS if k in r} for r in results]
     _write_text(os.path.join(out_root, "ablation.json"), json.dumps(
-        {"spec": spec["_path"], "base_config": spec["base_config"], "variants": rows, "runs": runs,
-         "failed": outcome["failed"], "not_run": outcome.get("not_run", []), "comparisons": comparisons}, indent=2))
+        {"spec": spec["_path"], "base_config": spec["base_config"], "data": spec.get("data"), "variants": rows,
+         "runs": runs, "failed": outcome["failed"], "not_run": outcome.get("not_run", []),
+         "comparisons": comparisons, "convergence": conv, "search": outcome.get("search"),
+         "figures": made}, indent=2))
     return rows

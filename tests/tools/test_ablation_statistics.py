@@ -1,0 +1,146 @@
+"""galw.ablation's paired statistics, convergence figures, tables and plots on hand-made run results."""
+import json
+import math
+
+import pytest
+
+from galw import ablation
+from galw.ablation import plots
+
+SPEC = {"_path": "spec.yaml", "base_config": "base.yaml", "common_opts": [],
+        "variants": [{"name": n, "tables": ["1"]} for n in ("equal", "tuned_static", "galw_g4", "close")]}
+
+
+def _curve(points):
+    return [{"iteration": it, "mAP": m, "top1": m + 30} for it, m in points]
+
+
+def _results(values):
+    """[{"name", "seed", "mAP", "top1", "curve"}] from {name: {seed: mAP}}; top-1 = mAP + 30."""
+    return [{"name": n, "seed": s, "mAP": m, "top1": m + 30,
+             "curve": _curve([(0, 0.0), (500, m - 5), (800, m - 0.5), (1000, m)])}
+            for n, by_seed in values.items() for s, m in by_seed.items()]
+
+
+VALUES = {"equal": {1: 50.0, 2: 52.0, 3: 54.0},
+          "tuned_static": {1: 55.0, 2: 55.0, 3: 57.0, 4: 58.0, 5: 56.0},
+          "galw_g4": {1: 60.0, 2: 61.0, 3: 65.0},
+          "close": {2: 53.0, 3: 57.0, 4: 60.0}}
+
+
+def test_paired_difference_on_hand_values():
+    from scipy.stats import t as student_t
+
+    rows = ablation.aggregate(SPEC, _results(VALUES))
+    by = {r["name"]: r for r in rows}
+    got = ablation.paired(by["galw_g4"], by["equal"], "mAP")
+    # per-seed differences 10, 9, 11: mean 10, sample std 1, n 3, df 2
+    assert got["n"] == 3 and got["seeds"] == [1, 2, 3] and got["diffs"] == [10.0, 9.0, 11.0]
+    assert got["mean_diff"] == pytest.approx(10.0)
+    half = student_t.ppf(0.975, 2) / math.sqrt(3)
+    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(10 - half), pytest.approx(10 + half))
+    assert got["p"] == pytest.approx(2 * student_t.sf(10 * math.sqrt(3), 2))
+    # only the seeds both have: close has 2, 3, 4 and equal 1, 2, 3 -> seeds 2 and 3, diffs 1 and 3
+    close = ablation.paired(by["close"], by["equal"], "mAP")
+    assert close["seeds"] == [2, 3] and close["mean_diff"] == pytest.approx(2.0)
+    assert close["ci_low"] == pytest.approx(2 - student_t.ppf(0.975, 1) * 1.0)  # std sqrt(2) / sqrt(2)
+    assert close["p"] == pytest.approx(2 * student_t.sf(2.0, 1))
+    # one shared seed: a difference, no interval
+    one = ablation.paired({"seeds": [4], "mAP": [60.0]}, by["tuned_static"], "mAP")
+    assert (one["n"], one["mean_diff"], one["ci_low"], one["p"]) == (1, 2.0, None, None)
+    assert ablation.paired({"seeds": [9], "mAP": [1.0]}, by["equal"], "mAP") is None
+    # the same difference on every seed: a point interval, not NaN
+    same = ablation.paired({"seeds": [1, 2, 3], "mAP": [51.0, 53.0, 55.0]}, by["equal"], "mAP")
+    assert (same["ci_low"], same["ci_high"], same["p"]) == (1.0, 1.0, 0.0)
+
+
+def test_every_variant_against_equal_and_tuned_static_once():
+    rows = ablation.aggregate(SPEC, _results(VALUES))
+    pairs = [(c["name"], c["reference"]) for c in ablation.all_comparisons(rows)]
+    assert pairs == [("tuned_static", "equal"), ("galw_g4", "equal"), ("close", "equal"),
+                     ("galw_g4", "tuned_static"), ("close", "tuned_static")]
+    g4 = next(c for c in ablation.all_comparisons(rows) if c["name"] == "galw_g4" and c["reference"] == "tuned_static")
+    assert g4["mAP"]["diffs"] == [5.0, 6.0, 8.0] and g4["top1"]["mean_diff"] == pytest.approx(19 / 3)
+    table = ablation.comparison_table([g4]).splitlines()
+    assert table[0] == ("| variant | vs | n | Δ mAP | 95 % CI | p | n | Δ top-1 | 95 % CI | p |")
+    assert table[2].startswith("| galw_g4 | tuned_static | 3 | +6.33 | [+2.54, +10.13] | ")
+
+
+def test_convergence_of_one_curve_on_hand_values():
+    # window from 0.8 x 1000 = 800: values 44 (at 800), 45, 44.5 -> range 1.0, drift +0.5
+    c = ablation.run_convergence(_curve([(0, 0.0), (700, 40.0), (800, 44.0), (900, 45.0), (1000, 44.5)]))
+    assert (c["start"], c["end"], c["evaluations"]) == (800.0, 1000.0, 2)
+    assert (c["value_at_start"], c["range"], c["drift"]) == (44.0, 1.0, 0.5)
+    # evaluations every 300 iterations from 299: the start 959.2 is interpolated between 899 and 1199
+    c = ablation.run_convergence(_curve([(299, 10.0), (599, 20.0), (899, 30.0), (1199, 31.0)]))
+    at = 30.0 + (959.2 - 899) / 300
+    assert c["value_at_start"] == pytest.approx(at) and c["range"] == pytest.approx(31 - at)
+    assert c["drift"] == pytest.approx(31 - at) and c["evaluations"] == 1
+    # a window that falls: the range is max - min, the drift negative
+    c = ablation.run_convergence(_curve([(0, 50.0), (800, 50.0), (900, 52.0), (1000, 48.5)]))
+    assert (c["range"], c["drift"]) == (3.5, -1.5)
+    # only the final evaluation: nothing to say
+    c = ablation.run_convergence(_curve([(3000, 70.0)]))
+    assert (c["range"], c["drift"], c["last"]) == (None, None, 70.0)
+    assert ablation.run_convergence([])["range"] is None
+
+
+def test_worst_seed_and_the_baseline_flag():
+    results = [
+        {"name": "equal", "seed": 1, "curve": _curve([(0, 0.0), (800, 50.0), (1000, 50.6)])},
+        {"name": "equal", "seed": 2, "curve": _curve([(0, 0.0), (800, 50.0), (900, 50.9), (1000, 50.2)])},
+        {"name": "galw_g4", "seed": 1, "curve": _curve([(0, 0.0), (800, 50.0), (1000, 53.0)])},
+        {"name": "galw_g4", "seed": 2, "curve": _curve([(0, 0.0), (800, 50.0), (1000, 49.0)])},
+        {"name": "tuned_static", "seed": 1, "curve": _curve([(1000, 50.0)])},
+    ]
+    conv = ablation.convergence(SPEC, results)
+    by = {v["name"]: v for v in conv["variants"]}
+    assert by["equal"]["worst_seed"] == 2 and by["equal"]["worst_range"] == pytest.approx(0.9)
+    assert by["equal"]["worst_drift"] == pytest.approx(0.6) and by["equal"]["converged"] is True
+    assert conv["baseline_converged"] is True
+    assert (by["galw_g4"]["worst_seed"], by["galw_g4"]["worst_drift"], by["galw_g4"]["converged"]) == (1, 3.0, False)
+    assert by["tuned_static"]["converged"] is None and by["tuned_static"]["worst_seed"] is None
+    # one equal seed still moving by a point: the baseline has not converged
+    results[1]["curve"] = _curve([(0, 0.0), (800, 50.0), (1000, 51.0)])
+    assert ablation.convergence(SPEC, results)["baseline_converged"] is False
+    table = ablation.convergence_table(ablation.convergence(SPEC, results)).splitlines()
+    assert table[2] == "| equal | 2 | 1.00 | +1.00 | **no** |"
+    assert table[3] == "| tuned_static | n/a | n/a | n/a | n/a (curve too short) |"
+
+
+def test_curve_band_uses_iterations_every_seed_has():
+    results = [{"name": "equal", "seed": 1, "curve": _curve([(100, 10.0), (200, 20.0), (300, 30.0)])},
+               {"name": "equal", "seed": 2, "curve": _curve([(100, 14.0), (200, 22.0)])}]
+    its, mean, std, n = plots.curve_band(results, "equal")
+    assert its.tolist() == [100, 200] and mean.tolist() == [12.0, 21.0] and n == 2
+    assert std.tolist() == pytest.approx([8 ** 0.5, 2 ** 0.5])
+    assert plots.curve_band(results, "galw_g4") is None
+
+
+def test_write_tables_writes_tables_json_and_figures(tmp_path):
+    results = _results(VALUES)
+    outcome = {"results": results, "failed": [], "not_run": [{"name": "galw_g4", "seed": 4}]}
+    rows = ablation.write_tables(SPEC, outcome, str(tmp_path))
+    assert [r["name"] for r in rows] == ["equal", "tuned_static", "galw_g4", "close"]
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| tuned_static | 1 | 5 | 56.20 ± 1.30 | 86.20 ± 1.30 |" in md
+    assert "| galw_g4 | equal | 3 | +10.00 | " in md
+    # every curve moves 0.5 over its window (m - 0.5 at 800, m at 1000): all converged
+    assert "Baseline `equal` converged on every seed: yes." in md
+    assert "![mAP per variant, mean ± std over seeds](ablation_means.png)" in md
+    for name in ("ablation_means.png", "ablation_curves.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["convergence"]["baseline_converged"] is True
+    assert [v["worst_range"] for v in saved["convergence"]["variants"]] == [0.5] * 4
+    assert saved["comparisons"][0]["mAP"]["diffs"] == [5.0, 3.0, 3.0]
+    assert sorted(saved["figures"]) == ["ablation_curves.png", "ablation_means.png"]
+    assert saved["not_run"] == [{"name": "galw_g4", "seed": 4}]
+
+
+def test_learning_curves_need_one_of_the_variants(tmp_path):
+    with pytest.raises(ValueError, match="none of"):
+        plots.plot_learning_curves([{"name": "close", "seed": 1, "curve": _curve([(1, 1.0)])}],
+                                   str(tmp_path / "c.png"))
+    drawn = plots.plot_learning_curves(_results({"equal": {1: 50.0}, "close": {1: 1.0}}), str(tmp_path / "c.png"))
+    assert drawn == ["equal"] and (tmp_path / "c.png").stat().st_size > 1000
