@@ -12,6 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..metadata import current_metadata
 from .attributes import attach_attributes
 from .cuhk_sysu import CUHKSYSU
+from .id_val import SUFFIX, register_id_val
 from .prw import PRW
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ def register_person_search(prefix, kind, root=None, subdir=None):
 
 
 def register_all():
+    """The BUILTIN datasets; the PRW-layout ones also with their validation split by identity (id_val.py)."""
     for prefix, (kind, subdir) in BUILTIN.items():
         if f"{prefix}_train" not in DatasetCatalog.list():
             register_person_search(prefix, kind, subdir=subdir)
+        if kind == "prw" and f"{prefix}{SUFFIX}_train" not in DatasetCatalog.list():
+            register_id_val(prefix)
