@@ -169,11 +169,19 @@ def _ablation():
     return module
 
 
-def _variant_cfgs():
+def _variant_cfgs(search=False):
+    """The config of every planned run (seed 1; tuned_static with the first candidate's weights), or
+    with ``search`` of every search run."""
+    from galw.ablation import TUNED_WEIGHTS, plan_search, weights_text
+
     ablation = _ablation()
     spec = ablation.load_spec(ABLATION_SPEC)
     base = ablation.base_config_path(spec)
-    for run in ablation.plan_runs(spec, "/nonexistent", seeds=spec["seeds"][:1]):
+    tuned = weights_text(spec["search"]["candidates"][0]["weights"])
+    runs = plan_search(spec, "/nonexistent") if search else ablation.plan_runs(spec, "/nonexistent",
+                                                                               seeds=spec["seeds"][:1])
+    for run in runs:
+        run["opts"] = [tuned if o == TUNED_WEIGHTS else o for o in run["opts"]]
         cfg = get_cfg()
         galw.add_galw_config(cfg)
         cfg.merge_from_file(base)
@@ -216,7 +224,28 @@ def test_ablation_variants_use_real_keys_and_values():
                                                     sorted([t[0], t[1], t[3], t[7], t[8]])]
         if name == "random_grouping_g4":
             assert len(groups) == 4 and g.RANDOM_SEED == run["seed"]
-    assert {"equal", "manual", "ulwf", "rulwf", "galw_g4", "branch_grouping", "random_grouping_g4"} <= seen
+    assert {"equal", "manual", "tuned_static", "ulwf", "rulwf", "galw_g4", "branch_grouping",
+            "random_grouping_g4"} <= seen
+
+
+def test_ablation_search_trains_static_weights_on_the_validation_split():
+    """Every candidate of the weight search is a valid manual weighting of t1..t10, trained and
+    scored on the registered validation split of the training identities, not the test gallery."""
+    from detectron2.data import DatasetCatalog
+
+    seen = {}
+    for _spec, run, cfg in _variant_cfgs(search=True):
+        g = cfg.MODEL.GALW
+        assert (g.ENABLED, g.WEIGHTING, g.GROUPING) == (True, "manual", "per_task"), run["name"]
+        LossWeighting(cfg).configure(g.WEIGHTING, fixed_groups_from_config(cfg, list(g.TASKS)))
+        assert cfg.DATASETS.TRAIN == ("synth_prw_idval_train",) and cfg.DATASETS.TEST == ("synth_prw_idval_gallery",)
+        assert set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST) <= set(DatasetCatalog.list())
+        seen[run["name"]] = list(g.MANUAL_WEIGHTS)
+    assert len(seen) >= 8 and len({tuple(w) for w in seen.values()}) == len(seen)
+    manual = [1, 1, 10, 1, 10, 10, 10, 10, 10, 1]  # the manual variant's (Table 1's best row)
+    assert seen["equal"] == [1] * 10 and seen["table1_best"] == manual
+    assert seen["nae_x2"] == [2] * 5 + [1] * 5 and seen["alignps_x0.5"] == [1] * 5 + [0.5] * 5
+    assert seen["reid_x5"] == [1, 1, 1, 1, 5, 1, 1, 1, 5, 5]  # loss_nae_oim, loss_aps_oim, loss_aps_tri
 
 
 def test_ablation_runs_at_the_demo_scale():

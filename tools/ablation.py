@@ -7,12 +7,19 @@
     python tools/ablation.py ... --max-iter 100 --opts MODEL.GALW.EPOCH_ITERS 25   # reduced scale
     python tools/ablation.py ... --jobs 2                               # two seeds at a time
     python tools/ablation.py ... --table-only                           # tabulate what has finished
+    python tools/ablation.py ... --data data1                           # on SynthPS drawn with seed 1
+    python tools/ablation.py --report                                   # report from results/ablation/
 
-Runs train_net.py once per (variant, seed), each in OUT/<variant>/seed<k>; one seed's runs go in
+Runs train_net.py once per (variant, seed), each in OUT/<data>/<variant>/seed<k>, on the spec's
+dataset <data> (SynthPS-PRW generated with its seed in OUT/<data>/datasets); one seed's runs go in
 spec order, and --jobs N runs N seeds side by side. A variant with ``groups_from`` reuses the
-Gamma history and initial weights of an earlier variant's first GALW training. Resumable: a run
-whose ablation_result.json exists is not run again. Writes OUT/ablation.md (mean and sample std
-per variant, each variant against ``equal`` and ``galw_g4``) and OUT/ablation.json.
+Gamma history and initial weights of an earlier variant's first GALW training; one with
+``{tuned_weights}`` trains with the best static weights of the spec's search (run first, in
+OUT/<data>/search, scored on a validation split of the training identities). Resumable: a run
+whose ablation_result.json exists is not run again; a copy goes to RESULTS/<data>/<variant>/
+seed<k>.json. Writes OUT/<data>/ablation.md, ablation.json and figures: mean and sample std per
+variant, paired differences against ``equal`` and ``tuned_static``, convergence over the last
+20 % of each run. --report writes them into RESULTS/<data>/ from the copies alone.
 The runner is the package's ``galw.ablation`` (docs/tools.md).
 """
 import argparse
@@ -25,6 +32,8 @@ from galw.ablation import base_config_path, load_spec, plan_runs  # noqa: F401  
 from galw.engine import setup_logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Where the runs' result files are kept for committing (one folder per dataset).
+RESULTS = os.path.join(ROOT, "results", "ablation")
 
 
 def build_parser():
@@ -40,6 +49,11 @@ def build_parser():
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--table-only", action="store_true",
                         help="tabulate the runs already finished under --out (while others run), train nothing")
+    parser.add_argument("--data", help="the spec's dataset to run on (default: its first)")
+    parser.add_argument("--results", help=f"keep each run's result file under RESULTS/<data>/ (default {RESULTS}; "
+                        "none with --max-iter or --opts unless named)")
+    parser.add_argument("--report", action="store_true",
+                        help="tables, JSON and figures into RESULTS/<data>/ from the result files there; trains nothing")
     parser.add_argument("--max-iter", type=int, help="reduced scale: SOLVER.MAX_ITER of every run (LR steps "
                         "scaled alike); use a fresh --out, finished runs are reused by folder")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
@@ -55,25 +69,35 @@ def main(argv=None):
         parser.error(f"--opts needs KEY VALUE pairs, got {args.opts}")
     setup_logging()
     spec = ablation.load_spec(args.spec)
+    data = ablation.select_dataset(spec, args.data)
+    spec["data"] = f"{data['name']}: SynthPS-PRW, data seed {data['seed']}, size {data['size']}"
+    reduced = args.max_iter is not None or bool(args.opts)
+    results = args.results or (None if reduced and not args.report else RESULTS)
+    results_dir = os.path.join(results, data["name"]) if results else None
+    out_root = os.path.join(args.out, data["name"])
     if args.max_iter is not None:
         spec["common_opts"] = list(spec["common_opts"]) + ablation.schedule_opts(spec, args.max_iter)
     spec["common_opts"] = list(spec["common_opts"]) + list(args.opts)
     extra = ["--num-gpus", str(args.num_gpus)] if args.num_gpus != 1 else []
     if args.dry_run:
-        for cmd in ablation.dry_run_commands(spec, args.out, args.only, args.seeds, extra_args=extra):
+        for cmd in ablation.dry_run_commands(spec, out_root, args.only, args.seeds, extra_args=extra):
             print(" ".join(cmd))
         return None
-    if args.table_only:
-        outcome = ablation.finished_runs(spec, args.out, only=args.only, seeds=args.seeds)
+    tables_dir = out_root
+    if args.report:
+        outcome = ablation.finished_runs(spec, out_root, args.only, args.seeds, results_dir, ablation.committed_result)
+        tables_dir = results_dir
+    elif args.table_only:
+        outcome = ablation.finished_runs(spec, out_root, only=args.only, seeds=args.seeds)
     else:
-        runner = ablation.subprocess_runner
-        if args.jobs > 1:  # the CPU's cores shared out between the concurrent runs
-            runner = partial(ablation.subprocess_runner, threads=max(1, (os.cpu_count() or 1) // args.jobs))
-        outcome = ablation.run_ablation(spec, args.out, runner=runner, only=args.only, seeds=args.seeds,
-                                        extra_args=extra, jobs=args.jobs)
-    rows = ablation.write_tables(spec, outcome, args.out)
+        threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None  # cores shared out
+        runner = partial(ablation.subprocess_runner, threads=threads,
+                         datasets_root=ablation.prepare_dataset(args.out, data))
+        outcome = ablation.run_ablation(spec, out_root, runner=runner, only=args.only, seeds=args.seeds,
+                                        extra_args=extra, jobs=args.jobs, results_dir=results_dir)
+    rows = ablation.write_tables(spec, outcome, tables_dir)
     print(ablation.markdown_table(rows))
-    print(f"wrote {os.path.join(args.out, 'ablation.md')} and ablation.json")
+    print(f"wrote {os.path.join(tables_dir, 'ablation.md')}, ablation.json and the figures")
     return outcome
 
 

@@ -1,17 +1,22 @@
 """The loss-weighting and grouping ablations (the paper's Tables 1-5) over seeds, resumable.
 
 ``spec``: the variant table and the planned runs; ``regroup``: variants that reuse another run's
-Gamma history; ``runner``: one ``train_net.py`` subprocess per (variant, seed), skipped when its
-result file exists; ``run_result``: that file; ``statistics``: mean ± std per variant and paired differences
-against the references; ``convergence``: how much mAP still moved at the end of each run;
+Gamma history; ``search``: the static weights tried on a validation split for ``tuned_static``;
+``data``: SynthPS per data seed; ``runner``: one ``train_net.py`` subprocess per (variant, seed),
+skipped when its result file exists; ``run_result``: that file (and its copy for committing);
+``statistics``: mean ± std per variant and paired differences against the references;
+``convergence``: how much mAP still moved at the end of each run;
 ``plots``: the figures; ``tables``: ``ablation.md`` / ``ablation.json`` and the figures.
 ``tools/ablation.py`` is the command line.
 """
 from .regroup import GROUPS_INPUT, galw_group_tasks, regroup_from_run
-from .run_result import (METRICS, RESULT_FILE, collect_metrics, metrics_curve, result_data, run_groups,
-                         save_result, saved_result, weight_trajectories)
-from .runner import dry_run_commands, finished_runs, run_ablation, run_one, subprocess_runner
-from .spec import REPO_ROOT, base_config_path, load_spec, plan_runs, schedule_opts, train_command
+from .data import dataset_root, prepare_dataset, select_dataset
+from .run_result import (METRICS, RESULT_FILE, collect_metrics, committed_result, keep_copy, metrics_curve,
+                         result_data, run_groups, save_result, saved_result, weight_trajectories)
+from .runner import dry_run_commands, finished_runs, run_ablation, run_one, run_search, subprocess_runner
+from .search import SEARCH_DIR, choose, plan_search, weights_text
+from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_path, load_spec, plan_runs, schedule_opts, train_command,
+                   variant_seeds)
 from .convergence import convergence, run_convergence, variant_convergence
 from .statistics import COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_comparisons
 from .tables import comparison_table, convergence_table, markdown_table, write_tables
@@ -23,16 +28,22 @@ __all__ = [
     "REFERENCES",
     "REPO_ROOT",
     "RESULT_FILE",
+    "SEARCH_DIR",
+    "TUNED_WEIGHTS",
     "aggregate",
     "all_comparisons",
     "base_config_path",
+    "choose",
     "collect_metrics",
+    "committed_result",
     "comparison_table",
     "convergence",
     "convergence_table",
+    "dataset_root",
     "dry_run_commands",
     "finished_runs",
     "galw_group_tasks",
+    "keep_copy",
     "load_spec",
     "markdown_table",
     "mean_std",
@@ -40,18 +51,24 @@ __all__ = [
     "paired",
     "paired_comparisons",
     "plan_runs",
+    "plan_search",
+    "prepare_dataset",
     "regroup_from_run",
     "result_data",
     "run_ablation",
-    "run_groups",
     "run_convergence",
+    "run_groups",
     "run_one",
+    "run_search",
     "save_result",
     "saved_result",
     "schedule_opts",
+    "select_dataset",
     "subprocess_runner",
     "train_command",
     "variant_convergence",
+    "variant_seeds",
     "weight_trajectories",
+    "weights_text",
     "write_tables",
 ]

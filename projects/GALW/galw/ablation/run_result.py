@@ -3,18 +3,24 @@
 ``OUT/<variant>/seed<k>/ablation_result.json`` is written through ``galw.results.write_result``
 (machine, load, versions, commit and date beside the data, complete or absent). Its ``data`` holds
 the final figures (search mAP, top-1, top-10, detection AP), the curve (those figures at every
-evaluation in metrics.json), the groups GALW found and the sigma / weight trajectories.
+evaluation in metrics.json), the groups GALW found and the sigma / weight trajectories (and, for a
+search run, the weight vector it tried). With ``run["result_copy"]`` the same file is also kept at
+that path (``results/ablation/<data>/<variant>/seed<k>.json``), so the study can be committed and
+its report rebuilt from the copies alone.
 """
 import json
 import math
 import os
 import shlex
+import shutil
+
+from galw_core.files import atomic_write
 
 from galw.results import read_result, write_result
 from galw.visualization.run_files import find_groups_json, load_metrics_records, scalar_series
 
-__all__ = ["METRICS", "RESULT_FILE", "collect_metrics", "metrics_curve", "result_data", "run_groups",
-           "saved_result", "save_result", "weight_trajectories"]
+__all__ = ["METRICS", "RESULT_FILE", "collect_metrics", "committed_result", "keep_copy", "metrics_curve",
+           "result_data", "run_groups", "saved_result", "save_result", "weight_trajectories"]
 
 #: The result file in a run's folder.
 RESULT_FILE = "ablation_result.json"
@@ -110,16 +116,37 @@ def run_groups(out_dir):
 def result_data(run, seconds):
     """The ``data`` of a finished run's result file, read from its folder."""
     records = _records(run["out_dir"])
-    return dict(name=run["name"], seed=run["seed"], seconds=round(seconds, 1), **collect_metrics(run["out_dir"]),
+    data = dict(name=run["name"], seed=run["seed"], seconds=round(seconds, 1), **collect_metrics(run["out_dir"]),
                 curve=metrics_curve(records), groups=run_groups(run["out_dir"]),
                 trajectories=weight_trajectories(records))
+    if run.get("weights") is not None:
+        data["weights"] = run["weights"]
+    return data
 
 
 def save_result(run, data, cmd):
     """Write ``OUT_DIR/ablation_result.json`` (complete or absent); returns its path."""
     out_dir = run["out_dir"]
-    return write_result(os.path.basename(out_dir), os.path.splitext(RESULT_FILE)[0], data,
+    path = write_result(os.path.basename(out_dir), os.path.splitext(RESULT_FILE)[0], data,
                         root=os.path.dirname(out_dir), command=shlex.join(cmd))
+    keep_copy(run)
+    return path
+
+
+def keep_copy(run):
+    """Copy the run's result file to ``run["result_copy"]`` (when set and not there yet), atomically."""
+    dst = run.get("result_copy")
+    if not dst or os.path.isfile(dst):
+        return
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(os.path.join(run["out_dir"], RESULT_FILE), "rb") as src:
+        atomic_write(dst, lambda f: shutil.copyfileobj(src, f))
+
+
+def committed_result(run):
+    """The ``data`` of the run's kept copy (``run["result_copy"]``), or None."""
+    path = run.get("result_copy")
+    return read_result(path)["data"] if path and os.path.isfile(path) else None
 
 
 def saved_result(run):

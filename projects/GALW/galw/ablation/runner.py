@@ -1,7 +1,9 @@
 """Running the planned trainings: one subprocess each, resumable through the runs' result files.
 
 A run whose result file exists is not trained again, so a study can be completed over several
-invocations; failed runs are reported and retried on the next one.
+invocations; failed runs are reported and retried on the next one. When a planned variant uses the
+search's weights (``{tuned_weights}``), the search's runs go first (search.py) and its best vector
+is put into that variant's opts; until the search is complete such runs are reported as failed.
 """
 import logging
 import os
@@ -10,23 +12,27 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .regroup import galw_group_tasks, regroup_from_run
-from .run_result import RESULT_FILE, result_data, save_result, saved_result
-from .spec import REPO_ROOT, base_config_path, plan_runs, train_command
+from .run_result import RESULT_FILE, keep_copy, result_data, save_result, saved_result
+from .search import choose, plan_search, weights_text
+from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, plan_runs, train_command
 
-__all__ = ["dry_run_commands", "finished_runs", "run_ablation", "run_one", "subprocess_runner"]
+__all__ = ["dry_run_commands", "finished_runs", "run_ablation", "run_one", "run_search", "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
 
 
-def subprocess_runner(cmd, out_dir, threads=None):
+def subprocess_runner(cmd, out_dir, threads=None, datasets_root=None):
     """Run one training; its output goes to ``OUT_DIR/ablation_log.txt``. Returns the exit code.
 
-    ``threads``: OMP/MKL thread count of the run (parallel CPU runs share the cores).
+    ``threads``: OMP/MKL thread count of the run (parallel CPU runs share the cores);
+    ``datasets_root``: its DETECTRON2_DATASETS (the study's dataset, data.py).
     """
     os.makedirs(out_dir, exist_ok=True)
-    env = None
+    env = dict(os.environ)
     if threads:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if datasets_root:
+        env["DETECTRON2_DATASETS"] = datasets_root
     with open(os.path.join(out_dir, "ablation_log.txt"), "a") as log:
         return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
 
@@ -45,6 +51,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     saved = saved_result(run)
     if saved is not None:
         logger.info("%s: done before, reusing %s", tag, os.path.join(run["out_dir"], RESULT_FILE))
+        keep_copy(run)
         return saved, None
     if src and (src["variant"], run["seed"]) not in done:
         return failure(f"groups_from run {src['variant']} did not finish")
@@ -67,43 +74,46 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     return data, None
 
 
-def finished_runs(spec, out_root, only=None, seeds=None):
-    """{"results", "failed": [], "not_run"} from the result files of the planned runs; trains nothing."""
+def _tuned(runs):
+    return any(TUNED_WEIGHTS in r["opts"] for r in runs)
+
+
+def finished_runs(spec, out_root, only=None, seeds=None, results_dir=None, read=saved_result):
+    """{"results", "failed": [], "not_run", "search"} from the result files of the planned runs; trains
+    nothing. ``read``: saved_result (the runs' folders) or run_result.committed_result (the copies
+    under ``results_dir``)."""
     results, not_run = [], []
-    for run in plan_runs(spec, out_root, only, seeds):
-        saved = saved_result(run)
+    runs = plan_runs(spec, out_root, only, seeds, results_dir)
+    for run in runs:
+        saved = read(run)
         if saved is not None:
             results.append(saved)
         else:
             not_run.append({"name": run["name"], "seed": run["seed"]})
-    return {"results": results, "failed": [], "not_run": not_run}
+    search = None
+    if _tuned(runs):
+        search = choose(spec, [d for d in map(read, plan_search(spec, out_root, results_dir)) if d is not None])
+    return {"results": results, "failed": [], "not_run": not_run, "search": search}
 
 
 def dry_run_commands(spec, out_root, only=None, seeds=None, extra_args=()):
-    """The command line of every planned run (a ``groups_from`` run's groups file named by its source)."""
-    commands = []
-    for run in plan_runs(spec, out_root, only, seeds):
+    """The command line of every planned run, the search's first when a variant needs it (a
+    ``groups_from`` run's groups file named by its source, the searched weights by the placeholder)."""
+    runs = plan_runs(spec, out_root, only, seeds)
+    commands = [train_command(spec, r, extra_args=extra_args) for r in plan_search(spec, out_root)] \
+        if _tuned(runs) else []
+    for run in runs:
         src = run["groups_from"]
         extra = ["MODEL.GALW.GROUPS_FILE", "<regrouped from " + src["groups_file"] + ">"] if src else []
         commands.append(train_command(spec, run, extra_args=extra_args, extra_opts=extra))
     return commands
 
 
-def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(),
-                 group_tasks=galw_group_tasks, jobs=1):
-    """Run every planned run not already done; returns {"results": [...], "failed": [...]} in plan order.
-
-    ``jobs`` > 1 runs the seeds' chains concurrently (a chain is one seed's runs in spec order,
-    so a ``groups_from`` source always finishes before the runs that regroup it).
-    """
-    runs = plan_runs(spec, out_root, only, seeds)
-    if not os.path.isfile(base_config_path(spec)):
-        raise FileNotFoundError(f"{spec['_path']}: base_config {spec['base_config']!r} does not exist")
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
+    """Run (tag, run) pairs, chains side by side (``chain_of(run)``), each chain in order."""
     chains = {}
-    for i, run in enumerate(runs, 1):
-        chains.setdefault(run["seed"], []).append((f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}", run))
+    for tag, run in tagged:
+        chains.setdefault(chain_of(run), []).append((tag, run))
 
     def run_chain(chain):
         results, failed, done = [], [], set()
@@ -118,9 +128,44 @@ def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         outcomes = list(pool.map(run_chain, chains.values()))
-    results = [r for chain_results, _ in outcomes for r in chain_results]
-    failed = [f for _, chain_failed in outcomes for f in chain_failed]
+    return [r for rs, _ in outcomes for r in rs], [f for _, fs in outcomes for f in fs]
+
+
+def run_search(spec, out_root, runner, extra_args=(), jobs=1, results_dir=None):
+    """Train the search's candidates not already done (``jobs`` at a time); choose()'s summary plus
+    "failed" (the failed candidate runs)."""
+    runs = plan_search(spec, out_root, results_dir)
+    tagged = [(f"[search {i}/{len(runs)}] {r['name']} seed {r['seed']}", r) for i, r in enumerate(runs, 1)]
+    results, failed = _run_all(spec, tagged, runner, extra_args, galw_group_tasks, lambda r: r["out_dir"], jobs)
+    return dict(choose(spec, results), failed=failed)
+
+
+def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(),
+                 group_tasks=galw_group_tasks, jobs=1, results_dir=None):
+    """Run every planned run not already done; returns {"results", "failed", "search"} in plan order.
+
+    ``jobs`` > 1 runs the seeds' chains concurrently (a chain is one seed's runs in spec order,
+    so a ``groups_from`` source always finishes before the runs that regroup it).
+    """
+    runs = plan_runs(spec, out_root, only, seeds, results_dir)
+    if not os.path.isfile(base_config_path(spec)):
+        raise FileNotFoundError(f"{spec['_path']}: base_config {spec['base_config']!r} does not exist")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    failed, search = [], None
+    if _tuned(runs):
+        search = run_search(spec, out_root, runner, extra_args, jobs, results_dir)
+        failed += search.pop("failed")
+        blocked = [r for r in runs if TUNED_WEIGHTS in r["opts"] and search["weights"] is None]
+        failed += [{"name": r["name"], "seed": r["seed"], "reason": "the weight search is not complete"}
+                   for r in blocked]
+        runs = [r for r in runs if r not in blocked]
+        for r in runs:
+            r["opts"] = [weights_text(search["weights"]) if o == TUNED_WEIGHTS else o for o in r["opts"]]
+    tagged = [(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}", r) for i, r in enumerate(runs, 1)]
+    results, chain_failed = _run_all(spec, tagged, runner, extra_args, group_tasks, lambda r: r["seed"], jobs)
+    failed += chain_failed
     if failed:
         logger.warning("%d run(s) failed or were skipped: %s", len(failed),
                        ", ".join(f"{f['name']}/seed{f['seed']}" for f in failed))
-    return {"results": results, "failed": failed}
+    return {"results": results, "failed": failed, "search": search}

@@ -1,18 +1,34 @@
 """The ablation spec (``tools/ablation_spec.yaml``): its validation and the runs it plans.
 
 A run is one (variant, seed): a ``train_net.py`` training in ``OUT/<variant>/seed<k>`` with the
-base config, the spec's common overrides and the variant's own (``{seed}`` in them = the seed).
+base config, the spec's common overrides and the variant's own (``{seed}`` in them = the seed;
+``{tuned_weights}`` = the static weights the spec's ``search`` chose, search.py). A variant trains
+the seeds it lists (``seeds``), else the spec's.
 """
 import os
 import sys
 
 import yaml
 
-__all__ = ["REPO_ROOT", "base_config_path", "load_spec", "plan_runs", "schedule_opts", "train_command"]
+from .data import validate_datasets
+from .search import SEARCH_DIR, validate_search
+
+__all__ = ["REPO_ROOT", "TUNED_WEIGHTS", "base_config_path", "load_spec", "plan_runs", "schedule_opts",
+           "train_command", "variant_seeds"]
 
 #: The repository root (projects/GALW/galw/ablation/spec.py -> <repo>): train_net.py and relative base configs.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))))
+#: The placeholder, in a variant's opts, for the weight vector the spec's search chose.
+TUNED_WEIGHTS = "{tuned_weights}"
+
+
+def _seed_list(value, where):
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) for s in value):
+        raise ValueError(f"{where} must be a non-empty list of integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where} lists a seed twice: {value}")
+    return value
 
 
 def load_spec(path):
@@ -25,17 +41,20 @@ def load_spec(path):
         if key not in spec:
             raise ValueError(f"{path}: missing field {key!r}")
     spec.setdefault("common_opts", [])
-    if not spec["seeds"] or not all(isinstance(s, int) for s in spec["seeds"]):
-        raise ValueError(f"{path}: 'seeds' must be a non-empty list of integers, got {spec['seeds']}")
+    _seed_list(spec["seeds"], f"{path}: 'seeds'")
     seen = []
     for i, v in enumerate(spec["variants"]):
         if not isinstance(v, dict) or "name" not in v or "opts" not in v:
             raise ValueError(f"{path}: variants[{i}] needs 'name' and 'opts'")
-        if v["name"] in seen:
-            raise ValueError(f"{path}: duplicate variant name {v['name']!r}")
+        if v["name"] in seen or v["name"] == SEARCH_DIR:
+            raise ValueError(f"{path}: duplicate variant name {v['name']!r} (or {SEARCH_DIR!r}, the search's folder)")
         if len(v["opts"]) % 2:
             raise ValueError(f"{path}: variant {v['name']!r} has an odd number of opts (KEY VALUE pairs)")
         v.setdefault("tables", [])
+        if "seeds" in v:
+            _seed_list(v["seeds"], f"{path}: variant {v['name']!r}: 'seeds'")
+        if TUNED_WEIGHTS in [str(o) for o in v["opts"]] and not spec.get("search"):
+            raise ValueError(f"{path}: variant {v['name']!r} uses {TUNED_WEIGHTS} but the spec has no 'search' section")
         src = v.get("groups_from")
         if src is not None:
             missing = [k for k in ("variant", "groups_file", "num_groups") if k not in src]
@@ -44,8 +63,14 @@ def load_spec(path):
             if src["variant"] not in seen:
                 raise ValueError(f"{path}: variant {v['name']!r}: groups_from.variant {src['variant']!r} "
                                  "must be a variant listed before it")
+            missing = sorted(set(variant_seeds(spec, v)) - set(variant_seeds(spec, _variant(spec, src["variant"]))))
+            if missing:
+                raise ValueError(f"{path}: variant {v['name']!r}: seeds {missing} are not seeds of its groups_from "
+                                 f"source {src['variant']!r}")
         seen.append(v["name"])
     spec["_path"] = path
+    validate_search(spec, path)
+    validate_datasets(spec, path)
     return spec
 
 
@@ -53,8 +78,15 @@ def _variant(spec, name):
     return next(v for v in spec["variants"] if v["name"] == name)
 
 
-def plan_runs(spec, out_root, only=None, seeds=None):
-    """The ordered runs: per seed, the variants in spec order (with ``only``, plus their groups_from sources)."""
+def variant_seeds(spec, variant):
+    """The seeds a variant trains: its own ``seeds``, else the spec's."""
+    return list(variant.get("seeds") or spec["seeds"])
+
+
+def plan_runs(spec, out_root, only=None, seeds=None, results_dir=None):
+    """The ordered runs: per seed, the variants in spec order that train it (with ``only``, plus their
+    groups_from sources). ``seeds`` replaces every variant's seeds. ``results_dir``: each run's result
+    file is also kept as ``results_dir/<variant>/seed<k>.json`` (run["result_copy"]), for committing."""
     out_root = os.path.abspath(out_root)
     names = [v["name"] for v in spec["variants"]]
     if only:
@@ -66,13 +98,16 @@ def plan_runs(spec, out_root, only=None, seeds=None):
             if v["name"] in wanted and v.get("groups_from"):
                 wanted.add(v["groups_from"]["variant"])
         names = [n for n in names if n in wanted]
-    seeds = list(seeds) if seeds else list(spec["seeds"])
+    per_variant = {n: list(seeds) if seeds else variant_seeds(spec, _variant(spec, n)) for n in names}
+    order = list(dict.fromkeys(s for n in names for s in per_variant[n]))
     runs = []
-    for seed in seeds:
-        for name in names:
+    for seed in order:
+        for name in (n for n in names if seed in per_variant[n]):
             v = _variant(spec, name)
             run = {"name": name, "seed": seed, "out_dir": os.path.join(out_root, name, f"seed{seed}"),
-                   "opts": [str(o).replace("{seed}", str(seed)) for o in v["opts"]], "groups_from": None}
+                   "opts": [str(o).replace("{seed}", str(seed)) for o in v["opts"]], "groups_from": None,
+                   "result_copy": os.path.join(os.path.abspath(results_dir), name, f"seed{seed}.json")
+                   if results_dir else None}
             src = v.get("groups_from")
             if src:
                 src_dir = os.path.join(out_root, src["variant"], f"seed{seed}")

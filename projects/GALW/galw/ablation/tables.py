@@ -112,10 +112,12 @@ def write_tables(spec, outcome, out_root, figures=True):
     if spec["common_opts"]:
         md += f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n"
     md += markdown_table(rows) + "\n" + note
-    if outcome.get("search"):
-        s = outcome["search"]
+    s = outcome.get("search")
+    if s and s["best"] is not None:
         md += (f"\ntuned_static's weights: search candidate `{s['best']}` "
                f"{s['weights']} (validation mAP {s['score']:.2f}; every candidate in ablation.json).\n")
+    elif s:
+        md += "\ntuned_static's weights: the search is not complete (its candidates in ablation.json).\n"
     if comparisons:
         md += ("\nPaired differences (variant - reference) over the seeds both have (same seed: same "
                f"initialisation and data order); mean, {round(CONFIDENCE * 100)} % confidence interval and "

@@ -1,0 +1,207 @@
+"""galw.ablation's study at convergence: seeds per variant, the static-weight search behind
+tuned_static, result files kept for committing and the report built from them, the data seed."""
+import importlib.util
+import json
+import os
+import shutil
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from galw import ablation
+from galw.results import read_result
+
+_cli_spec = importlib.util.spec_from_file_location("galw_tools_ablation_study", os.path.join(ROOT, "tools", "ablation.py"))
+cli = importlib.util.module_from_spec(_cli_spec)
+_cli_spec.loader.exec_module(cli)
+
+VAL = ["DATASETS.TRAIN", "('synth_prw_idval_train',)", "DATASETS.TEST", "('synth_prw_idval_gallery',)"]
+CANDIDATES = [{"name": "ones", "weights": [1, 1, 1]}, {"name": "mid", "weights": [1, 4, 1]},
+              {"name": "high", "weights": [1, 9, 1.5]}]
+
+
+def _spec(tmp_path, **over):
+    base = tmp_path / "base.yaml"
+    base.write_text("MODEL:\n  DEVICE: cpu\n")
+    spec = {"base_config": str(base), "seeds": [1, 2],
+            "datasets": [{"name": "d0", "seed": 0, "size": "tiny"}, {"name": "d7", "seed": 7, "size": "tiny"}],
+            "search": {"seeds": [1, 2], "candidates": CANDIDATES,
+                       "opts": ["MODEL.GALW.WEIGHTING", "manual", *VAL]},
+            "variants": [
+                {"name": "equal", "seeds": [1, 2, 3], "opts": ["MODEL.GALW.ENABLED", False]},
+                {"name": "tuned_static", "seeds": [1, 2, 3],
+                 "opts": ["MODEL.GALW.WEIGHTING", "manual", "MODEL.GALW.MANUAL_WEIGHTS", "{tuned_weights}"]},
+                {"name": "galw_g4", "opts": ["MODEL.GALW.NUM_GROUPS", 4]}]}
+    spec.update(over)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return ablation.load_spec(str(path))
+
+
+def _arg(cmd, key):
+    return cmd[cmd.index(key) + 1] if key in cmd else None
+
+
+class Trainer:
+    """Stands in for train_net.py. A search run scores 60 - |w2 - 4| - seed / 10 on validation
+    ("mid" is best); a variant run reaches 50 + seed (+ 3 for tuned_static), its curve flat at the end."""
+
+    def __init__(self, fail=()):
+        self.calls, self.fail = [], set(fail)
+
+    def __call__(self, cmd, out_dir):
+        seed, weights = int(_arg(cmd, "SEED")), _arg(cmd, "MODEL.GALW.MANUAL_WEIGHTS")
+        search = _arg(cmd, "DATASETS.TEST") is not None
+        name = os.path.basename(os.path.dirname(out_dir))
+        self.calls.append((name, seed, cmd))
+        if (name, seed) in self.fail:
+            return 1
+        if search:
+            m_ap = 60 - abs(json.loads(weights)[1] - 4) - seed / 10
+        else:
+            m_ap = 50.0 + seed + 3 * (name == "tuned_static")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            for it, m in ((50, m_ap - 20), (80, m_ap - 0.4), (100, m_ap)):
+                f.write(json.dumps({"iteration": it, "g/search/mAP": m, "g/search/top1": m + 20}) + "\n")
+        return 0
+
+
+def test_seeds_per_variant_and_their_checks(tmp_path):
+    spec = _spec(tmp_path)
+    runs = ablation.plan_runs(spec, str(tmp_path / "o"), results_dir=str(tmp_path / "r"))
+    assert [(r["name"], r["seed"]) for r in runs] == [
+        ("equal", 1), ("tuned_static", 1), ("galw_g4", 1), ("equal", 2), ("tuned_static", 2), ("galw_g4", 2),
+        ("equal", 3), ("tuned_static", 3)]
+    assert runs[-1]["result_copy"] == str(tmp_path / "r" / "tuned_static" / "seed3.json")
+    assert [(r["name"], r["seed"]) for r in ablation.plan_runs(spec, "o", seeds=[5])] == [
+        ("equal", 5), ("tuned_static", 5), ("galw_g4", 5)]
+    src = {"variant": "galw_g4", "groups_file": "g.json", "num_groups": 2}
+    with pytest.raises(ValueError, match="seeds \\[3\\] are not seeds of its groups_from source 'galw_g4'"):
+        _spec(tmp_path, variants=[{"name": "galw_g4", "opts": []},
+                                  {"name": "g2", "seeds": [1, 3], "opts": [], "groups_from": src}])
+    with pytest.raises(ValueError, match="'seeds' lists a seed twice"):
+        _spec(tmp_path, variants=[{"name": "a", "seeds": [1, 1], "opts": []}])
+    with pytest.raises(ValueError, match="uses \\{tuned_weights\\} but the spec has no 'search'"):
+        _spec(tmp_path, search=None)
+
+
+def test_search_must_score_on_a_validation_split(tmp_path):
+    bad = {"seeds": [1], "candidates": CANDIDATES, "opts": ["MODEL.GALW.WEIGHTING", "manual",
+                                                            "DATASETS.TEST", "('synth_prw_gallery',)"]}
+    with pytest.raises(ValueError, match="search.opts: DATASETS.TRAIN and DATASETS.TEST must name a validation"):
+        _spec(tmp_path, search=bad)
+    bad = {"seeds": [1], "candidates": CANDIDATES, "opts": ["MODEL.GALW.WEIGHTING", "rulwf", *VAL]}
+    with pytest.raises(ValueError, match="WEIGHTING must be manual"):
+        _spec(tmp_path, search=bad)
+    bad = {"seeds": [1], "candidates": CANDIDATES[:2] + [{"name": "x", "weights": [1, 0, 1]}],
+           "opts": ["MODEL.GALW.WEIGHTING", "manual", *VAL]}
+    with pytest.raises(ValueError, match="candidates\\[2\\] \\(x\\): weights must be a list of positive"):
+        _spec(tmp_path, search=bad)
+
+
+def test_search_chooses_tuned_static_and_resumes(tmp_path):
+    spec = _spec(tmp_path)
+    out, res = str(tmp_path / "out"), str(tmp_path / "results")
+    trainer = Trainer()
+    outcome = ablation.run_ablation(spec, out, runner=trainer, results_dir=res)
+    assert outcome["failed"] == []
+    # the search's 3 x 2 runs first, then the variants; tuned_static trains with "mid"'s weights
+    assert [(n, s) for n, s, _ in trainer.calls[:6]] == [
+        ("ones", 1), ("mid", 1), ("high", 1), ("ones", 2), ("mid", 2), ("high", 2)]
+    search = outcome["search"]
+    assert (search["best"], search["weights"], search["complete"]) == ("mid", [1.0, 4.0, 1.0], True)
+    assert search["score"] == pytest.approx(60 - 0.15)
+    assert [c["score"] for c in search["candidates"]] == pytest.approx([57 - 0.15, 60 - 0.15, 55 - 0.15])
+    tuned = [c for n, _, c in trainer.calls if n == "tuned_static"]
+    assert len(tuned) == 3 and all(_arg(c, "MODEL.GALW.MANUAL_WEIGHTS") == "[1.0, 4.0, 1.0]" for c in tuned)
+    assert _arg(trainer.calls[0][2], "DATASETS.TEST") == "('synth_prw_idval_gallery',)"
+    # each candidate's result file holds its weights and validation mAP, kept beside the variants'
+    kept = read_result(os.path.join(res, "search", "high", "seed2.json"))["data"]
+    assert (kept["weights"], kept["mAP"]) == ([1.0, 9.0, 1.5], pytest.approx(54.8))
+    assert read_result(os.path.join(res, "tuned_static", "seed3.json"))["data"]["mAP"] == 56.0
+    assert sorted(os.listdir(res)) == ["equal", "galw_g4", "search", "tuned_static"]
+    # resumed: nothing trains again
+    again = Trainer()
+    assert ablation.run_ablation(spec, out, runner=again, results_dir=res)["search"]["best"] == "mid"
+    assert again.calls == []
+
+
+def test_an_incomplete_search_blocks_only_tuned_static(tmp_path):
+    spec = _spec(tmp_path)
+    outcome = ablation.run_ablation(spec, str(tmp_path / "out"), runner=Trainer(fail={("high", 2)}))
+    reasons = sorted((f["name"], f["seed"], f["reason"]) for f in outcome["failed"])
+    assert reasons == [("high", 2, "exit code 1")] + [("tuned_static", s, "the weight search is not complete")
+                                                      for s in (1, 2, 3)]
+    assert outcome["search"]["best"] is None and outcome["search"]["candidates"][2]["seeds"] == [1]
+    assert sorted({r["name"] for r in outcome["results"]}) == ["equal", "galw_g4"]
+    retry = Trainer()
+    outcome = ablation.run_ablation(spec, str(tmp_path / "out"), runner=retry)
+    assert [(n, s) for n, s, _ in retry.calls] == [("high", 2)] + [("tuned_static", s) for s in (1, 2, 3)]
+    assert outcome["failed"] == [] and outcome["search"]["best"] == "mid"
+
+
+def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    out, res = tmp_path / "out", tmp_path / "results"
+    ablation.run_ablation(spec, str(out / "d0"), runner=Trainer(), results_dir=str(res / "d0"))
+    # an older run without its copy gets one when it is reused
+    os.remove(res / "d0" / "equal" / "seed1.json")
+    ablation.run_ablation(spec, str(out / "d0"), runner=Trainer(fail=set()), results_dir=str(res / "d0"))
+    assert (res / "d0" / "equal" / "seed1.json").is_file()
+    shutil.rmtree(out)  # the report needs the kept files only
+    cli.main(["--spec", spec["_path"], "--out", str(out), "--results", str(res), "--report"])
+    md = (res / "d0" / "ablation.md").read_text()
+    assert "Data: `d0: SynthPS-PRW, data seed 0, size tiny`" in md
+    assert "| tuned_static |  | 3 | 55.00 ± 1.00 |" in md
+    assert "search candidate `mid` [1.0, 4.0, 1.0] (validation mAP 59.85" in md
+    assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
+    assert "Baseline `equal` converged on every seed: yes." in md
+    saved = json.loads((res / "d0" / "ablation.json").read_text())
+    assert saved["search"]["best"] == "mid" and saved["convergence"]["baseline_converged"] is True
+    assert [v["worst_range"] for v in saved["convergence"]["variants"]] == pytest.approx([0.4] * 3)
+    for png in ("ablation_means.png", "ablation_curves.png"):
+        assert (res / "d0" / png).read_bytes()[:4] == b"\x89PNG"
+    assert not out.exists()  # the report trains nothing and writes only into the results folder
+    # the other dataset has no result files yet: everything listed as not run
+    cli.main(["--spec", spec["_path"], "--out", str(out), "--results", str(res), "--report", "--data", "d7"])
+    assert json.loads((res / "d7" / "ablation.json").read_text())["not_run"][0] == {"name": "equal", "seed": 1}
+    capsys.readouterr()
+
+
+def test_data_seed_keeps_runs_apart_and_generates_once(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    cli.main(["--spec", spec["_path"], "--out", str(tmp_path / "o"), "--dry-run", "--data", "d7", "--only", "equal"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [_arg(line.split(), "OUTPUT_DIR") for line in lines] == [
+        str(tmp_path / "o" / "d7" / "equal" / f"seed{s}") for s in (1, 2, 3)]
+    with pytest.raises(ValueError, match="no dataset named 'd9' \\(--data\\).*\\['d0', 'd7'\\]"):
+        ablation.select_dataset(spec, "d9")
+    made = []
+
+    def generate(layout, out, seed, size):
+        made.append((layout, os.path.relpath(out, tmp_path), seed, size))
+        os.makedirs(out)
+
+    d7 = ablation.select_dataset(spec, "d7")
+    root = ablation.prepare_dataset(str(tmp_path / "o"), d7, generate)
+    assert root == str(tmp_path / "o" / "d7" / "datasets")
+    assert ablation.prepare_dataset(str(tmp_path / "o"), d7, generate) == root
+    assert made == [("prw", os.path.join("o", "d7", "datasets", "SynthPS-PRW"), 7, "tiny")]
+    with pytest.raises(ValueError, match="holds SynthPS .*'seed': 7.*wants .*'seed': 8"):
+        ablation.prepare_dataset(str(tmp_path / "o"), dict(d7, seed=8), generate)
+    import sys
+
+    show = "import os; print(os.environ['DETECTRON2_DATASETS'])"
+    assert ablation.subprocess_runner([sys.executable, "-c", show], str(tmp_path / "r"), datasets_root=root) == 0
+    assert (tmp_path / "r" / "ablation_log.txt").read_text().strip() == root
+
+
+def test_dry_run_lists_the_search_before_tuned_static(tmp_path):
+    spec = _spec(tmp_path)
+    cmds = ablation.dry_run_commands(spec, str(tmp_path / "o"), only=["tuned_static"], seeds=[1])
+    assert [_arg(c, "MODEL.GALW.MANUAL_WEIGHTS") for c in cmds] == [
+        "[1.0, 1.0, 1.0]", "[1.0, 4.0, 1.0]", "[1.0, 9.0, 1.5]", "[1.0, 1.0, 1.0]", "[1.0, 4.0, 1.0]",
+        "[1.0, 9.0, 1.5]", "{tuned_weights}"]
+    assert _arg(cmds[0], "OUTPUT_DIR") == str(tmp_path / "o" / "search" / "ones" / "seed1")
