@@ -211,3 +211,12 @@ def tiny_synth_prw(synthps_tiny):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DETECTRON2_DATASETS", str(root))
         yield root
+
+
+@pytest.fixture(scope="session")
+def exported_demo_model(tmp_path_factory, worker_id):
+    """The demo's model exported by tools/export.py, once per test run (tests/exported_demo_model.py):
+    {"tmp", "config", "weights", "gallery", "out" (the export folder), "meta" (its export.json), "stdout"}."""
+    from exported_demo_model import shared
+
+    return shared(tmp_path_factory, worker_id)

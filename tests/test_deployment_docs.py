@@ -1,7 +1,8 @@
 """Every Python snippet of the deployment docs (projects/GALW/docs/export.md) runs as written, in a folder
-laid out as the docs say: a run's output/run/config.yaml and model_final.pth (ROI-AlignPS* R-18 at its
-seeded random init, with a GALW run's loss-weighting state), photo.jpg at the test size, and the gallery
-program exported to exported/ (.pt2 and ONNX); each snippet's results are checked against the eager model."""
+laid out as the docs say: a run's output/run/config.yaml and model_final.pth (the demo's model, ROI-AlignPS*
+R-18 at its seeded random init, with a GALW run's loss-weighting state), photo.jpg at the test size, and the
+gallery program tools/export.py wrote (.pt2 and ONNX, tests/exported_demo_model.py) in exported/; each
+snippet's results are checked against the eager model."""
 import logging
 import os
 import re
@@ -13,18 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CONFIG_DIR, ROOT
+from conftest import ROOT
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from galw.checkpoint import AtomicCheckpointer
 from galw.config_file import load_config
-from galw.export import GalleryIndexer, _export, _GridSampleDeformConvs, _onnx_bytes, _pt2_bytes
+from galw.export import GalleryIndexer, _GridSampleDeformConvs
 
 pytestmark = pytest.mark.slow
 
 DOC = os.path.join(ROOT, "projects", "GALW", "docs", "export.md")
-#: The test size 144x192; the threshold keeps the top of the random init's scores (docs/export.md, Limits).
-OPTS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.OIM.NUM_LABELED", "3",
-        "INPUT.PS.TEST_SHORT_SIDE", "144", "INPUT.PS.TEST_LONG_SIDE", "192", "MODEL.ALIGNPS.SCORE_THRESH_TEST", "0.011"]
 
 
 def python_snippets(text):
@@ -37,30 +36,32 @@ ONNX_SNIPPETS = [s for s in SNIPPETS if "onnxruntime" in s]
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+def deployment(tmp_path_factory, exported_demo_model):
+    exported = exported_demo_model
     root = tmp_path_factory.mktemp("deployment")
-    cfg = load_config(os.path.join(CONFIG_DIR, "alignps", "roi_alignps_R18_synth_cpu.yaml"), OPTS)
+    cfg = load_config(exported["config"])
     run = root / "output" / "run"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(cfg.dump())
-    torch.manual_seed(0)
     model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(exported["weights"])
     model.galw_weighting = nn.Module()  # what a GALW training's checkpoint holds beside the model
     model.galw_weighting.log_sigma = nn.Parameter(torch.zeros(3))
     model.galw_weighting.register_buffer("k", torch.ones(3))
     AtomicCheckpointer(model, save_dir=str(run)).save("model_final")
     del model.galw_weighting
-    bgr = np.random.default_rng(0).integers(0, 256, (144, 192, 3), dtype=np.uint8)
+    # the test size (export.json: test_short_side x test_long_side), so every snippet runs at scale 1
+    meta = exported["meta"]
+    bgr = np.random.default_rng(0).integers(0, 256, (meta["test_short_side"], meta["test_long_side"], 3), dtype=np.uint8)
     cv2.imwrite(str(root / "photo.jpg"), bgr)
     bgr = cv2.imread(str(root / "photo.jpg"))  # the decoded JPEG the snippets read
     image = torch.from_numpy(bgr).permute(2, 0, 1).contiguous()
-    gallery = GalleryIndexer(model)
-    with torch.no_grad(), _GridSampleDeformConvs(model):
-        eager = gallery(image)
-        program = _export(gallery, (image,), "gallery")
+    with torch.no_grad(), _GridSampleDeformConvs(model):  # the kernel the programs were exported with
+        eager = GalleryIndexer(model)(image)
     (root / "exported").mkdir()
-    (root / "exported" / "gallery.pt2").write_bytes(_pt2_bytes(program))
-    return {"root": root, "eager": eager, "program": program, "model": model, "bgr": bgr}
+    for name in ("gallery.pt2", "gallery.onnx"):
+        os.link(os.path.join(exported["out"], name), root / "exported" / name)
+    return {"root": root, "eager": eager}
 
 
 def _run(snippet, root, monkeypatch):
@@ -86,7 +87,7 @@ def test_torch_snippets_run_as_written(deployment, monkeypatch, caplog):
             continue
         with torch.no_grad():
             ns = _run(snippet, root, monkeypatch)
-        if "DefaultPredictor" in snippet:  # the config's 144x192 test size: photo.jpg at scale 1
+        if "DefaultPredictor" in snippet:  # photo.jpg at the config's test size: scale 1
             out = ns["out"]
             torch.testing.assert_close(out.pred_boxes.tensor, boxes, atol=1e-4, rtol=0)
             torch.testing.assert_close(out.embeddings, embeddings, atol=1e-5, rtol=0)
@@ -107,7 +108,6 @@ def test_torch_snippets_run_as_written(deployment, monkeypatch, caplog):
 
 def test_onnx_snippet_runs_as_written(deployment, monkeypatch):
     root, (boxes, scores, embeddings) = deployment["root"], deployment["eager"]
-    (root / "exported" / "gallery.onnx").write_bytes(_onnx_bytes(deployment["program"], "gallery"))
     for snippet in ONNX_SNIPPETS:
         ns = _run(snippet, root, monkeypatch)
         for a, b in zip((boxes, scores, embeddings), (ns["boxes"], ns["scores"], ns["embeddings"])):

@@ -1,6 +1,6 @@
 """Resume reproduces the run: an interrupted GALW two-phase training resumed with ``--resume`` ends
 bit-identical (CPU) to the same training uninterrupted, groups included (every model family:
-test_resume_families.py).
+tests/core/test_resume_<family>.py).
 
 Cases:
 - test_kill_in_phase_one_then_resume_matches_uninterrupted: killed in phase one after a mid-epoch

@@ -4,11 +4,8 @@ eager model's boxes, scores, embeddings and query embeddings within 1e-4 on Synt
 image sizes other than the example's and with detection counts that differ between images (zero
 and one included); they run in a Python that cannot import detectron2 nor this project; the ONNX files are
 plain ONNX; tools/search.py indexes and answers queries with them; bad inputs are named."""
-import contextlib
-import io
 import json
 import os
-import warnings
 
 import cv2
 import numpy as np
@@ -16,69 +13,23 @@ import onnx  # tools/setup.sh installs onnx, onnxscript and onnxruntime in both 
 import pytest
 import torch
 
-import galw
-from conftest import CONFIG_DIR, ROOT
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from conftest import ROOT
 from export_helpers import isolated_site_packages, match_rows, run_isolated
 from galw.export import GalleryIndexer, QueryEmbedder, build_inference_model
 from galw.exported import CheckedGallery, ExportedProgramRunner, load_exported
+from galw.search import models as search_models
 from tools_helpers import assert_query_equals_eager_search, load_tool
 
 search = load_tool("search")
-export_tool = load_tool("export")
 pytestmark = pytest.mark.slow
 
-#: Tiny SynthPS frames (192x144) are resized to 256x192, the portrait crop to 192x256, the wide crop to
-#: 256x96. At the random init every location scores near the prior: the threshold keeps the top ~5% of
-#: AlignPS's stride-8 locations, around the pre-NMS top-k of 30. Lower thresholds keep near-ties (score
-#: gaps below 1e-7, under the runtimes' rounding differences) whose NMS order differs between runtimes.
-OPTS = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.OIM.NUM_LABELED", "3",
-        "INPUT.PS.TEST_SHORT_SIDE", "192", "INPUT.PS.TEST_LONG_SIDE", "256",
-        "MODEL.ALIGNPS.SCORE_THRESH_TEST", "0.011", "MODEL.ALIGNPS.PRE_NMS_TOPK_TEST", "30",
-        "MODEL.ALIGNPS.DETECTIONS_PER_IMAGE", "1000", "TEST.PERSON_SEARCH.SEARCH_SCORE_THRESH", "0.0"]
 QUERY_BOX = [10, 10, 60, 70]  # inside every gallery image, the wide crop (192x72) included
-WARNINGS_AS_ERRORS = (DeprecationWarning, FutureWarning)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from galw.data.synthetic import generate
-
-    tmp = tmp_path_factory.mktemp("export_onnx")
-    cfg = get_cfg()
-    galw.add_galw_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, "alignps", "roi_alignps_R18_synth_cpu.yaml"))
-    cfg.merge_from_list(OPTS)
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp)).save("model")
-    (tmp / "config.yaml").write_text(cfg.dump())
-    generate("prw", str(tmp / "synth"), seed=0, size="tiny")
-    gallery = tmp / "gallery"
-    gallery.mkdir()
-    frames = sorted(os.listdir(tmp / "synth" / "frames"))[:3]
-    for name in frames:
-        os.link(tmp / "synth" / "frames" / name, gallery / name)
-    frame = cv2.imread(str(gallery / frames[1]))
-    cv2.imwrite(str(gallery / "portrait.png"), frame[:, 40:148])  # resized to 192x256
-    cv2.imwrite(str(gallery / "wide.png"), frame[36:108])  # 256x96
-    out = tmp / "exported"
-    # In this process (so that line coverage sees galw.export), on one thread as OMP_NUM_THREADS=1 would.
-    stdout, threads = io.StringIO(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(stdout):
-            for category in WARNINGS_AS_ERRORS:
-                warnings.simplefilter("error", category)
-            export_tool.main(["--config-file", str(tmp / "config.yaml"), "--weights", str(tmp / "model.pth"),
-                              "--out", str(out), "--image", str(gallery / frames[0])])
-    finally:
-        torch.set_num_threads(threads)
-    with open(out / "export.json") as f:
-        meta = json.load(f)
-    return {"tmp": tmp, "config": str(tmp / "config.yaml"), "weights": str(tmp / "model.pth"),
-            "gallery": str(gallery), "out": str(out), "meta": meta, "stdout": stdout.getvalue()}
+def exported(exported_demo_model):
+    """The demo's model exported with the default formats, once per test run (tests/exported_demo_model.py)."""
+    return exported_demo_model
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +72,14 @@ def test_onnx_files_are_plain_onnx(exported):
 
 
 @pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
-def test_exported_equals_eager_on_the_synthetic_gallery(exported, fmt):
+def test_exported_equals_eager_on_the_synthetic_gallery(exported, loaded, fmt, monkeypatch):
     eager = search.SearchModel(exported["config"], exported["weights"])
+    # the module's programs, loaded once (load_exported itself is tested below and by the search tests)
+    def programs(out, format):
+        assert out == exported["out"]
+        return loaded[format]
+
+    monkeypatch.setattr(search_models, "load_exported", programs)
     program = search.ExportedSearchModel(exported["out"], fmt)
     assert program.source["exported_format"] == fmt
     images = search.list_gallery(exported["gallery"])
@@ -159,17 +116,18 @@ ISOLATED_RUN = """
 import importlib.util, io, json
 import numpy as np, onnxruntime as ort, torch, torchvision
 assert importlib.util.find_spec("detectron2") is None and importlib.util.find_spec("galw") is None
-x = torch.load(sys.argv[2], weights_only=True)
-image, boxes = x["image"], x["boxes"]
+cases = torch.load(sys.argv[2], weights_only=True)
 out = {}
-for name, inputs in (("gallery", (image,)), ("query", (image, boxes))):
+for name in ("gallery", "query"):
     program = torch.export.load(sys.argv[1] + "/" + name + ".pt2").module()
-    with torch.no_grad():
-        got = program(*inputs)
-    out["pt2/" + name] = list(got) if isinstance(got, (tuple, list)) else [got]
     session = ort.InferenceSession(sys.argv[1] + "/" + name + ".onnx", providers=["CPUExecutionProvider"])
-    feed = dict(zip([i.name for i in session.get_inputs()], [t.numpy() for t in inputs]))
-    out["onnx/" + name] = [torch.from_numpy(o) for o in session.run(None, feed)]
+    for case, x in cases.items():
+        inputs = (x["image"],) if name == "gallery" else (x["image"], x["boxes"])
+        with torch.no_grad():
+            got = program(*inputs)
+        out[case + "/pt2/" + name] = list(got) if isinstance(got, (tuple, list)) else [got]
+        feed = dict(zip([i.name for i in session.get_inputs()], [t.numpy() for t in inputs]))
+        out[case + "/onnx/" + name] = [torch.from_numpy(o) for o in session.run(None, feed)]
 torch.save(out, sys.argv[3])
 print(json.dumps(sys.path))
 """
@@ -178,25 +136,25 @@ print(json.dumps(sys.path))
 def test_programs_run_without_detectron2_or_the_project(exported, tmp_path):
     _, model = build_inference_model(exported["config"], exported["weights"])
     frame = cv2.imread(os.path.join(exported["gallery"], "portrait.png"))
-    cases = {"portrait": cv2.resize(frame, (192, 256)), "wide": cv2.resize(frame, (256, 96))}
-    site = isolated_site_packages(tmp_path)
-    for case, bgr in cases.items():
-        image = torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
-        boxes = torch.tensor([[20.0, 10.0, 120.0, 90.0], [5.0, 5.0, 40.0, 60.0]])
-        torch.save({"image": image, "boxes": boxes}, tmp_path / "inputs.pt")
-        sys_path = json.loads(run_isolated("import sys\n" + ISOLATED_RUN, site, exported["out"],
-                                           tmp_path / "inputs.pt", tmp_path / "outputs.pt", cwd=tmp_path))
-        assert not any(p.startswith(os.path.join(ROOT, "projects")) for p in sys_path), sys_path
-        got = torch.load(tmp_path / "outputs.pt", weights_only=True)
+    boxes = torch.tensor([[20.0, 10.0, 120.0, 90.0], [5.0, 5.0, 40.0, 60.0]])
+    cases = {case: {"image": torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1))), "boxes": boxes}
+             for case, bgr in (("portrait", cv2.resize(frame, (192, 256))), ("wide", cv2.resize(frame, (256, 96))))}
+    torch.save(cases, tmp_path / "inputs.pt")
+    # one child loads each program once and runs every case (loading a .pt2 program takes ~12 s)
+    sys_path = json.loads(run_isolated("import sys\n" + ISOLATED_RUN, isolated_site_packages(tmp_path),
+                                       exported["out"], tmp_path / "inputs.pt", tmp_path / "outputs.pt", cwd=tmp_path))
+    assert not any(p.startswith(os.path.join(ROOT, "projects")) for p in sys_path), sys_path
+    got = torch.load(tmp_path / "outputs.pt", weights_only=True)
+    for case, x in cases.items():
         with torch.no_grad():
-            want = GalleryIndexer(model)(image), QueryEmbedder(model)(image, boxes)
+            want = GalleryIndexer(model)(x["image"]), QueryEmbedder(model)(x["image"], x["boxes"])
         assert len(want[0][0]) > 0, case
         for fmt in ("pt2", "onnx"):
-            g_boxes, g_scores, g_emb = got[f"{fmt}/gallery"]
+            g_boxes, g_scores, g_emb = got[f"{case}/{fmt}/gallery"]
             order = match_rows(want[0][0], g_boxes)
             for field, a, b in zip(("boxes", "scores", "embeddings"), want[0], (g_boxes, g_scores, g_emb)):
                 assert (b[order] - a).abs().max() <= 1e-4, (case, fmt, field)
-            assert (got[f"{fmt}/query"][0] - want[1]).abs().max() <= 1e-4, (case, fmt)
+            assert (got[f"{case}/{fmt}/query"][0] - want[1]).abs().max() <= 1e-4, (case, fmt)
 
 
 def test_zero_and_one_detection(exported, loaded):
@@ -234,7 +192,7 @@ def test_bad_inputs_to_the_programs_are_named_or_clipped(exported, loaded, fmt):
     assert query(image, torch.zeros((0, 4))).shape == (0, 64)
 
 
-def test_load_errors_name_what_the_folder_holds(exported, tmp_path):
+def test_load_errors_name_what_the_folder_holds(exported, loaded, tmp_path):
     out = tmp_path / "onnx_only"
     out.mkdir()
     (out / "export.json").write_text(json.dumps(dict(exported["meta"], formats=["onnx"])))
@@ -243,4 +201,9 @@ def test_load_errors_name_what_the_folder_holds(exported, tmp_path):
     (out / "export.json").write_text(json.dumps(dict(exported["meta"], format="galw-export/1")))
     with pytest.raises(ValueError, match="re-export the model with tools/export.py"):
         load_exported(str(out))
-    assert isinstance(load_exported(exported["out"])[0].program, ExportedProgramRunner)
+    # without a format, the folder's first one (ONNX here: loading it takes a second, torch.export's 25 s)
+    for name in ("gallery.onnx", "query.onnx"):
+        os.link(os.path.join(exported["out"], name), out / name)
+    (out / "export.json").write_text(json.dumps(dict(exported["meta"], formats=["onnx", "torch_export"])))
+    assert load_exported(str(out))[2]["loaded_format"] == "onnx"
+    assert isinstance(loaded["torch_export"][0].program, ExportedProgramRunner)

@@ -1,15 +1,16 @@
 """Resume is exact for every model family: a two-phase GALW training (NAE, AlignPS, ROI-AlignPS*,
 ROI-AlignPS*-Attr) interrupted in phase one or in phase two and resumed with ``--resume`` ends with
 final checkpoints (weights, buffers such as the OIM queues and BN statistics, optimizer, scheduler,
-GALW state) bit-identical on CPU to the uninterrupted training's, in both phases.
+GALW state) bit-identical on CPU to the uninterrupted training's, in both phases. One test file per
+family (tests/core/test_resume_<family>.py, so that test files spread the trainings over the pytest-xdist
+workers); each trains its family's uninterrupted reference once (``reference_fixture``).
 
 Cases:
-- test_interrupted_then_resumed_matches_uninterrupted[family-phase]: interrupted (in process) before
-  an iteration that follows a mid-epoch checkpoint, then resumed.
-- test_sigkill_at_random_iteration_then_resume_matches_uninterrupted: ``train_net.py`` in a
-  subprocess is killed with SIGKILL at a random iteration of either phase, then resumed with
-  ``train_net.py --resume``; the drawn iteration is named on failure.
-One uninterrupted reference training per family is shared by the module's tests.
+- ``interrupted_then_resumed``: interrupted (in process) before an iteration that follows a mid-epoch
+  checkpoint, then resumed.
+- ``sigkill_then_resumed``: ``train_net.py`` in a subprocess is killed with SIGKILL at a random
+  iteration of either phase, then resumed with ``train_net.py --resume``; the drawn iteration is named
+  on failure.
 """
 import json
 import os
@@ -72,19 +73,19 @@ def _main(family, out, resume=False):
     return train_net.main(train_net.default_argument_parser().parse_args(_args(family, out, resume)))
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_synth_prw, tmp_path_factory):
-    """reference(family): the output directory of that family's uninterrupted training (run once)."""
-    runs = {}
+PHASES = ("phase_one", "phase_two")
 
-    def get(family):
-        if family not in runs:
-            out = str(tmp_path_factory.mktemp(f"uninterrupted_{family}"))
-            _main(family, out)
-            runs[family] = out
-        return runs[family]
 
-    return get
+def reference_fixture(family):
+    """A module fixture: the output directory of ``family``'s uninterrupted training, run once."""
+
+    @pytest.fixture(scope="module")
+    def reference(tiny_synth_prw, tmp_path_factory):
+        out = str(tmp_path_factory.mktemp(f"uninterrupted_{family}"))
+        _main(family, out)
+        return out
+
+    return reference
 
 
 def _differences(a, b, where):
@@ -134,10 +135,9 @@ def _run_differences(expected_dir, got_dir):
     return differ
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("phase", ["phase_one", "phase_two"])
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_interrupted_then_resumed_matches_uninterrupted(family, phase, reference, tmp_path, monkeypatch):
+def interrupted_then_resumed(family, phase, reference, tmp_path, monkeypatch):
+    """Interrupt ``family``'s training in ``phase`` (before iteration INTERRUPT_AT), resume it, and
+    compare both phases' outputs with the uninterrupted ``reference`` directory's."""
     out = str(tmp_path)
     interrupted = os.path.join(out, PHASE_ONE_DIR) if phase == "phase_one" else out
 
@@ -152,7 +152,7 @@ def test_interrupted_then_resumed_matches_uninterrupted(family, phase, reference
         assert f.read() == f"model_{CHECKPOINT_PERIOD - 1:07d}.pth"
     monkeypatch.undo()
     _main(family, out, resume=True)
-    differ = _run_differences(reference(family), out)
+    differ = _run_differences(reference, out)
     assert not differ, f"{family} interrupted in {phase}, resumed: " + "; ".join(differ)
 
 
@@ -165,11 +165,9 @@ def _train_net(family, out, resume, log):
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(reference, tmp_path):
+def sigkill_then_resumed(family, reference, tmp_path):
     """A checkpoint every iteration; SIGKILL as soon as the drawn iteration's checkpoint exists,
-    i.e. somewhere in the next iteration or in its checkpoint's writing."""
-    family = "roi_alignps"
+    i.e. somewhere in the next iteration or in its checkpoint's writing; then ``--resume``."""
     phase_dir, iteration = random.Random().choice([(d, i) for d in (PHASE_ONE_DIR, "") for i in range(MAX_ITER - 1)])
     where = f"SIGKILL after {os.path.join(phase_dir, f'model_{iteration:07d}.pth')}"
     out = str(tmp_path)
@@ -186,5 +184,5 @@ def test_sigkill_at_random_iteration_then_resume_matches_uninterrupted(reference
     with open(os.path.join(out, "resumed.log"), "w") as log:
         resumed = _train_net(family, out, True, log)
         assert resumed.wait(timeout=600) == 0, f"{where}: the resumed training failed (see {log.name})"
-    differ = _run_differences(reference(family), out)
+    differ = _run_differences(reference, out)
     assert not differ, f"{family}, {where}, resumed: " + "; ".join(differ)
