@@ -11,9 +11,11 @@ setup:
 	bash tools/setup.sh
 
 # The suite runs in TEST_WORKERS pytest-xdist processes (one torch thread each, tests/conftest.py),
-# a test file per worker (--dist loadfile: a module's fixtures are built once).
+# a test file per worker (--dist loadfile: a module's fixtures are built once), in the order
+# tests/conftest.py gives (files with the most slow tests first; xdist's own reorder, by test count,
+# is off).
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # One leg of the suite: $(1) the venv's Python, $(2) what it runs on, $(3) more pytest options.
 # It prints the temp folder's free space first (the legs' tmp_paths live there) and its wall time

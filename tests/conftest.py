@@ -34,7 +34,14 @@ ROI_ALIGNPS_ATTR_TASKS = ROI_ALIGNPS_TASKS + list(BRANCH_TASKS["AttributeBranch"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` are skipped where CUDA is not available."""
+    """Test files with the most ``slow`` tests run first, so that pytest-xdist (``--dist loadfile``: a file
+    per worker, in this order) gives the longest files out first and the many short ones fill the
+    workers' ends (longest-first scheduling); the order within a file is kept. Tests marked ``gpu``
+    are skipped where CUDA is not available."""
+    slow_per_file = {}
+    for item in items:
+        slow_per_file[item.path] = slow_per_file.get(item.path, 0) + ("slow" in item.keywords)
+    items.sort(key=lambda item: -slow_per_file[item.path])  # stable: files stay whole, in collection order on ties
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -1,10 +1,11 @@
 """The demo's model (ROI-AlignPS* R-18, synthetic config, seeded random init) exported once per test run by
 tools/export.py with its default formats (torch.export and ONNX), beside a tiny SynthPS gallery.
 
-Exporting and checking both programs takes about a minute on one core, and the export, deployment-docs
-and search tests all read the same folder; pytest-xdist workers would each build their own, so the first
-worker that asks builds it under a file lock and the others read it (pytest-xdist's documented way for a
-session fixture that runs once). Tests read these files; a test that changes them copies them first."""
+Exporting and checking both programs takes about a minute on one core, and the export and deployment-docs
+tests read the same folder; pytest-xdist workers would each build their own, so the first worker that asks
+builds it under a file lock and the others read it (pytest-xdist's documented way for a fixture of
+``scope="session"`` that runs once per test run). Tests read these files; a test that changes them copies
+them first."""
 import contextlib
 import io
 import json
