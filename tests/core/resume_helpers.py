@@ -6,8 +6,8 @@ family (tests/core/test_resume_<family>.py, so that test files spread the traini
 workers); each trains its family's uninterrupted reference once (``reference_fixture``).
 
 Cases:
-- ``interrupted_then_resumed``: interrupted (in process) before an iteration that follows a mid-epoch
-  checkpoint, then resumed.
+- ``interrupted_in_each_phase_then_resumed``: interrupted (in process) in phase one before an iteration
+  that follows a mid-epoch checkpoint, resumed, interrupted at the same point of phase two, resumed.
 - ``sigkill_then_resumed``: ``train_net.py`` in a subprocess is killed with SIGKILL at a random
   iteration of either phase, then resumed with ``train_net.py --resume``; the drawn iteration is named
   on failure.
@@ -73,9 +73,6 @@ def _main(family, out, resume=False):
     return train_net.main(train_net.default_argument_parser().parse_args(_args(family, out, resume)))
 
 
-PHASES = ("phase_one", "phase_two")
-
-
 def reference_fixture(family):
     """A module fixture: the output directory of ``family``'s uninterrupted training, run once."""
 
@@ -135,25 +132,32 @@ def _run_differences(expected_dir, got_dir):
     return differ
 
 
-def interrupted_then_resumed(family, phase, reference, tmp_path, monkeypatch):
-    """Interrupt ``family``'s training in ``phase`` (before iteration INTERRUPT_AT), resume it, and
-    compare both phases' outputs with the uninterrupted ``reference`` directory's."""
-    out = str(tmp_path)
-    interrupted = os.path.join(out, PHASE_ONE_DIR) if phase == "phase_one" else out
+def _interrupting_trainer(output_dir):
+    """train_net's Trainer, interrupted before iteration INTERRUPT_AT of the training in ``output_dir``."""
 
     class InterruptedTrainer(train_net.Trainer):
         def build_hooks(self):
-            return [_Interrupt(interrupted)] + super().build_hooks()
+            return [_Interrupt(output_dir)] + super().build_hooks()
 
-    monkeypatch.setattr(train_net, "Trainer", InterruptedTrainer)
-    with pytest.raises(Interrupted):
-        _main(family, out)
-    with open(os.path.join(interrupted, "last_checkpoint")) as f:
-        assert f.read() == f"model_{CHECKPOINT_PERIOD - 1:07d}.pth"
-    monkeypatch.undo()
+    return InterruptedTrainer
+
+
+def interrupted_in_each_phase_then_resumed(family, reference, tmp_path, monkeypatch):
+    """Interrupt ``family``'s training in phase one (before iteration INTERRUPT_AT, after a mid-epoch
+    checkpoint), resume it, interrupt the resumed run at the same point of phase two, resume again; both
+    phases' outputs must equal the uninterrupted ``reference`` directory's. One run serves both phases'
+    interruptions (a training each would repeat the other phase for nothing)."""
+    out = str(tmp_path)
+    for resume, interrupted in ((False, os.path.join(out, PHASE_ONE_DIR)), (True, out)):
+        monkeypatch.setattr(train_net, "Trainer", _interrupting_trainer(interrupted))
+        with pytest.raises(Interrupted):
+            _main(family, out, resume=resume)
+        with open(os.path.join(interrupted, "last_checkpoint")) as f:
+            assert f.read() == f"model_{CHECKPOINT_PERIOD - 1:07d}.pth", interrupted
+        monkeypatch.undo()
     _main(family, out, resume=True)
     differ = _run_differences(reference, out)
-    assert not differ, f"{family} interrupted in {phase}, resumed: " + "; ".join(differ)
+    assert not differ, f"{family} interrupted in each phase, resumed: " + "; ".join(differ)
 
 
 def _train_net(family, out, resume, log):
