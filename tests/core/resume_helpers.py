@@ -154,6 +154,8 @@ def interrupted_in_each_phase_then_resumed(family, reference, tmp_path, monkeypa
             _main(family, out, resume=resume)
         with open(os.path.join(interrupted, "last_checkpoint")) as f:
             assert f.read() == f"model_{CHECKPOINT_PERIOD - 1:07d}.pth", interrupted
+        if not resume:  # phase one stopped before its end: no groups yet
+            assert not os.path.exists(os.path.join(interrupted, "galw_groups.json"))
         monkeypatch.undo()
     _main(family, out, resume=True)
     differ = _run_differences(reference, out)
