@@ -2,7 +2,8 @@
 laid out as the docs say: a run's output/run/config.yaml and model_final.pth (the demo's model, ROI-AlignPS*
 R-18 at its seeded random init, with a GALW run's loss-weighting state), photo.jpg at the test size, and the
 gallery program tools/export.py wrote (.pt2 and ONNX, tests/exported_demo_model.py) in exported/; each
-snippet's results are checked against the eager model."""
+snippet's results are checked against the eager model, the TracingAdapter program's also at another
+image size (detectron2's deployment route, ``galw.export.tracing_inference``)."""
 import logging
 import os
 import re
@@ -99,11 +100,29 @@ def test_torch_snippets_run_as_written(deployment, monkeypatch, caplog):
             assert (root / "model.pt2").stat().st_size > 1e6
             assert any(r.getMessage().startswith("Not loaded: galw_weighting.k, galw_weighting.log_sigma")
                        for r in caplog.records)
+            _assert_program_follows_the_image_size(ns)
         else:
             for a, b in zip((boxes, scores, embeddings), (ns["boxes"], ns["scores"], ns["embeddings"])):
                 torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
         done += 1
     assert done == len(SNIPPETS) - len(ONNX_SNIPPETS)
+
+
+def _assert_program_follows_the_image_size(ns):
+    """The TracingAdapter snippet's program at another image size (its size is dynamic) rebuilds, through
+    the adapter's schema, the eager model's boxes, scores and embeddings at that size."""
+    schema = ns["adapter"].outputs_schema
+    assert schema.schemas[0].keys == ["instances"]
+    assert schema.schemas[0].schemas[0].keys == ["embeddings", "pred_boxes", "scores"]
+    image = torch.randint(0, 256, (3, 200, 136), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        eager = ns["model"]([{"image": image}])[0]["instances"]  # the model's own forward, at scale 1
+        got = schema(ns["program"].module()(image))[0]["instances"]
+    assert tuple(got.image_size) == (200, 136)
+    assert len(eager) > 5 and len(got) == len(eager), (len(got), len(eager))
+    torch.testing.assert_close(got.pred_boxes.tensor, eager.pred_boxes.tensor, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.scores, eager.scores, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.embeddings, eager.embeddings, atol=1e-5, rtol=0)
 
 
 def test_onnx_snippet_runs_as_written(deployment, monkeypatch):
