@@ -3,6 +3,7 @@ tuned_static, result files kept for committing and the report built from them, t
 import importlib.util
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -90,7 +91,23 @@ def test_seeds_per_variant_and_their_checks(tmp_path):
 def test_search_must_score_on_a_validation_split(tmp_path):
     bad = {"seeds": [1], "candidates": CANDIDATES, "opts": ["MODEL.GALW.WEIGHTING", "manual",
                                                             "DATASETS.TEST", "('synth_prw_gallery',)"]}
-    with pytest.raises(ValueError, match="search.opts: DATASETS.TRAIN and DATASETS.TEST must name a validation"):
+    with pytest.raises(ValueError, match=r"search.opts: DATASETS.TEST must be exactly \('<prefix>_idval_gallery',\)"
+                                         r".* got \"\('synth_prw_gallery',\)\""):
+        _spec(tmp_path, search=bad)
+    # scoring on the validation split while training on the full training set (held-out people included)
+    for train in ("('synth_prw_train',)", "('other_idval_train',)", "('synth_prw_idval_train', 'synth_prw_train')"):
+        bad = {"seeds": [1], "candidates": CANDIDATES, "opts": ["MODEL.GALW.WEIGHTING", "manual", "DATASETS.TRAIN",
+                                                                train, *VAL[2:]]}
+        with pytest.raises(ValueError, match=r"search.opts: DATASETS.TRAIN must be exactly "
+                                             r"\('synth_prw_idval_train',\), the training part .* got "
+                                             + re.escape(repr(train))):
+            _spec(tmp_path, search=bad)
+    bad = {"seeds": [1], "candidates": CANDIDATES, "opts": ["MODEL.GALW.WEIGHTING", "manual", *VAL[2:]]}
+    with pytest.raises(ValueError, match="DATASETS.TRAIN must be exactly .* got None"):
+        _spec(tmp_path, search=bad)
+    bad = {"seeds": [1], "candidates": CANDIDATES,
+           "opts": ["MODEL.GALW.WEIGHTING", "manual", *VAL[:2], "DATASETS.TEST", "('a_idval_gallery', 'b')"]}
+    with pytest.raises(ValueError, match="DATASETS.TEST must be exactly"):
         _spec(tmp_path, search=bad)
     bad = {"seeds": [1], "candidates": CANDIDATES, "opts": ["MODEL.GALW.WEIGHTING", "rulwf", *VAL]}
     with pytest.raises(ValueError, match="WEIGHTING must be manual"):

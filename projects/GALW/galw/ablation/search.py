@@ -5,9 +5,11 @@ Each candidate is one ``MODEL.GALW.MANUAL_WEIGHTS`` vector (task order of galw/m
 trained with the search's opts on each of its seeds, in ``OUT/search/<candidate>/seed<k>``, resumable
 like the variants' runs. Its score is the mean validation mAP over those seeds; the search's
 ``DATASETS.TEST`` must be a validation split of the training identities (galw/data/id_val.py), never
-the test gallery. The best candidate is chosen only once every candidate has every seed, the first
+the test gallery, and its ``DATASETS.TRAIN`` that split's training part, which holds none of the
+held-out identities. The best candidate is chosen only once every candidate has every seed, the first
 in spec order on a tie.
 """
+import ast
 import os
 
 import numpy as np
@@ -25,6 +27,27 @@ def _opt(opts, key):
     return None if key not in pairs else str(pairs[key])
 
 
+def _names(value):
+    """The dataset names of a DATASETS.TRAIN / TEST override (``"('a',)"`` or ``['a']``), or None."""
+    try:
+        names = ast.literal_eval(value) if value is not None else None
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        return None
+    return list(names)
+
+
+def _validation_prefix(test, where):
+    """``<prefix>`` of a DATASETS.TEST that is exactly ``('<prefix>_idval_gallery',)``."""
+    names = _names(test)
+    mark = VALIDATION_MARK + "gallery"
+    if names is None or len(names) != 1 or not names[0].endswith(mark) or names[0] == mark:
+        raise ValueError(f"{where}.opts: DATASETS.TEST must be exactly ('<prefix>{mark}',), a validation split of "
+                         f"the training identities (galw/data/id_val.py), never the test gallery; got {test!r}")
+    return names[0][:-len(mark)]
+
+
 def validate_search(spec, path):
     """Check ``spec["search"]`` (when present); errors name the file and the field."""
     s = spec.get("search")
@@ -38,11 +61,12 @@ def validate_search(spec, path):
         raise ValueError(f"{where}.opts: odd number of opts (KEY VALUE pairs)")
     if not s["seeds"] or not all(isinstance(x, int) for x in s["seeds"]):
         raise ValueError(f"{where}.seeds: expected a non-empty list of integers, got {s['seeds']!r}")
-    test = _opt(s["opts"], "DATASETS.TEST")
-    if test is None or VALIDATION_MARK not in test or _opt(s["opts"], "DATASETS.TRAIN") is None:
-        raise ValueError(f"{where}.opts: DATASETS.TRAIN and DATASETS.TEST must name a validation split of the "
-                         f"training identities (a dataset named *{VALIDATION_MARK}*, galw/data/id_val.py), "
-                         f"got DATASETS.TEST {test!r}")
+    prefix = _validation_prefix(_opt(s["opts"], "DATASETS.TEST"), where)
+    want = f"('{prefix}{VALIDATION_MARK}train',)"
+    if _names(_opt(s["opts"], "DATASETS.TRAIN")) != [f"{prefix}{VALIDATION_MARK}train"]:
+        raise ValueError(f"{where}.opts: DATASETS.TRAIN must be exactly {want}, the training part of the validation "
+                         f"split DATASETS.TEST scores on (galw/data/id_val.py), so no held-out identity is trained on; "
+                         f"got {_opt(s['opts'], 'DATASETS.TRAIN')!r}")
     if _opt(s["opts"], "MODEL.GALW.WEIGHTING") != "manual":
         raise ValueError(f"{where}.opts: MODEL.GALW.WEIGHTING must be manual (the candidates are static weights)")
     names, lengths = [], set()
