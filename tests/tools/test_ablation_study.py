@@ -46,10 +46,10 @@ def _arg(cmd, key):
 
 class Trainer:
     """Stands in for train_net.py. A search run scores 60 - |w2 - 4| - seed / 10 on validation
-    ("mid" is best); a variant run reaches 50 + seed (+ 3 for tuned_static), its curve flat at the end."""
+    ("mid" is best); a variant run reaches 50 + seed (+ 3 for tuned_static, + bonus), its curve flat at the end."""
 
-    def __init__(self, fail=()):
-        self.calls, self.fail = [], set(fail)
+    def __init__(self, fail=(), bonus=0.0):
+        self.calls, self.fail, self.bonus = [], set(fail), bonus
 
     def __call__(self, cmd, out_dir):
         seed, weights = int(_arg(cmd, "SEED")), _arg(cmd, "MODEL.GALW.MANUAL_WEIGHTS")
@@ -61,7 +61,7 @@ class Trainer:
         if search:
             m_ap = 60 - abs(json.loads(weights)[1] - 4) - seed / 10
         else:
-            m_ap = 50.0 + seed + 3 * (name == "tuned_static")
+            m_ap = 50.0 + seed + 3 * (name == "tuned_static") + self.bonus
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             for it, m in ((50, m_ap - 20), (80, m_ap - 0.4), (100, m_ap)):
@@ -143,6 +143,70 @@ def test_search_chooses_tuned_static_and_resumes(tmp_path):
     again = Trainer()
     assert ablation.run_ablation(spec, out, runner=again, results_dir=res)["search"]["best"] == "mid"
     assert again.calls == []
+
+
+def test_a_result_trained_with_other_weights_is_not_reused(tmp_path):
+    """Each result file records the overrides it trained with; when the search's choice changes, the
+    old tuned_static results are an error naming the file and both weight vectors, before any of the
+    variants trains again."""
+    spec = _spec(tmp_path)
+    out, res = str(tmp_path / "out"), str(tmp_path / "results")
+    ablation.run_ablation(spec, out, runner=Trainer(), results_dir=res)
+    tuned = os.path.join(out, "tuned_static", "seed1", ablation.RESULT_FILE)
+    assert read_result(tuned)["data"]["opts"] == [
+        "MODEL.GALW.WEIGHTING", "manual", "MODEL.GALW.MANUAL_WEIGHTS", "[1.0, 4.0, 1.0]"]
+    assert read_result(os.path.join(out, "equal", "seed1", ablation.RESULT_FILE))["data"]["opts"] == [
+        "MODEL.GALW.ENABLED", "False"]
+    # a new first candidate ties with "mid" and, first in spec order, becomes the choice
+    search = dict(spec["search"], candidates=[{"name": "wide", "weights": [2, 4, 2]}, *CANDIDATES])
+    changed = _spec(tmp_path, search=search)
+    trainer = Trainer()
+    with pytest.raises(ValueError, match=re.escape(tuned) + r": was trained with other opts than planned \("
+                                         r"MODEL.GALW.MANUAL_WEIGHTS: trained \[1.0, 4.0, 1.0\], "
+                                         r"planned \[2.0, 4.0, 2.0\]\)"):
+        ablation.run_ablation(changed, out, runner=trainer, results_dir=res)
+    assert [(n, s) for n, s, _ in trainer.calls] == [("wide", 1), ("wide", 2)]  # only the new candidate trained
+    # a changed schedule is caught the same way; a result file without opts is not trusted either
+    longer = _spec(tmp_path, common_opts=["SOLVER.MAX_ITER", 200])
+    with pytest.raises(ValueError, match=r"search/ones/seed1/ablation_result.json: was trained with other opts "
+                                         r"than planned \(SOLVER.MAX_ITER: trained <not set>, planned 200\)"):
+        ablation.run_ablation(longer, out, runner=Trainer(), results_dir=res)
+    from galw.ablation.runner import reusable_result
+
+    doc = read_result(tuned)
+    doc["data"].pop("opts")
+    with open(tuned, "w") as f:
+        json.dump(doc, f)
+    run = next(r for r in ablation.plan_runs(spec, out) if (r["name"], r["seed"]) == ("tuned_static", 1))
+    run["opts"] = [o.replace("{tuned_weights}", "[1.0, 4.0, 1.0]") for o in run["opts"]]
+    with pytest.raises(ValueError, match=re.escape(tuned) + ": records no opts; expected a result of opts"):
+        reusable_result(spec, run)
+    # the planned opts again: every run is reused, nothing trains
+    shutil.rmtree(os.path.join(out, "search", "wide"))
+    shutil.rmtree(os.path.join(res, "search", "wide"))
+    os.remove(tuned)
+    shutil.copy(os.path.join(res, "tuned_static", "seed1.json"), tuned)
+    again = Trainer()
+    assert ablation.run_ablation(spec, out, runner=again, results_dir=res)["failed"] == []
+    assert again.calls == []
+
+
+def test_a_kept_copy_that_differs_from_its_retrained_run_is_an_error(tmp_path):
+    spec = _spec(tmp_path)
+    out, res = str(tmp_path / "out"), str(tmp_path / "results")
+    ablation.run_ablation(spec, out, runner=Trainer(), only=["equal"], seeds=[1], results_dir=res)
+    copy = os.path.join(res, "equal", "seed1.json")
+    result = os.path.join(out, "equal", "seed1", ablation.RESULT_FILE)
+    mtime = os.stat(copy).st_mtime_ns
+    # reused with an identical copy: the copy is left as it is
+    ablation.run_ablation(spec, out, runner=Trainer(), only=["equal"], seeds=[1], results_dir=res)
+    assert os.stat(copy).st_mtime_ns == mtime
+    # the run trained again (its result file removed) to other figures: the old copy is not kept silently
+    os.remove(result)
+    with pytest.raises(ValueError, match=re.escape(copy) + ": the kept copy differs from the run's result file "
+                                         + re.escape(result)):
+        ablation.run_ablation(spec, out, runner=Trainer(bonus=1.0), only=["equal"], seeds=[1], results_dir=res)
+    assert (read_result(copy)["data"]["mAP"], read_result(result)["data"]["mAP"]) == (51.0, 52.0)
 
 
 def test_an_incomplete_search_blocks_only_tuned_static(tmp_path):

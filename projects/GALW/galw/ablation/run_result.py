@@ -3,8 +3,10 @@
 ``OUT/<variant>/seed<k>/ablation_result.json`` is written through ``galw.results.write_result``
 (machine, load, versions, commit and date beside the data, complete or absent). Its ``data`` holds
 the final figures (search mAP, top-1, top-10, detection AP), the curve (those figures at every
-evaluation in metrics.json), the groups GALW found and the sigma / weight trajectories (and, for a
-search run, the weight vector it tried). With ``run["result_copy"]`` the same file is also kept at
+evaluation in metrics.json), the groups GALW found, the sigma / weight trajectories, the config
+overrides it trained with (``opts``: the spec's common opts and the run's own, placeholders resolved,
+so a reused result can be checked against the planned run) and, for a search run, the weight vector it
+tried. With ``run["result_copy"]`` the same file is also kept at
 that path (``results/ablation/<data>/<variant>/seed<k>.json``), so the study can be committed and
 its report rebuilt from the copies alone.
 """
@@ -12,7 +14,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 
 from galw_core.files import atomic_write
 
@@ -113,12 +114,13 @@ def run_groups(out_dir):
     return dict({k: found[k] for k in _GROUP_FIELDS}, file=path)
 
 
-def result_data(run, seconds):
-    """The ``data`` of a finished run's result file, read from its folder."""
+def result_data(run, seconds, opts):
+    """The ``data`` of a finished run's result file, read from its folder; ``opts``: the overrides it
+    trained with (runner.run_opts)."""
     records = _records(run["out_dir"])
     data = dict(name=run["name"], seed=run["seed"], seconds=round(seconds, 1), **collect_metrics(run["out_dir"]),
                 curve=metrics_curve(records), groups=run_groups(run["out_dir"]),
-                trajectories=weight_trajectories(records))
+                trajectories=weight_trajectories(records), opts=[str(o) for o in opts])
     if run.get("weights") is not None:
         data["weights"] = run["weights"]
     return data
@@ -134,13 +136,24 @@ def save_result(run, data, cmd):
 
 
 def keep_copy(run):
-    """Copy the run's result file to ``run["result_copy"]`` (when set and not there yet), atomically."""
+    """Copy the run's result file to ``run["result_copy"]`` (when set), atomically. An identical copy
+    is left as it is; a different one (the run was trained again) is an error, so the results folder
+    never keeps figures its run no longer has."""
     dst = run.get("result_copy")
-    if not dst or os.path.isfile(dst):
+    if not dst:
         return
+    src = os.path.join(run["out_dir"], RESULT_FILE)
+    with open(src, "rb") as f:
+        content = f.read()
+    if os.path.isfile(dst):
+        with open(dst, "rb") as f:
+            if f.read() == content:
+                return
+        raise ValueError(f"{dst}: the kept copy differs from the run's result file {src} (the run was trained "
+                         "again); expected identical files. Remove the copy to keep the new result, or remove "
+                         "the run's result file to keep the old one")
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    with open(os.path.join(run["out_dir"], RESULT_FILE), "rb") as src:
-        atomic_write(dst, lambda f: shutil.copyfileobj(src, f))
+    atomic_write(dst, lambda f: f.write(content))
 
 
 def committed_result(run):

@@ -1,9 +1,11 @@
 """Running the planned trainings: one subprocess each, resumable through the runs' result files.
 
 A run whose result file exists is not trained again, so a study can be completed over several
-invocations; failed runs are reported and retried on the next one. When a planned variant uses the
-search's weights (``{tuned_weights}``), the search's runs go first (search.py) and its best vector
-is put into that variant's opts; until the search is complete such runs are reported as failed.
+invocations; failed runs are reported and retried on the next one. A result file records the
+overrides its run trained with (run_opts); one recorded with other overrides than the planned run's
+(a changed search choice, schedule or spec) is an error naming the file and the values, never reused.
+When a planned variant uses the search's weights (``{tuned_weights}``), the search's runs go first
+(search.py) and its best vector is put into that variant's opts; until the search is complete such runs are reported as failed.
 """
 import logging
 import os
@@ -16,7 +18,8 @@ from .run_result import RESULT_FILE, keep_copy, result_data, save_result, saved_
 from .search import choose, plan_search, weights_text
 from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, plan_runs, train_command
 
-__all__ = ["dry_run_commands", "finished_runs", "run_ablation", "run_one", "run_search", "subprocess_runner"]
+__all__ = ["dry_run_commands", "finished_runs", "reusable_result", "run_ablation", "run_one", "run_opts", "run_search",
+           "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,39 @@ def subprocess_runner(cmd, out_dir, threads=None, datasets_root=None):
         return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
 
 
+def run_opts(spec, run):
+    """The overrides a run trains with and its result file records: the spec's common opts, then the
+    run's own (placeholders resolved). Paths made from OUT (groups_from's files) are left out, so a
+    moved OUT folder still matches."""
+    return [*map(str, spec["common_opts"]), *map(str, run["opts"])]
+
+
+def _differences(recorded, planned):
+    trained = dict(zip(recorded[::2], recorded[1::2]))
+    wanted = dict(zip(planned[::2], planned[1::2]))
+    diffs = [f"{k}: trained {trained.get(k, '<not set>')}, planned {wanted.get(k, '<not set>')}"
+             for k in dict.fromkeys([*trained, *wanted]) if trained.get(k) != wanted.get(k)]
+    return "; ".join(diffs) or f"trained {recorded}, planned {planned}"
+
+
+def reusable_result(spec, run):
+    """The saved result of ``run`` (saved_result), or None when there is none; an error when the file
+    records other overrides than the planned run's (or none), naming the file and the values."""
+    saved = saved_result(run)
+    if saved is None:
+        return None
+    planned, recorded = run_opts(spec, run), saved.get("opts")
+    if recorded != planned:
+        what = "records no opts" if recorded is None else \
+            f"was trained with other opts than planned ({_differences(recorded, planned)})"
+        raise ValueError(f"{os.path.join(run['out_dir'], RESULT_FILE)}: {what}; expected a result of opts {planned}. "
+                         "Remove that run's folder to train it again with the planned opts")
+    return saved
+
+
 def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=()):
-    """One planned run, skipped when its result file exists: (result data, None) or (None, failure).
+    """One planned run, skipped when its result file exists (and records the planned opts, else an
+    error): (result data, None) or (None, failure).
 
     ``done``: the (variant, seed) pairs finished so far, which a ``groups_from`` source must be in.
     """
@@ -48,7 +82,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
         logger.error("%s: %s%s", tag, reason, where)
         return None, {"name": run["name"], "seed": run["seed"], "reason": reason}
 
-    saved = saved_result(run)
+    saved = reusable_result(spec, run)
     if saved is not None:
         logger.info("%s: done before, reusing %s", tag, os.path.join(run["out_dir"], RESULT_FILE))
         keep_copy(run)
@@ -66,7 +100,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     if code != 0:
         return failure(f"exit code {code}", f" (train_net.py log in {run['out_dir']}/ablation_log.txt)")
     try:
-        data = result_data(run, time.time() - start)
+        data = result_data(run, time.time() - start, run_opts(spec, run))
     except ValueError as e:
         return failure(str(e))
     save_result(run, data, cmd)
@@ -110,7 +144,10 @@ def dry_run_commands(spec, out_root, only=None, seeds=None, extra_args=()):
 
 
 def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
-    """Run (tag, run) pairs, chains side by side (``chain_of(run)``), each chain in order."""
+    """Run (tag, run) pairs, chains side by side (``chain_of(run)``), each chain in order. Every saved
+    result is checked against its planned run first, so a mismatch stops before anything trains."""
+    for _, run in tagged:
+        reusable_result(spec, run)
     chains = {}
     for tag, run in tagged:
         chains.setdefault(chain_of(run), []).append((tag, run))
