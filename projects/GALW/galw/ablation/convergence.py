@@ -5,8 +5,9 @@ last TAIL of its iterations (from TAIL_START x the last evaluated iteration to t
 reports the spread of mAP (max - min over the window's values) and its drift (last value - value at
 the window's start). The value at the window's start is interpolated linearly between the two
 evaluations around it, so the window covers its whole span whatever the evaluation period.
-A variant's worst seed is the one with the largest spread; the plain sum ("equal") counts as
-converged when every seed's spread and |drift| are below CONVERGED_POINTS.
+A variant's worst seed is the one with the largest spread; its max_abs_drift is the largest |drift|
+over all its seeds, which may be another seed's. The plain sum ("equal") counts as converged when
+every seed's spread and |drift| are below CONVERGED_POINTS.
 """
 import numpy as np
 
@@ -48,18 +49,19 @@ def run_convergence(curve, key="mAP", tail_start=TAIL_START):
 def variant_convergence(results, name, key="mAP"):
     """Per seed run_convergence of variant ``name``'s results, the worst seed, and whether all converged.
 
-    {"name", "runs": {seed: ...}, "worst_seed", "worst_range", "worst_drift", "converged"}; ``converged``
+    {"name", "runs": {seed: ...}, "worst_seed", "worst_range", "max_abs_drift", "converged"}:
+    ``max_abs_drift`` is the largest |drift| over every seed, not only the worst seed's; ``converged``
     is None when some seed's curve cannot say.
     """
     mine = sorted((r for r in results if r["name"] == name), key=lambda r: r["seed"])
     runs = {r["seed"]: run_convergence(r.get("curve", []), key) for r in mine}
     known = {s: c for s, c in runs.items() if c["range"] is not None}
-    out = {"name": name, "runs": runs, "worst_seed": None, "worst_range": None, "worst_drift": None,
+    out = {"name": name, "runs": runs, "worst_seed": None, "worst_range": None, "max_abs_drift": None,
            "converged": None}
     if known:
         worst = max(known, key=lambda s: (known[s]["range"], abs(known[s]["drift"])))
         out.update(worst_seed=worst, worst_range=known[worst]["range"],
-                   worst_drift=max((c["drift"] for c in known.values()), key=abs))
+                   max_abs_drift=max(abs(c["drift"]) for c in known.values()))
     if runs and len(known) == len(runs):
         out["converged"] = all(c["range"] < CONVERGED_POINTS and abs(c["drift"]) < CONVERGED_POINTS
                                for c in known.values())
