@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from galw.data.id_val import held_out_ids, split_by_identity
+from galw.data.id_val import held_out_ids, register_id_val, split_by_identity
 
 
 def _rec(name, cam, pids):
@@ -32,6 +32,51 @@ def test_split_on_hand_made_records():
         split_by_identity([_rec("a", 1, [0, 1]), _rec("b", 1, [0])], every=2)
     with pytest.raises(ValueError, match="2\\+ training identities"):
         held_out_ids([4])
+
+
+@pytest.fixture
+def base_dataset():
+    """Registers ``<prefix>_train`` returning the records it is given; removes it and its splits after."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    prefix, made = "idval_errors", {}
+
+    def register(records):
+        made["records"] = records
+        if f"{prefix}_train" not in DatasetCatalog.list():
+            DatasetCatalog.register(f"{prefix}_train", lambda: made["records"])
+            register_id_val(prefix, every=2)
+        return prefix
+
+    yield register
+    for name in (f"{prefix}_train", *(f"{prefix}_idval_{p}" for p in ("train", "gallery", "query"))):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+
+
+def test_a_bad_base_dataset_is_named_with_the_split(base_dataset):
+    from detectron2.data import DatasetCatalog
+
+    records = [_rec("a", 1, [0, 1]), _rec("b", 2, [1, 2])]
+    del records[1]["annotations"][1]["person_id"]
+    prefix = base_dataset(records)
+    with pytest.raises(ValueError, match="^idval_errors_idval_gallery \\(the validation split by identity of "
+                                         "'idval_errors_train'\\): /d/b.jpg: annotation 1 has person_id '<missing>'; "
+                                         "expected every annotation to have an integer person_id"):
+        DatasetCatalog.get(f"{prefix}_idval_gallery")
+    records[1]["annotations"][1]["person_id"] = "x"
+    with pytest.raises(ValueError, match="^idval_errors_idval_train .*annotation 1 has person_id 'x'; expected"):
+        DatasetCatalog.get(f"{prefix}_idval_train")
+    base_dataset([_rec("a", 1, [0]), _rec("b", 2, [0, -1])])
+    with pytest.raises(ValueError, match="^idval_errors_idval_query \\(the validation split by identity of "
+                                         "'idval_errors_train'\\): a validation split by identity needs 2\\+ "
+                                         "training identities, got 1"):
+        DatasetCatalog.get(f"{prefix}_idval_query")
+    base_dataset([_rec("a", 1, [0, 1]), _rec("b", 1, [0])])
+    with pytest.raises(ValueError, match="^idval_errors_idval_train .*appears in two images; expected at least one"):
+        DatasetCatalog.get(f"{prefix}_idval_train")
 
 
 def test_registered_split_of_tiny_synthps(tiny_synth_prw):

@@ -38,8 +38,18 @@ def held_out_ids(labels, every=HOLDOUT_EVERY):
     return set(labels[every - 1::every]) or {labels[-1]}
 
 
+def _pid(record, j, a):
+    """Annotation ``j``'s person_id as an int; an error naming the image when it has none."""
+    try:
+        return int(a["person_id"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{record.get('file_name', record.get('image_id'))}: annotation {j} has person_id "
+                         f"{a.get('person_id', '<missing>')!r}; expected every annotation to have an integer "
+                         "person_id (-1 for an unlabeled person, PRW layout)") from None
+
+
 def _labels(record):
-    return {int(a["person_id"]) for a in record.get("annotations", []) if int(a["person_id"]) >= 0}
+    return {p for p in (_pid(record, j, a) for j, a in enumerate(record.get("annotations", []))) if p >= 0}
 
 
 def split_by_identity(records, every=HOLDOUT_EVERY):
@@ -74,7 +84,8 @@ def split_by_identity(records, every=HOLDOUT_EVERY):
             queries.append(dict({k: g[k] for k in ("file_name", "image_id", "height", "width", "camera_id") if k in g},
                                 query={"bbox": list(box), "person_id": pid}))
     if not queries:
-        raise ValueError(f"validation split: none of the held-out identities {sorted(held)} appears in two images")
+        raise ValueError(f"validation split: none of the held-out identities {sorted(held)} appears in two images; "
+                         "expected at least one in two or more (a query needs a match in another image)")
     return train, gallery, queries, len(kept)
 
 
@@ -86,7 +97,10 @@ def register_id_val(prefix, every=HOLDOUT_EVERY):
     name = prefix + SUFFIX
 
     def load(part):
-        train, gallery, queries, num_pids = split_by_identity(DatasetCatalog.get(base), every)
+        try:
+            train, gallery, queries, num_pids = split_by_identity(DatasetCatalog.get(base), every)
+        except ValueError as e:
+            raise ValueError(f"{name}_{part} (the validation split by identity of {base!r}): {e}") from e
         if part == "train":  # num_pids follows today's root (as builtin._set_file_metadata does)
             full = f"{name}_train"
             keep = {k: v for k, v in MetadataCatalog.get(full).as_dict().items() if k not in ("name", "num_pids")}
