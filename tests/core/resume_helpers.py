@@ -6,8 +6,12 @@ family (tests/core/test_resume_<family>.py, so that test files spread the traini
 workers); each trains its family's uninterrupted reference once (``reference_fixture``).
 
 Cases:
-- ``interrupted_in_each_phase_then_resumed``: interrupted (in process) in phase one before an iteration
-  that follows a mid-epoch checkpoint, resumed, interrupted at the same point of phase two, resumed.
+- ``interrupted_then_resumed``: interrupted (in process) before an iteration that follows a mid-epoch
+  checkpoint, in one phase or in each phase in turn, resumed after each interruption. ROI-AlignPS*, the
+  demo's model, is interrupted in each phase in its own run (a fresh run interrupted in phase two; a run
+  resumed in phase one that finishes phase two); the other families in one run (interrupted in phase
+  one, resumed, interrupted in phase two, resumed), which reaches both phases' resume paths with one
+  training fewer.
 - ``sigkill_then_resumed``: ``train_net.py`` in a subprocess is killed with SIGKILL at a random
   iteration of either phase, then resumed with ``train_net.py --resume``; the drawn iteration is named
   on failure.
@@ -123,12 +127,13 @@ def _run_differences(expected_dir, got_dir):
     init = [os.path.join(d, PHASE_ONE_DIR, INIT_WEIGHTS) for d in (expected_dir, got_dir)]
     if _differences(*[torch.load(p, weights_only=True) for p in init], "init"):
         differ.append(f"{INIT_WEIGHTS} differs")
-    groups = []
-    for d in (expected_dir, got_dir):
-        with open(os.path.join(d, PHASE_ONE_DIR, "galw_groups.json")) as f:
-            groups.append(json.load(f))
-    if groups[0] != groups[1]:
-        differ.append(f"galw_groups.json: {groups[0]} != {groups[1]}")
+    for sub, name in ((PHASE_ONE_DIR, "phase one"), ("", "phase two")):
+        groups = []
+        for d in (expected_dir, got_dir):
+            with open(os.path.join(d, sub, "galw_groups.json")) as f:
+                groups.append(json.load(f))
+        if groups[0] != groups[1]:
+            differ.append(f"{name}'s galw_groups.json: {groups[0]} != {groups[1]}")
     return differ
 
 
@@ -142,24 +147,25 @@ def _interrupting_trainer(output_dir):
     return InterruptedTrainer
 
 
-def interrupted_in_each_phase_then_resumed(family, reference, tmp_path, monkeypatch):
-    """Interrupt ``family``'s training in phase one (before iteration INTERRUPT_AT, after a mid-epoch
-    checkpoint), resume it, interrupt the resumed run at the same point of phase two, resume again; both
-    phases' outputs must equal the uninterrupted ``reference`` directory's. One run serves both phases'
-    interruptions (a training each would repeat the other phase for nothing)."""
+def interrupted_then_resumed(family, phases, reference, tmp_path, monkeypatch):
+    """Run ``family``'s training interrupted in each of ``phases`` ("phase_one", "phase_two") in turn, before
+    iteration INTERRUPT_AT (after a mid-epoch checkpoint), resuming with ``--resume`` after each; then both
+    phases' outputs must equal the uninterrupted ``reference`` directory's."""
     out = str(tmp_path)
-    for resume, interrupted in ((False, os.path.join(out, PHASE_ONE_DIR)), (True, out)):
+    phase_dirs = {"phase_one": os.path.join(out, PHASE_ONE_DIR), "phase_two": out}
+    for i, phase in enumerate(phases):
+        interrupted = phase_dirs[phase]
         monkeypatch.setattr(train_net, "Trainer", _interrupting_trainer(interrupted))
         with pytest.raises(Interrupted):
-            _main(family, out, resume=resume)
+            _main(family, out, resume=i > 0)
         with open(os.path.join(interrupted, "last_checkpoint")) as f:
             assert f.read() == f"model_{CHECKPOINT_PERIOD - 1:07d}.pth", interrupted
-        if not resume:  # phase one stopped before its end: no groups yet
+        if phase == "phase_one":  # stopped before its end: no groups yet
             assert not os.path.exists(os.path.join(interrupted, "galw_groups.json"))
         monkeypatch.undo()
     _main(family, out, resume=True)
     differ = _run_differences(reference, out)
-    assert not differ, f"{family} interrupted in each phase, resumed: " + "; ".join(differ)
+    assert not differ, f"{family} interrupted in {' then '.join(phases)}, resumed: " + "; ".join(differ)
 
 
 def _train_net(family, out, resume, log):

@@ -1,7 +1,7 @@
 """Resume is exact for ROI-AlignPS*-Attr in both phases of a GALW training (tests/core/resume_helpers.py)."""
 import pytest
 
-from resume_helpers import interrupted_in_each_phase_then_resumed, reference_fixture
+from resume_helpers import interrupted_then_resumed, reference_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -10,4 +10,4 @@ reference = reference_fixture(FAMILY)
 
 
 def test_interrupted_in_each_phase_then_resumed_matches_uninterrupted(reference, tmp_path, monkeypatch):
-    interrupted_in_each_phase_then_resumed(FAMILY, reference, tmp_path, monkeypatch)
+    interrupted_then_resumed(FAMILY, ("phase_one", "phase_two"), reference, tmp_path, monkeypatch)
