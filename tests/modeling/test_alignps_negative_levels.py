@@ -175,6 +175,23 @@ def test_bad_negative_levels_fail_at_build(value):
         build_branch("AlignPSBranch", cfg, backbone.output_shape())
 
 
+def test_negative_levels_are_checked_once_at_build(monkeypatch):
+    """One rule with one message: from_config checks the value, the branch and its neck take it as given."""
+    from galw.modeling.alignps import branch as branch_module
+
+    calls, check = [], branch_module._check_negative_levels
+    monkeypatch.setattr(branch_module, "_check_negative_levels", lambda v, n: calls.append((v, n)) or check(v, n))
+    cfg = small_branch_cfg()
+    cfg.MODEL.ALIGNPS.NEGATIVE_LEVELS = 2
+    backbone = build_backbone(cfg)
+    branch = build_branch("AlignPSBranch", cfg, backbone.output_shape())
+    assert calls == [(2, 1)] and branch.negative_strides == [16, 32]
+    cfg.MODEL.ALIGNPS.NEGATIVE_LEVELS = -1
+    with pytest.raises(ValueError, match=r"^MODEL.ALIGNPS.NEGATIVE_LEVELS must be an int >= 0; got -1$"):
+        build_branch("AlignPSBranch", cfg, backbone.output_shape())
+    assert calls == [(2, 1), (-1, 1)]
+
+
 def test_more_than_five_levels_in_all_fail_at_build():
     cfg = small_branch_cfg()
     cfg.MODEL.ALIGNPS.SIZE_RANGES = [[-1, 32], [32, 64], [64, 1e8]]

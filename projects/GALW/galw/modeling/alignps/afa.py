@@ -82,6 +82,7 @@ class AFAFPN(nn.Module):
             on the relu of the previous, as the reference neck's extra levels
             (mmdet/models/necks/fpn_dcn_lconv3_dcn.py:201-228 with add_extra_convs 'on_output' and
             relu_before_extra_convs). Eval builds the ``num_outs`` levels only (fpn_dcn_lconv3_dcn.py:229-232).
+            Taken as given: AlignPSBranch.from_config checks it (branch._check_negative_levels).
     Output level ``i`` sees the concatenation of lateral ``i`` and the upsampled
     aggregate of all coarser levels, i.e. ``(L - i) * out_channels`` channels.
     """
@@ -95,8 +96,6 @@ class AFAFPN(nn.Module):
             raise ValueError(
                 f"AFAFPN: num_outs must be in [1, {len(in_channels)}] (one per input level); got {num_outs}"
             )
-        if isinstance(negative_levels, bool) or not isinstance(negative_levels, int) or negative_levels < 0:
-            raise ValueError(f"AFAFPN: negative_levels must be an int >= 0; got {negative_levels!r}")
         num_in = len(in_channels)
         self.out_channels = out_channels
         self.num_outs = num_outs

@@ -44,7 +44,8 @@ MAX_TRAINING_LEVELS = 5
 
 
 def _check_negative_levels(value, num_real: int):
-    """MODEL.ALIGNPS.NEGATIVE_LEVELS: an int >= 0 with at most MAX_TRAINING_LEVELS levels in all."""
+    """MODEL.ALIGNPS.NEGATIVE_LEVELS: an int >= 0 with at most MAX_TRAINING_LEVELS levels in all. The
+    one check of the value, at build time (from_config); the branch and its neck take it as given."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"MODEL.ALIGNPS.NEGATIVE_LEVELS must be an int >= 0; got {value!r}")
     if num_real + value > MAX_TRAINING_LEVELS:
@@ -89,7 +90,6 @@ class AlignPSBranch(PersonSearchBranch):
         super().__init__()
         if embed_pooling not in EMBED_POOLINGS:
             raise ValueError(f"MODEL.ALIGNPS.EMBED_POOLING must be one of {EMBED_POOLINGS}; got {embed_pooling!r}")
-        _check_negative_levels(negative_levels, len(size_ranges))
         if len(strides) != len(size_ranges) + negative_levels:
             raise ValueError(
                 f"AlignPSBranch: one stride per trained level, len(MODEL.ALIGNPS.SIZE_RANGES) + "
