@@ -55,6 +55,23 @@ def test_every_pinned_value_names_its_source():
             assert ":" in pin["source"] or pin["source"].startswith("argued"), pin
 
 
+def test_the_alignps_neck_is_cited_where_it_is_selected_and_where_num_outs_is_set():
+    """The AFA neck (FPNDcnLconv3Dcn) is selected by the derived reference configs; its num_outs and extra
+    convs come from their base config, whose own neck is a plain FPN: both are cited, with lines."""
+    derived = ("configs/fcos/fcos_center-normbbox-centeronreg-giou_r50_caffe_fpn_gn-head_dcn_4x4_1x_cuhk_reid_1500_"
+               "stage1_fpncat_dcn_epoch24_multiscale_focal_x4_bg-2_lconv3dcn_sub_triqueue_dcn0.py:8-9",
+               "configs/fcos/prw_base_focal_labelnorm_sub_ldcn_fg15_wd1-3.py:5-6")
+    base = "configs/fcos/fcos_r50_caffe_fpn_gn-head_4x4_1x_cuhk_reid_1000.py:19-27"
+    alignps = next(g for g in PINS["configs"] if g["repository"].startswith("daodaofr/AlignPS@"))
+    source = next(p["source"] for p in alignps["values"] if p["key"] == "MODEL.ALIGNPS.NEGATIVE_LEVELS")
+    assert source.startswith("neck FPNDcnLconv3Dcn selected by " + derived[0])
+    assert derived[1] in source and f"inheriting num_outs=5 from its _base_ (line 1) {base}" in source
+    with open(os.path.join(ROOT, "projects", "GALW", "docs", "fidelity.md")) as f:
+        row = next(line for line in f if line.startswith("| trained levels |"))
+    assert "AP-CUHK:8-9 and AP-PRW:5-6 select that neck (`FPNDcnLconv3Dcn`)" in row
+    assert "from their `_base_` (line 1) AP-CUHK-base:19-27 its num_outs 5" in row
+
+
 def _oim(case, **kwargs):
     lut = torch.tensor(LOSSES["lookup_table"])
     queue = torch.tensor(LOSSES["queue"])
