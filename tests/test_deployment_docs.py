@@ -16,11 +16,8 @@ import torch
 from torch import nn
 
 from conftest import ROOT
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 from galw.checkpoint import AtomicCheckpointer
-from galw.config_file import load_config
-from galw.export import GalleryIndexer, _GridSampleDeformConvs
+from galw.export import GalleryIndexer, _GridSampleDeformConvs, build_inference_model
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +37,10 @@ ONNX_SNIPPETS = [s for s in SNIPPETS if "onnxruntime" in s]
 def deployment(tmp_path_factory, exported_demo_model):
     exported = exported_demo_model
     root = tmp_path_factory.mktemp("deployment")
-    cfg = load_config(exported["config"])
+    cfg, model = build_inference_model(exported["config"], exported["weights"])
     run = root / "output" / "run"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(cfg.dump())
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(exported["weights"])
     model.galw_weighting = nn.Module()  # what a GALW training's checkpoint holds beside the model
     model.galw_weighting.log_sigma = nn.Parameter(torch.zeros(3))
     model.galw_weighting.register_buffer("k", torch.ones(3))
