@@ -164,18 +164,8 @@ def test_grid_sample_equals_torchvision_on_cuda():
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=name)
 
 
-class _Pow2Size(torch.nn.Module):
-    def forward(self, x):
-        return x.new_zeros(_next_pow2(x.shape[0]))
-
-
-def test_next_pow2_of_symbolic_sizes_equals_the_integer_one():
-    # under torch.export sizes are SymInts: the power is computed by the exported program
-    program = torch.export.export(_Pow2Size(), (torch.zeros(5),),
-                                  dynamic_shapes={"x": {0: torch.export.Dim("n", min=2, max=1 << 16)}}).module()
-    for n in [*range(2, 600), 1023, 1024, 1025, 4097, 1 << 16]:
-        assert program(torch.zeros(n)).shape[0] == _next_pow2(n), n
-    assert _next_pow2(64) == 64 and _next_pow2(65) == 128 and _next_pow2(1) == 1
+def test_next_pow2():
+    assert [_next_pow2(n) for n in (1, 2, 3, 64, 65, 1023, 1025)] == [1, 2, 4, 64, 128, 1024, 2048]
 
 
 class _GridSampleConv(torch.nn.Module):
@@ -195,3 +185,16 @@ def test_exported_grid_sample_follows_the_input_size():
                 {2: h, 3: w}, {2: h, 3: w}, None, None, {2: h, 3: w})).module()
         want = torchvision_deform_conv2d(*tensors[:4], mask=tensors[4], **kwargs)
         torch.testing.assert_close(program(*tensors), want, rtol=1e-10, atol=1e-10, msg=f"{size}")
+
+
+def test_exported_grid_sample_has_no_power_of_two_padding():
+    # the symbolic sizes stay those of the input: no pad op and no min/max chain in any shape
+    h, w = torch.export.Dim("h", min=3, max=64), torch.export.Dim("w", min=3, max=64)
+    tensors, _ = _case(torch.Generator().manual_seed(0), 1, 4, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1.5, True, dtype=torch.float32)
+    program = torch.export.export(_GridSampleConv(), tuple(tensors), dynamic_shapes=(
+        {2: h, 3: w}, {2: h, 3: w}, None, None, {2: h, 3: w}))
+    nodes = list(program.graph.nodes)
+    assert torch.ops.aten.grid_sampler.default in {n.target for n in nodes}
+    assert not [n for n in nodes if n.target in (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)]
+    shapes = " ".join(str(n.meta["val"].shape) for n in nodes if isinstance(n.meta.get("val"), torch.Tensor))
+    assert "Min" not in shapes and "Max" not in shapes

@@ -13,6 +13,9 @@ sample sits while the offset convs are still at their zero init. ``grid_sample``
 that round trip is exact in floating point only when ``size`` is a power of two, so the
 input is zero-padded on the bottom/right to power-of-two sizes (zeros are exactly what
 torchvision reads outside the image) and integer positions stay integer.
+An exported program (symbolic sizes) is only evaluated, never differentiated: it keeps the
+input's size, as the padding would put a chain of integer min/max ops for the power of two into
+every shape after it, which ``torch.export.load`` then parses with sympy.
 
 Inference (no autograd) runs ``deform_conv2d_gather``: the input is copied once pixel-major
 (``[N * H * W, C]``), every (output location, tap) sample is one bag of its 4 bilinear corners
@@ -57,13 +60,9 @@ def resolve_impl(impl: str, device: torch.device, needs_grad: bool = True) -> st
     return impl
 
 
-def _next_pow2(n: Union[int, torch.SymInt]) -> Union[int, torch.SymInt]:
-    """The smallest power of two >= ``n`` (up to 2 ** 16). Under ``torch.export`` a size is a SymInt
-    without ``bit_length``: the power is then 1 + the sum of 2 ** k over the k with 2 ** k < n, in
-    integer min/max ops that the exported program (and its ONNX form) computes from the input size."""
-    if isinstance(n, int):
-        return 1 << max(0, (n - 1).bit_length())
-    return 1 + sum((1 << k) * torch.sym_min(torch.sym_max(n - (1 << k), 0), 1) for k in range(16))
+def _next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n``."""
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def _geometry(input, weight, stride, padding, dilation):
@@ -117,10 +116,13 @@ def deform_conv2d_grid_sample(
             f"deform_conv2d: mask must be [{n}, {offset_groups * taps}, {h_out}, {w_out}]; got {list(mask.shape)}"
         )
 
-    # Power-of-two sizes keep grid_sample's coordinate round trip exact (module docstring).
-    hp, wp = _next_pow2(h), _next_pow2(w)
-    symbolic = not isinstance(h, int) or not isinstance(w, int)  # under torch.export: no guard on the size
-    padded = F.pad(input, (0, wp - w, 0, hp - h)) if symbolic or (hp, wp) != (h, w) else input
+    # Power-of-two sizes keep grid_sample's coordinate round trip exact (module docstring). Under
+    # torch.export (symbolic sizes) the program is never differentiated, so the size is kept.
+    if isinstance(h, int) and isinstance(w, int):
+        hp, wp = _next_pow2(h), _next_pow2(w)
+        padded = F.pad(input, (0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else input
+    else:
+        hp, wp, padded = h, w, input
 
     # Sampling positions (pixels): output location * stride - padding + tap * dilation + offset.
     dtype, device = offset.dtype, offset.device
