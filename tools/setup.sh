@@ -5,8 +5,9 @@
 #
 # .venv          pinned deps + detectron2 (an official build already there is kept; otherwise
 #                PyPI's pb1-detectron2==0.6 in pure-Python mode, completed by galw_core/compat.py).
-# .venv-d2main   only when ../shared/wheels exists (developers, CI): the same pinned deps plus
-#                detectron2 upstream main from its wheel, so `make test` runs the suite on both builds.
+# .venv-d2main   only when ../shared/wheels exists (developers, CI): detectron2 upstream main from its
+#                wheel over .venv's pinned deps (a .pth adds .venv's site-packages after its own, so the
+#                5.5 GB torch is installed once), so `make test` runs the suite on both builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -74,7 +75,12 @@ want2=$(printf '%s %s' "$want" "$(basename "$wheel")" | sha256sum | cut -d' ' -f
 if up_to_date "$VENV2" "$want2"; then
   echo "[setup] $VENV2 is up to date"
 else
-  pinned_deps "$VENV2"
-  "$VENV2/bin/python" -m pip --disable-pip-version-check install -q --no-deps --force-reinstall "$wheel"
+  rm -rf "$VENV2"
+  "$PY" -m venv "$VENV2"
+  site_packages() { "$1/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
+  # site.addsitedir also runs .venv's own .pth files; this venv's site-packages stays first on sys.path,
+  # so its detectron2 is the one imported.
+  echo "import site; site.addsitedir('$(site_packages "$VENV")')" > "$(site_packages "$VENV2")/galw_pinned_deps.pth"
+  "$VENV2/bin/python" -m pip --disable-pip-version-check install -q --no-deps "$wheel"
   install_project "$VENV2" "$want2"
 fi
