@@ -54,8 +54,16 @@ def _metrics_of(flat):
 
 
 def _records(out_dir):
+    """metrics.json's records of the training that finished: a resumed training appends the
+    iterations after its checkpoint again, and those replace the interrupted training's."""
     path = os.path.join(out_dir, "metrics.json")
-    return load_metrics_records(path) if os.path.isfile(path) else []
+    records = []
+    for rec in load_metrics_records(path) if os.path.isfile(path) else []:
+        it = rec.get("iteration")
+        while it is not None and records and records[-1].get("iteration", -1) >= it:
+            records.pop()
+        records.append(rec)
+    return records
 
 
 def collect_metrics(out_dir):

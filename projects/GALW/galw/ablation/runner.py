@@ -1,27 +1,36 @@
 """Running the planned trainings: one subprocess each, resumable through the runs' result files.
 
 A run whose result file exists is not trained again, so a study can be completed over several
-invocations; failed runs are reported and retried on the next one. A result file records the
+invocations; failed runs are reported and retried on the next one, and a training interrupted
+part way continues from its last checkpoint (``train_net.py --resume``). A result file records the
 overrides its run trained with (run_opts); one recorded with other overrides than the planned run's
 (a changed search choice, schedule or spec) is an error naming the file and the values, never reused.
 When a planned variant uses the search's weights (``{tuned_weights}``), the search's runs go first
 (search.py) and its best vector is put into that variant's opts; until the search is complete such runs are reported as failed.
 """
+import json
 import logging
 import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from galw_core.files import atomic_write
+from galw_core.two_phase import PHASE_ONE_DIR
+
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, keep_copy, result_data, save_result, saved_result
 from .search import choose, plan_search, weights_text
 from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, plan_runs, train_command
 
-__all__ = ["dry_run_commands", "finished_runs", "reusable_result", "run_ablation", "run_one", "run_opts", "run_search",
-           "subprocess_runner"]
+__all__ = ["PLANNED_FILE", "dry_run_commands", "finished_runs", "resume_args", "reusable_result", "run_ablation",
+           "run_one", "run_opts", "run_search", "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
+
+#: Written into a run's folder before it trains: the overrides it trains with (run_opts), so that a
+#: later invocation continues the checkpoints left there by an interrupted training of the same run.
+PLANNED_FILE = "ablation_planned.json"
 
 
 def subprocess_runner(cmd, out_dir, threads=None, datasets_root=None):
@@ -70,6 +79,32 @@ def reusable_result(spec, run):
     return saved
 
 
+def resume_args(spec, run):
+    """``["--resume"]`` when the run's folder holds a checkpoint (of either GALW training) left by an
+    interrupted training of the same planned run, ``[]`` when it holds none; an error naming the folder
+    when the checkpoint's run was planned with other overrides (or is unknown)."""
+    out = run["out_dir"]
+    if not any(os.path.isfile(os.path.join(d, "last_checkpoint")) for d in (out, os.path.join(out, PHASE_ONE_DIR))):
+        return []
+    path = os.path.join(out, PLANNED_FILE)
+    recorded = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            recorded = json.load(f).get("opts")
+    planned = run_opts(spec, run)
+    if recorded != planned:
+        what = "no record of its opts" if recorded is None else f"opts {recorded}"
+        raise ValueError(f"{out}: holds the checkpoints of an unfinished training with {what}; the planned run has "
+                         f"opts {planned}. Remove that folder to train the planned run from the start")
+    return ["--resume"]
+
+
+def _record_planned(spec, run):
+    os.makedirs(run["out_dir"], exist_ok=True)
+    text = json.dumps({"opts": run_opts(spec, run)})
+    atomic_write(os.path.join(run["out_dir"], PLANNED_FILE), lambda f: f.write(text.encode("utf-8")))
+
+
 def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=()):
     """One planned run, skipped when its result file exists (and records the planned opts, else an
     error): (result data, None) or (None, failure).
@@ -93,8 +128,10 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
         extra = regroup_from_run(src, run["out_dir"], group_tasks) if src else []
     except (OSError, ValueError) as e:
         return failure(str(e))
-    cmd = train_command(spec, run, extra_args=extra_args, extra_opts=extra)
-    logger.info("%s: running -> %s", tag, run["out_dir"])
+    resume = resume_args(spec, run)
+    _record_planned(spec, run)
+    cmd = train_command(spec, run, extra_args=[*extra_args, *resume], extra_opts=extra)
+    logger.info("%s: %s -> %s", tag, "resuming" if resume else "running", run["out_dir"])
     start = time.time()
     code = runner(cmd, run["out_dir"])
     if code != 0:
@@ -147,7 +184,8 @@ def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
     """Run (tag, run) pairs, chains side by side (``chain_of(run)``), each chain in order. Every saved
     result is checked against its planned run first, so a mismatch stops before anything trains."""
     for _, run in tagged:
-        reusable_result(spec, run)
+        if reusable_result(spec, run) is None:
+            resume_args(spec, run)
     chains = {}
     for tag, run in tagged:
         chains.setdefault(chain_of(run), []).append((tag, run))
