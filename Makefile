@@ -17,13 +17,19 @@ setup:
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+# The suite's temporary folder (TMPDIR of pytest, hence of its tmp_paths): /dev/shm where it has at
+# least 4 GiB free, else $$TMPDIR or /tmp. The resume tests write and fsync a checkpoint every
+# iteration; in RAM that costs no disk wait (test_resume_nae.py: 30 s instead of 43 s of wall time).
+SUITE_TMPDIR ?= $(shell [ -d /dev/shm ] && [ "$$(df -P -BG /dev/shm | awk 'NR==2 {print $$4+0}')" -ge 4 ] \
+	&& echo /dev/shm || echo "$${TMPDIR:-/tmp}")
+
 # One leg of the suite: $(1) the venv's Python, $(2) what it runs on, $(3) more pytest options.
 # It prints the temp folder's free space first (the legs' tmp_paths live there) and its wall time
 # last, and sets status=1 on failure, so the other leg still runs.
-suite_leg = echo "== the suite on $(2); free space for its tmp_paths:"; \
-	df -h "$${TMPDIR:-/tmp}" | tail -1; \
+suite_leg = echo "== the suite on $(2); free space for its tmp_paths in $(SUITE_TMPDIR):"; \
+	df -h "$(SUITE_TMPDIR)" | tail -1; \
 	start=$$(date +%s); \
-	$(1) -m pytest -q --tb=short $(PYTEST_PARALLEL) $(3) tests || status=1; \
+	TMPDIR="$(SUITE_TMPDIR)" $(1) -m pytest -q --tb=short $(PYTEST_PARALLEL) $(3) tests || status=1; \
 	echo "== wall time of the suite on $(2): $$(( $$(date +%s) - start )) s"
 
 # Lint (ruff, configured in pyproject.toml), then the suite with its slowest tests listed, on
@@ -43,7 +49,7 @@ test: setup
 # The suite without the tests marked slow (setup.cfg), on .venv: every package module still runs.
 test-fast: setup
 	@start=$$(date +%s); status=0; \
-	$(PY) -m pytest -q --tb=short $(PYTEST_PARALLEL) -m "not slow" --durations=10 tests || status=1; \
+	TMPDIR="$(SUITE_TMPDIR)" $(PY) -m pytest -q --tb=short $(PYTEST_PARALLEL) -m "not slow" --durations=10 tests || status=1; \
 	echo "== wall time of the fast suite: $$(( $$(date +%s) - start )) s"; \
 	exit $$status
 
