@@ -23,7 +23,7 @@ def _spec(tmp_path, max_iter="100"):
 
 class Interrupted:
     """train_net.py killed after its checkpoint at iteration 59 and its evaluation at 79 (the first call), then
-    resumed: it repeats iterations 60.. with other numbers and finishes (later calls)."""
+    resumed: it logs iterations 60.. again (other numbers) and finishes (later calls)."""
 
     def __init__(self, checkpoint_dir=""):
         self.commands, self.checkpoint_dir = [], checkpoint_dir
@@ -38,6 +38,7 @@ class Interrupted:
                 with open(os.path.join(out_dir, self.checkpoint_dir, "last_checkpoint"), "w") as ck:
                     ck.write("model_0000059.pth")
                 return -9
+            f.write(json.dumps({"iteration": 69, "total_loss": 1.0}) + "\n")  # resumed after iteration 59
             for it, m in ((79, 31.0), (99, 40.0)):
                 f.write(json.dumps({"iteration": it, "g/search/mAP": m, "g/search/top1": m}) + "\n")
         return 0

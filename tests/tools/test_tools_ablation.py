@@ -75,16 +75,15 @@ class FakeTrainer:
         if "MODEL.GALW.GROUPS_FILE" in cmd:  # the GALW hook writes the groups it trains with
             shutil.copy(cmd[cmd.index("MODEL.GALW.GROUPS_FILE") + 1], os.path.join(out_dir, "galw_groups.json"))
         m_ap, top1 = FAKE[(name, seed)]
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            for it, sigma in ((1, 1.0), (3, 0.5)):
-                scalars = {"galw/sigma/g0": sigma, "galw/group_weight/g0": 1 / sigma ** 2,
-                           "galw/weight/loss_a": 1 / sigma ** 2} if name != "equal" else {}
-                f.write(json.dumps({"iteration": it, "total_loss": 1.0, **scalars}) + "\n")
-            f.write(json.dumps({"iteration": 2, "synth_cuhk_gallery/search/mAP": m_ap - 10,
-                                "synth_cuhk_gallery/search/top1": top1 - 10,
-                                "synth_cuhk_gallery/detection/AP": 70.0}) + "\n")
-            f.write(json.dumps({"iteration": 4, "synth_cuhk_gallery/search/mAP": m_ap,
-                                "synth_cuhk_gallery/search/top1": top1}) + "\n")
+        records = [{"iteration": 2, "synth_cuhk_gallery/search/mAP": m_ap - 10,
+                    "synth_cuhk_gallery/search/top1": top1 - 10, "synth_cuhk_gallery/detection/AP": 70.0},
+                   {"iteration": 4, "synth_cuhk_gallery/search/mAP": m_ap, "synth_cuhk_gallery/search/top1": top1}]
+        for it, sigma in ((1, 1.0), (3, 0.5)):
+            scalars = {"galw/sigma/g0": sigma, "galw/group_weight/g0": 1 / sigma ** 2,
+                       "galw/weight/loss_a": 1 / sigma ** 2} if name != "equal" else {}
+            records.append({"iteration": it, "total_loss": 1.0, **scalars})
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:  # in iteration order, as detectron2 writes
+            f.writelines(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: r["iteration"]))
         return 0
 
 

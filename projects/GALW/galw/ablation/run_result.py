@@ -55,13 +55,15 @@ def _metrics_of(flat):
 
 def _records(out_dir):
     """metrics.json's records of the training that finished: a resumed training appends the
-    iterations after its checkpoint again, and those replace the interrupted training's."""
+    iterations after its checkpoint again (the iteration goes back), and those replace the
+    interrupted training's; records of one iteration within a training are all kept."""
     path = os.path.join(out_dir, "metrics.json")
     records = []
     for rec in load_metrics_records(path) if os.path.isfile(path) else []:
         it = rec.get("iteration")
-        while it is not None and records and records[-1].get("iteration", -1) >= it:
-            records.pop()
+        if it is not None and records and it < records[-1].get("iteration", -1):
+            while records and records[-1].get("iteration", -1) >= it:
+                records.pop()
         records.append(rec)
     return records
 
