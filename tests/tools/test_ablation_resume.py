@@ -64,8 +64,9 @@ def test_an_interrupted_run_resumes_and_keeps_the_resumed_curve(tmp_path, checkp
 def test_checkpoints_of_other_opts_are_an_error_before_anything_trains(tmp_path):
     out, trainer = str(tmp_path / "out"), Interrupted()
     ablation.run_ablation(_spec(tmp_path), out, runner=trainer)
-    with pytest.raises(ValueError, match=r"equal/seed1: holds the checkpoints of an unfinished training with opts "
-                                         r"\['SOLVER.MAX_ITER', '100', .*the planned run has opts \['SOLVER.MAX_ITER', '200'"):
+    with pytest.raises(ValueError, match=r"equal/seed1: holds the checkpoints of an unfinished training with other opts "
+                                         r"than planned \(SOLVER.MAX_ITER: trained 100, planned 200\); "
+                                         r"the planned run has opts \['SOLVER.MAX_ITER', '200'"):
         ablation.run_ablation(_spec(tmp_path, max_iter="200"), out, runner=trainer)
     os.remove(os.path.join(out, "equal", "seed1", PLANNED_FILE))
     with pytest.raises(ValueError, match="with no record of its opts"):

@@ -93,7 +93,8 @@ def resume_args(spec, run):
             recorded = json.load(f).get("opts")
     planned = run_opts(spec, run)
     if recorded != planned:
-        what = "no record of its opts" if recorded is None else f"opts {recorded}"
+        what = "no record of its opts" if recorded is None else \
+            f"other opts than planned ({_differences(recorded, planned)})"
         raise ValueError(f"{out}: holds the checkpoints of an unfinished training with {what}; the planned run has "
                          f"opts {planned}. Remove that folder to train the planned run from the start")
     return ["--resume"]
