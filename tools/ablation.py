@@ -40,7 +40,7 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default=os.path.join(ROOT, "tools", "ablation_spec.yaml"))
     parser.add_argument("--out", default="output/ablation", help="root folder of all runs and the tables")
-    parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
+    parser.add_argument("--only", nargs="+", help="variant names to run (default: the dataset's variants, else all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
     parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
     parser.add_argument("--jobs", type=int, default=1,
@@ -71,6 +71,7 @@ def main(argv=None):
     spec = ablation.load_spec(args.spec)
     data = ablation.select_dataset(spec, args.data)
     spec["data"] = f"{data['name']}: SynthPS-PRW, data seed {data['seed']}, size {data['size']}"
+    only = args.only or data.get("variants")
     reduced = args.max_iter is not None or bool(args.opts)
     results = args.results or (None if reduced and not args.report else RESULTS)
     results_dir = os.path.join(results, data["name"]) if results else None
@@ -80,20 +81,20 @@ def main(argv=None):
     spec["common_opts"] = list(spec["common_opts"]) + list(args.opts)
     extra = ["--num-gpus", str(args.num_gpus)] if args.num_gpus != 1 else []
     if args.dry_run:
-        for cmd in ablation.dry_run_commands(spec, out_root, args.only, args.seeds, extra_args=extra):
+        for cmd in ablation.dry_run_commands(spec, out_root, only, args.seeds, extra_args=extra):
             print(" ".join(cmd))
         return None
     tables_dir = out_root
     if args.report:
-        outcome = ablation.finished_runs(spec, out_root, args.only, args.seeds, results_dir, ablation.committed_result)
+        outcome = ablation.finished_runs(spec, out_root, only, args.seeds, results_dir, ablation.committed_result)
         tables_dir = results_dir
     elif args.table_only:
-        outcome = ablation.finished_runs(spec, out_root, only=args.only, seeds=args.seeds)
+        outcome = ablation.finished_runs(spec, out_root, only=only, seeds=args.seeds)
     else:
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None  # cores shared out
         runner = partial(ablation.subprocess_runner, threads=threads,
                          datasets_root=ablation.prepare_dataset(args.out, data))
-        outcome = ablation.run_ablation(spec, out_root, runner=runner, only=args.only, seeds=args.seeds,
+        outcome = ablation.run_ablation(spec, out_root, runner=runner, only=only, seeds=args.seeds,
                                         extra_args=extra, jobs=args.jobs, results_dir=results_dir)
     rows = ablation.write_tables(spec, outcome, tables_dir)
     print(ablation.markdown_table(rows))

@@ -286,3 +286,22 @@ def test_dry_run_lists_the_search_before_tuned_static(tmp_path):
         "[1.0, 1.0, 1.0]", "[1.0, 4.0, 1.0]", "[1.0, 9.0, 1.5]", "[1.0, 1.0, 1.0]", "[1.0, 4.0, 1.0]",
         "[1.0, 9.0, 1.5]", "{tuned_weights}"]
     assert _arg(cmds[0], "OUTPUT_DIR") == str(tmp_path / "o" / "search" / "ones" / "seed1")
+
+
+def test_a_dataset_lists_the_variants_it_trains(tmp_path, capsys):
+    """A dataset's ``variants`` are its runs (``--only`` still wins); an unknown name is an error."""
+    datasets = [{"name": "d0", "seed": 0, "size": "tiny"},
+                {"name": "d7", "seed": 7, "size": "tiny", "variants": ["equal"]}]
+    spec = _spec(tmp_path, datasets=datasets)
+    cli.main(["--spec", spec["_path"], "--out", str(tmp_path / "o"), "--dry-run", "--data", "d7"])
+    dirs = [_arg(line.split(), "OUTPUT_DIR") for line in capsys.readouterr().out.splitlines()]
+    assert dirs == [str(tmp_path / "o" / "d7" / "equal" / f"seed{s}") for s in (1, 2, 3)]
+    cli.main(["--spec", spec["_path"], "--out", str(tmp_path / "o"), "--dry-run", "--data", "d7", "--only", "galw_g4"])
+    dirs = [_arg(line.split(), "OUTPUT_DIR") for line in capsys.readouterr().out.splitlines()]
+    assert dirs == [str(tmp_path / "o" / "d7" / "galw_g4" / f"seed{s}") for s in (1, 2)]
+    cli.main(["--spec", spec["_path"], "--out", str(tmp_path / "o"), "--dry-run", "--data", "d0"])
+    assert len(capsys.readouterr().out.splitlines()) == 3 * 2 + 3 + 3 + 2  # search, equal, tuned_static, galw_g4
+    with pytest.raises(ValueError, match=r"spec.yaml: datasets\[1\].variants: no variant\(s\) named \['galw_g9'\]"):
+        _spec(tmp_path, datasets=[datasets[0], dict(datasets[1], variants=["equal", "galw_g9"])])
+    with pytest.raises(ValueError, match=r"datasets\[1\].variants: expected a non-empty list"):
+        _spec(tmp_path, datasets=[datasets[0], dict(datasets[1], variants=[])])
