@@ -1,17 +1,42 @@
 """The optimizer of a GALW training: detectron2's SGD builder (solver/build.py) with the weighting's
-``log_sigma`` free of weight decay, and clipping of the joint gradient norm of the whole model."""
+``log_sigma`` free of weight decay, clipping of the joint gradient norm of the whole model, and on
+CPU torch's fused SGD kernel (the per-tensor loop torch runs on CPU otherwise took about twice as
+long on the demo's model: benchmarks/step_vs_ref.py measures the whole step)."""
 import torch
 from torch import nn
 
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-__all__ = ["FULL_MODEL_CLIP", "build_optimizer", "with_full_model_clipping"]
+__all__ = ["FULL_MODEL_CLIP", "MomentumReadySGD", "build_optimizer", "with_full_model_clipping"]
 
 
 #: SOLVER.CLIP_GRADIENTS.CLIP_TYPE that clips the norm of ALL gradients together (torch's
 #: clip_grad_norm_ over every parameter, as the references do); detectron2 v0.6's "norm" clips each
 #: parameter tensor on its own, "value" each element.
 FULL_MODEL_CLIP = "full_model"
+
+
+class MomentumReadySGD(torch.optim.SGD):
+    """torch's SGD that gives a parameter a zero momentum buffer before its first step.
+
+    torch's fused kernel takes the buffers of all parameters with a gradient as one list and fails
+    when some have one and others not yet (torch/optim/sgd.py ``_fused_sgd``: "is_first_step" only
+    when none has one), as when a branch joins the loss after the first step. With dampening 0,
+    ``momentum * 0 + grad`` is exactly the ``grad`` torch's first step stores, so every step is
+    unchanged.
+    """
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if group["momentum"] == 0:
+                continue
+            if group["dampening"] != 0:
+                raise ValueError(f"{type(self).__name__}: a zero first buffer equals torch's first step only "
+                                 f"with dampening 0, got {group['dampening']}")
+            for p in group["params"]:
+                if p.grad is not None and self.state[p].get("momentum_buffer") is None:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return super().step(closure)
 
 
 def with_full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
@@ -37,6 +62,8 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     Decay would pull log sigma to 0 (sigma to 1) on top of RULWF's own regulariser.
     ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the global norm of all gradients
     (:func:`with_full_model_clipping`); "value" and "norm" are detectron2's per-tensor clipping.
+    A model whose parameters are all on the CPU steps with torch's fused kernel; elsewhere torch's default, because AMP's
+    grad scaler hands a fused optimizer the still scaled gradients, which clipping would read as is.
     """
     params = get_default_optimizer_params(
         model,
@@ -48,13 +75,14 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     )
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL_CLIP:
-        optimizer_cls = with_full_model_clipping(torch.optim.SGD, clip.CLIP_VALUE, clip.NORM_TYPE)
+        optimizer_cls = with_full_model_clipping(MomentumReadySGD, clip.CLIP_VALUE, clip.NORM_TYPE)
     else:
-        optimizer_cls = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+        optimizer_cls = maybe_add_gradient_clipping(cfg, MomentumReadySGD)
     return optimizer_cls(
         params,
         lr=cfg.SOLVER.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM,
         nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        fused=all(p.device.type == "cpu" for group in params for p in group["params"]),
     )
