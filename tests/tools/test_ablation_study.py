@@ -305,3 +305,65 @@ def test_a_dataset_lists_the_variants_it_trains(tmp_path, capsys):
         _spec(tmp_path, datasets=[datasets[0], dict(datasets[1], variants=["equal", "galw_g9"])])
     with pytest.raises(ValueError, match=r"datasets\[1\].variants: expected a non-empty list"):
         _spec(tmp_path, datasets=[datasets[0], dict(datasets[1], variants=[])])
+
+
+def _claim_spec(tmp_path, claims, paper_g4=(52.89, 86.07)):
+    variants = [{"name": "equal", "paper": {"mAP": 48.68, "top1": 84.15}, "opts": []},
+                {"name": "galw_g4", "paper": {"mAP": paper_g4[0], "top1": paper_g4[1]}, "opts": []},
+                {"name": "ulwf", "paper": {"mAP": 45.76, "top1": 82.77}, "opts": []},
+                {"name": "plain", "opts": []}]
+    return _spec(tmp_path, search=None, variants=variants, claims=claims)
+
+
+def test_the_papers_claims_are_checked_in_direction_with_their_interval(tmp_path):
+    claims = [{"table": "3", "variant": "galw_g4", "reference": "equal"},
+              {"table": "2", "variant": "ulwf", "reference": "equal"},
+              {"table": "4", "variant": "ulwf", "reference": "galw_g4"}]
+    spec = _claim_spec(tmp_path, claims)
+    results = [{"name": n, "seed": s, "mAP": v} for n, vals in
+               (("equal", (50.0, 52.0, 54.0)), ("galw_g4", (53.0, 56.0, 57.5)), ("ulwf", (50.5, 51.0, 55.0)))
+               for s, v in zip((1, 2, 3), vals)]
+    checked = ablation.check_claims(spec, ablation.aggregate(spec, results))
+    # galw_g4 - equal: diffs 3, 4, 3.5 (paper +4.21): the interval excludes 0
+    assert checked[0]["paper_diff"] == pytest.approx(4.21) and checked[0]["measured"]["mean_diff"] == pytest.approx(3.5)
+    assert checked[0]["measured"]["ci_low"] > 0 and checked[0]["verdict"] == "reproduced"
+    # ulwf - equal: diffs +0.5, -1, +1 (paper -2.92): opposite sign, the interval holds 0
+    assert checked[1]["measured"]["mean_diff"] == pytest.approx(1 / 6) and checked[1]["verdict"] == "opposite, not significant"
+    # ulwf - galw_g4: diffs -2.5, -5, -2.5 (paper -7.13): same sign, but the interval (-3.33 +- 3.58) holds 0
+    assert checked[2]["measured"]["ci_high"] > 0 and checked[2]["verdict"] == "same direction, not significant"
+    text = ablation.claims_table(checked)
+    assert "| 3 | galw_g4 | equal | +4.21 | 3 | +3.50 | [+2.26, +4.74] | reproduced |" in text
+    out = tmp_path / "tables"
+    ablation.write_tables(spec, {"results": results, "failed": []}, str(out), figures=False)
+    assert "The paper's claims" in (out / "ablation.md").read_text()
+    saved = json.loads((out / "ablation.json").read_text())["claims"]
+    assert [c["verdict"] for c in saved] == ["reproduced", "opposite, not significant", "same direction, not significant"]
+    # one paired seed has no interval; a variant without runs has no measurement
+    one = ablation.check_claims(spec, ablation.aggregate(spec, [r for r in results if r["seed"] == 1]))
+    assert one[0]["verdict"] == "n/a (fewer than 2 paired seeds)"
+    none = ablation.check_claims(spec, ablation.aggregate(spec, [r for r in results if r["name"] == "equal"]))
+    assert none[0]["measured"] is None and none[0]["verdict"] == "n/a (fewer than 2 paired seeds)"
+    only_equal = [r for r in results if r["name"] == "equal"]
+    ablation.write_tables(spec, {"results": only_equal, "failed": []}, str(out), figures=False)
+    text = (out / "ablation.md").read_text()
+    assert "The paper's claims" not in text
+    assert "Claims without runs of both variants here: 3: galw_g4 vs equal, ulwf vs equal, ulwf vs galw_g4." in text
+    # the paper's sign the other way round: a significant measured difference is "opposite, significant"
+    flipped = _claim_spec(tmp_path, claims[:1], paper_g4=(40.0, 80.0))
+    assert ablation.check_claims(flipped, ablation.aggregate(flipped, results))[0]["verdict"] == "opposite, significant"
+
+
+@pytest.mark.parametrize("claims, match", [
+    ([{"table": "1", "variant": "galw_g9", "reference": "equal"}], r"claims\[0\].variant: no variant named 'galw_g9'"),
+    ([{"table": "1", "variant": "plain", "reference": "equal"}], r"claims\[0\].variant: variant 'plain' has no paper"),
+    ([{"table": "1", "variant": "equal", "reference": "equal"}], r"claims\[0\]: a variant compared with itself"),
+    ([{"table": "1", "variant": "equal"}], r"claims\[0\]: expected \{table, variant, reference\}"),
+])
+def test_a_bad_claim_is_refused_with_its_place(tmp_path, claims, match):
+    with pytest.raises(ValueError, match="spec.yaml: " + match):
+        _claim_spec(tmp_path, claims)
+
+
+def test_paper_figures_must_be_numbers(tmp_path):
+    with pytest.raises(ValueError, match=r"spec.yaml: variant 'equal': paper must be \{mAP: <number>, top1: <number>\}"):
+        _spec(tmp_path, search=None, variants=[{"name": "equal", "paper": {"mAP": "48"}, "opts": []}])

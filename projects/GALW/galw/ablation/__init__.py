@@ -5,6 +5,7 @@ Gamma history; ``search``: the static weights tried on a validation split for ``
 ``data``: SynthPS per data seed; ``runner``: one ``train_net.py`` subprocess per (variant, seed),
 skipped when its result file exists; ``run_result``: that file (and its copy for committing);
 ``statistics``: mean ± std per variant and paired differences against the references;
+``claims``: the paper's differences between variants checked in direction;
 ``convergence``: how much mAP still moved at the end of each run;
 ``plots``: the figures; ``tables``: ``ablation.md`` / ``ablation.json`` and the figures.
 ``tools/ablation.py`` is the command line.
@@ -17,6 +18,7 @@ from .runner import dry_run_commands, finished_runs, run_ablation, run_one, run_
 from .search import SEARCH_DIR, choose, plan_search, weights_text
 from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_path, load_spec, plan_runs, schedule_opts, train_command,
                    variant_seeds)
+from .claims import check_claims, claims_table
 from .convergence import convergence, run_convergence, variant_convergence
 from .statistics import COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_comparisons
 from .tables import comparison_table, convergence_table, markdown_table, write_tables
@@ -33,7 +35,9 @@ __all__ = [
     "aggregate",
     "all_comparisons",
     "base_config_path",
+    "check_claims",
     "choose",
+    "claims_table",
     "collect_metrics",
     "committed_result",
     "comparison_table",

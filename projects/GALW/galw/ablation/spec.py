@@ -11,6 +11,7 @@ import sys
 import yaml
 
 from .data import validate_datasets
+from .claims import validate_claims
 from .search import SEARCH_DIR, validate_search
 
 __all__ = ["REPO_ROOT", "TUNED_WEIGHTS", "base_config_path", "load_spec", "plan_runs", "schedule_opts",
@@ -71,6 +72,7 @@ def load_spec(path):
     spec["_path"] = path
     validate_search(spec, path)
     validate_datasets(spec, path)
+    validate_claims(spec, path)
     return spec
 
 

@@ -1,7 +1,8 @@
 """The study's outputs: ``ablation.md`` (tables), ``ablation.json`` (the same as data) and two figures.
 
-Tables: mean ± std per variant, the paired differences against the references, and how much each
-variant's mAP still moved over the last 20 % of its training (convergence.py). Figures (plots.py):
+Tables: mean ± std per variant, the paired differences against the references, the paper's claims
+checked (claims.py), and how much each variant's mAP still moved over the last 20 % of its training
+(convergence.py). Figures (plots.py):
 ``ablation_means.png`` (per-variant mean and spread) and ``ablation_curves.png`` (learning curves of
 equal, tuned_static and galw_g4).
 """
@@ -10,6 +11,7 @@ import os
 
 from galw_core.files import atomic_write
 
+from .claims import VERDICTS, check_claims, claims_table
 from .convergence import convergence
 from .statistics import COLUMNS, CONFIDENCE, aggregate, all_comparisons
 
@@ -122,6 +124,15 @@ def write_tables(spec, outcome, out_root, figures=True):
         md += ("\nPaired differences (variant - reference) over the seeds both have (same seed: same "
                f"initialisation and data order); mean, {round(CONFIDENCE * 100)} % confidence interval and "
                "p-value of the paired t-test (scipy.stats.ttest_rel).\n\n" + comparison_table(comparisons))
+    checked = check_claims(spec, rows)
+    measured = [c for c in checked if c["measured"] is not None]
+    if measured:
+        md += ("\nThe paper's claims: the sign of each mAP difference a paper table reports, against the paired "
+               f"difference here. Verdicts: {'; '.join(VERDICTS)} (significant: the confidence interval "
+               "excludes 0).\n\n" + claims_table(measured))
+    if len(measured) < len(checked):
+        md += (f"\nClaims without runs of both variants here: {len(checked) - len(measured)}: "
+               + ", ".join(f"{c['variant']} vs {c['reference']}" for c in checked if c["measured"] is None) + ".\n")
     base_flag = {True: "yes", False: "no", None: "unknown"}[conv["baseline_converged"]]
     md += (f"\nConvergence: mAP over the last {round((1 - conv['tail_start']) * 100)} % of the iterations "
            "(range = max - min, drift = last - value at the window's start). "
@@ -135,6 +146,6 @@ def write_tables(spec, outcome, out_root, figures=True):
     _write_text(os.path.join(out_root, "ablation.json"), json.dumps(
         {"spec": spec["_path"], "base_config": spec["base_config"], "data": spec.get("data"), "variants": rows,
          "runs": runs, "failed": outcome["failed"], "not_run": outcome.get("not_run", []),
-         "comparisons": comparisons, "convergence": conv, "search": outcome.get("search"),
+         "comparisons": comparisons, "claims": checked, "convergence": conv, "search": outcome.get("search"),
          "figures": made}, indent=2))
     return rows
