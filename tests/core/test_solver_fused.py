@@ -62,3 +62,25 @@ def test_a_model_off_the_cpu_keeps_torch_default_sgd():
     stands in for a GPU one here)."""
     optimizer = build_optimizer(toy_cfg(""), TwoHeads().to("meta"))
     assert optimizer.param_groups and not any(g["fused"] for g in optimizer.param_groups)
+
+
+def test_amp_grad_scaler_unscales_before_the_clipping_reads_the_gradients():
+    """GradScaler hands an optimizer that says it supports AMP scaling (torch's fused SGD does) the
+    still scaled gradients; the clipping in ``step`` must see them unscaled, as without fusing."""
+    cfg = toy_cfg("", "SOLVER.BASE_LR", 0.1, "SOLVER.WEIGHT_DECAY", 0.0, "SOLVER.CLIP_GRADIENTS.ENABLED", True,
+                  "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.05)
+    torch.manual_seed(0)
+    model, ref = TwoHeads(), TwoHeads()
+    ref.load_state_dict(model.state_dict())
+    optimizer = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(8, 4)
+    scaler.scale(_losses(model, 2, x)).backward()
+    scaler.step(optimizer)
+    _losses(ref, 2, x).backward()
+    torch.nn.utils.clip_grad_norm_(list(ref.parameters()), 0.05)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.1 * p.grad
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)

@@ -24,7 +24,15 @@ class MomentumReadySGD(torch.optim.SGD):
     when none has one), as when a branch joins the loss after the first step. With dampening 0,
     ``momentum * 0 + grad`` is exactly the ``grad`` torch's first step stores, so every step is
     unchanged.
+
+    It also tells AMP's grad scaler to unscale the gradients before ``step``, as for any optimizer
+    without fused scaling: the clipping in a subclass's ``step`` reads them there (torch marks a fused
+    SGD ``_step_supports_amp_scaling``, and the scaler then hands it the gradients still scaled).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._step_supports_amp_scaling = False
 
     def step(self, closure=None):
         for group in self.param_groups:
