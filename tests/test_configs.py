@@ -222,10 +222,15 @@ def test_ablation_variants_use_real_keys_and_values():
             t = list(g.TASKS)
             assert [sorted(x) for x in groups] == [sorted([t[4], t[5], t[6]]), sorted([t[2], t[9]]),
                                                     sorted([t[0], t[1], t[3], t[7], t[8]])]
-        if name == "random_grouping_g4":
-            assert len(groups) == 4 and g.RANDOM_SEED == run["seed"]
+        if name in ("random_grouping_a", "random_grouping_b"):  # Table 5's two random groupings of 4
+            t = list(g.TASKS)
+            paper = {"random_grouping_a": [[0, 4], [2, 6], [5, 9], [1, 3, 7, 8]],
+                     "random_grouping_b": [[0, 1], [2, 4, 6], [5], [3, 7, 8, 9]]}[name]
+            assert [sorted(x) for x in groups] == [sorted(t[i] for i in group) for group in paper]
+        if name == "galw_single_run":
+            assert (g.MODE, g.GROUPING, g.NUM_GROUPS) == ("single_run", "galw", 4)
     assert {"equal", "manual", "tuned_static", "ulwf", "rulwf", "galw_g4", "branch_grouping",
-            "random_grouping_g4"} <= seen
+            "random_grouping_a", "random_grouping_b", "galw_single_run"} <= seen
 
 
 def test_ablation_search_trains_static_weights_on_the_validation_split():

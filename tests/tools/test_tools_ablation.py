@@ -281,7 +281,7 @@ def test_shipped_spec_covers_the_paper_tables(tmp_path):
     names = [v["name"] for v in spec["variants"]]
     for required in ("equal", "manual", "ulwf", "rulwf", "ulwf_grouped_g4", "galw_g2", "galw_g3", "galw_g4",
                      "galw_g5", "galw_g6", "branch_grouping", "semantic_grouping_2", "semantic_grouping_3",
-                     "random_grouping_g4"):
+                     "random_grouping_a", "random_grouping_b", "galw_single_run"):
         assert required in names
     runs = ablation.plan_runs(spec, str(tmp_path))
     seeds = {n: sorted(r["seed"] for r in runs if r["name"] == n) for n in names}
