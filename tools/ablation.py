@@ -69,8 +69,7 @@ def main(argv=None):
         parser.error(f"--opts needs KEY VALUE pairs, got {args.opts}")
     setup_logging()
     spec = ablation.load_spec(args.spec)
-    data = ablation.select_dataset(spec, args.data)
-    spec["data"] = f"{data['name']}: SynthPS-PRW, data seed {data['seed']}, size {data['size']}"
+    data = ablation.label_dataset(spec, args.data)
     only = args.only or data.get("variants")
     reduced = args.max_iter is not None or bool(args.opts)
     results = args.results or (None if reduced and not args.report else RESULTS)
@@ -86,7 +85,7 @@ def main(argv=None):
         return None
     tables_dir = out_root
     if args.report:
-        outcome = ablation.finished_runs(spec, out_root, only, args.seeds, results_dir, ablation.committed_result)
+        outcome = ablation.committed_outcome(spec, data, results, only, args.seeds)
         tables_dir = results_dir
     elif args.table_only:
         outcome = ablation.finished_runs(spec, out_root, only=only, seeds=args.seeds)

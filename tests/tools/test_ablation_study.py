@@ -249,6 +249,21 @@ def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
     cli.main(["--spec", spec["_path"], "--out", str(out), "--results", str(res), "--report", "--data", "d7"])
     assert json.loads((res / "d7" / "ablation.json").read_text())["not_run"][0] == {"name": "equal", "seed": 1}
     capsys.readouterr()
+    # the docs block: the report's tables from the same kept files, the figures named, the runs' machines
+    block = ablation.docs_markdown("d0", str(res), spec["_path"])
+    assert block.startswith("Base config: ") and "| tuned_static |  | 3 | 55.00 ± 1.00 |" in block
+    assert block.split("Figures")[0] == md[md.index("Base config: "):md.index("![")].rstrip("\n") + "\n\n"
+    assert "`results/ablation/d0/ablation_curves.png` (mAP against iteration" in block
+    assert re.search(r"<sub>14 result files \(6 of the weight search\), [0-9.]+ hours .* measured 20", block)
+    assert ablation.docs_markdown("d7", str(res), spec["_path"]) is None  # no kept file there
+
+
+def test_a_docs_ablation_block_without_files_names_the_command(tmp_path):
+    from galw.results_docs import render_block
+
+    assert render_block("ablation/data1", str(tmp_path)) == (
+        "No result file yet: `python tools/ablation.py --out output/ablation --data data1` writes "
+        "`results/ablation/data1` and `make results` shows it here.\n")
 
 
 def test_data_seed_keeps_runs_apart_and_generates_once(tmp_path, capsys):

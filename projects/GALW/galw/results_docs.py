@@ -6,7 +6,8 @@ A Markdown page marks a table's place with a pair of comments::
     ...rendered here...
     <!-- /results:benchmarks/cpu_step -->
 
-``NAME`` is one result file (``results/NAME.json``) or a category (every ``results/NAME/*.json``).
+``NAME`` is one result file (``results/NAME.json``) or a category (every ``results/NAME/*.json``);
+``ablation/<data>`` is the ablation study's report on that dataset (galw/ablation/report.py).
 :func:`render_text` rewrites every such block from the files: the figures as a table, then the
 command that produced them and the machine, load, versions, commit and date of the run. Where no
 file exists yet the block names the command that makes one. ``make results`` rewrites the pages;
@@ -31,12 +32,18 @@ DOC_GLOBS = ("README.md", "projects/GALW/README.md", "projects/GALW/docs/*.md")
 PRODUCERS = {
     "demo": "make demo",
     "ablation": "python tools/ablation.py --out output/ablation",
+    "ablation/data1": "python tools/ablation.py --out output/ablation --data data1",
     "benchmarks": "make bench",
     "benchmarks/gpu_check": "make gpu-check (on a GPU machine)",
     "benchmarks/demo_seeds_default_data0": "PYTHONPATH=projects/GALW:. .venv/bin/python benchmarks/demo_seeds.py",
     "benchmarks/demo_seeds_default_data1":
         "PYTHONPATH=projects/GALW:. .venv/bin/python benchmarks/demo_seeds.py --data-seed 1",
 }
+
+
+#: Blocks ``ablation/<data>``: the study's report on that dataset from its kept run files
+#: (galw/ablation/report.py), the same tables ``tools/ablation.py --report`` writes.
+ABLATION_PREFIX = "ablation/"
 
 
 def producer(name: str) -> str:
@@ -170,6 +177,12 @@ def _demo_tables(docs: List[Dict[str, Any]]) -> str:
 
 def render_block(name: str, root: Optional[str] = None) -> str:
     """The text between a block's comments: the file's or category's tables, or the command to run."""
+    if name.startswith(ABLATION_PREFIX):
+        from galw.ablation import docs_markdown
+
+        text = docs_markdown(name[len(ABLATION_PREFIX):], root or RESULTS_DIR)
+        if text is not None:
+            return text
     files = result_files(name, root)
     if not files:
         return f"No result file yet: `{producer(name)}` writes `results/{name}` and `make results` shows it here.\n"

@@ -7,7 +7,8 @@ skipped when its result file exists; ``run_result``: that file (and its copy for
 ``statistics``: mean ± std per variant and paired differences against the references;
 ``claims``: the paper's differences between variants checked in direction;
 ``convergence``: how much mAP still moved at the end of each run;
-``plots``: the figures; ``tables``: ``ablation.md`` / ``ablation.json`` and the figures.
+``plots``: the figures; ``tables``: ``ablation.md`` / ``ablation.json`` and the figures;
+``report``: the same from the kept result files alone, for ``--report`` and the docs.
 ``tools/ablation.py`` is the command line.
 """
 from .regroup import GROUPS_INPUT, galw_group_tasks, regroup_from_run
@@ -21,7 +22,8 @@ from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_path, load_spec, plan_r
 from .claims import check_claims, claims_table
 from .convergence import convergence, run_convergence, variant_convergence
 from .statistics import COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_comparisons
-from .tables import comparison_table, convergence_table, markdown_table, write_tables
+from .tables import comparison_table, convergence_table, markdown_table, report_markdown, write_tables
+from .report import SHIPPED_SPEC, committed_outcome, docs_markdown, label_dataset
 
 __all__ = [
     "COLUMNS",
@@ -31,6 +33,7 @@ __all__ = [
     "REPO_ROOT",
     "RESULT_FILE",
     "SEARCH_DIR",
+    "SHIPPED_SPEC",
     "TUNED_WEIGHTS",
     "aggregate",
     "all_comparisons",
@@ -39,15 +42,18 @@ __all__ = [
     "choose",
     "claims_table",
     "collect_metrics",
+    "committed_outcome",
     "committed_result",
     "comparison_table",
     "convergence",
     "convergence_table",
     "dataset_root",
+    "docs_markdown",
     "dry_run_commands",
     "finished_runs",
     "galw_group_tasks",
     "keep_copy",
+    "label_dataset",
     "load_spec",
     "markdown_table",
     "mean_std",
@@ -58,6 +64,7 @@ __all__ = [
     "plan_search",
     "prepare_dataset",
     "regroup_from_run",
+    "report_markdown",
     "result_data",
     "run_ablation",
     "run_convergence",

@@ -15,7 +15,8 @@ from .claims import VERDICTS, check_claims, claims_table
 from .convergence import convergence
 from .statistics import COLUMNS, CONFIDENCE, aggregate, all_comparisons
 
-__all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "markdown_table", "write_tables"]
+__all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "markdown_table", "report_markdown",
+           "write_tables"]
 
 #: A run's fields in ablation.json (curves, groups and trajectories stay in its own result file).
 RUN_FIELDS = ("name", "seed", "mAP", "top1", "top10", "det_AP", "seconds", "source")
@@ -95,11 +96,11 @@ def _figures(rows, results, out_root):
     return made
 
 
-def write_tables(spec, outcome, out_root, figures=True):
-    """Write ablation.md, ablation.json and (``figures``) the PNGs for ``outcome``; returns the rows."""
+def report_markdown(spec, outcome, made=None):
+    """The report's Markdown body (no title): the tables and notes of ``outcome``, the figures ``made``
+    ({file: what}) as images; returns (markdown, {"rows", "comparisons", "claims", "convergence"})."""
     results = outcome["results"]
     rows = aggregate(spec, results)
-    os.makedirs(out_root, exist_ok=True)
     note = "Mean ± sample standard deviation (ddof=1) over seeds; a single run shows its value only.\n"
     if outcome["failed"]:
         note += f"Failed or skipped runs (not in the table): {len(outcome['failed'])}, see ablation.json.\n"
@@ -108,7 +109,7 @@ def write_tables(spec, outcome, out_root, figures=True):
                  + ", ".join(f"{r['name']}/seed{r['seed']}" for r in outcome["not_run"]) + ".\n")
     comparisons = all_comparisons(rows)
     conv = convergence(spec, results)
-    md = f"# Ablation: {spec['_path']}\n\nBase config: `{spec['base_config']}`\n\n"
+    md = f"Base config: `{spec['base_config']}`\n\n"
     if spec.get("data"):
         md += f"Data: `{spec['data']}`\n\n"
     if spec["common_opts"]:
@@ -138,14 +139,22 @@ def write_tables(spec, outcome, out_root, figures=True):
            "(range = max - min, drift = last - value at the window's start). "
            f"Baseline `{conv['baseline']}` converged on every seed: {base_flag}.\n\n"
            + convergence_table(conv))
-    made = _figures(rows, results, out_root) if figures else {}
     if made:
         md += "\n" + "".join(f"![{what}]({name})\n" for name, what in made.items())
-    _write_text(os.path.join(out_root, "ablation.md"), md)
+    return md, {"rows": rows, "comparisons": comparisons, "claims": checked, "convergence": conv}
+
+
+def write_tables(spec, outcome, out_root, figures=True):
+    """Write ablation.md, ablation.json and (``figures``) the PNGs for ``outcome``; returns the rows."""
+    results = outcome["results"]
+    os.makedirs(out_root, exist_ok=True)
+    made = _figures(aggregate(spec, results), results, out_root) if figures else {}
+    body, parts = report_markdown(spec, outcome, made)
+    _write_text(os.path.join(out_root, "ablation.md"), f"# Ablation: {spec['_path']}\n\n" + body)
     runs = [{k: r[k] for k in RUN_FIELDS if k in r} for r in results]
     _write_text(os.path.join(out_root, "ablation.json"), json.dumps(
-        {"spec": spec["_path"], "base_config": spec["base_config"], "data": spec.get("data"), "variants": rows,
+        {"spec": spec["_path"], "base_config": spec["base_config"], "data": spec.get("data"), "variants": parts["rows"],
          "runs": runs, "failed": outcome["failed"], "not_run": outcome.get("not_run", []),
-         "comparisons": comparisons, "claims": checked, "convergence": conv, "search": outcome.get("search"),
-         "figures": made}, indent=2))
-    return rows
+         "comparisons": parts["comparisons"], "claims": parts["claims"], "convergence": parts["convergence"],
+         "search": outcome.get("search"), "figures": made}, indent=2))
+    return parts["rows"]

@@ -1,0 +1,73 @@
+"""The study's report from the kept result files alone (``results/ablation/<data>/``): what
+``tools/ablation.py --report`` writes there and what the docs page renders (galw/results_docs.py,
+a ``<!-- results:ablation/<data> -->`` block), so both show the same tables.
+"""
+import os
+
+from galw.results import read_result
+
+from .data import select_dataset
+from .run_result import committed_result
+from .runner import finished_runs
+from .search import SEARCH_DIR
+from .spec import REPO_ROOT, load_spec
+from .tables import FIGURES, report_markdown
+
+__all__ = ["SHIPPED_SPEC", "committed_outcome", "docs_markdown", "label_dataset"]
+
+#: The study the docs show.
+SHIPPED_SPEC = os.path.join(REPO_ROOT, "tools", "ablation_spec.yaml")
+
+
+def label_dataset(spec, name=None):
+    """The spec's dataset ``name`` (its first when None); sets ``spec["data"]``, the report's Data line."""
+    data = select_dataset(spec, name)
+    spec["data"] = f"{data['name']}: SynthPS-PRW, data seed {data['seed']}, size {data['size']}"
+    return data
+
+
+def committed_outcome(spec, data, results_root, only=None, seeds=None):
+    """finished_runs over the kept copies in ``results_root/<data>`` (the dataset's own ``variants``
+    unless ``only`` names others)."""
+    results_dir = os.path.join(results_root, data["name"])
+    out_root = os.path.join(REPO_ROOT, "output", "ablation", data["name"])  # planned folders; nothing is read there
+    return finished_runs(spec, out_root, only or data.get("variants"), seeds, results_dir, committed_result)
+
+
+def _kept_files(results_dir):
+    """Every kept run's result file under ``results_dir`` (variants and search candidates), sorted."""
+    found = []
+    for folder, _, files in os.walk(results_dir):
+        found += [os.path.join(folder, f) for f in files if f.startswith("seed") and f.endswith(".json")]
+    return sorted(found)
+
+
+def _footer(results_dir):
+    """The runs' machines, dates, commits and summed wall time, from the kept files' meta."""
+    docs = [read_result(p) for p in _kept_files(results_dir)]
+    metas = [d["meta"] for d in docs]
+    dates = sorted(m.get("date") or "" for m in metas)
+    machines = sorted({f"{m.get('cpu')} ({m.get('cores')} cores{', ' + m['gpu'] if m.get('gpu') else ''})"
+                       for m in metas})
+    commits = sorted({str(m.get("commit")) for m in metas})
+    hours = sum(d["data"].get("seconds") or 0.0 for d in docs) / 3600
+    search = sum(os.sep + SEARCH_DIR + os.sep in p for p in _kept_files(results_dir))
+    return (f"<sub>{len(docs)} result files ({search} of the weight search), {hours:.1f} hours of training and "
+            f"evaluation in all, measured {dates[0]} to {dates[-1]} on {'; '.join(machines)}; "
+            f"commits {', '.join(commits)}; torch {', '.join(sorted({str(m.get('torch')) for m in metas}))}</sub>\n")
+
+
+def docs_markdown(data_name, results_root, spec_path=SHIPPED_SPEC):
+    """The docs block of dataset ``data_name``: the report's tables from the kept files, the figures
+    ``--report`` made there named by path, the runs' machines and dates; None without any kept file."""
+    spec = load_spec(spec_path)
+    data = label_dataset(spec, data_name)
+    results_dir = os.path.join(results_root, data["name"])
+    if not _kept_files(results_dir):
+        return None
+    body, _ = report_markdown(spec, committed_outcome(spec, data, results_root))
+    figures = [f"`results/ablation/{data['name']}/{name}` ({what})" for name, what in FIGURES
+               if os.path.isfile(os.path.join(results_dir, name))]
+    if figures:
+        body += "\nFigures (`python tools/ablation.py --report --data " + data["name"] + "`): " + "; ".join(figures) + ".\n"
+    return body + "\n" + _footer(results_dir)
