@@ -237,6 +237,7 @@ def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
     assert "Data: `d0: SynthPS-PRW, data seed 0, size tiny`" in md
     assert "| tuned_static |  | 3 | 55.00 ± 1.00 |" in md
     assert "search candidate `mid` [1.0, 4.0, 1.0] (validation mAP 59.85" in md
+    assert "| mid (chosen) | 1, 4, 1 | 1, 2 | 59.90, 59.80 (mean 59.85) |" in md
     assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
     assert "Baseline `equal` converged on every seed: yes." in md
     saved = json.loads((res / "d0" / "ablation.json").read_text())
@@ -258,12 +259,24 @@ def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
     assert ablation.docs_markdown("d7", str(res), spec["_path"]) is None  # no kept file there
 
 
-def test_a_docs_ablation_block_without_files_names_the_command(tmp_path):
+def test_a_docs_ablation_block_reads_results_ablation_or_names_the_command(tmp_path):
+    from galw.results import write_result
     from galw.results_docs import render_block
 
     assert render_block("ablation/data1", str(tmp_path)) == (
         "No result file yet: `python tools/ablation.py --out output/ablation --data data1` writes "
         "`results/ablation/data1` and `make results` shows it here.\n")
+    # one kept search run of the shipped study under <root>/ablation/data1: the block is the report
+    data = {"name": "equal", "seed": 1, "seconds": 600.0, "mAP": 4.5, "top1": 8.3, "curve": []}
+    write_result("seed1", "x", data, root=str(tmp_path / "ablation" / "data1" / "search" / "equal"))
+    os.rename(tmp_path / "ablation" / "data1" / "search" / "equal" / "seed1" / "x.json",
+              tmp_path / "ablation" / "data1" / "search" / "equal" / "seed1.json")
+    block = render_block("ablation/data1", str(tmp_path))
+    assert "Data: `data1: SynthPS-PRW, data seed 1, size default`" in block
+    assert "tuned_static's weights: the search is not complete" in block and "No variant has a finished run yet." in block
+    assert "| equal | 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 | 1 | 4.50 |" in block
+    assert "| reid_x0.1 | 1, 1, 1, 1, 0.1, 1, 1, 1, 0.1, 0.1 | - | not run (yet) |" in block
+    assert "<sub>1 result files (1 of the weight search), 0.2 hours" in block
 
 
 def test_data_seed_keeps_runs_apart_and_generates_once(tmp_path, capsys):

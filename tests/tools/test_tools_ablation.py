@@ -391,5 +391,5 @@ def test_table_only_tabulates_finished_runs_and_lists_the_rest(tmp_path):
     rows = ablation.write_tables(spec, outcome, str(out))
     assert rows[0]["mAP_mean"] == pytest.approx(52.0)
     text = (out / "ablation.md").read_text()
-    assert "Not run (yet): 6: " in text and "galw_g2/seed3" in text
+    assert "Not run (yet): 6: galw_g4 seeds 1, 2, 3; galw_g2 seeds 1, 2, 3." in text
     assert len(trainer.calls) == 3  # tabulating trains nothing

@@ -180,7 +180,7 @@ def render_block(name: str, root: Optional[str] = None) -> str:
     if name.startswith(ABLATION_PREFIX):
         from galw.ablation import docs_markdown
 
-        text = docs_markdown(name[len(ABLATION_PREFIX):], root or RESULTS_DIR)
+        text = docs_markdown(name[len(ABLATION_PREFIX):], os.path.join(root or RESULTS_DIR, "ablation"))
         if text is not None:
             return text
     files = result_files(name, root)

@@ -43,7 +43,8 @@ def _kept_files(results_dir):
 
 
 def _footer(results_dir):
-    """The runs' machines, dates, commits and summed wall time, from the kept files' meta."""
+    """The runs' machines, dates, commits and summed wall time, from the kept files' meta (a run's
+    ``seconds`` is the wall time of the invocation that finished it, runner.run_one)."""
     docs = [read_result(p) for p in _kept_files(results_dir)]
     metas = [d["meta"] for d in docs]
     dates = sorted(m.get("date") or "" for m in metas)
@@ -53,7 +54,8 @@ def _footer(results_dir):
     hours = sum(d["data"].get("seconds") or 0.0 for d in docs) / 3600
     search = sum(os.sep + SEARCH_DIR + os.sep in p for p in _kept_files(results_dir))
     return (f"<sub>{len(docs)} result files ({search} of the weight search), {hours:.1f} hours of training and "
-            f"evaluation in all, measured {dates[0]} to {dates[-1]} on {'; '.join(machines)}; "
+            "evaluation in the invocations that finished the runs (a resumed run counts from its resume), "
+            f"measured {dates[0]} to {dates[-1]} on {'; '.join(machines)}; "
             f"commits {', '.join(commits)}; torch {', '.join(sorted({str(m.get('torch')) for m in metas}))}</sub>\n")
 
 

@@ -16,7 +16,7 @@ from .convergence import convergence
 from .statistics import COLUMNS, CONFIDENCE, aggregate, all_comparisons
 
 __all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "markdown_table", "report_markdown",
-           "write_tables"]
+           "search_table", "write_tables"]
 
 #: A run's fields in ablation.json (curves, groups and trajectories stay in its own result file).
 RUN_FIELDS = ("name", "seed", "mAP", "top1", "top10", "det_AP", "seconds", "source")
@@ -41,6 +41,19 @@ def markdown_table(rows):
     for r in rows:
         cells = [_cell(r[f"{k}_mean"], r[f"{k}_std"]) if f"{k}_mean" in r else "n/a" for k, _ in columns]
         lines.append(f"| {r['name']} | {', '.join(r['tables'])} | {r['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def search_table(search):
+    """One line per search candidate: its weights on t1..t10, its seeds and validation mAP (mean)."""
+    lines = ["| candidate | weights t1..t10 | seeds | validation mAP |", "|---|---|---|---|"]
+    for c in search["candidates"]:
+        weights = ", ".join(f"{w:g}" for w in c["weights"])
+        score = "not run (yet)" if not c["mAP"] else ", ".join(f"{m:.2f}" for m in c["mAP"])
+        if c["score"] is not None and len(c["mAP"]) > 1:
+            score += f" (mean {c['score']:.2f})"
+        best = " (chosen)" if c["name"] == search.get("best") else ""
+        lines.append(f"| {c['name']}{best} | {weights} | {', '.join(map(str, c['seeds'])) or '-'} | {score} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,8 +118,11 @@ def report_markdown(spec, outcome, made=None):
     if outcome["failed"]:
         note += f"Failed or skipped runs (not in the table): {len(outcome['failed'])}, see ablation.json.\n"
     if outcome.get("not_run"):
+        seeds = {}
+        for r in outcome["not_run"]:
+            seeds.setdefault(r["name"], []).append(str(r["seed"]))
         note += (f"Not run (yet): {len(outcome['not_run'])}: "
-                 + ", ".join(f"{r['name']}/seed{r['seed']}" for r in outcome["not_run"]) + ".\n")
+                 + "; ".join(f"{n} seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for n, s in seeds.items()) + ".\n")
     comparisons = all_comparisons(rows)
     conv = convergence(spec, results)
     md = f"Base config: `{spec['base_config']}`\n\n"
@@ -114,13 +130,15 @@ def report_markdown(spec, outcome, made=None):
         md += f"Data: `{spec['data']}`\n\n"
     if spec["common_opts"]:
         md += f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n"
-    md += markdown_table(rows) + "\n" + note
+    md += (markdown_table(rows) if rows else "No variant has a finished run yet.\n") + "\n" + note
     s = outcome.get("search")
     if s and s["best"] is not None:
         md += (f"\ntuned_static's weights: search candidate `{s['best']}` "
-               f"{s['weights']} (validation mAP {s['score']:.2f}; every candidate in ablation.json).\n")
+               f"{s['weights']} (validation mAP {s['score']:.2f}).\n")
     elif s:
-        md += "\ntuned_static's weights: the search is not complete (its candidates in ablation.json).\n"
+        md += "\ntuned_static's weights: the search is not complete.\n"
+    if s:
+        md += "\nThe weight search (validation mAP on the held-out training identities):\n\n" + search_table(s)
     if comparisons:
         md += ("\nPaired differences (variant - reference) over the seeds both have (same seed: same "
                f"initialisation and data order); mean, {round(CONFIDENCE * 100)} % confidence interval and "
