@@ -4,7 +4,8 @@ picks by default: torchvision's deformable conv vs the grid_sample one
 (MODEL.ALIGNPS.DEFORM_CONV_IMPL), oneDNN's convs in the ROI res5 vs unfold + matmul on its
 small maps (MODEL.NAE.RES5_CONV_IMPL). Three arms built and timed in this one run,
 interleaved in blocks so load changes hit all alike; then (``--profile N``) the default arm's
-step under torch.profiler, the ops with the most self CPU time: the next hot spot.
+step under torch.profiler: the (op, input shapes) with the most self CPU time, the next hot spot, and
+the rate of those whose FLOPs the profiler counts; they go into the result file too.
 
     PYTHONPATH=projects/GALW:. python benchmarks/cpu_step.py [--config-file CFG] [--rounds 3]
         [--block 3] [--profile 3] [KEY VALUE ...]
@@ -57,19 +58,30 @@ def build_arms(args):
 
 
 def profile(arm, steps, start, top):
-    """Self-CPU-time table of ``steps`` training steps (forward, backward, optimizer)."""
+    """The ``top`` (op, input shapes) of ``steps`` training steps (forward, backward, optimizer) by self
+    CPU time, with the rate of the ops whose FLOPs torch.profiler counts (matrix products, convs'
+    forward): a rate near the machine's peak says the op is bound by its arithmetic, not by overhead."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         arm.run(start, steps)
-    events = prof.key_averages()
+    events = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in events)
-    print(f"\nprofile of the default arm, {steps} steps: {total / 1e6 / steps:.2f} s self CPU per step; "
-          f"top {top} ops by self CPU time:")
+    rows = []
     for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
-        print(f"  {e.key:45s} {e.self_cpu_time_total / 1e6 / steps:7.3f} s/step  {100 * e.self_cpu_time_total / total:5.1f} %"
-              f"  calls/step {e.count / steps:.0f}")
+        shapes = [list(x) for x in (e.input_shapes or []) if x]
+        rate = e.flops / (e.self_cpu_time_total * 1e3) if e.flops and e.self_cpu_time_total else None
+        rows.append({"op": e.key, "input shapes": str(shapes)[:80], "s/step": round(e.self_cpu_time_total / 1e6 / steps, 4),
+                     "share %": round(100 * e.self_cpu_time_total / total, 1), "calls/step": round(e.count / steps, 1),
+                     "GFLOP/s": None if rate is None else round(rate, 1)})
+    print(f"\nprofile of the default arm, {steps} steps: {total / 1e6 / steps:.2f} s self CPU per step; "
+          f"top {top} (op, input shapes) by self CPU time:")
+    for r in rows:
+        rate = "" if r["GFLOP/s"] is None else f"  {r['GFLOP/s']:6.1f} GFLOP/s"
+        print(f"  {r['op']:30s} {r['s/step']:7.3f} s/step {r['share %']:5.1f} %  calls/step {r['calls/step']:5.1f}"
+              f"{rate}  {r['input shapes']}")
+    return {"steps": steps, "self CPU s/step": round(total / 1e6 / steps, 3), "top": rows}
 
 
 def main():
@@ -103,16 +115,20 @@ def main():
             print(f"  {name:12s} {t[name]:7.3f} s/step  (deformable conv {deform}, ROI res5 conv {res5})")
         print(f"step-time ratio stock / grid_sample: {t['stock'] / t['grid_sample']:.2f}x, "
               f"stock / default: {t['stock'] / t['default']:.2f}x")
-        save("cpu_step", {
+        figures = {
             "settings": {"config": os.path.relpath(args.config_file, REPO), "rounds": args.rounds,
                          "block": args.block, "threads": torch.get_num_threads()},
             "rows": [{"arm": name, "deformable conv": deform, "ROI res5 conv": res5, "s/step": round(t[name], 3)}
                      for name, (deform, res5) in ARMS.items()],
             "step-time ratio stock / grid_sample": round(t["stock"] / t["grid_sample"], 3),
             "step-time ratio stock / default": round(t["stock"] / t["default"], 3),
-        })
+        }
         if args.profile:
-            profile(arms["default"], args.profile, args.warmup + args.rounds * args.block, args.top)
+            found = profile(arms["default"], args.profile, args.warmup + args.rounds * args.block, args.top)
+            figures["profile of the default arm"] = found["top"]
+            figures["profiled steps"] = found["steps"]
+            figures["profiled self CPU s/step"] = found["self CPU s/step"]
+        save("cpu_step", figures)
 
 
 if __name__ == "__main__":
