@@ -6,7 +6,7 @@ PY_D2MAIN := .venv-d2main/bin/python
 GPU_PY ?= python3
 GPU_WHEELS := .gpu-wheels
 
-.PHONY: setup test demo bench results gpu-check gpu-wheels
+.PHONY: setup test demo bench results ablation ablation-report gpu-check gpu-wheels
 setup:
 	bash tools/setup.sh
 
@@ -63,6 +63,21 @@ bench: setup
 
 # The docs' results tables rewritten from results/<category>/<name>.json (tools/render_results.py).
 results: setup
+	$(PY) tools/render_results.py
+
+# The ablation study (tools/ablation_spec.yaml) on both datasets, ABLATION_JOBS runs side by side;
+# finished runs are skipped and killed ones resume, so it can be stopped and started again; then the
+# report. Runs in output/ablation, their result files in results/ablation/<data>/.
+ABLATION_JOBS ?= 2
+ablation: setup
+	$(PY) tools/ablation.py --jobs $(ABLATION_JOBS) --out output/ablation --data data0
+	$(PY) tools/ablation.py --jobs $(ABLATION_JOBS) --out output/ablation --data data1
+	$(MAKE) ablation-report
+
+# The study's tables, figures and docs from the committed result files alone (trains nothing).
+ablation-report: setup
+	$(PY) tools/ablation.py --report --data data0
+	$(PY) tools/ablation.py --report --data data1
 	$(PY) tools/render_results.py
 
 # On a fresh GPU machine (no setup, no internet): gpu tests, ROI-AlignPS* R-50 AMP training with

@@ -266,6 +266,10 @@ def test_a_docs_ablation_block_reads_results_ablation_or_names_the_command(tmp_p
     assert render_block("ablation/data1", str(tmp_path)) == (
         "No result file yet: `python tools/ablation.py --out output/ablation --data data1` writes "
         "`results/ablation/data1` and `make results` shows it here.\n")
+    # the report's own files (written by --report) are not run files: still nothing to show
+    (tmp_path / "ablation" / "data1").mkdir(parents=True)
+    (tmp_path / "ablation" / "data1" / "ablation.json").write_text("{}")
+    assert render_block("ablation/data1", str(tmp_path)).startswith("No result file yet: ")
     # one kept search run of the shipped study under <root>/ablation/data1: the block is the report
     data = {"name": "equal", "seed": 1, "seconds": 600.0, "mAP": 4.5, "top1": 8.3, "curve": []}
     write_result("seed1", "x", data, root=str(tmp_path / "ablation" / "data1" / "search" / "equal"))

@@ -175,17 +175,20 @@ def _demo_tables(docs: List[Dict[str, Any]]) -> str:
     return "\n".join(out[:-1] + _footer(docs)) + "\n"
 
 
+def _no_file_yet(name: str) -> str:
+    return f"No result file yet: `{producer(name)}` writes `results/{name}` and `make results` shows it here.\n"
+
+
 def render_block(name: str, root: Optional[str] = None) -> str:
     """The text between a block's comments: the file's or category's tables, or the command to run."""
     if name.startswith(ABLATION_PREFIX):
         from galw.ablation import docs_markdown
 
         text = docs_markdown(name[len(ABLATION_PREFIX):], os.path.join(root or RESULTS_DIR, "ablation"))
-        if text is not None:
-            return text
+        return text if text is not None else _no_file_yet(name)
     files = result_files(name, root)
     if not files:
-        return f"No result file yet: `{producer(name)}` writes `results/{name}` and `make results` shows it here.\n"
+        return _no_file_yet(name)
     docs = [read_result(f) for f in files]
     if name == "demo":
         return _demo_tables(docs)

@@ -13,6 +13,7 @@ from galw_core.files import atomic_write
 
 from .claims import VERDICTS, check_claims, claims_table
 from .convergence import convergence
+from .spec import REPO_ROOT
 from .statistics import COLUMNS, CONFIDENCE, aggregate, all_comparisons
 
 __all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "markdown_table", "report_markdown",
@@ -162,17 +163,24 @@ def report_markdown(spec, outcome, made=None):
     return md, {"rows": rows, "comparisons": comparisons, "claims": checked, "convergence": conv}
 
 
+def _shown_path(path):
+    """``path`` relative to the repository when it lies inside it (so committed reports hold no
+    machine's folders), else as given."""
+    rel = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+    return path if rel.startswith(os.pardir) else rel
+
+
 def write_tables(spec, outcome, out_root, figures=True):
     """Write ablation.md, ablation.json and (``figures``) the PNGs for ``outcome``; returns the rows."""
     results = outcome["results"]
     os.makedirs(out_root, exist_ok=True)
     made = _figures(aggregate(spec, results), results, out_root) if figures else {}
     body, parts = report_markdown(spec, outcome, made)
-    _write_text(os.path.join(out_root, "ablation.md"), f"# Ablation: {spec['_path']}\n\n" + body)
+    _write_text(os.path.join(out_root, "ablation.md"), f"# Ablation: {_shown_path(spec['_path'])}\n\n" + body)
     runs = [{k: r[k] for k in RUN_FIELDS if k in r} for r in results]
     _write_text(os.path.join(out_root, "ablation.json"), json.dumps(
-        {"spec": spec["_path"], "base_config": spec["base_config"], "data": spec.get("data"), "variants": parts["rows"],
-         "runs": runs, "failed": outcome["failed"], "not_run": outcome.get("not_run", []),
+        {"spec": _shown_path(spec["_path"]), "base_config": spec["base_config"], "data": spec.get("data"),
+         "variants": parts["rows"], "runs": runs, "failed": outcome["failed"], "not_run": outcome.get("not_run", []),
          "comparisons": parts["comparisons"], "claims": parts["claims"], "convergence": parts["convergence"],
          "search": outcome.get("search"), "figures": made}, indent=2))
     return parts["rows"]
