@@ -28,23 +28,38 @@ class MomentumReadySGD(torch.optim.SGD):
     It also tells AMP's grad scaler to unscale the gradients before ``step``, as for any optimizer
     without fused scaling: the clipping in a subclass's ``step`` reads them there (torch marks a fused
     SGD ``_step_supports_amp_scaling``, and the scaler then hands it the gradients still scaled).
+    ``fused`` is this optimizer's, also after ``load_state_dict`` (torch would take the checkpoint's).
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, params, *args, fused=None, **kwargs):
+        super().__init__(params, *args, fused=fused, **kwargs)
+        for group in self.param_groups:
+            if group["momentum"] != 0 and group["dampening"] != 0:
+                raise ValueError(f"{type(self).__name__}: a zero first buffer equals torch's first step only "
+                                 f"with dampening 0, got {group['dampening']}")
+        self._fused = bool(fused)
         self._step_supports_amp_scaling = False
 
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["fused"] = self._fused
+            if self._fused:
+                group["foreach"] = None
+
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             if group["momentum"] == 0:
                 continue
-            if group["dampening"] != 0:
-                raise ValueError(f"{type(self).__name__}: a zero first buffer equals torch's first step only "
-                                 f"with dampening 0, got {group['dampening']}")
             for p in group["params"]:
                 if p.grad is not None and self.state[p].get("momentum_buffer") is None:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-        return super().step(closure)
+        super().step()
+        return loss
 
 
 def with_full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
@@ -70,8 +85,8 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     Decay would pull log sigma to 0 (sigma to 1) on top of RULWF's own regulariser.
     ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the global norm of all gradients
     (:func:`with_full_model_clipping`); "value" and "norm" are detectron2's per-tensor clipping.
-    A model whose parameters are all on the CPU steps with torch's fused kernel; elsewhere torch's default, because AMP's
-    grad scaler hands a fused optimizer the still scaled gradients, which clipping would read as is.
+    A model whose parameters are all on the CPU steps with torch's fused kernel, where torch's default
+    is a loop over the tensors; elsewhere torch's default (on CUDA a few multi-tensor kernels already).
     """
     params = get_default_optimizer_params(
         model,
