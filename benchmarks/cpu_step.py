@@ -59,8 +59,9 @@ def build_arms(args):
 
 def profile(arm, steps, start, top):
     """The ``top`` (op, input shapes) of ``steps`` training steps (forward, backward, optimizer) by self
-    CPU time, with the rate of the ops whose FLOPs torch.profiler counts (matrix products, convs'
-    forward): a rate near the machine's peak says the op is bound by its arithmetic, not by overhead."""
+    CPU time, with the rate of the matrix products (the ops whose FLOPs torch.profiler counts and
+    computes itself; a conv's FLOPs are counted on aten::conv2d, whose work runs in a child op): a rate
+    near the machine's peak says the op is bound by its arithmetic, not by overhead. Unrounded."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -72,16 +73,15 @@ def profile(arm, steps, start, top):
     for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
         shapes = [list(x) for x in (e.input_shapes or []) if x]
         rate = e.flops / (e.self_cpu_time_total * 1e3) if e.flops and e.self_cpu_time_total else None
-        rows.append({"op": e.key, "input shapes": str(shapes)[:80], "s/step": round(e.self_cpu_time_total / 1e6 / steps, 4),
-                     "share %": round(100 * e.self_cpu_time_total / total, 1), "calls/step": round(e.count / steps, 1),
-                     "GFLOP/s": None if rate is None else round(rate, 1)})
+        rows.append({"op": e.key, "input shapes": str(shapes)[:80], "s/step": e.self_cpu_time_total / 1e6 / steps,
+                     "share %": 100 * e.self_cpu_time_total / total, "calls/step": e.count / steps, "GFLOP/s": rate})
     print(f"\nprofile of the default arm, {steps} steps: {total / 1e6 / steps:.2f} s self CPU per step; "
           f"top {top} (op, input shapes) by self CPU time:")
     for r in rows:
         rate = "" if r["GFLOP/s"] is None else f"  {r['GFLOP/s']:6.1f} GFLOP/s"
         print(f"  {r['op']:30s} {r['s/step']:7.3f} s/step {r['share %']:5.1f} %  calls/step {r['calls/step']:5.1f}"
               f"{rate}  {r['input shapes']}")
-    return {"steps": steps, "self CPU s/step": round(total / 1e6 / steps, 3), "top": rows}
+    return {"steps": steps, "self CPU s/step": total / 1e6 / steps, "top": rows}
 
 
 def main():
@@ -125,9 +125,11 @@ def main():
         }
         if args.profile:
             found = profile(arms["default"], args.profile, args.warmup + args.rounds * args.block, args.top)
-            figures["profile of the default arm"] = found["top"]
+            digits = {"s/step": 4, "share %": 1, "calls/step": 1, "GFLOP/s": 1}
+            figures["profile of the default arm"] = [
+                {k: v if k not in digits or v is None else round(v, digits[k]) for k, v in r.items()} for r in found["top"]]
             figures["profiled steps"] = found["steps"]
-            figures["profiled self CPU s/step"] = found["self CPU s/step"]
+            figures["profiled self CPU s/step"] = round(found["self CPU s/step"], 3)
         save("cpu_step", figures)
 
 
