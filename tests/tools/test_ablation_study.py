@@ -281,6 +281,11 @@ def test_a_docs_ablation_block_reads_results_ablation_or_names_the_command(tmp_p
     assert "| equal | 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 | 1 | 4.50 |" in block
     assert "| reid_x0.1 | 1, 1, 1, 1, 0.1, 1, 1, 1, 0.1, 0.1 | - | not run (yet) |" in block
     assert "<sub>1 result files (1 of the weight search), 0.2 hours" in block
+    # a kept file of a variant the spec no longer plans is not counted
+    stale = tmp_path / "ablation" / "data1" / "old_variant" / "seed1.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text((tmp_path / "ablation" / "data1" / "search" / "equal" / "seed1.json").read_text())
+    assert "<sub>1 result files (1 of the weight search)" in render_block("ablation/data1", str(tmp_path))
 
 
 def test_data_seed_keeps_runs_apart_and_generates_once(tmp_path, capsys):
@@ -374,15 +379,27 @@ def test_the_papers_claims_are_checked_in_direction_with_their_interval(tmp_path
     one = ablation.check_claims(spec, ablation.aggregate(spec, [r for r in results if r["seed"] == 1]))
     assert one[0]["verdict"] == "n/a (fewer than 2 paired seeds)"
     none = ablation.check_claims(spec, ablation.aggregate(spec, [r for r in results if r["name"] == "equal"]))
-    assert none[0]["measured"] is None and none[0]["verdict"] == "n/a (fewer than 2 paired seeds)"
+    assert none[0]["measured"] is None and none[0]["verdict"] == "n/a (no runs)"
     only_equal = [r for r in results if r["name"] == "equal"]
-    ablation.write_tables(spec, {"results": only_equal, "failed": []}, str(out), figures=False)
+    waiting = [{"name": "galw_g4", "seed": 1}, {"name": "ulwf", "seed": 1}]
+    ablation.write_tables(spec, {"results": only_equal, "failed": [], "not_run": waiting}, str(out), figures=False)
     text = (out / "ablation.md").read_text()
     assert "The paper's claims" not in text
-    assert "Claims without runs of both variants here: 3: galw_g4 vs equal, ulwf vs equal, ulwf vs galw_g4." in text
+    assert "Claims waiting for runs of both variants: 3: galw_g4 vs equal, ulwf vs equal, ulwf vs galw_g4." in text
+    # a claim whose variants this dataset does not plan is not listed at all
+    ablation.write_tables(spec, {"results": only_equal, "failed": [], "not_run": waiting[:1]}, str(out), figures=False)
+    assert "Claims waiting for runs of both variants: 1: galw_g4 vs equal." in (out / "ablation.md").read_text()
+    # a measured mean of exactly 0 has no direction
+    tied = [dict(r, mAP=50.0 + r["seed"]) for r in results if r["name"] in ("equal", "galw_g4")]
+    assert ablation.check_claims(spec, ablation.aggregate(spec, tied))[0]["verdict"] == "no difference"
     # the paper's sign the other way round: a significant measured difference is "opposite, significant"
     flipped = _claim_spec(tmp_path, claims[:1], paper_g4=(40.0, 80.0))
     assert ablation.check_claims(flipped, ablation.aggregate(flipped, results))[0]["verdict"] == "opposite, significant"
+
+
+def test_a_claim_between_equal_paper_figures_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"claims\[0\]: the paper's mAP of 'galw_g4' and 'equal' are equal \(48.68\)"):
+        _claim_spec(tmp_path, [{"table": "1", "variant": "galw_g4", "reference": "equal"}], paper_g4=(48.68, 84.15))
 
 
 @pytest.mark.parametrize("claims, match", [

@@ -4,8 +4,9 @@ compares, the sign of the paper's mAP difference against the paired difference m
 A variant may carry ``paper: {mAP: .., top1: ..}`` (PRW, ResNet-50, the paper's row it stands for);
 the spec's ``claims`` lists ``{table, variant, reference}``. A claim is *reproduced* when the measured
 mean difference has the paper's sign and its confidence interval (statistics.paired) excludes 0,
-*same direction, not significant* when only the sign agrees, and *opposite* (significant or not)
-otherwise. SynthPS at CPU scale tests directions, not the paper's numbers.
+*same direction, not significant* when only the sign agrees, *opposite* (significant or not) when it
+differs, *no difference* when the measured mean is exactly 0; a claim needs two paired seeds.
+SynthPS at CPU scale tests directions, not the paper's numbers.
 """
 from .statistics import CONFIDENCE, paired
 
@@ -13,7 +14,7 @@ __all__ = ["VERDICTS", "check_claims", "claims_table", "validate_claims"]
 
 #: The verdicts, in the order the table explains them.
 VERDICTS = ("reproduced", "same direction, not significant", "opposite, not significant", "opposite, significant",
-            "n/a (fewer than 2 paired seeds)")
+            "no difference", "n/a (fewer than 2 paired seeds)", "n/a (no runs)")
 
 
 def validate_claims(spec, path):
@@ -40,12 +41,20 @@ def validate_claims(spec, path):
                 raise ValueError(f"{where}.{key}: variant {c[key]!r} has no paper figures to compare with")
         if c["variant"] == c["reference"]:
             raise ValueError(f"{where}: a variant compared with itself ({c['variant']!r})")
+        papers = [next(v for v in spec["variants"] if v["name"] == c[k])["paper"]["mAP"] for k in ("variant", "reference")]
+        if papers[0] == papers[1]:
+            raise ValueError(f"{where}: the paper's mAP of {c['variant']!r} and {c['reference']!r} are equal "
+                             f"({papers[0]}); a claim needs a direction")
 
 
 def _verdict(paper_diff, measured):
-    if measured is None or measured["ci_low"] is None:
+    if measured is None:
+        return VERDICTS[6]
+    if measured["ci_low"] is None:
+        return VERDICTS[5]
+    if measured["mean_diff"] == 0:
         return VERDICTS[4]
-    same = (measured["mean_diff"] > 0) == (paper_diff > 0) and measured["mean_diff"] != 0
+    same = (measured["mean_diff"] > 0) == (paper_diff > 0)
     significant = measured["ci_low"] > 0 or measured["ci_high"] < 0
     if same:
         return VERDICTS[0] if significant else VERDICTS[1]

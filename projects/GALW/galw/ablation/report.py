@@ -9,8 +9,8 @@ from galw.results import read_result
 from .data import select_dataset
 from .run_result import committed_result
 from .runner import finished_runs
-from .search import SEARCH_DIR
-from .spec import REPO_ROOT, load_spec
+from .search import SEARCH_DIR, plan_search
+from .spec import REPO_ROOT, load_spec, plan_runs
 from .tables import FIGURES, report_markdown
 
 __all__ = ["SHIPPED_SPEC", "committed_outcome", "docs_markdown", "label_dataset"]
@@ -34,25 +34,28 @@ def committed_outcome(spec, data, results_root, only=None, seeds=None):
     return finished_runs(spec, out_root, only or data.get("variants"), seeds, results_dir, committed_result)
 
 
-def _kept_files(results_dir):
-    """Every kept run's result file under ``results_dir`` (variants and search candidates), sorted."""
-    found = []
-    for folder, _, files in os.walk(results_dir):
-        found += [os.path.join(folder, f) for f in files if f.startswith("seed") and f.endswith(".json")]
-    return sorted(found)
+def _kept_files(spec, data, results_root):
+    """The kept result files of the dataset's planned runs and of the search (those that exist), sorted:
+    files of runs the spec no longer plans are not shown."""
+    results_dir = os.path.join(results_root, data["name"])
+    out_root = os.path.join(REPO_ROOT, "output", "ablation", data["name"])
+    runs = plan_runs(spec, out_root, data.get("variants"), None, results_dir)
+    if spec.get("search"):
+        runs += plan_search(spec, out_root, results_dir)
+    return sorted(r["result_copy"] for r in runs if os.path.isfile(r["result_copy"]))
 
 
-def _footer(results_dir):
+def _footer(files):
     """The runs' machines, dates, commits and summed wall time, from the kept files' meta (a run's
     ``seconds`` is the wall time of the invocation that finished it, runner.run_one)."""
-    docs = [read_result(p) for p in _kept_files(results_dir)]
+    docs = [read_result(p) for p in files]
     metas = [d["meta"] for d in docs]
     dates = sorted(m.get("date") or "" for m in metas)
     machines = sorted({f"{m.get('cpu')} ({m.get('cores')} cores{', ' + m['gpu'] if m.get('gpu') else ''})"
                        for m in metas})
     commits = sorted({str(m.get("commit")) for m in metas})
     hours = sum(d["data"].get("seconds") or 0.0 for d in docs) / 3600
-    search = sum(os.sep + SEARCH_DIR + os.sep in p for p in _kept_files(results_dir))
+    search = sum(os.sep + SEARCH_DIR + os.sep in p for p in files)
     return (f"<sub>{len(docs)} result files ({search} of the weight search), {hours:.1f} hours of training and "
             "evaluation in the invocations that finished the runs (a resumed run counts from its resume), "
             f"measured {dates[0]} to {dates[-1]} on {'; '.join(machines)}; "
@@ -65,11 +68,12 @@ def docs_markdown(data_name, results_root, spec_path=SHIPPED_SPEC):
     spec = load_spec(spec_path)
     data = label_dataset(spec, data_name)
     results_dir = os.path.join(results_root, data["name"])
-    if not _kept_files(results_dir):
+    files = _kept_files(spec, data, results_root)
+    if not files:
         return None
     body, _ = report_markdown(spec, committed_outcome(spec, data, results_root))
     figures = [f"`results/ablation/{data['name']}/{name}` ({what})" for name, what in FIGURES
                if os.path.isfile(os.path.join(results_dir, name))]
     if figures:
         body += "\nFigures (`python tools/ablation.py --report --data " + data["name"] + "`): " + "; ".join(figures) + ".\n"
-    return body + "\n" + _footer(results_dir)
+    return body + "\n" + _footer(files)

@@ -20,6 +20,8 @@ from galw_core.files import atomic_write
 from galw.results import read_result, write_result
 from galw.visualization.run_files import find_groups_json, load_metrics_records, scalar_series
 
+from .spec import repo_relative
+
 __all__ = ["METRICS", "RESULT_FILE", "collect_metrics", "committed_result", "keep_copy", "metrics_curve",
            "result_data", "run_groups", "saved_result", "save_result", "weight_trajectories"]
 
@@ -126,21 +128,28 @@ def run_groups(out_dir):
 
 def result_data(run, seconds, opts):
     """The ``data`` of a finished run's result file, read from its folder; ``opts``: the overrides it
-    trained with (runner.run_opts)."""
-    records = _records(run["out_dir"])
-    data = dict(name=run["name"], seed=run["seed"], seconds=round(seconds, 1), **collect_metrics(run["out_dir"]),
-                curve=metrics_curve(records), groups=run_groups(run["out_dir"]),
-                trajectories=weight_trajectories(records), opts=[str(o) for o in opts])
+    trained with (runner.run_opts). Its files (metrics source, groups file) are named relative to the
+    run's folder."""
+    out_dir = run["out_dir"]
+    records = _records(out_dir)
+    metrics, groups = collect_metrics(out_dir), run_groups(out_dir)
+    metrics["source"] = os.path.relpath(metrics["source"], out_dir)
+    if groups is not None:
+        groups["file"] = os.path.relpath(groups["file"], out_dir)
+    data = dict(name=run["name"], seed=run["seed"], seconds=round(seconds, 1), **metrics, curve=metrics_curve(records),
+                groups=groups, trajectories=weight_trajectories(records), opts=[str(o) for o in opts])
     if run.get("weights") is not None:
         data["weights"] = run["weights"]
     return data
 
 
 def save_result(run, data, cmd):
-    """Write ``OUT_DIR/ablation_result.json`` (complete or absent); returns its path."""
+    """Write ``OUT_DIR/ablation_result.json`` (complete or absent; the command's paths inside the
+    repository relative to it); returns its path."""
     out_dir = run["out_dir"]
+    command = shlex.join(repo_relative(a) if os.path.isabs(a) else a for a in map(str, cmd))
     path = write_result(os.path.basename(out_dir), os.path.splitext(RESULT_FILE)[0], data,
-                        root=os.path.dirname(out_dir), command=shlex.join(cmd))
+                        root=os.path.dirname(out_dir), command=command)
     keep_copy(run)
     return path
 

@@ -15,13 +15,20 @@ from .claims import validate_claims
 from .search import SEARCH_DIR, validate_search
 
 __all__ = ["REPO_ROOT", "TUNED_WEIGHTS", "base_config_path", "load_spec", "plan_runs", "schedule_opts",
-           "train_command", "variant_seeds"]
+           "repo_relative", "train_command", "variant_seeds"]
 
 #: The repository root (projects/GALW/galw/ablation/spec.py -> <repo>): train_net.py and relative base configs.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))))
 #: The placeholder, in a variant's opts, for the weight vector the spec's search chose.
 TUNED_WEIGHTS = "{tuned_weights}"
+
+
+def repo_relative(path):
+    """``path`` relative to the repository when it lies inside it, else as given: what a committed file
+    (a result, a report) holds, so it names no machine's folders."""
+    rel = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 def _seed_list(value, where):

@@ -13,7 +13,7 @@ from galw_core.files import atomic_write
 
 from .claims import VERDICTS, check_claims, claims_table
 from .convergence import convergence
-from .spec import REPO_ROOT
+from .spec import repo_relative
 from .statistics import COLUMNS, CONFIDENCE, aggregate, all_comparisons
 
 __all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "markdown_table", "report_markdown",
@@ -144,14 +144,15 @@ def report_markdown(spec, outcome, made=None):
         md += ("\nPaired differences (variant - reference) over the seeds both have (same seed: same "
                f"initialisation and data order); mean, {round(CONFIDENCE * 100)} % confidence interval and "
                "p-value of the paired t-test (scipy.stats.ttest_rel).\n\n" + comparison_table(comparisons))
-    checked = check_claims(spec, rows)
+    planned = {r["name"] for r in results} | {r["name"] for r in outcome.get("not_run", [])}
+    checked = [c for c in check_claims(spec, rows) if {c["variant"], c["reference"]} <= planned]
     measured = [c for c in checked if c["measured"] is not None]
     if measured:
         md += ("\nThe paper's claims: the sign of each mAP difference a paper table reports, against the paired "
                f"difference here. Verdicts: {'; '.join(VERDICTS)} (significant: the confidence interval "
                "excludes 0).\n\n" + claims_table(measured))
     if len(measured) < len(checked):
-        md += (f"\nClaims without runs of both variants here: {len(checked) - len(measured)}: "
+        md += (f"\nClaims waiting for runs of both variants: {len(checked) - len(measured)}: "
                + ", ".join(f"{c['variant']} vs {c['reference']}" for c in checked if c["measured"] is None) + ".\n")
     base_flag = {True: "yes", False: "no", None: "unknown"}[conv["baseline_converged"]]
     md += (f"\nConvergence: mAP over the last {round((1 - conv['tail_start']) * 100)} % of the iterations "
@@ -163,23 +164,16 @@ def report_markdown(spec, outcome, made=None):
     return md, {"rows": rows, "comparisons": comparisons, "claims": checked, "convergence": conv}
 
 
-def _shown_path(path):
-    """``path`` relative to the repository when it lies inside it (so committed reports hold no
-    machine's folders), else as given."""
-    rel = os.path.relpath(os.path.abspath(path), REPO_ROOT)
-    return path if rel.startswith(os.pardir) else rel
-
-
 def write_tables(spec, outcome, out_root, figures=True):
     """Write ablation.md, ablation.json and (``figures``) the PNGs for ``outcome``; returns the rows."""
     results = outcome["results"]
     os.makedirs(out_root, exist_ok=True)
     made = _figures(aggregate(spec, results), results, out_root) if figures else {}
     body, parts = report_markdown(spec, outcome, made)
-    _write_text(os.path.join(out_root, "ablation.md"), f"# Ablation: {_shown_path(spec['_path'])}\n\n" + body)
+    _write_text(os.path.join(out_root, "ablation.md"), f"# Ablation: {repo_relative(spec['_path'])}\n\n" + body)
     runs = [{k: r[k] for k in RUN_FIELDS if k in r} for r in results]
     _write_text(os.path.join(out_root, "ablation.json"), json.dumps(
-        {"spec": _shown_path(spec["_path"]), "base_config": spec["base_config"], "data": spec.get("data"),
+        {"spec": repo_relative(spec["_path"]), "base_config": spec["base_config"], "data": spec.get("data"),
          "variants": parts["rows"], "runs": runs, "failed": outcome["failed"], "not_run": outcome.get("not_run", []),
          "comparisons": parts["comparisons"], "claims": parts["claims"], "convergence": parts["convergence"],
          "search": outcome.get("search"), "figures": made}, indent=2))
