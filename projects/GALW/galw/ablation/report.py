@@ -26,19 +26,23 @@ def label_dataset(spec, name=None):
     return data
 
 
+def _folders(data, results_root):
+    """(runs' root, kept copies' folder) of dataset ``data``: the runs' folders are only planned, nothing
+    is read there."""
+    return os.path.join(REPO_ROOT, "output", "ablation", data["name"]), os.path.join(results_root, data["name"])
+
+
 def committed_outcome(spec, data, results_root, only=None, seeds=None):
     """finished_runs over the kept copies in ``results_root/<data>`` (the dataset's own ``variants``
     unless ``only`` names others)."""
-    results_dir = os.path.join(results_root, data["name"])
-    out_root = os.path.join(REPO_ROOT, "output", "ablation", data["name"])  # planned folders; nothing is read there
+    out_root, results_dir = _folders(data, results_root)
     return finished_runs(spec, out_root, only or data.get("variants"), seeds, results_dir, committed_result)
 
 
 def _kept_files(spec, data, results_root):
     """The kept result files of the dataset's planned runs and of the search (those that exist), sorted:
     files of runs the spec no longer plans are not shown."""
-    results_dir = os.path.join(results_root, data["name"])
-    out_root = os.path.join(REPO_ROOT, "output", "ablation", data["name"])
+    out_root, results_dir = _folders(data, results_root)
     runs = plan_runs(spec, out_root, data.get("variants"), None, results_dir)
     if spec.get("search"):
         runs += plan_search(spec, out_root, results_dir)
