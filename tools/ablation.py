@@ -15,7 +15,8 @@ dataset <data> (SynthPS-PRW generated with its seed in OUT/<data>/datasets); one
 spec order, and --jobs N runs N seeds side by side. A variant with ``groups_from`` reuses the
 Gamma history and initial weights of an earlier variant's first GALW training; one with
 ``{tuned_weights}`` trains with the best static weights of the spec's search (run first, in
-OUT/<data>/search, scored on a validation split of the training identities). Resumable: a run
+OUT/<data>/search, scored on a validation split of the training identities; a dataset with
+``search_from`` takes the weights its source dataset's search chose). Resumable: a run
 whose ablation_result.json exists is not run again; a copy goes to RESULTS/<data>/<variant>/
 seed<k>.json. Writes OUT/<data>/ablation.md, ablation.json and figures: mean and sample std per
 variant, paired differences against ``equal`` and ``tuned_static``, convergence over the last
@@ -79,8 +80,9 @@ def main(argv=None):
         spec["common_opts"] = list(spec["common_opts"]) + ablation.schedule_opts(spec, args.max_iter)
     spec["common_opts"] = list(spec["common_opts"]) + list(args.opts)
     extra = ["--num-gpus", str(args.num_gpus)] if args.num_gpus != 1 else []
+    borrowed = ablation.borrowed_search(spec, data, args.out, results)
     if args.dry_run:
-        for cmd in ablation.dry_run_commands(spec, out_root, only, args.seeds, extra_args=extra):
+        for cmd in ablation.dry_run_commands(spec, out_root, only, args.seeds, extra_args=extra, search=borrowed):
             print(" ".join(cmd))
         return None
     tables_dir = out_root
@@ -88,13 +90,13 @@ def main(argv=None):
         outcome = ablation.committed_outcome(spec, data, results, only, args.seeds)
         tables_dir = results_dir
     elif args.table_only:
-        outcome = ablation.finished_runs(spec, out_root, only=only, seeds=args.seeds)
+        outcome = ablation.finished_runs(spec, out_root, only=only, seeds=args.seeds, search=borrowed)
     else:
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None  # cores shared out
         runner = partial(ablation.subprocess_runner, threads=threads,
                          datasets_root=ablation.prepare_dataset(args.out, data))
         outcome = ablation.run_ablation(spec, out_root, runner=runner, only=only, seeds=args.seeds,
-                                        extra_args=extra, jobs=args.jobs, results_dir=results_dir)
+                                        extra_args=extra, jobs=args.jobs, results_dir=results_dir, search=borrowed)
     rows = ablation.write_tables(spec, outcome, tables_dir)
     print(ablation.markdown_table(rows))
     print(f"wrote {os.path.join(tables_dir, 'ablation.md')}, ablation.json and the figures")

@@ -270,22 +270,31 @@ def test_a_docs_ablation_block_reads_results_ablation_or_names_the_command(tmp_p
     (tmp_path / "ablation" / "data1").mkdir(parents=True)
     (tmp_path / "ablation" / "data1" / "ablation.json").write_text("{}")
     assert render_block("ablation/data1", str(tmp_path)).startswith("No result file yet: ")
-    # one kept search run of the shipped study under <root>/ablation/data1: the block is the report
+    # one kept search run of the shipped study under <root>/ablation/data0: the block is the report
     data = {"name": "equal", "seed": 1, "seconds": 600.0, "mAP": 4.5, "top1": 8.3, "curve": []}
-    write_result("seed1", "x", data, root=str(tmp_path / "ablation" / "data1" / "search" / "equal"))
-    os.rename(tmp_path / "ablation" / "data1" / "search" / "equal" / "seed1" / "x.json",
-              tmp_path / "ablation" / "data1" / "search" / "equal" / "seed1.json")
-    block = render_block("ablation/data1", str(tmp_path))
-    assert "Data: `data1: SynthPS-PRW, data seed 1, size default`" in block
+    write_result("seed1", "x", data, root=str(tmp_path / "ablation" / "data0" / "search" / "equal"))
+    os.rename(tmp_path / "ablation" / "data0" / "search" / "equal" / "seed1" / "x.json",
+              tmp_path / "ablation" / "data0" / "search" / "equal" / "seed1.json")
+    block = render_block("ablation/data0", str(tmp_path))
+    assert "Data: `data0: SynthPS-PRW, data seed 0, size default`" in block
     assert "tuned_static's weights: the search is not complete" in block and "No variant has a finished run yet." in block
     assert "| equal | 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 | 1 | 4.50 |" in block
     assert "| reid_x0.1 | 1, 1, 1, 1, 0.1, 1, 1, 1, 0.1, 0.1 | - | not run (yet) |" in block
     assert "<sub>1 result files (1 of the weight search), 0.2 hours" in block
     # a kept file of a variant the spec no longer plans is not counted
-    stale = tmp_path / "ablation" / "data1" / "old_variant" / "seed1.json"
+    stale = tmp_path / "ablation" / "data0" / "old_variant" / "seed1.json"
     stale.parent.mkdir(parents=True)
-    stale.write_text((tmp_path / "ablation" / "data1" / "search" / "equal" / "seed1.json").read_text())
-    assert "<sub>1 result files (1 of the weight search)" in render_block("ablation/data1", str(tmp_path))
+    stale.write_text((tmp_path / "ablation" / "data0" / "search" / "equal" / "seed1.json").read_text())
+    assert "<sub>1 result files (1 of the weight search)" in render_block("ablation/data0", str(tmp_path))
+    # data1 borrows data0's search: its block shows that search, and counts none of its files
+    write_result("seed1", "x", dict(data, curve=[{"iteration": 2000, "mAP": 4.5}]),
+                 root=str(tmp_path / "ablation" / "data1" / "equal"))
+    os.rename(tmp_path / "ablation" / "data1" / "equal" / "seed1" / "x.json",
+              tmp_path / "ablation" / "data1" / "equal" / "seed1.json")
+    block = render_block("ablation/data1", str(tmp_path))
+    assert "tuned_static's weights: the search of dataset `data0` (not repeated on this one) is not complete" in block
+    assert "| equal | 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 | 1 | 4.50 |" in block
+    assert "<sub>1 result files (0 of the weight search)" in block
 
 
 def test_data_seed_keeps_runs_apart_and_generates_once(tmp_path, capsys):
@@ -416,3 +425,60 @@ def test_a_bad_claim_is_refused_with_its_place(tmp_path, claims, match):
 def test_paper_figures_must_be_numbers(tmp_path):
     with pytest.raises(ValueError, match=r"spec.yaml: variant 'equal': paper must be \{mAP: <number>, top1: <number>\}"):
         _spec(tmp_path, search=None, variants=[{"name": "equal", "paper": {"mAP": "48"}, "opts": []}])
+
+
+def test_a_dataset_can_take_its_tuned_weights_from_an_earlier_datasets_search(tmp_path, capsys):
+    """``search_from``: no search trains on the dataset; tuned_static trains with the source's choice
+    once the source's search is complete, and the report says whose search it was."""
+    datasets = [{"name": "d0", "seed": 0, "size": "tiny"},
+                {"name": "d7", "seed": 7, "size": "tiny", "variants": ["equal", "tuned_static"], "search_from": "d0"}]
+    spec = _spec(tmp_path, datasets=datasets)
+    out, res = tmp_path / "out", tmp_path / "results"
+    d7 = ablation.select_dataset(spec, "d7")
+    # the source's search has not run: tuned_static waits, naming where the search runs
+    outcome = ablation.run_ablation(spec, str(out / "d7"), runner=Trainer(), results_dir=str(res / "d7"),
+                                    search=ablation.borrowed_search(spec, d7, str(out), str(res)))
+    assert sorted({(f["name"], f["reason"]) for f in outcome["failed"]}) == [
+        ("tuned_static", "the weight search is not complete (it runs on dataset 'd0': --data d0)")]
+    assert not (out / "d7" / "search").exists() and not (res / "d7" / "search").exists()
+    # d0's search, then d7: only tuned_static trains, with d0's choice, and no search run on d7
+    ablation.run_ablation(spec, str(out / "d0"), runner=Trainer(), only=["equal"], results_dir=str(res / "d0"))
+    ablation.run_ablation(spec, str(out / "d0"), runner=Trainer(), only=["tuned_static"], seeds=[1],
+                          results_dir=str(res / "d0"))
+    borrowed = ablation.borrowed_search(spec, d7, str(out), str(res))
+    assert (borrowed["dataset"], borrowed["best"], borrowed["weights"]) == ("d0", "mid", [1.0, 4.0, 1.0])
+    trainer = Trainer()
+    outcome = ablation.run_ablation(spec, str(out / "d7"), runner=trainer, results_dir=str(res / "d7"), search=borrowed)
+    assert outcome["failed"] == []
+    assert [(n, s) for n, s, _ in trainer.calls] == [("tuned_static", s) for s in (1, 2, 3)]
+    assert {_arg(c, "MODEL.GALW.MANUAL_WEIGHTS") for _, _, c in trainer.calls} == {"[1.0, 4.0, 1.0]"}
+    # the tool: a dry run lists no search, the report names the source, the docs count none of its files
+    cli.main(["--spec", spec["_path"], "--out", str(out), "--results", str(res), "--dry-run", "--data", "d7"])
+    assert [_arg(line.split(), "OUTPUT_DIR").split(os.sep)[-3] for line in capsys.readouterr().out.splitlines()] == [
+        "d7"] * 6
+    cli.main(["--spec", spec["_path"], "--out", str(out), "--results", str(res), "--report", "--data", "d7"])
+    md = (res / "d7" / "ablation.md").read_text()
+    assert ("search candidate `mid` [1.0, 4.0, 1.0] (validation mAP 59.85) of dataset `d0` (not repeated on this "
+            "one)") in md
+    assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
+    assert re.search(r"<sub>6 result files \(0 of the weight search\)", ablation.docs_markdown("d7", str(res), spec["_path"]))
+
+
+@pytest.mark.parametrize("datasets, match", [
+    ([{"name": "d0", "seed": 0, "search_from": "d7"}, {"name": "d7", "seed": 7}],
+     r"datasets\[0\].search_from: expected the name of a dataset listed before it that runs its own search, one of "
+     r"\[\]; got 'd7'"),
+    ([{"name": "d0", "seed": 0}, {"name": "d7", "seed": 7, "search_from": "d9"}],
+     r"datasets\[1\].search_from: .* one of \['d0'\]; got 'd9'"),
+    ([{"name": "d0", "seed": 0}, {"name": "d7", "seed": 7, "search_from": "d0"},
+      {"name": "d8", "seed": 8, "search_from": "d7"}], r"datasets\[2\].search_from: .* one of \['d0'\]; got 'd7'"),
+])
+def test_a_bad_search_from_is_refused_with_its_place(tmp_path, datasets, match):
+    with pytest.raises(ValueError, match=match):
+        _spec(tmp_path, datasets=datasets)
+
+
+def test_search_from_needs_a_search(tmp_path):
+    with pytest.raises(ValueError, match=r"datasets\[1\].search_from: the spec has no 'search' section"):
+        _spec(tmp_path, search=None, variants=[{"name": "equal", "opts": []}],
+              datasets=[{"name": "d0", "seed": 0}, {"name": "d7", "seed": 7, "search_from": "d0"}])

@@ -15,7 +15,7 @@ from .regroup import GROUPS_INPUT, galw_group_tasks, regroup_from_run
 from .data import dataset_root, prepare_dataset, select_dataset
 from .run_result import (METRICS, RESULT_FILE, collect_metrics, committed_result, keep_copy, metrics_curve,
                          result_data, run_groups, save_result, saved_result, weight_trajectories)
-from .runner import dry_run_commands, finished_runs, run_ablation, run_one, run_search, subprocess_runner
+from .runner import borrowed_search, dry_run_commands, finished_runs, run_ablation, run_one, run_search, subprocess_runner
 from .search import SEARCH_DIR, choose, plan_search, weights_text
 from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_path, load_spec, plan_runs, schedule_opts, train_command,
                    variant_seeds)
@@ -38,6 +38,7 @@ __all__ = [
     "aggregate",
     "all_comparisons",
     "base_config_path",
+    "borrowed_search",
     "check_claims",
     "choose",
     "claims_table",

@@ -7,7 +7,9 @@ first use; the trainings get ``DETECTRON2_DATASETS`` = ``OUT/<name>/datasets``. 
 records what was generated, so another seed or size in the same place is an error, not a silent mix.
 A dataset may list ``variants``: the runs on it are those variants (and their groups_from sources)
 unless ``--only`` names others, so a second dataset can repeat only the comparisons the conclusions
-rest on.
+rest on. A dataset with ``search_from: <an earlier dataset>`` trains no weight search of its own:
+``tuned_static`` takes the weights that dataset's search chose (runner.borrowed_search), so on it the
+static weights are tuned on another draw of the data, as GALW's settings are.
 """
 import json
 import os
@@ -47,6 +49,15 @@ def validate_datasets(spec, path):
             unknown = sorted(set(variants) - set(known))
             if unknown:
                 raise ValueError(f"{where}.variants: no variant(s) named {unknown}; the spec's variants are {known}")
+        src = d.get("search_from")
+        if src is not None:
+            if not spec.get("search"):
+                raise ValueError(f"{where}.search_from: the spec has no 'search' section to take weights from")
+            earlier = {e["name"]: e for e in spec["datasets"][:i]}
+            if src not in earlier or earlier[src].get("search_from") is not None:
+                raise ValueError(f"{where}.search_from: expected the name of a dataset listed before it that runs "
+                                 f"its own search, one of {[n for n, e in earlier.items() if not e.get('search_from')]}; "
+                                 f"got {src!r}")
         names.append(d["name"])
 
 

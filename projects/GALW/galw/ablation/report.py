@@ -8,7 +8,7 @@ from galw.results import read_result
 
 from .data import select_dataset
 from .run_result import committed_result
-from .runner import finished_runs
+from .runner import borrowed_search, finished_runs
 from .search import SEARCH_DIR, plan_search
 from .spec import REPO_ROOT, load_spec, plan_runs
 from .tables import FIGURES, report_markdown
@@ -34,17 +34,18 @@ def _folders(data, results_root):
 
 def committed_outcome(spec, data, results_root, only=None, seeds=None):
     """finished_runs over the kept copies in ``results_root/<data>`` (the dataset's own ``variants``
-    unless ``only`` names others)."""
+    unless ``only`` names others; a borrowed search from its source's kept copies)."""
     out_root, results_dir = _folders(data, results_root)
-    return finished_runs(spec, out_root, only or data.get("variants"), seeds, results_dir, committed_result)
+    return finished_runs(spec, out_root, only or data.get("variants"), seeds, results_dir, committed_result,
+                         search=borrowed_search(spec, data, os.path.dirname(out_root), results_root))
 
 
 def _kept_files(spec, data, results_root):
-    """The kept result files of the dataset's planned runs and of the search (those that exist), sorted:
-    files of runs the spec no longer plans are not shown."""
+    """The kept result files of the dataset's planned runs and of its own search (those that exist),
+    sorted: files of runs the spec no longer plans are not shown, a borrowed search's are its source's."""
     out_root, results_dir = _folders(data, results_root)
     runs = plan_runs(spec, out_root, data.get("variants"), None, results_dir)
-    if spec.get("search"):
+    if spec.get("search") and not data.get("search_from"):
         runs += plan_search(spec, out_root, results_dir)
     return sorted(r["result_copy"] for r in runs if os.path.isfile(r["result_copy"]))
 

@@ -19,12 +19,12 @@ from galw_core.files import atomic_write
 from galw_core.two_phase import PHASE_ONE_DIR
 
 from .regroup import galw_group_tasks, regroup_from_run
-from .run_result import RESULT_FILE, keep_copy, result_data, save_result, saved_result
+from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
 from .search import choose, plan_search, weights_text
 from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, plan_runs, train_command
 
-__all__ = ["PLANNED_FILE", "dry_run_commands", "finished_runs", "resume_args", "reusable_result", "run_ablation",
-           "run_one", "run_opts", "run_search", "subprocess_runner"]
+__all__ = ["PLANNED_FILE", "borrowed_search", "dry_run_commands", "finished_runs", "resume_args", "reusable_result",
+           "run_ablation", "run_one", "run_opts", "run_search", "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,29 @@ def _tuned(runs):
     return any(TUNED_WEIGHTS in r["opts"] for r in runs)
 
 
-def finished_runs(spec, out_root, only=None, seeds=None, results_dir=None, read=saved_result):
+def borrowed_search(spec, data, out_base, results_base=None):
+    """The search summary (choose(), plus "dataset") that dataset ``data`` takes tuned_static's weights
+    from when it names ``search_from``: the source dataset's search runs, read from their kept copies
+    under ``results_base/<source>`` (from their folders under ``out_base/<source>`` without
+    ``results_base``); nothing trains. None for a dataset that runs its own search."""
+    src = data.get("search_from")
+    if src is None:
+        return None
+    runs = plan_search(spec, os.path.join(out_base, src), os.path.join(results_base, src) if results_base else None)
+    read = committed_result if results_base else saved_result
+    return dict(choose(spec, [d for d in map(read, runs) if d is not None]), dataset=src)
+
+
+def _incomplete(search):
+    where = search.get("dataset")
+    return "the weight search is not complete" + (f" (it runs on dataset {where!r}: --data {where})" if where else "")
+
+
+def finished_runs(spec, out_root, only=None, seeds=None, results_dir=None, read=saved_result, search=None):
     """{"results", "failed": [], "not_run", "search"} from the result files of the planned runs; trains
     nothing. ``read``: saved_result (the runs' folders) or run_result.committed_result (the copies
-    under ``results_dir``)."""
+    under ``results_dir``). ``search``: borrowed_search's summary, instead of the search under
+    ``out_root``."""
     results, not_run = [], []
     runs = plan_runs(spec, out_root, only, seeds, results_dir)
     for run in runs:
@@ -162,18 +181,20 @@ def finished_runs(spec, out_root, only=None, seeds=None, results_dir=None, read=
             results.append(saved)
         else:
             not_run.append({"name": run["name"], "seed": run["seed"]})
-    search = None
-    if _tuned(runs):
+    if not _tuned(runs):
+        search = None
+    elif search is None:
         search = choose(spec, [d for d in map(read, plan_search(spec, out_root, results_dir)) if d is not None])
     return {"results": results, "failed": [], "not_run": not_run, "search": search}
 
 
-def dry_run_commands(spec, out_root, only=None, seeds=None, extra_args=()):
-    """The command line of every planned run, the search's first when a variant needs it (a
-    ``groups_from`` run's groups file named by its source, the searched weights by the placeholder)."""
+def dry_run_commands(spec, out_root, only=None, seeds=None, extra_args=(), search=None):
+    """The command line of every planned run, the search's first when a variant needs it and no
+    borrowed ``search`` is given (a ``groups_from`` run's groups file named by its source, the searched
+    weights by the placeholder)."""
     runs = plan_runs(spec, out_root, only, seeds)
     commands = [train_command(spec, r, extra_args=extra_args) for r in plan_search(spec, out_root)] \
-        if _tuned(runs) else []
+        if _tuned(runs) and search is None else []
     for run in runs:
         src = run["groups_from"]
         extra = ["MODEL.GALW.GROUPS_FILE", "<regrouped from " + src["groups_file"] + ">"] if src else []
@@ -217,24 +238,27 @@ def run_search(spec, out_root, runner, extra_args=(), jobs=1, results_dir=None):
 
 
 def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None, extra_args=(),
-                 group_tasks=galw_group_tasks, jobs=1, results_dir=None):
+                 group_tasks=galw_group_tasks, jobs=1, results_dir=None, search=None):
     """Run every planned run not already done; returns {"results", "failed", "search"} in plan order.
 
     ``jobs`` > 1 runs the seeds' chains concurrently (a chain is one seed's runs in spec order,
-    so a ``groups_from`` source always finishes before the runs that regroup it).
+    so a ``groups_from`` source always finishes before the runs that regroup it). ``search``:
+    borrowed_search's summary, used instead of training the search under ``out_root``.
     """
     runs = plan_runs(spec, out_root, only, seeds, results_dir)
     if not os.path.isfile(base_config_path(spec)):
         raise FileNotFoundError(f"{spec['_path']}: base_config {spec['base_config']!r} does not exist")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    failed, search = [], None
-    if _tuned(runs):
-        search = run_search(spec, out_root, runner, extra_args, jobs, results_dir)
-        failed += search.pop("failed")
+    failed = []
+    if not _tuned(runs):
+        search = None
+    else:
+        if search is None:
+            search = run_search(spec, out_root, runner, extra_args, jobs, results_dir)
+            failed += search.pop("failed")
         blocked = [r for r in runs if TUNED_WEIGHTS in r["opts"] and search["weights"] is None]
-        failed += [{"name": r["name"], "seed": r["seed"], "reason": "the weight search is not complete"}
-                   for r in blocked]
+        failed += [{"name": r["name"], "seed": r["seed"], "reason": _incomplete(search)} for r in blocked]
         runs = [r for r in runs if r not in blocked]
         for r in runs:
             r["opts"] = [weights_text(search["weights"]) if o == TUNED_WEIGHTS else o for o in r["opts"]]

@@ -133,13 +133,15 @@ def report_markdown(spec, outcome, made=None):
         md += f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n"
     md += (markdown_table(rows) if rows else "No variant has a finished run yet.\n") + "\n" + note
     s = outcome.get("search")
+    where = f" of dataset `{s['dataset']}` (not repeated on this one)" if s and s.get("dataset") else ""
     if s and s["best"] is not None:
         md += (f"\ntuned_static's weights: search candidate `{s['best']}` "
-               f"{s['weights']} (validation mAP {s['score']:.2f}).\n")
+               f"{s['weights']} (validation mAP {s['score']:.2f}){where}.\n")
     elif s:
-        md += "\ntuned_static's weights: the search is not complete.\n"
+        md += f"\ntuned_static's weights: the search{where} is not complete.\n"
     if s:
-        md += "\nThe weight search (validation mAP on the held-out training identities):\n\n" + search_table(s)
+        md += (f"\nThe weight search{where} (validation mAP on the held-out training identities):\n\n"
+               + search_table(s))
     if comparisons:
         md += ("\nPaired differences (variant - reference) over the seeds both have (same seed: same "
                f"initialisation and data order); mean, {round(CONFIDENCE * 100)} % confidence interval and "
