@@ -2,10 +2,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from galw import ablation
 from galw.ablation import plots
+from galw.ablation.answer import answer_markdown, pair_verdict
 
 SPEC = {"_path": "spec.yaml", "base_config": "base.yaml", "common_opts": [],
         "variants": [{"name": n, "tables": ["1"]} for n in ("equal", "tuned_static", "galw_g4", "close")]}
@@ -151,3 +153,43 @@ def test_learning_curves_need_one_of_the_variants(tmp_path):
                                    str(tmp_path / "c.png"))
     drawn = plots.plot_learning_curves(_results({"equal": {1: 50.0}, "close": {1: 1.0}}), str(tmp_path / "c.png"))
     assert drawn == ["equal"] and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_the_answer_block_on_hand_values():
+    """The answer's lines: each pair's paired difference, its interval and verdict, provisional while a
+    planned run is missing; the claims counted by verdict; the convergence of the three variants."""
+    from scipy.stats import t as student_t
+    from scipy.stats import ttest_rel
+
+    values = dict(VALUES, tuned_static={1: 50.0, 2: 55.0, 3: 57.0, 4: 58.0, 5: 56.0})
+    results = _results(values)
+    rows = ablation.aggregate(SPEC, results)
+    claims = [{"measured": {"mean_diff": 1.0}, "verdict": "reproduced"},
+              {"measured": {"mean_diff": -1.0}, "verdict": "opposite, not significant"},
+              {"measured": {"mean_diff": 2.0}, "verdict": "reproduced"}, {"measured": None, "verdict": "n/a"}]
+    md = answer_markdown(rows, claims, ablation.convergence(SPEC, results),
+                         not_run=[{"name": "galw_g4", "seed": 4}, {"name": "galw_g4", "seed": 5}])
+    lines = md.splitlines()
+
+    def interval(diffs):
+        mean, half = sum(diffs) / 3, student_t.ppf(0.975, 2) * float(np.std(diffs, ddof=1)) / math.sqrt(3)
+        p = ttest_rel(np.asarray(diffs) + 1.0, np.ones(3)).pvalue
+        return f"Δ mAP {mean:+.2f}, 95 % CI [{mean - half:+.2f}, {mean + half:+.2f}], p {p:.2g}, 3 paired seeds"
+
+    # galw_g4 - tuned_static: 10, 6, 8 (interval above 0); galw_g4 - equal: 10, 9, 11; tuned_static - equal:
+    # 0, 3, 3 (interval holds 0)
+    assert lines[2] == (f"* `galw_g4` vs `tuned_static`: {interval([10.0, 6.0, 8.0])}: **higher, significant** "
+                        "(provisional: galw_g4 seeds 4, 5 not run yet).")
+    assert lines[3].startswith(f"* `galw_g4` vs `equal`: {interval([10.0, 9.0, 11.0])}: **higher, significant** (")
+    assert lines[4] == f"* `tuned_static` vs `equal`: {interval([0.0, 3.0, 3.0])}: **no significant difference**."
+    assert lines[5] == "* Paper claims measured here: 3 of 4: 2 reproduced, 1 opposite, not significant."
+    assert lines[6] == ("* Converged (mAP moved less than 1 point over the last 20 % on every seed): `equal` yes, "
+                        "`tuned_static` yes, `galw_g4` yes.")
+    # a lower variant, a single pair, no pair at all, none of the three variants
+    by = {r["name"]: r for r in rows}
+    assert pair_verdict(ablation.paired(by["equal"], by["galw_g4"], "mAP")) == "lower, significant"
+    one = ablation.aggregate(SPEC, _results({"equal": {1: 50.0}, "galw_g4": {1: 51.0}}))
+    assert "**n/a (fewer than 2 paired seeds)**" in answer_markdown(one, [], ablation.convergence(SPEC, []))
+    assert "* `galw_g4` vs `tuned_static`: no paired seeds yet." in answer_markdown(one, [], ablation.convergence(SPEC, []))
+    assert answer_markdown(ablation.aggregate(SPEC, _results({"close": {1: 50.0}})), [],
+                           ablation.convergence(SPEC, [])) == ""

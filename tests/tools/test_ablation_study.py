@@ -240,6 +240,11 @@ def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
     assert "| mid (chosen) | 1, 4, 1 | 1, 2 | 59.90, 59.80 (mean 59.85) |" in md
     assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
     assert "Baseline `equal` converged on every seed: yes." in md
+    # the answer comes first: galw_g4 is 3 below tuned_static on both seeds, level with equal
+    assert md.index("The answer on this dataset") < md.index("| variant | paper tables |")
+    assert ("* `galw_g4` vs `tuned_static`: Δ mAP -3.00, 95 % CI [-3.00, -3.00], p 0, 2 paired seeds: "
+            "**lower, significant**.") in md
+    assert "* `galw_g4` vs `equal`: Δ mAP +0.00, 95 % CI [+0.00, +0.00], p 1, 2 paired seeds: **no significant" in md
     saved = json.loads((res / "d0" / "ablation.json").read_text())
     assert saved["search"]["best"] == "mid" and saved["convergence"]["baseline_converged"] is True
     assert [v["worst_range"] for v in saved["convergence"]["variants"]] == pytest.approx([0.4] * 3)
@@ -292,7 +297,7 @@ def test_a_docs_ablation_block_reads_results_ablation_or_names_the_command(tmp_p
     os.rename(tmp_path / "ablation" / "data1" / "equal" / "seed1" / "x.json",
               tmp_path / "ablation" / "data1" / "equal" / "seed1.json")
     block = render_block("ablation/data1", str(tmp_path))
-    assert "tuned_static's weights: the search of dataset `data0` (not repeated on this one) is not complete" in block
+    assert "tuned_static's weights: the search on dataset `data0` is not complete" in block
     assert "| equal | 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 | 1 | 4.50 |" in block
     assert "<sub>1 result files (0 of the weight search)" in block
 
@@ -458,8 +463,9 @@ def test_a_dataset_can_take_its_tuned_weights_from_an_earlier_datasets_search(tm
         "d7"] * 6
     cli.main(["--spec", spec["_path"], "--out", str(out), "--results", str(res), "--report", "--data", "d7"])
     md = (res / "d7" / "ablation.md").read_text()
-    assert ("search candidate `mid` [1.0, 4.0, 1.0] (validation mAP 59.85) of dataset `d0` (not repeated on this "
-            "one)") in md
+    assert ("search candidate `mid` [1.0, 4.0, 1.0] (validation mAP 59.85), from the search on dataset `d0` (not "
+            "repeated on this one).") in md
+    assert "The weight search on dataset `d0` (validation mAP" in md
     assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
     assert re.search(r"<sub>6 result files \(0 of the weight search\)", ablation.docs_markdown("d7", str(res), spec["_path"]))
 

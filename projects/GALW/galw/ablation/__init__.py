@@ -6,6 +6,7 @@ Gamma history; ``search``: the static weights tried on a validation split for ``
 skipped when its result file exists; ``run_result``: that file (and its copy for committing);
 ``statistics``: mean ± std per variant and paired differences against the references;
 ``claims``: the paper's differences between variants checked in direction;
+``answer``: the few lines that answer the study's question on a dataset;
 ``convergence``: how much mAP still moved at the end of each run;
 ``plots``: the figures; ``tables``: ``ablation.md`` / ``ablation.json`` and the figures;
 ``report``: the same from the kept result files alone, for ``--report`` and the docs.
@@ -19,6 +20,7 @@ from .runner import borrowed_search, dry_run_commands, finished_runs, run_ablati
 from .search import SEARCH_DIR, choose, plan_search, weights_text
 from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_path, load_spec, plan_runs, schedule_opts, train_command,
                    variant_seeds)
+from .answer import ANSWER_PAIRS, answer_markdown, pair_verdict
 from .claims import check_claims, claims_table
 from .convergence import convergence, run_convergence, variant_convergence
 from .statistics import COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_comparisons
@@ -26,6 +28,7 @@ from .tables import comparison_table, convergence_table, markdown_table, report_
 from .report import SHIPPED_SPEC, committed_outcome, docs_markdown, label_dataset
 
 __all__ = [
+    "ANSWER_PAIRS",
     "COLUMNS",
     "GROUPS_INPUT",
     "METRICS",
@@ -37,6 +40,7 @@ __all__ = [
     "TUNED_WEIGHTS",
     "aggregate",
     "all_comparisons",
+    "answer_markdown",
     "base_config_path",
     "borrowed_search",
     "check_claims",
@@ -59,6 +63,7 @@ __all__ = [
     "markdown_table",
     "mean_std",
     "metrics_curve",
+    "pair_verdict",
     "paired",
     "paired_comparisons",
     "plan_runs",

@@ -1,4 +1,5 @@
-"""The study's outputs: ``ablation.md`` (tables), ``ablation.json`` (the same as data) and two figures.
+"""The study's outputs: ``ablation.md`` (the answer, answer.py, then tables), ``ablation.json`` (the
+same as data) and two figures.
 
 Tables: mean ± std per variant, the paired differences against the references, the paper's claims
 checked (claims.py), and how much each variant's mAP still moved over the last 20 % of its training
@@ -11,6 +12,7 @@ import os
 
 from galw_core.files import atomic_write
 
+from .answer import answer_markdown
 from .claims import VERDICTS, check_claims, claims_table
 from .convergence import convergence
 from .spec import repo_relative
@@ -126,17 +128,21 @@ def report_markdown(spec, outcome, made=None):
                  + "; ".join(f"{n} seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for n, s in seeds.items()) + ".\n")
     comparisons = all_comparisons(rows)
     conv = convergence(spec, results)
+    planned = {r["name"] for r in results} | {r["name"] for r in outcome.get("not_run", [])}
+    checked = [c for c in check_claims(spec, rows) if {c["variant"], c["reference"]} <= planned]
     md = f"Base config: `{spec['base_config']}`\n\n"
     if spec.get("data"):
         md += f"Data: `{spec['data']}`\n\n"
     if spec["common_opts"]:
         md += f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n"
-    md += (markdown_table(rows) if rows else "No variant has a finished run yet.\n") + "\n" + note
+    answer = answer_markdown(rows, checked, conv, outcome.get("not_run", []))
+    md += (answer + "\n" if answer else "") + (
+        markdown_table(rows) if rows else "No variant has a finished run yet.\n") + "\n" + note
     s = outcome.get("search")
-    where = f" of dataset `{s['dataset']}` (not repeated on this one)" if s and s.get("dataset") else ""
+    where = f" on dataset `{s['dataset']}`" if s and s.get("dataset") else ""
     if s and s["best"] is not None:
-        md += (f"\ntuned_static's weights: search candidate `{s['best']}` "
-               f"{s['weights']} (validation mAP {s['score']:.2f}){where}.\n")
+        md += (f"\ntuned_static's weights: search candidate `{s['best']}` {s['weights']} (validation mAP "
+               f"{s['score']:.2f})" + (f", from the search{where} (not repeated on this one)" if where else "") + ".\n")
     elif s:
         md += f"\ntuned_static's weights: the search{where} is not complete.\n"
     if s:
@@ -146,8 +152,6 @@ def report_markdown(spec, outcome, made=None):
         md += ("\nPaired differences (variant - reference) over the seeds both have (same seed: same "
                f"initialisation and data order); mean, {round(CONFIDENCE * 100)} % confidence interval and "
                "p-value of the paired t-test (scipy.stats.ttest_rel).\n\n" + comparison_table(comparisons))
-    planned = {r["name"] for r in results} | {r["name"] for r in outcome.get("not_run", [])}
-    checked = [c for c in check_claims(spec, rows) if {c["variant"], c["reference"]} <= planned]
     measured = [c for c in checked if c["measured"] is not None]
     if measured:
         md += ("\nThe paper's claims: the sign of each mAP difference a paper table reports, against the paired "
