@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from galw import ablation
-from galw.ablation.runner import PLANNED_FILE
+from galw.ablation.runner import FINGERPRINT, PLANNED_FILE, RESULT_FILE
 
 
 def _spec(tmp_path, max_iter="100"):
@@ -51,7 +51,8 @@ def test_an_interrupted_run_resumes_and_keeps_the_resumed_curve(tmp_path, checkp
     assert [f["reason"] for f in first["failed"]] == ["exit code -9"] and "--resume" not in trainer.commands[0]
     run_dir = os.path.join(out, "equal", "seed1")
     with open(os.path.join(run_dir, PLANNED_FILE)) as f:
-        assert json.load(f) == {"opts": ["SOLVER.MAX_ITER", "100", "MODEL.GALW.ENABLED", "False"]}
+        assert json.load(f) == {"opts": ["SOLVER.MAX_ITER", "100", "MODEL.GALW.ENABLED", "False"],
+                                FINGERPRINT: ablation.config_fingerprint(spec)}
     second = ablation.run_ablation(spec, out, runner=trainer)
     assert second["failed"] == [] and "--resume" in trainer.commands[1]
     (result,) = second["results"]
@@ -72,3 +73,51 @@ def test_checkpoints_of_other_opts_are_an_error_before_anything_trains(tmp_path)
     with pytest.raises(ValueError, match="with no record of its opts"):
         ablation.run_ablation(_spec(tmp_path), out, runner=trainer)
     assert len(trainer.commands) == 1
+
+
+def test_a_run_of_other_config_files_is_neither_resumed_nor_reused(tmp_path):
+    """The opts alone do not say what trained: a changed base config (or a file it inherits from) changes
+    the fingerprint its runs record, and their checkpoints and results are an error, not silently mixed."""
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("SOLVER:\n  BASE_LR: 0.01\n")
+    spec = _spec(tmp_path)
+    (tmp_path / "base.yaml").write_text('_BASE_: "parent.yaml"\nMODEL:\n  DEVICE: cpu\n')
+    spec = _spec_again(spec)
+    assert ablation.base_config_chain(spec) == [str(tmp_path / "base.yaml"), str(parent)]
+    first = ablation.config_fingerprint(spec)
+    assert len(first) == 16 and ablation.config_fingerprint(_spec_again(spec)) == first
+    out, trainer = str(tmp_path / "out"), Interrupted()
+    ablation.run_ablation(spec, out, runner=trainer)  # killed after its checkpoint
+    parent.write_text("SOLVER:\n  BASE_LR: 0.02\n")  # a file the base config inherits from changes
+    changed = _spec_again(spec)
+    assert ablation.config_fingerprint(changed) != first
+    with pytest.raises(ValueError, match=r"equal/seed1: holds the checkpoints of an unfinished training started from "
+                                         rf"config files of fingerprint {first}, while .*base.yaml and its _BASE_ files "
+                                         rf"give {ablation.config_fingerprint(changed)} now"):
+        ablation.run_ablation(changed, out, runner=trainer)
+    assert len(trainer.commands) == 1
+    parent.write_text("SOLVER:\n  BASE_LR: 0.01\n")
+    assert ablation.run_ablation(_spec_again(spec), out, runner=trainer)["failed"] == []  # resumed, finished
+    result = os.path.join(out, "equal", "seed1", RESULT_FILE)
+    with open(result) as f:
+        assert json.load(f)["data"][FINGERPRINT] == first
+    parent.write_text("SOLVER:\n  BASE_LR: 0.02\n")
+    with pytest.raises(ValueError, match=r"seed1/ablation_result.json: was trained from config files of fingerprint "
+                                         rf"{first}, while"):
+        ablation.run_ablation(_spec_again(spec), out, runner=trainer)
+    with open(result) as f:
+        doc = json.load(f)
+    doc["data"].pop(FINGERPRINT)
+    with open(result, "w") as f:
+        json.dump(doc, f)
+    with pytest.raises(ValueError, match=r"was trained from config files of fingerprint <none recorded>"):
+        ablation.run_ablation(_spec_again(spec), out, runner=trainer)
+    assert len(trainer.commands) == 2
+    (tmp_path / "base.yaml").write_text('_BASE_: "base.yaml"\n')
+    with pytest.raises(ValueError, match=r"base.yaml: _BASE_ .*base.yaml' closes a cycle of config files"):
+        ablation.config_fingerprint(_spec_again(spec))
+
+
+def _spec_again(spec):
+    """The spec loaded again from its file (the fingerprint is computed once per load)."""
+    return ablation.load_spec(spec["_path"])

@@ -218,8 +218,9 @@ def test_result_file_holds_figures_curve_groups_and_trajectories(tmp_path):
     for key in ("date", "commit", "cpu", "cores", "load_avg_1_5_15", "python", "torch", "detectron2"):
         assert doc["meta"][key] is not None, key
     data = doc["data"]
-    assert sorted(data) == ["curve", "groups", "mAP", "name", "opts", "seconds", "seed", "source", "top1",
-                            "trajectories"]
+    assert sorted(data) == ["base_config_sha256", "curve", "groups", "mAP", "name", "opts", "seconds", "seed", "source",
+                            "top1", "trajectories"]
+    assert data["base_config_sha256"] == ablation.config_fingerprint(spec)
     assert data["opts"] == ["SOLVER.MAX_ITER", "5", "MODEL.GALW.NUM_GROUPS", "2"]
     assert (data["name"], data["seed"], data["mAP"], data["top1"]) == ("galw_g2", 3, 59.0, 89.0)
     assert data["source"] == "metrics.json" and data["seconds"] >= 0

@@ -18,8 +18,8 @@ from .run_result import (METRICS, RESULT_FILE, collect_metrics, committed_result
                          result_data, run_groups, save_result, saved_result, weight_trajectories)
 from .runner import borrowed_search, dry_run_commands, finished_runs, run_ablation, run_one, run_search, subprocess_runner
 from .search import SEARCH_DIR, choose, plan_search, weights_text
-from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_path, load_spec, plan_runs, schedule_opts, train_command,
-                   variant_seeds)
+from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_chain, base_config_path, config_fingerprint, load_spec,
+                   plan_runs, schedule_opts, train_command, variant_seeds)
 from .answer import ANSWER_PAIRS, answer_markdown, pair_verdict
 from .claims import check_claims, claims_table
 from .convergence import convergence, run_convergence, variant_convergence
@@ -41,6 +41,7 @@ __all__ = [
     "aggregate",
     "all_comparisons",
     "answer_markdown",
+    "base_config_chain",
     "base_config_path",
     "borrowed_search",
     "check_claims",
@@ -49,6 +50,7 @@ __all__ = [
     "collect_metrics",
     "committed_outcome",
     "committed_result",
+    "config_fingerprint",
     "comparison_table",
     "convergence",
     "convergence_table",

@@ -21,16 +21,19 @@ from galw_core.two_phase import PHASE_ONE_DIR
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
 from .search import choose, plan_search, weights_text
-from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, plan_runs, train_command
+from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, config_fingerprint, plan_runs, train_command
 
-__all__ = ["PLANNED_FILE", "borrowed_search", "dry_run_commands", "finished_runs", "resume_args", "reusable_result",
-           "run_ablation", "run_one", "run_opts", "run_search", "subprocess_runner"]
+__all__ = ["FINGERPRINT", "PLANNED_FILE", "borrowed_search", "dry_run_commands", "finished_runs", "resume_args",
+           "reusable_result", "run_ablation", "run_one", "run_opts", "run_search", "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
 
-#: Written into a run's folder before it trains: the overrides it trains with (run_opts), so that a
-#: later invocation continues the checkpoints left there by an interrupted training of the same run.
+#: Written into a run's folder before it trains: the overrides it trains with (run_opts) and the
+#: fingerprint of its config files (spec.config_fingerprint), so that a later invocation continues the
+#: checkpoints left there by an interrupted training of the same run.
 PLANNED_FILE = "ablation_planned.json"
+#: The field of a result file and of PLANNED_FILE that holds spec.config_fingerprint.
+FINGERPRINT = "base_config_sha256"
 
 
 def subprocess_runner(cmd, out_dir, threads=None, datasets_root=None):
@@ -76,7 +79,20 @@ def reusable_result(spec, run):
             f"was trained with other opts than planned ({_differences(recorded, planned)})"
         raise ValueError(f"{os.path.join(run['out_dir'], RESULT_FILE)}: {what}; expected a result of opts {planned}. "
                          "Remove that run's folder to train it again with the planned opts")
+    other = _other_configs(spec, saved)
+    if other:
+        raise ValueError(f"{os.path.join(run['out_dir'], RESULT_FILE)}: was trained {other}. Remove that run's folder "
+                         "to train it again from the spec's config files")
     return saved
+
+
+def _other_configs(spec, record):
+    """Why ``record`` (a result's data or PLANNED_FILE's content) is not of the spec's config files, or ""."""
+    recorded, planned = record.get(FINGERPRINT), config_fingerprint(spec)
+    if recorded == planned:
+        return ""
+    return (f"from config files of fingerprint {recorded or '<none recorded>'}, while {spec['base_config']} and its "
+            f"_BASE_ files give {planned} now (spec.config_fingerprint)")
 
 
 def resume_args(spec, run):
@@ -87,22 +103,26 @@ def resume_args(spec, run):
     if not any(os.path.isfile(os.path.join(d, "last_checkpoint")) for d in (out, os.path.join(out, PHASE_ONE_DIR))):
         return []
     path = os.path.join(out, PLANNED_FILE)
-    recorded = None
+    record = {}
     if os.path.isfile(path):
         with open(path) as f:
-            recorded = json.load(f).get("opts")
-    planned = run_opts(spec, run)
+            record = json.load(f)
+    recorded, planned = record.get("opts"), run_opts(spec, run)
     if recorded != planned:
         what = "no record of its opts" if recorded is None else \
             f"other opts than planned ({_differences(recorded, planned)})"
         raise ValueError(f"{out}: holds the checkpoints of an unfinished training with {what}; the planned run has "
                          f"opts {planned}. Remove that folder to train the planned run from the start")
+    other = _other_configs(spec, record)
+    if other:
+        raise ValueError(f"{out}: holds the checkpoints of an unfinished training started {other}. Remove that "
+                         "folder to train the planned run from the start")
     return ["--resume"]
 
 
 def _record_planned(spec, run):
     os.makedirs(run["out_dir"], exist_ok=True)
-    text = json.dumps({"opts": run_opts(spec, run)})
+    text = json.dumps({"opts": run_opts(spec, run), FINGERPRINT: config_fingerprint(spec)})
     atomic_write(os.path.join(run["out_dir"], PLANNED_FILE), lambda f: f.write(text.encode("utf-8")))
 
 
@@ -138,7 +158,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     if code != 0:
         return failure(f"exit code {code}", f" (train_net.py log in {run['out_dir']}/ablation_log.txt)")
     try:
-        data = result_data(run, time.time() - start, run_opts(spec, run))
+        data = dict(result_data(run, time.time() - start, run_opts(spec, run)), **{FINGERPRINT: config_fingerprint(spec)})
     except ValueError as e:
         return failure(str(e))
     save_result(run, data, cmd)

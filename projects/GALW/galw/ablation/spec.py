@@ -5,6 +5,7 @@ base config, the spec's common overrides and the variant's own (``{seed}`` in th
 ``{tuned_weights}`` = the static weights the spec's ``search`` chose, search.py). A variant trains
 the seeds it lists (``seeds``), else the spec's.
 """
+import hashlib
 import os
 import sys
 
@@ -14,8 +15,8 @@ from .data import validate_datasets
 from .claims import validate_claims
 from .search import SEARCH_DIR, validate_search
 
-__all__ = ["REPO_ROOT", "TUNED_WEIGHTS", "base_config_path", "load_spec", "plan_runs", "schedule_opts",
-           "repo_relative", "train_command", "variant_seeds"]
+__all__ = ["REPO_ROOT", "TUNED_WEIGHTS", "base_config_chain", "base_config_path", "config_fingerprint", "load_spec",
+           "plan_runs", "schedule_opts", "repo_relative", "train_command", "variant_seeds"]
 
 #: The repository root (projects/GALW/galw/ablation/spec.py -> <repo>): train_net.py and relative base configs.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -134,6 +135,36 @@ def base_config_path(spec):
     """The base config; a relative path is relative to the repository root."""
     base = spec["base_config"]
     return base if os.path.isabs(base) else os.path.join(REPO_ROOT, base)
+
+
+def base_config_chain(spec):
+    """The base config and every file it inherits from through ``_BASE_`` (a relative one relative to
+    the file naming it, as fvcore's ``load_yaml_with_base``), the base config first."""
+    chain, path = [], os.path.abspath(base_config_path(spec))
+    while path is not None:
+        if path in chain:
+            raise ValueError(f"{chain[-1]}: _BASE_ {path!r} closes a cycle of config files {chain}")
+        chain.append(path)
+        with open(path) as f:
+            parent = (yaml.safe_load(f) or {}).get("_BASE_")
+        if parent is not None:
+            parent = os.path.expanduser(str(parent))
+            parent = os.path.abspath(parent if os.path.isabs(parent) else os.path.join(os.path.dirname(path), parent))
+        path = parent
+    return chain
+
+
+def config_fingerprint(spec):
+    """sha256 (first 16 hex digits) of the base config chain's files, each its name relative to the
+    repository and its bytes: a run trained from other config files is not the planned run, even with
+    the same opts, so the runner refuses to reuse or resume it (runner.reusable_result, resume_args)."""
+    if "_fingerprint" not in spec:
+        digest = hashlib.sha256()
+        for path in base_config_chain(spec):
+            with open(path, "rb") as f:
+                digest.update(repo_relative(path).encode("utf-8") + b"\0" + f.read() + b"\0")
+        spec["_fingerprint"] = digest.hexdigest()[:16]
+    return spec["_fingerprint"]
 
 
 def train_command(spec, run, python=sys.executable, extra_args=(), extra_opts=()):
