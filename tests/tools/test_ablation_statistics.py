@@ -184,7 +184,7 @@ def test_the_answer_block_on_hand_values():
     assert lines[4] == f"* `tuned_static` vs `equal`: {interval([0.0, 3.0, 3.0])}: **no significant difference**."
     assert lines[5] == "* Paper claims measured here: 3 of 4: 2 reproduced, 1 opposite, not significant."
     assert lines[6] == ("* Converged (mAP moved less than 1 point over the last 20 % on every seed): `equal` yes, "
-                        "`tuned_static` yes, `galw_g4` yes.")
+                        "`tuned_static` yes, `galw_g4` yes (provisional).")
     # a lower variant, a single pair, no pair at all, none of the three variants
     by = {r["name"]: r for r in rows}
     assert pair_verdict(ablation.paired(by["equal"], by["galw_g4"], "mAP")) == "lower, significant"

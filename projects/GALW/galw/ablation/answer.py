@@ -60,7 +60,8 @@ def answer_markdown(rows, claims, conv, not_run=()):
                + (": " + ", ".join(counts) if counts else "") + ".\n")
     conv_of = {v["name"]: v for v in conv["variants"]}
     flags = {True: "yes", False: "no", None: "n/a"}
-    states = [f"`{n}` {flags[conv_of[n]['converged']]}" for n in ("equal", "tuned_static", "galw_g4") if n in conv_of]
+    states = [f"`{n}` {flags[conv_of[n]['converged']]}" + (" (provisional)" if waiting.get(n) else "")
+              for n in ("equal", "tuned_static", "galw_g4") if n in conv_of]
     if states:
         md += (f"* Converged (mAP moved less than {conv['threshold']:g} point over the last "
                f"{round((1 - conv['tail_start']) * 100)} % on every seed): " + ", ".join(states) + ".\n")
