@@ -260,7 +260,7 @@ def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
     assert block.startswith("Base config: ") and "| tuned_static |  | 3 | 55.00 ± 1.00 |" in block
     assert block.split("Figures")[0] == md[md.index("Base config: "):md.index("![")].rstrip("\n") + "\n\n"
     assert "`results/ablation/d0/ablation_curves.png` (mAP against iteration" in block
-    assert re.search(r"<sub>14 result files \(6 of the weight search\), [0-9.]+ hours .* measured 20", block)
+    assert re.search(r"<sub>14 of 14 planned result files \(6 of the weight search\), [0-9.]+ hours .* measured 20", block)
     assert ablation.docs_markdown("d7", str(res), spec["_path"]) is None  # no kept file there
 
 
@@ -285,12 +285,12 @@ def test_a_docs_ablation_block_reads_results_ablation_or_names_the_command(tmp_p
     assert "tuned_static's weights: the search is not complete" in block and "No variant has a finished run yet." in block
     assert "| equal | 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 | 1 | 4.50 |" in block
     assert "| reid_x0.1 | 1, 1, 1, 1, 0.1, 1, 1, 1, 0.1, 0.1 | - | not run (yet) |" in block
-    assert "<sub>1 result files (1 of the weight search), 0.2 hours" in block
+    assert "<sub>1 of 70 planned result files (1 of the weight search), 0.2 hours" in block
     # a kept file of a variant the spec no longer plans is not counted
     stale = tmp_path / "ablation" / "data0" / "old_variant" / "seed1.json"
     stale.parent.mkdir(parents=True)
     stale.write_text((tmp_path / "ablation" / "data0" / "search" / "equal" / "seed1.json").read_text())
-    assert "<sub>1 result files (1 of the weight search)" in render_block("ablation/data0", str(tmp_path))
+    assert "<sub>1 of 70 planned result files (1 of the weight search)" in render_block("ablation/data0", str(tmp_path))
     # data1 borrows data0's search: its block shows that search, and counts none of its files
     write_result("seed1", "x", dict(data, curve=[{"iteration": 2000, "mAP": 4.5}]),
                  root=str(tmp_path / "ablation" / "data1" / "equal"))
@@ -299,7 +299,7 @@ def test_a_docs_ablation_block_reads_results_ablation_or_names_the_command(tmp_p
     block = render_block("ablation/data1", str(tmp_path))
     assert "tuned_static's weights: the search on dataset `data0` is not complete" in block
     assert "| equal | 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 | 1 | 4.50 |" in block
-    assert "<sub>1 result files (0 of the weight search)" in block
+    assert "<sub>1 of 15 planned result files (0 of the weight search)" in block
 
 
 def test_data_seed_keeps_runs_apart_and_generates_once(tmp_path, capsys):
@@ -467,7 +467,8 @@ def test_a_dataset_can_take_its_tuned_weights_from_an_earlier_datasets_search(tm
             "repeated on this one).") in md
     assert "The weight search on dataset `d0` (validation mAP" in md
     assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
-    assert re.search(r"<sub>6 result files \(0 of the weight search\)", ablation.docs_markdown("d7", str(res), spec["_path"]))
+    block = ablation.docs_markdown("d7", str(res), spec["_path"])
+    assert re.search(r"<sub>6 of 6 planned result files \(0 of the weight search\)", block)
 
 
 @pytest.mark.parametrize("datasets, match", [

@@ -41,16 +41,17 @@ def committed_outcome(spec, data, results_root, only=None, seeds=None):
 
 
 def _kept_files(spec, data, results_root):
-    """The kept result files of the dataset's planned runs and of its own search (those that exist),
-    sorted: files of runs the spec no longer plans are not shown, a borrowed search's are its source's."""
+    """(The kept result files of the dataset's planned runs and of its own search that exist, sorted; the
+    number of those runs): files of runs the spec no longer plans are not shown, a borrowed search's are its
+    source's."""
     out_root, results_dir = _folders(data, results_root)
     runs = plan_runs(spec, out_root, data.get("variants"), None, results_dir)
     if spec.get("search") and not data.get("search_from"):
         runs += plan_search(spec, out_root, results_dir)
-    return sorted(r["result_copy"] for r in runs if os.path.isfile(r["result_copy"]))
+    return sorted(r["result_copy"] for r in runs if os.path.isfile(r["result_copy"])), len(runs)
 
 
-def _footer(files):
+def _footer(files, planned):
     """The runs' machines, dates, commits and summed wall time, from the kept files' meta (a run's
     ``seconds`` is the wall time of the invocation that finished it, runner.run_one)."""
     docs = [read_result(p) for p in files]
@@ -61,7 +62,8 @@ def _footer(files):
     commits = sorted({str(m.get("commit")) for m in metas})
     hours = sum(d["data"].get("seconds") or 0.0 for d in docs) / 3600
     search = sum(os.sep + SEARCH_DIR + os.sep in p for p in files)
-    return (f"<sub>{len(docs)} result files ({search} of the weight search), {hours:.1f} hours of training and "
+    return (f"<sub>{len(docs)} of {planned} planned result files ({search} of the weight search), {hours:.1f} hours "
+            "of training and "
             "evaluation in the invocations that finished the runs (a resumed run counts from its resume), "
             f"measured {dates[0]} to {dates[-1]} on {'; '.join(machines)}; "
             f"commits {', '.join(commits)}; torch {', '.join(sorted({str(m.get('torch')) for m in metas}))}</sub>\n")
@@ -73,7 +75,7 @@ def docs_markdown(data_name, results_root, spec_path=SHIPPED_SPEC):
     spec = load_spec(spec_path)
     data = label_dataset(spec, data_name)
     results_dir = os.path.join(results_root, data["name"])
-    files = _kept_files(spec, data, results_root)
+    files, planned = _kept_files(spec, data, results_root)
     if not files:
         return None
     body, _ = report_markdown(spec, committed_outcome(spec, data, results_root))
@@ -81,4 +83,4 @@ def docs_markdown(data_name, results_root, spec_path=SHIPPED_SPEC):
                if os.path.isfile(os.path.join(results_dir, name))]
     if figures:
         body += "\nFigures (`python tools/ablation.py --report --data " + data["name"] + "`): " + "; ".join(figures) + ".\n"
-    return body + "\n" + _footer(files)
+    return body + "\n" + _footer(files, planned)
