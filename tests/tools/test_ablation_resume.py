@@ -82,42 +82,71 @@ def test_a_run_of_other_config_files_is_neither_resumed_nor_reused(tmp_path):
     parent.write_text("SOLVER:\n  BASE_LR: 0.01\n")
     spec = _spec(tmp_path)
     (tmp_path / "base.yaml").write_text('_BASE_: "parent.yaml"\nMODEL:\n  DEVICE: cpu\n')
-    spec = _spec_again(spec)
     assert ablation.base_config_chain(spec) == [str(tmp_path / "base.yaml"), str(parent)]
     first = ablation.config_fingerprint(spec)
-    assert len(first) == 16 and ablation.config_fingerprint(_spec_again(spec)) == first
+    assert len(first) == 16 and ablation.config_fingerprint(spec) == first
     out, trainer = str(tmp_path / "out"), Interrupted()
     ablation.run_ablation(spec, out, runner=trainer)  # killed after its checkpoint
     parent.write_text("SOLVER:\n  BASE_LR: 0.02\n")  # a file the base config inherits from changes
-    changed = _spec_again(spec)
-    assert ablation.config_fingerprint(changed) != first
+    changed = ablation.config_fingerprint(spec)
+    assert changed != first
     with pytest.raises(ValueError, match=r"equal/seed1: holds the checkpoints of an unfinished training started from "
                                          rf"config files of fingerprint {first}, while .*base.yaml and its _BASE_ files "
-                                         rf"give {ablation.config_fingerprint(changed)} now"):
-        ablation.run_ablation(changed, out, runner=trainer)
+                                         rf"give {changed} now"):
+        ablation.run_ablation(spec, out, runner=trainer)
     assert len(trainer.commands) == 1
     parent.write_text("SOLVER:\n  BASE_LR: 0.01\n")
-    assert ablation.run_ablation(_spec_again(spec), out, runner=trainer)["failed"] == []  # resumed, finished
+    assert ablation.run_ablation(spec, out, runner=trainer)["failed"] == []  # resumed, finished
     result = os.path.join(out, "equal", "seed1", RESULT_FILE)
     with open(result) as f:
         assert json.load(f)["data"][FINGERPRINT] == first
     parent.write_text("SOLVER:\n  BASE_LR: 0.02\n")
     with pytest.raises(ValueError, match=r"seed1/ablation_result.json: was trained from config files of fingerprint "
                                          rf"{first}, while"):
-        ablation.run_ablation(_spec_again(spec), out, runner=trainer)
+        ablation.run_ablation(spec, out, runner=trainer)
     with open(result) as f:
         doc = json.load(f)
     doc["data"].pop(FINGERPRINT)
     with open(result, "w") as f:
         json.dump(doc, f)
     with pytest.raises(ValueError, match=r"was trained from config files of fingerprint <none recorded>"):
-        ablation.run_ablation(_spec_again(spec), out, runner=trainer)
+        ablation.run_ablation(spec, out, runner=trainer)
     assert len(trainer.commands) == 2
     (tmp_path / "base.yaml").write_text('_BASE_: "base.yaml"\n')
     with pytest.raises(ValueError, match=r"base.yaml: _BASE_ .*base.yaml' closes a cycle of config files"):
-        ablation.config_fingerprint(_spec_again(spec))
+        ablation.config_fingerprint(spec)
 
 
-def _spec_again(spec):
-    """The spec loaded again from its file (the fingerprint is computed once per load)."""
-    return ablation.load_spec(spec["_path"])
+class EditsTheConfig:
+    """A training during which a file of the base config's chain is edited."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, cmd, out_dir):
+        with open(self.path, "a") as f:
+            f.write("# edited\n")
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            f.write(json.dumps({"iteration": 99, "g/search/mAP": 40.0, "g/search/top1": 40.0}) + "\n")
+        return 0
+
+
+def test_a_run_whose_config_files_change_while_it_trains_fails_and_keeps_no_result(tmp_path):
+    spec = _spec(tmp_path)
+    before = ablation.config_fingerprint(spec)
+    outcome = ablation.run_ablation(spec, str(tmp_path / "out"), runner=EditsTheConfig(tmp_path / "base.yaml"))
+    (failure,) = outcome["failed"]
+    assert failure["reason"].startswith(f"its config files changed while it trained (fingerprint {before} at the start, "
+                                        f"{ablation.config_fingerprint(spec)} at the end)")
+    assert outcome["results"] == [] and not os.path.exists(tmp_path / "out" / "equal" / "seed1" / RESULT_FILE)
+
+
+def test_the_chain_follows_a_list_of_bases_and_refuses_other_values(tmp_path):
+    spec = _spec(tmp_path)
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text("SOLVER:\n  BASE_LR: 0.01\n")
+    (tmp_path / "base.yaml").write_text(f'_BASE_: ["a.yaml", "{tmp_path / "b.yaml"}"]\n')
+    assert ablation.base_config_chain(spec) == [str(tmp_path / n) for n in ("base.yaml", "a.yaml", "b.yaml")]
+    (tmp_path / "base.yaml").write_text("_BASE_: 3\n")
+    with pytest.raises(ValueError, match=r"base.yaml: _BASE_ must be a file name or a list of file names, got 3"):
+        ablation.config_fingerprint(spec)

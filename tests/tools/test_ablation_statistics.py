@@ -174,12 +174,12 @@ def test_the_answer_block_on_hand_values():
     def interval(diffs):
         mean, half = sum(diffs) / 3, student_t.ppf(0.975, 2) * float(np.std(diffs, ddof=1)) / math.sqrt(3)
         p = ttest_rel(np.asarray(diffs) + 1.0, np.ones(3)).pvalue
-        return f"Δ mAP {mean:+.2f}, 95 % CI [{mean - half:+.2f}, {mean + half:+.2f}], p {p:.2g}, 3 paired seeds"
+        return f"Δ mAP {mean:+.2f}, 95 % CI [{mean - half:+.2f}, {mean + half:+.2f}], p {p:.3g}, 3 paired seeds"
 
     # galw_g4 - tuned_static: 10, 6, 8 (interval above 0); galw_g4 - equal: 10, 9, 11; tuned_static - equal:
     # 0, 3, 3 (interval holds 0)
     assert lines[2] == (f"* `galw_g4` vs `tuned_static`: {interval([10.0, 6.0, 8.0])}: **higher, significant** "
-                        "(provisional: galw_g4 seeds 4, 5 not run yet).")
+                        "(provisional: galw_g4 seeds 4, 5 without a result yet).")
     assert lines[3].startswith(f"* `galw_g4` vs `equal`: {interval([10.0, 9.0, 11.0])}: **higher, significant** (")
     assert lines[4] == f"* `tuned_static` vs `equal`: {interval([0.0, 3.0, 3.0])}: **no significant difference**."
     assert lines[5] == "* Paper claims measured here: 3 of 4: 2 reproduced, 1 opposite, not significant."

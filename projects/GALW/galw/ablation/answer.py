@@ -2,8 +2,8 @@
 static weightings once each is trained on the same schedule? The three paired mAP comparisons the
 question rests on, the count of the paper's claims by verdict, and whether those variants converged.
 
-A line is marked provisional while a planned run of one of its variants has no result file, so a
-partial study never reads as the answer.
+A line is marked provisional while a planned run of one of its variants has no result file (not run
+yet, or failed), so a partial study never reads as the answer.
 """
 from .claims import VERDICTS
 from .statistics import CONFIDENCE, paired
@@ -15,9 +15,12 @@ ANSWER_PAIRS = (("galw_g4", "tuned_static"), ("galw_g4", "equal"), ("tuned_stati
 
 
 def pair_verdict(diff):
-    """Words for a paired difference (statistics.paired): which is higher when the interval excludes 0."""
+    """Words for a paired difference (statistics.paired): which is higher when the interval excludes 0;
+    none when every pair differs by the same amount (the t-test is undefined without spread)."""
     if diff is None or diff["ci_low"] is None:
         return "n/a (fewer than 2 paired seeds)"
+    if diff["ci_low"] == diff["ci_high"]:
+        return "n/a (every paired seed differs by the same amount: no spread to test)"
     if diff["ci_low"] > 0:
         return "higher, significant"
     if diff["ci_high"] < 0:
@@ -30,19 +33,21 @@ def _pair_line(rows, name, ref, waiting):
     diff = paired(by_name[name], by_name[ref], "mAP") if name in by_name and ref in by_name else None
     if diff is None:
         return f"* `{name}` vs `{ref}`: no paired seeds yet."
-    interval = "" if diff["ci_low"] is None else (
-        f", {round(CONFIDENCE * 100)} % CI [{diff['ci_low']:+.2f}, {diff['ci_high']:+.2f}], p {diff['p']:.2g}")
+    spread = diff["ci_low"] is not None and diff["ci_low"] != diff["ci_high"]
+    interval = "" if not spread else (
+        f", {round(CONFIDENCE * 100)} % CI [{diff['ci_low']:+.2f}, {diff['ci_high']:+.2f}], p {diff['p']:.3g}")
     late = {n: waiting[n] for n in (name, ref) if waiting.get(n)}
     note = "" if not late else " (provisional: " + "; ".join(
-        f"{n} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))} not run yet" for n, s in late.items()) + ")"
-    return (f"* `{name}` vs `{ref}`: Δ mAP {diff['mean_diff']:+.2f}{interval}, {diff['n']} paired seeds: "
+        f"{n} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))} without a result yet" for n, s in late.items()) + ")"
+    return (f"* `{name}` vs `{ref}`: Δ mAP {diff['mean_diff']:+.2f}{interval}, {diff['n']} paired "
+            f"seed{'s' if diff['n'] > 1 else ''}: "
             f"**{pair_verdict(diff)}**{note}.")
 
 
 def answer_markdown(rows, claims, conv, not_run=()):
     """The answer block: ``rows`` (statistics.aggregate), ``claims`` (claims.check_claims of the pairs this
     dataset trains), ``conv`` (convergence.convergence), ``not_run`` ({"name", "seed"} of planned runs
-    without a result file). Empty when none of the answer's variants has a run."""
+    without a result file: not run yet or failed). Empty when none of the answer's variants has a run."""
     names = {n for pair in ANSWER_PAIRS for n in pair}
     if not any(r["name"] in names for r in rows):
         return ""

@@ -23,7 +23,7 @@ from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, s
 from .search import choose, plan_search, weights_text
 from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, config_fingerprint, plan_runs, train_command
 
-__all__ = ["FINGERPRINT", "PLANNED_FILE", "borrowed_search", "dry_run_commands", "finished_runs", "resume_args",
+__all__ = ["FINGERPRINT", "PLANNED_FILE", "borrowed_search", "check_result", "dry_run_commands", "finished_runs", "resume_args",
            "reusable_result", "run_ablation", "run_one", "run_opts", "run_search", "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
@@ -67,23 +67,27 @@ def _differences(recorded, planned):
     return "; ".join(diffs) or f"trained {recorded}, planned {planned}"
 
 
-def reusable_result(spec, run):
-    """The saved result of ``run`` (saved_result), or None when there is none; an error when the file
-    records other overrides than the planned run's (or none), naming the file and the values."""
-    saved = saved_result(run)
-    if saved is None:
-        return None
-    planned, recorded = run_opts(spec, run), saved.get("opts")
+def check_result(spec, run, data, path):
+    """``data`` (a result file's, at ``path``) when it records the planned run's overrides and the spec's
+    config files; else an error naming the file and the values."""
+    planned, recorded = run_opts(spec, run), data.get("opts")
     if recorded != planned:
         what = "records no opts" if recorded is None else \
             f"was trained with other opts than planned ({_differences(recorded, planned)})"
-        raise ValueError(f"{os.path.join(run['out_dir'], RESULT_FILE)}: {what}; expected a result of opts {planned}. "
+        raise ValueError(f"{path}: {what}; expected a result of opts {planned}. "
                          "Remove that run's folder to train it again with the planned opts")
-    other = _other_configs(spec, saved)
+    other = _other_configs(spec, data)
     if other:
-        raise ValueError(f"{os.path.join(run['out_dir'], RESULT_FILE)}: was trained {other}. Remove that run's folder "
-                         "to train it again from the spec's config files")
-    return saved
+        raise ValueError(f"{path}: was trained {other}. Remove that run's folder to train it again from the spec's "
+                         "config files")
+    return data
+
+
+def reusable_result(spec, run):
+    """The saved result of ``run`` (saved_result), or None when there is none; check_result's error when
+    it is of other overrides or config files."""
+    saved = saved_result(run)
+    return None if saved is None else check_result(spec, run, saved, os.path.join(run["out_dir"], RESULT_FILE))
 
 
 def _other_configs(spec, record):
@@ -121,9 +125,12 @@ def resume_args(spec, run):
 
 
 def _record_planned(spec, run):
+    """Write PLANNED_FILE; returns the config fingerprint the run starts from."""
     os.makedirs(run["out_dir"], exist_ok=True)
-    text = json.dumps({"opts": run_opts(spec, run), FINGERPRINT: config_fingerprint(spec)})
+    fingerprint = config_fingerprint(spec)
+    text = json.dumps({"opts": run_opts(spec, run), FINGERPRINT: fingerprint})
     atomic_write(os.path.join(run["out_dir"], PLANNED_FILE), lambda f: f.write(text.encode("utf-8")))
+    return fingerprint
 
 
 def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=()):
@@ -150,15 +157,18 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     except (OSError, ValueError) as e:
         return failure(str(e))
     resume = resume_args(spec, run)
-    _record_planned(spec, run)
+    fingerprint = _record_planned(spec, run)
     cmd = train_command(spec, run, extra_args=[*extra_args, *resume], extra_opts=extra)
     logger.info("%s: %s -> %s", tag, "resuming" if resume else "running", run["out_dir"])
     start = time.time()
     code = runner(cmd, run["out_dir"])
     if code != 0:
         return failure(f"exit code {code}", f" (train_net.py log in {run['out_dir']}/ablation_log.txt)")
+    if config_fingerprint(spec) != fingerprint:
+        return failure(f"its config files changed while it trained (fingerprint {fingerprint} at the start, "
+                       f"{config_fingerprint(spec)} at the end); remove {run['out_dir']} to train it again")
     try:
-        data = dict(result_data(run, time.time() - start, run_opts(spec, run)), **{FINGERPRINT: config_fingerprint(spec)})
+        data = dict(result_data(run, time.time() - start, run_opts(spec, run)), **{FINGERPRINT: fingerprint})
     except ValueError as e:
         return failure(str(e))
     save_result(run, data, cmd)
@@ -170,17 +180,24 @@ def _tuned(runs):
     return any(TUNED_WEIGHTS in r["opts"] for r in runs)
 
 
-def borrowed_search(spec, data, out_base, results_base=None):
+def borrowed_search(spec, data, out_base, results_base=None, check=True):
     """The search summary (choose(), plus "dataset") that dataset ``data`` takes tuned_static's weights
     from when it names ``search_from``: the source dataset's search runs, read from their kept copies
     under ``results_base/<source>`` (from their folders under ``out_base/<source>`` without
-    ``results_base``); nothing trains. None for a dataset that runs its own search."""
+    ``results_base``), each checked like a reused result (check_result) unless ``check`` is False (a
+    report shows what the kept files hold); nothing trains. None for a dataset that runs its own search."""
     src = data.get("search_from")
     if src is None:
         return None
     runs = plan_search(spec, os.path.join(out_base, src), os.path.join(results_base, src) if results_base else None)
-    read = committed_result if results_base else saved_result
-    return dict(choose(spec, [d for d in map(read, runs) if d is not None]), dataset=src)
+    read, where = (committed_result, "result_copy") if results_base else (saved_result, None)
+    found = []
+    for run in runs:
+        data = read(run)
+        if data is not None:
+            path = run[where] if where else os.path.join(run["out_dir"], RESULT_FILE)
+            found.append(check_result(spec, run, data, path) if check else data)
+    return dict(choose(spec, found), dataset=src)
 
 
 def _incomplete(search):

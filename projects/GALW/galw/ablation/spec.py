@@ -80,8 +80,23 @@ def load_spec(path):
     spec["_path"] = path
     validate_search(spec, path)
     validate_datasets(spec, path)
+    _check_borrowed_searches(spec, path)
     validate_claims(spec, path)
     return spec
+
+
+def _check_borrowed_searches(spec, path):
+    """A dataset's ``search_from`` names one whose planned variants use the searched weights: only then
+    does that dataset run its search (runner.run_ablation)."""
+    for i, d in enumerate(spec["datasets"]):
+        src = d.get("search_from")
+        if src is None:
+            continue
+        source = next(e for e in spec["datasets"] if e["name"] == src)
+        names = source.get("variants") or [v["name"] for v in spec["variants"]]
+        if not any(TUNED_WEIGHTS in [str(o) for o in _variant(spec, n)["opts"]] for n in names):
+            raise ValueError(f"{path}: datasets[{i}].search_from: dataset {src!r} trains no variant with "
+                             f"{TUNED_WEIGHTS} (its variants: {names}), so it runs no weight search to take")
 
 
 def _variant(spec, name):
@@ -138,33 +153,38 @@ def base_config_path(spec):
 
 
 def base_config_chain(spec):
-    """The base config and every file it inherits from through ``_BASE_`` (a relative one relative to
-    the file naming it, as fvcore's ``load_yaml_with_base``), the base config first."""
-    chain, path = [], os.path.abspath(base_config_path(spec))
-    while path is not None:
-        if path in chain:
-            raise ValueError(f"{chain[-1]}: _BASE_ {path!r} closes a cycle of config files {chain}")
+    """The base config and every file it inherits from through ``_BASE_`` (one file or a list; a
+    relative one relative to the file naming it, as fvcore's ``load_yaml_with_base``), depth first,
+    the base config first."""
+    chain = []
+
+    def visit(path, via):
+        if path in via:
+            raise ValueError(f"{via[-1]}: _BASE_ {path!r} closes a cycle of config files {[*via, path]}")
         chain.append(path)
         with open(path) as f:
-            parent = (yaml.safe_load(f) or {}).get("_BASE_")
-        if parent is not None:
-            parent = os.path.expanduser(str(parent))
-            parent = os.path.abspath(parent if os.path.isabs(parent) else os.path.join(os.path.dirname(path), parent))
-        path = parent
+            parents = (yaml.safe_load(f) or {}).get("_BASE_")
+        for parent in parents if isinstance(parents, list) else [] if parents is None else [parents]:
+            if not isinstance(parent, str):
+                raise ValueError(f"{path}: _BASE_ must be a file name or a list of file names, got {parents!r}")
+            parent = os.path.expanduser(parent)
+            visit(os.path.abspath(parent if os.path.isabs(parent) else os.path.join(os.path.dirname(path), parent)),
+                  [*via, path])
+
+    visit(os.path.abspath(base_config_path(spec)), [])
     return chain
 
 
 def config_fingerprint(spec):
     """sha256 (first 16 hex digits) of the base config chain's files, each its name relative to the
-    repository and its bytes: a run trained from other config files is not the planned run, even with
-    the same opts, so the runner refuses to reuse or resume it (runner.reusable_result, resume_args)."""
-    if "_fingerprint" not in spec:
-        digest = hashlib.sha256()
-        for path in base_config_chain(spec):
-            with open(path, "rb") as f:
-                digest.update(repo_relative(path).encode("utf-8") + b"\0" + f.read() + b"\0")
-        spec["_fingerprint"] = digest.hexdigest()[:16]
-    return spec["_fingerprint"]
+    repository and its bytes, read now: a run trained from other config files is not the planned run,
+    even with the same opts, so the runner refuses to reuse or resume it (runner.check_result,
+    resume_args) and fails a run whose files changed while it trained (runner.run_one)."""
+    digest = hashlib.sha256()
+    for path in base_config_chain(spec):
+        with open(path, "rb") as f:
+            digest.update(repo_relative(path).encode("utf-8") + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def train_command(spec, run, python=sys.executable, extra_args=(), extra_opts=()):

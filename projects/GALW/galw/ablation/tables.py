@@ -128,14 +128,15 @@ def report_markdown(spec, outcome, made=None):
                  + "; ".join(f"{n} seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for n, s in seeds.items()) + ".\n")
     comparisons = all_comparisons(rows)
     conv = convergence(spec, results)
-    planned = {r["name"] for r in results} | {r["name"] for r in outcome.get("not_run", [])}
+    pending = [*outcome.get("not_run", []), *outcome["failed"]]  # planned runs without a result file
+    planned = {r["name"] for r in results} | {r["name"] for r in pending}
     checked = [c for c in check_claims(spec, rows) if {c["variant"], c["reference"]} <= planned]
     md = f"Base config: `{spec['base_config']}`\n\n"
     if spec.get("data"):
         md += f"Data: `{spec['data']}`\n\n"
     if spec["common_opts"]:
         md += f"Common overrides: `{' '.join(str(o) for o in spec['common_opts'])}`\n\n"
-    answer = answer_markdown(rows, checked, conv, outcome.get("not_run", []))
+    answer = answer_markdown(rows, checked, conv, pending)
     md += (answer + "\n" if answer else "") + (
         markdown_table(rows) if rows else "No variant has a finished run yet.\n") + "\n" + note
     s = outcome.get("search")
