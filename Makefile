@@ -65,19 +65,18 @@ bench: setup
 results: setup
 	$(PY) tools/render_results.py
 
-# The ablation study (tools/ablation_spec.yaml) on both datasets, ABLATION_JOBS runs side by side;
-# finished runs are skipped and killed ones resume, so it can be stopped and started again; then the
-# report. Runs in output/ablation, their result files in results/ablation/<data>/.
+# The ablation study (tools/ablation_spec.yaml) on each of its datasets in turn, ABLATION_JOBS runs side
+# by side; finished runs are skipped and killed ones resume, so it can be stopped and started again; then
+# the report. Runs in output/ablation, their result files in results/ablation/<data>/.
 ABLATION_JOBS ?= 2
+ABLATION_DATA = data0 data1 data0_long
 ablation: setup
-	$(PY) tools/ablation.py --jobs $(ABLATION_JOBS) --out output/ablation --data data0
-	$(PY) tools/ablation.py --jobs $(ABLATION_JOBS) --out output/ablation --data data1
+	for d in $(ABLATION_DATA); do $(PY) tools/ablation.py --jobs $(ABLATION_JOBS) --out output/ablation --data $$d || exit 1; done
 	$(MAKE) ablation-report
 
 # The study's tables, figures and docs from the committed result files alone (trains nothing).
 ablation-report: setup
-	$(PY) tools/ablation.py --report --data data0
-	$(PY) tools/ablation.py --report --data data1
+	for d in $(ABLATION_DATA); do $(PY) tools/ablation.py --report --data $$d || exit 1; done
 	$(PY) tools/render_results.py
 
 # On a fresh GPU machine (no setup, no internet): gpu tests, ROI-AlignPS* R-50 AMP training with

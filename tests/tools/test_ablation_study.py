@@ -528,3 +528,40 @@ def test_the_answer_is_provisional_while_a_planned_run_failed(tmp_path):
     assert "* `galw_g4` vs `equal`: Δ mAP +0.00, 1 paired seed: **n/a (fewer than 2 paired seeds)** (provisional: " \
            "galw_g4 seed 2 without a result yet; equal seed 3 without a result yet)." in md
     assert "`equal` yes (provisional), `tuned_static` yes, `galw_g4` yes (provisional)" in md
+
+
+def test_a_dataset_can_carry_a_second_arm_with_its_own_opts_and_seeds(tmp_path, capsys):
+    """A dataset's ``opts`` follow the common opts and its ``seeds`` replace every variant's; a search it
+    borrows is checked against the opts its source trained with, not its own."""
+    datasets = [{"name": "d0", "seed": 0, "size": "tiny"},
+                {"name": "d0_long", "seed": 0, "size": "tiny", "variants": ["tuned_static"], "seeds": [1, 4],
+                 "opts": ["SOLVER.MAX_ITER", 300], "search_from": "d0"}]
+    spec = _spec(tmp_path, datasets=datasets, common_opts=["TEST.EVAL_PERIOD", 50])
+    out, res = tmp_path / "out", tmp_path / "results"
+    ablation.run_ablation(spec, str(out / "d0"), runner=Trainer(), only=["tuned_static"], seeds=[1],
+                          results_dir=str(res / "d0"))
+    cli.main(["--spec", spec["_path"], "--out", str(out), "--results", str(res), "--dry-run", "--data", "d0_long"])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [_arg(c, "OUTPUT_DIR") for c in lines] == [str(out / "d0_long" / "tuned_static" / f"seed{s}") for s in (1, 4)]
+    assert lines[0][lines[0].index("TEST.EVAL_PERIOD"):lines[0].index("MODEL.GALW.WEIGHTING")] == [
+        "TEST.EVAL_PERIOD", "50", "SOLVER.MAX_ITER", "300"]
+    long = ablation.load_spec(spec["_path"])
+    data = ablation.label_dataset(long, "d0_long")
+    borrowed = ablation.borrowed_search(long, data, str(out), str(res))
+    assert borrowed["best"] == "mid"
+    assert [str(o) for o in long["common_opts"]] == ["TEST.EVAL_PERIOD", "50", "SOLVER.MAX_ITER", "300"]
+    trainer = Trainer()
+    outcome = ablation.run_ablation(long, str(out / "d0_long"), runner=trainer, only=data["variants"],
+                                    results_dir=str(res / "d0_long"), search=borrowed)
+    assert outcome["failed"] == [] and [(n, s) for n, s, _ in trainer.calls] == [("tuned_static", 1), ("tuned_static", 4)]
+    assert all(_arg(c, "SOLVER.MAX_ITER") == "300" and _arg(c, "MODEL.GALW.MANUAL_WEIGHTS") == "[1.0, 4.0, 1.0]"
+               for _, _, c in trainer.calls)
+    kept = read_result(str(res / "d0_long" / "tuned_static" / "seed4.json"))["data"]
+    assert kept["opts"][:4] == ["TEST.EVAL_PERIOD", "50", "SOLVER.MAX_ITER", "300"]
+    block = ablation.docs_markdown("d0_long", str(res), spec["_path"])
+    assert "Common overrides: `TEST.EVAL_PERIOD 50 SOLVER.MAX_ITER 300`" in block
+    assert "<sub>2 of 2 planned result files (0 of the weight search)" in block
+    for bad, match in ((dict(datasets[1], opts=["SOLVER.MAX_ITER"]), r"datasets\[1\].opts: expected a list of KEY VALUE"),
+                       (dict(datasets[1], seeds=[]), r"datasets\[1\].seeds: expected a non-empty list of integers")):
+        with pytest.raises(ValueError, match=match):
+            _spec(tmp_path, datasets=[datasets[0], bad])

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT
 
 from galw import ablation
+from galw.ablation.runner import run_opts
 from galw.results import read_result
 
 _cli_spec = importlib.util.spec_from_file_location("galw_tools_ablation", os.path.join(ROOT, "tools", "ablation.py"))
@@ -294,7 +295,14 @@ def test_shipped_spec_covers_the_paper_tables(tmp_path):
     assert all(s == [1, 2, 3] for n, s in seeds.items() if n not in ("equal", "tuned_static", "galw_g4"))
     assert all("{seed}" not in o for r in runs for o in r["opts"])
     assert [r["opts"][-1] for r in runs if r["name"] == "tuned_static"] == [ablation.TUNED_WEIGHTS] * 5
-    assert [d["seed"] for d in spec["datasets"]] == [0, 1] and len(spec["search"]["candidates"]) >= 8
+    assert [d["seed"] for d in spec["datasets"]] == [0, 1, 0] and len(spec["search"]["candidates"]) >= 8
+    long = ablation.load_spec(ablation.SHIPPED_SPEC)
+    ablation.label_dataset(long, "data0_long")
+    long_runs = ablation.plan_runs(long, "out", only=["tuned_static", "galw_g4"])
+    assert [(r["name"], r["seed"]) for r in long_runs] == [(n, s) for s in (1, 2, 3) for n in ("tuned_static", "galw_g4")]
+    assert run_opts(long, long_runs[0])[:12] == [
+        "SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1200,)", "SOLVER.CHECKPOINT_PERIOD", "500", "TEST.EVAL_PERIOD",
+        "400", "SOLVER.MAX_ITER", "6000", "SOLVER.STEPS", "(3600,)"]
     assert {r["groups_from"]["num_groups"] for r in runs if r["groups_from"]} == {2, 3, 4, 5, 6}
 
 

@@ -32,7 +32,6 @@ DOC_GLOBS = ("README.md", "projects/GALW/README.md", "projects/GALW/docs/*.md")
 PRODUCERS = {
     "demo": "make demo",
     "ablation": "python tools/ablation.py --out output/ablation",
-    "ablation/data1": "python tools/ablation.py --out output/ablation --data data1",
     "benchmarks": "make bench",
     "benchmarks/gpu_check": "make gpu-check (on a GPU machine)",
     "benchmarks/demo_seeds_default_data0": "PYTHONPATH=projects/GALW:. .venv/bin/python benchmarks/demo_seeds.py",
@@ -47,7 +46,10 @@ ABLATION_PREFIX = "ablation/"
 
 
 def producer(name: str) -> str:
-    """The command that produces ``name``'s result files; a clear error for an unknown name."""
+    """The command that produces ``name``'s result files; a clear error for an unknown name. An
+    ``ablation/<data>`` block names its dataset."""
+    if name.startswith(ABLATION_PREFIX) and name.count("/") == 1:
+        return f"{PRODUCERS['ablation']} --data {name[len(ABLATION_PREFIX):]}"
     parts = name.split("/")
     for n in range(len(parts), 0, -1):
         key = "/".join(parts[:n])

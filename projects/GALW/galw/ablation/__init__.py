@@ -13,7 +13,7 @@ skipped when its result file exists; ``run_result``: that file (and its copy for
 ``tools/ablation.py`` is the command line.
 """
 from .regroup import GROUPS_INPUT, galw_group_tasks, regroup_from_run
-from .data import dataset_root, prepare_dataset, select_dataset
+from .data import apply_dataset, dataset_root, prepare_dataset, select_dataset, source_spec
 from .run_result import (METRICS, RESULT_FILE, collect_metrics, committed_result, keep_copy, metrics_curve,
                          result_data, run_groups, save_result, saved_result, weight_trajectories)
 from .runner import borrowed_search, dry_run_commands, finished_runs, run_ablation, run_one, run_search, subprocess_runner
@@ -40,6 +40,7 @@ __all__ = [
     "TUNED_WEIGHTS",
     "aggregate",
     "all_comparisons",
+    "apply_dataset",
     "answer_markdown",
     "base_config_chain",
     "base_config_path",
@@ -83,6 +84,7 @@ __all__ = [
     "saved_result",
     "schedule_opts",
     "select_dataset",
+    "source_spec",
     "subprocess_runner",
     "train_command",
     "variant_convergence",

@@ -47,7 +47,8 @@ def _pair_line(rows, name, ref, waiting):
 def answer_markdown(rows, claims, conv, not_run=()):
     """The answer block: ``rows`` (statistics.aggregate), ``claims`` (claims.check_claims of the pairs this
     dataset trains), ``conv`` (convergence.convergence), ``not_run`` ({"name", "seed"} of planned runs
-    without a result file: not run yet or failed). Empty when none of the answer's variants has a run."""
+    without a result file: not run yet or failed). A pair the dataset does not train is left out; empty
+    when none of the answer's variants has a run."""
     names = {n for pair in ANSWER_PAIRS for n in pair}
     if not any(r["name"] in names for r in rows):
         return ""
@@ -56,7 +57,9 @@ def answer_markdown(rows, claims, conv, not_run=()):
         waiting.setdefault(r["name"], []).append(r["seed"])
     md = ("The answer on this dataset (mAP on the test gallery; paired over seeds, same seed = same "
           "initialisation and data order):\n\n")
-    md += "\n".join(_pair_line(rows, name, ref, waiting) for name, ref in ANSWER_PAIRS) + "\n"
+    planned = {r["name"] for r in rows} | set(waiting)
+    md += "\n".join(_pair_line(rows, name, ref, waiting) for name, ref in ANSWER_PAIRS
+                     if {name, ref} <= planned) + "\n"
     measured = [c for c in claims if c["measured"] is not None]
     if claims:
         counts = [f"{sum(c['verdict'] == v for c in measured)} {v}" for v in VERDICTS

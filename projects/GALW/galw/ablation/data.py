@@ -7,7 +7,9 @@ first use; the trainings get ``DETECTRON2_DATASETS`` = ``OUT/<name>/datasets``. 
 records what was generated, so another seed or size in the same place is an error, not a silent mix.
 A dataset may list ``variants``: the runs on it are those variants (and their groups_from sources)
 unless ``--only`` names others, so a second dataset can repeat only the comparisons the conclusions
-rest on. A dataset with ``search_from: <an earlier dataset>`` trains no weight search of its own:
+rest on. A dataset may also give its own ``opts`` (after the spec's common opts: a longer schedule, say) and
+``seeds`` (for every variant it trains), applied by apply_dataset; so one draw of the data can carry a
+second study arm. A dataset with ``search_from: <an earlier dataset>`` trains no weight search of its own:
 ``tuned_static`` takes the weights that dataset's search chose (runner.borrowed_search), so on it the
 static weights are tuned on another draw of the data, as GALW's settings are.
 """
@@ -16,7 +18,8 @@ import os
 
 from galw_core.files import atomic_write
 
-__all__ = ["DEFAULT_DATASETS", "STAMP", "dataset_root", "prepare_dataset", "select_dataset", "validate_datasets"]
+__all__ = ["DEFAULT_DATASETS", "STAMP", "apply_dataset", "dataset_root", "prepare_dataset", "select_dataset",
+           "source_spec", "validate_datasets"]
 
 #: Without a ``datasets`` field: the demo's SynthPS (seed 0, default size).
 DEFAULT_DATASETS = [{"name": "data0", "seed": 0, "size": "default"}]
@@ -49,6 +52,12 @@ def validate_datasets(spec, path):
             unknown = sorted(set(variants) - set(known))
             if unknown:
                 raise ValueError(f"{where}.variants: no variant(s) named {unknown}; the spec's variants are {known}")
+        opts = d.get("opts", [])
+        if not isinstance(opts, list) or len(opts) % 2:
+            raise ValueError(f"{where}.opts: expected a list of KEY VALUE pairs, got {opts!r}")
+        seeds = d.get("seeds")
+        if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds)):
+            raise ValueError(f"{where}.seeds: expected a non-empty list of integers, got {seeds!r}")
         src = d.get("search_from")
         if src is not None:
             if not spec.get("search"):
@@ -70,6 +79,29 @@ def select_dataset(spec, name=None):
             return d
     raise ValueError(f"{spec['_path']}: no dataset named {name!r} (--data); the spec's datasets are "
                      f"{[d['name'] for d in spec['datasets']]}")
+
+
+def apply_dataset(spec, dataset):
+    """``spec`` set up for runs on ``dataset``: its ``opts`` go right after the spec's common opts (an
+    override given later, on the command line, still wins) and its ``seeds`` replace every variant's.
+    Call once per loaded spec, before anything else adds to ``common_opts``."""
+    opts = [str(o) for o in dataset.get("opts", [])]
+    start = len(spec["common_opts"])
+    spec["common_opts"] = [*spec["common_opts"], *opts]
+    spec["_dataset_opts"] = (start, start + len(opts))
+    if dataset.get("seeds"):
+        spec["seeds"] = list(dataset["seeds"])
+        for v in spec["variants"]:
+            v["seeds"] = list(dataset["seeds"])
+    return spec
+
+
+def source_spec(spec, source):
+    """A copy of ``spec`` (set up by apply_dataset for another dataset) whose common opts are those the
+    runs on dataset ``source`` had: what a borrowed search's results are checked against."""
+    start, end = spec.get("_dataset_opts", (len(spec["common_opts"]),) * 2)
+    common = [*spec["common_opts"][:start], *map(str, source.get("opts", [])), *spec["common_opts"][end:]]
+    return dict(spec, common_opts=common)
 
 
 def dataset_root(out_root, dataset):

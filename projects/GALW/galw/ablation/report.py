@@ -6,7 +6,7 @@ import os
 
 from galw.results import read_result
 
-from .data import select_dataset
+from .data import apply_dataset, select_dataset
 from .run_result import committed_result
 from .runner import borrowed_search, finished_runs
 from .search import SEARCH_DIR, plan_search
@@ -20,8 +20,10 @@ SHIPPED_SPEC = os.path.join(REPO_ROOT, "tools", "ablation_spec.yaml")
 
 
 def label_dataset(spec, name=None):
-    """The spec's dataset ``name`` (its first when None); sets ``spec["data"]``, the report's Data line."""
+    """The spec's dataset ``name`` (its first when None), with ``spec`` set up for it (data.apply_dataset:
+    its opts and seeds); sets ``spec["data"]``, the report's Data line."""
     data = select_dataset(spec, name)
+    apply_dataset(spec, data)
     spec["data"] = f"{data['name']}: SynthPS-PRW, data seed {data['seed']}, size {data['size']}"
     return data
 

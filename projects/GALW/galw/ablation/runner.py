@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from galw_core.files import atomic_write
 from galw_core.two_phase import PHASE_ONE_DIR
 
+from .data import source_spec
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
 from .search import choose, plan_search, weights_text
@@ -189,6 +190,7 @@ def borrowed_search(spec, data, out_base, results_base=None, check=True):
     src = data.get("search_from")
     if src is None:
         return None
+    spec = source_spec(spec, next(d for d in spec["datasets"] if d["name"] == src))
     runs = plan_search(spec, os.path.join(out_base, src), os.path.join(results_base, src) if results_base else None)
     read, where = (committed_result, "result_copy") if results_base else (saved_result, None)
     found = []
