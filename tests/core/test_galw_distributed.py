@@ -6,6 +6,7 @@ where putting a CPU tensor on the default group fails as it does under detectron
 
 Gamma does not depend on the number of processes: one process with a batch of B images gives
 the same Gamma as two with B/2 each."""
+import gc
 import json
 import os
 import sys
@@ -60,6 +61,11 @@ def _worker(rank, port, out_dir, kind):
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(state, f)
     comm.synchronize()
+    # Drop every holder of gloo work (DDP's reducer, the train step) while the interpreter is whole: a
+    # gloo thread that releases a tensor during interpreter finalization aborts the process (SIGABRT,
+    # "terminate called without an active exception"; pytorch/pytorch#179291 describes the mechanism).
+    del step, hook, probe, ddp, model, optimizer, w
+    gc.collect()
     dist.destroy_process_group()
 
 
