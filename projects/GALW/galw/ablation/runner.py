@@ -165,9 +165,10 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     code = runner(cmd, run["out_dir"])
     if code != 0:
         return failure(f"exit code {code}", f" (train_net.py log in {run['out_dir']}/ablation_log.txt)")
-    if config_fingerprint(spec) != fingerprint:
+    at_end = config_fingerprint(spec)
+    if at_end != fingerprint:
         return failure(f"its config files changed while it trained (fingerprint {fingerprint} at the start, "
-                       f"{config_fingerprint(spec)} at the end); remove {run['out_dir']} to train it again")
+                       f"{at_end} at the end); remove {run['out_dir']} to train it again")
     try:
         data = dict(result_data(run, time.time() - start, run_opts(spec, run)), **{FINGERPRINT: fingerprint})
     except ValueError as e:
@@ -192,12 +193,12 @@ def borrowed_search(spec, data, out_base, results_base=None, check=True):
         return None
     spec = source_spec(spec, next(d for d in spec["datasets"] if d["name"] == src))
     runs = plan_search(spec, os.path.join(out_base, src), os.path.join(results_base, src) if results_base else None)
-    read, where = (committed_result, "result_copy") if results_base else (saved_result, None)
+    read = committed_result if results_base else saved_result
     found = []
     for run in runs:
         data = read(run)
         if data is not None:
-            path = run[where] if where else os.path.join(run["out_dir"], RESULT_FILE)
+            path = run["result_copy"] if results_base else os.path.join(run["out_dir"], RESULT_FILE)
             found.append(check_result(spec, run, data, path) if check else data)
     return dict(choose(spec, found), dataset=src)
 
