@@ -100,6 +100,12 @@ class ConfigArm:
         galw.add_galw_config(cfg)
         merge_config_file(cfg, args.config_file)
         cfg.merge_from_list(args.opts + ["MODEL.GALW.ENABLED", enabled, "OUTPUT_DIR", tempfile.mkdtemp()])
+        if not enabled and cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+            # AMP on a CPU runs in the GALW step (galw.engine.trainer.check_cpu_amp): the plain sum there
+            cfg.MODEL.GALW.ENABLED = True
+            cfg.MODEL.GALW.GROUPING = "per_task"
+            cfg.MODEL.GALW.WEIGHTING = "manual"
+            cfg.MODEL.GALW.MANUAL_WEIGHTS = [1.0] * len(cfg.MODEL.GALW.TASKS)
         if enabled:
             cfg.MODEL.GALW.MODE = "single_run"
             cfg.MODEL.GALW.PROBE_EPOCHS = 10**6

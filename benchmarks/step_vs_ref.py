@@ -4,13 +4,19 @@
 Each arm is a worker process that imports its own checkout (the other revision through a
 temporary ``git worktree``), builds the demo's config with the same seed and data, and times
 blocks of training steps on command; the blocks alternate between the arms, so load changes hit
-both alike. Prints seconds per step and the ratio, and writes results/benchmarks/step_vs_ref.json.
+both alike. Prints seconds per step and the ratio, and writes results/benchmarks/NAME.json
+(``--name``, default step_vs_ref).
 
-    python benchmarks/step_vs_ref.py --ref 85b60af [--rounds 4] [--block 3] [KEY VALUE ...]
+    python benchmarks/step_vs_ref.py --ref 85b60af [--rounds 4] [--block 3] [--this-opts "KEY VALUE ..."]
+        [KEY VALUE ...]
+
+KEY VALUE pairs apply to both arms; ``--this-opts`` to this checkout's arm only (keys the other
+revision may not have, e.g. ``--this-opts "SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bfloat16"``).
 """
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -54,6 +60,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--block", type=int, default=3, help="steps per arm per round")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--this-opts", default="", help="KEY VALUE pairs for this checkout's arm only, one string")
+    parser.add_argument("--name", default="step_vs_ref", help="result file name (results/benchmarks/NAME.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -74,8 +82,9 @@ def main():
     env = dict(os.environ, DETECTRON2_DATASETS=data)
     arms = {}
     try:
-        for name, repo in (("this checkout", REPO), (f"ref {args.ref}", ref_dir)):
-            arms[name] = subprocess.Popen([sys.executable, __file__, "--worker", repo] + args.opts, env=env, text=True,
+        this_opts = args.opts + shlex.split(args.this_opts)
+        for name, repo, opts in (("this checkout", REPO, this_opts), (f"ref {args.ref}", ref_dir, args.opts)):
+            arms[name] = subprocess.Popen([sys.executable, __file__, "--worker", repo] + opts, env=env, text=True,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             reply(arms[name], name)
 
@@ -101,8 +110,9 @@ def main():
     for name, t in per_step.items():
         print(f"  {name:24s} {t:.3f} s/step")
     print(f"speed-up of this checkout over {args.ref}: {ref / this:.2f}x")
-    save("step_vs_ref", {
+    save(args.name, {
         "config": CONFIG, "ref": args.ref, "rounds": args.rounds, "block": args.block, "opts": args.opts,
+        "this_opts": shlex.split(args.this_opts),
         "seconds_per_step": {"this": this, "ref": ref}, "speedup": ref / this,
     })
 

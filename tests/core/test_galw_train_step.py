@@ -2,6 +2,7 @@
 ``_data_loader_iter`` an attribute; main: a read-only property, ``gather_metric_period``): it
 continues the inner step's running data iterator, shares model, optimizer and grad scaler, and
 keeps the build's constructor options."""
+import pytest
 import torch
 from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import EventStorage
@@ -97,3 +98,55 @@ def test_compat_matches_this_build():
     else:
         assert {"detectron2._C", "DefaultTrainer.state_dict"} <= set(compat.APPLIED)
         assert "_data_loader_iter" not in SimpleTrainer.__dict__  # v0.6: an instance attribute
+
+
+def _amp_cfg(tmp_path, precision):
+    cfg = toy_cfg(tmp_path)
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.PRECISION = precision
+    return cfg
+
+
+def test_amp_step_bfloat16_autocasts_without_loss_scaling(tmp_path):
+    """SOLVER.AMP.PRECISION bfloat16: the model's forward runs under CPU autocast in bfloat16 and the
+    step scales no loss (the inner step's enabled scaler is not used); float32 master weights move."""
+    cfg = _amp_cfg(tmp_path, "bfloat16")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    inner, loader = _inner(AMPTrainer, cfg, grad_scaler=scaler, **_options(AMPTrainer))
+    step = galw_train_step(inner, cfg)
+    assert type(step) is GALWAMPTrainer and step.precision is torch.bfloat16
+    assert step.grad_scaler is not scaler and not step.grad_scaler.is_enabled()
+    assert step.grad_scaler.get_scale() == 1.0  # what the probe divides Gamma by
+    seen = []
+    forward = step.model.forward
+
+    def recording_forward(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(*args, **kwargs)
+
+    step.model.forward = recording_forward
+    before = {k: v.detach().clone() for k, v in step.model.named_parameters()}
+    _steps(step, 2)
+    assert seen == [(True, torch.bfloat16)] * 2
+    params = dict(step.model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    assert any(not torch.equal(before[k], params[k]) for k in before)
+    assert loader.served == [0, 1]
+
+
+def test_amp_step_float16_replaces_a_disabled_scaler(tmp_path):
+    """float16 needs loss scaling: an enabled inner scaler is shared (above); a disabled one (detectron2
+    builds a CUDA GradScaler, which disables itself without CUDA) becomes torch's for the model's device."""
+    cfg = _amp_cfg(tmp_path, "float16")
+    inner, _ = _inner(AMPTrainer, cfg, grad_scaler=torch.amp.GradScaler("cpu", enabled=False), **_options(AMPTrainer))
+    step = galw_train_step(inner, cfg)
+    assert step.precision is torch.float16
+    assert step.grad_scaler.is_enabled() and step.grad_scaler.get_scale() == 65536.0
+
+
+def test_amp_precision_outside_the_choices_is_an_error(tmp_path):
+    cfg = _amp_cfg(tmp_path, "float8")
+    inner, _ = _inner(AMPTrainer, cfg, grad_scaler=torch.amp.GradScaler("cpu"), **_options(AMPTrainer))
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION is 'float8', expected one of \('float16', 'bfloat16'\)"):
+        galw_train_step(inner, cfg)

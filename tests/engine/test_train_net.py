@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import pytest
 import torch
 
 import train_net
@@ -110,3 +111,43 @@ def test_galw_lines_reach_log_txt(box_dataset, tmp_path):
     log = (tmp_path / "log.txt").read_text()
     assert f"-> groups {groups}" in log
     assert "galw_core.hook INFO: GALW: from iteration 2, rulwf weighting over 2 groups" in log
+
+
+GALW_STOCK_OPTS = [
+    "MODEL.GALW.ENABLED", True, "MODEL.GALW.TASKS", ["loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"],
+    "MODEL.GALW.TASK_KINDS", ["classification", "regression", "classification", "regression"],
+    "MODEL.GALW.WEIGHTING", "manual", "MODEL.GALW.GROUPING", "per_task", "MODEL.GALW.MANUAL_WEIGHTS", [1.0] * 4,
+]
+
+
+def test_cpu_amp_bfloat16_trains_in_the_galw_step(box_dataset, tmp_path):
+    """SOLVER.AMP with PRECISION bfloat16 on a CPU model: the Trainer's step autocasts the convs to
+    bfloat16 without loss scaling and the float32 weights train; its checkpoint resumes."""
+    from galw_core.train_step import GALWAMPTrainer
+
+    opts = ["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16", "SOLVER.CHECKPOINT_PERIOD", 2]
+    cfg = stock_rcnn_cfg(box_dataset, tmp_path, "SOLVER.MAX_ITER", 2, *GALW_STOCK_OPTS, *opts)
+    trainer = train_net.Trainer(cfg)
+    step = trainer._trainer
+    assert type(step) is GALWAMPTrainer and step.precision is torch.bfloat16 and not step.grad_scaler.is_enabled()
+    dtypes = []
+    trainer.model.backbone.stem.conv1.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    before = _state(trainer.model)
+    trainer.train()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    assert all(v.dtype == torch.float32 for k, v in trainer.model.state_dict().items() if v.is_floating_point())
+    after = trainer.model.state_dict()
+    assert any(k.startswith("backbone.") and not torch.equal(before[k], after[k]) for k in before)
+    resumed = train_net.Trainer(stock_rcnn_cfg(box_dataset, tmp_path, "SOLVER.MAX_ITER", 3, *GALW_STOCK_OPTS, *opts))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+    assert resumed.iter == 3
+
+
+def test_cpu_amp_without_galw_is_an_error_at_build(box_dataset, tmp_path):
+    out = tmp_path / "out"
+    cfg = stock_rcnn_cfg(box_dataset, out, "SOLVER.AMP.ENABLED", True)
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.ENABLED with MODEL.DEVICE 'cpu' needs MODEL.GALW.ENABLED"):
+        train_net.Trainer(cfg)
+    assert not out.exists()  # nothing was written

@@ -3,6 +3,7 @@ each choice key accepts (:mod:`galw_core.validation` checks them, naming the key
 from detectron2.config import CfgNode as CN
 
 __all__ = [
+    "AMP_PRECISIONS",
     "GAMMA_LOSSES",
     "GROUPINGS",
     "GROUP_LOG_SIGMA",
@@ -27,6 +28,8 @@ MODES = ("two_phase", "single_run")
 LINKAGES = ("ward", "single", "complete", "average", "weighted")
 #: MODEL.GALW.GAMMA_LOSS.
 GAMMA_LOSSES = ("weighted", "raw")
+#: SOLVER.AMP.PRECISION: the autocast dtype of the GALW train step.
+AMP_PRECISIONS = ("float16", "bfloat16")
 
 
 def add_galw_core_config(cfg):
@@ -88,4 +91,9 @@ def add_galw_core_config(cfg):
     # "two_phase" (paper: a probing training, then a training from the same initial weights with
     # the groups; train_net.py runs both) or "single_run" (probe PROBE_EPOCHS, then switch in place).
     cfg.MODEL.GALW.MODE = "two_phase"
+    # Autocast dtype of the GALW train step under SOLVER.AMP.ENABLED (detectron2's AMPTrainer
+    # ``precision``): "float16" with loss scaling (GradScaler), or "bfloat16", which has float32's
+    # exponent range and so trains without loss scaling; on a CPU with AMX or AVX512-BF16 it is the
+    # faster one (docs/training.md, "AMP").
+    cfg.SOLVER.AMP.PRECISION = "float16"
     return cfg

@@ -15,7 +15,7 @@ from detectron2.engine.train_loop import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
 from . import compat
-from .config import GAMMA_LOSSES
+from .config import AMP_PRECISIONS, GAMMA_LOSSES
 from .distributed import all_reduce_mean_
 from .finite import check_finite_step
 from .hook import GALWHook
@@ -29,6 +29,7 @@ __all__ = [
     "GALWSimpleTrainer",
     "GALWAMPTrainer",
     "galw_train_step",
+    "amp_step_options",
     "average_sigma_grad",
     "write_galw_metrics",
     "epoch_iters",
@@ -221,6 +222,21 @@ def _device_type(model: nn.Module) -> str:
     return next(model.parameters()).device.type
 
 
+def amp_step_options(cfg, inner: AMPTrainer) -> dict:
+    """``precision`` and ``grad_scaler`` of the GALW AMP step: SOLVER.AMP.PRECISION's dtype; for
+    float16 the inner step's GradScaler when it is enabled (detectron2 builds a CUDA one, disabled
+    where CUDA is absent: then torch's for the model's device), for bfloat16 a disabled one
+    (float32's exponent range, nothing to unscale; ``get_scale()`` is 1 for the probe)."""
+    name = cfg.SOLVER.AMP.PRECISION
+    if name not in AMP_PRECISIONS:
+        raise ValueError(f"SOLVER.AMP.PRECISION is {name!r}, expected one of {AMP_PRECISIONS}")
+    device = _device_type(inner.model)
+    if name == "bfloat16":
+        return {"precision": torch.bfloat16, "grad_scaler": torch.amp.GradScaler(device, enabled=False)}
+    scaler = inner.grad_scaler if inner.grad_scaler.is_enabled() else torch.amp.GradScaler(device)
+    return {"precision": torch.float16, "grad_scaler": scaler}
+
+
 def galw_train_step(inner: SimpleTrainer, cfg) -> SimpleTrainer:
     """The GALW counterpart of a DefaultTrainer's ``_trainer``, built by its constructor on the same
     model, optimizer, options (grad scaler, ...) and running data iterator (no second loader
@@ -229,6 +245,9 @@ def galw_train_step(inner: SimpleTrainer, cfg) -> SimpleTrainer:
     g = cfg.MODEL.GALW
     shared = select_shared_parameters(inner.model, g.SHARED_PARAM_PREFIXES)
     logger.info("GALW probe: %d shared parameter tensors (%s ... %s)", len(shared), shared[0][0], shared[-1][0])
+    options = compat.train_step_options(inner)
+    if cls is GALWAMPTrainer:
+        options.update(amp_step_options(cfg, inner))
     return cls(
         inner.model,
         compat.SharedDataLoader(inner),
@@ -236,7 +255,7 @@ def galw_train_step(inner: SimpleTrainer, cfg) -> SimpleTrainer:
         weighting=get_weighting(inner.model),
         probe=GradientProbe(shared, batched=g.PROBE_BATCHED),
         gamma_loss=g.GAMMA_LOSS,
-        **compat.train_step_options(inner),
+        **options,
     )
 
 

@@ -15,7 +15,7 @@ from ..evaluation import evaluate_person_search, is_person_search_dataset
 from ..modeling.tasks import BRANCH_TASKS, tasks_of
 from .reproducible import ReproducibleRun
 
-__all__ = ["Trainer", "check_tasks_are_losses"]
+__all__ = ["Trainer", "check_cpu_amp", "check_tasks_are_losses"]
 
 
 def check_tasks_are_losses(cfg):
@@ -33,6 +33,18 @@ def check_tasks_are_losses(cfg):
         raise ValueError(
             f"MODEL.GALW.TASKS: {', '.join(repr(t) for t in unknown)} {'is' if len(unknown) == 1 else 'are'} not "
             f"a loss of the model (MODEL.PERSON_SEARCH.BRANCHES {branches} give {', '.join(losses)})"
+        )
+
+
+def check_cpu_amp(cfg):
+    """SOLVER.AMP on a CPU model runs in the GALW train step, which autocasts on the model's device;
+    detectron2's AMPTrainer is CUDA-only (it asserts at its first step, train_loop.py's
+    ``AMPTrainer.run_step``), so without GALW it is an error here, before anything is built."""
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu" and not cfg.MODEL.GALW.ENABLED:
+        raise ValueError(
+            "SOLVER.AMP.ENABLED with MODEL.DEVICE 'cpu' needs MODEL.GALW.ENABLED: detectron2's AMPTrainer runs "
+            "on CUDA only (MODEL.GALW WEIGHTING 'manual', GROUPING 'per_task' and MANUAL_WEIGHTS all 1 train the plain "
+            "sum of the losses)"
         )
 
 
@@ -66,6 +78,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         check_tasks_are_losses(cfg)  # before DefaultTrainer writes metrics or phase one its files
+        check_cpu_amp(cfg)
         return attach_weighting(super().build_model(cfg), cfg)  # MODEL.GALW.ENABLED
 
     @classmethod
