@@ -7,7 +7,7 @@
 Each training seed runs the whole demo (galw.demo.run_demo: untrained floor, colour-histogram
 gauge, both GALW trainings, evaluation) with ``SEED <seed>``; a run's headline figures are kept in
 ``OUT/data<D>_seed<S>.json`` and a run whose file exists (same config overrides) is skipped, so the
-benchmark can be completed over several sittings. The table (min / median / max of the trained
+benchmark can be completed over several sittings; each row names the commit its run trained at. The table (min / median / max of the trained
 model's search mAP and top-1 next to the gauge's, which depends on the dataset only) goes to
 ``results/benchmarks/demo_seeds_<size>_data<D>.json``. ``--data-seed`` other than the demo's 0 is the
 held-out check: the same recipe on SynthPS generated with another seed.
@@ -21,6 +21,7 @@ import tempfile
 import galw  # noqa: F401  (before detectron2)
 from galw.data.synthetic import SIZES
 from galw.demo import DEFAULT_CONFIG, ROW_BASELINE, ROW_TRAINED, run_demo
+from galw.results import machine_facts
 from galw_core.files import atomic_write
 from result_file import save
 
@@ -41,7 +42,7 @@ def run_seed(out, size, data_seed, seed, config_file, opts):
                            data_root=os.path.join(out, f"data{data_seed}"), size=size, seed=data_seed,
                            config_file=config_file, opts=["SEED", str(seed)] + list(opts), results_root=results_root)
     results = summary["results"]
-    done = {"run": want, "wall_time_s": round(summary["wall_time_s"], 1),
+    done = {"run": want, "wall_time_s": round(summary["wall_time_s"], 1), "commit": machine_facts()["commit"],
             "trained": results[ROW_TRAINED], "gauge": results[ROW_BASELINE]}
     atomic_write(path, lambda f: f.write(json.dumps(done, indent=1).encode("utf-8")))
     return done
@@ -51,7 +52,7 @@ def seed_table(runs):
     """{rows: one per seed, summary: min / median / max of the trained model next to the gauge}."""
     rows = [{"seed": r["run"]["seed"], "mAP": round(r["trained"]["mAP"], 2), "top-1": round(r["trained"]["top1"], 2),
              "gauge mAP": round(r["gauge"]["mAP"], 2), "gauge top-1": round(r["gauge"]["top1"], 2),
-             "wall time (s)": r["wall_time_s"]} for r in runs]
+             "wall time (s)": r["wall_time_s"], "commit": r.get("commit", "not recorded")} for r in runs]
     summary = []
     for metric, gauge_key in (("mAP", "gauge mAP"), ("top-1", "gauge top-1")):
         values = [row[metric] for row in rows]

@@ -8,10 +8,11 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import demo_seeds  # noqa: E402
+from galw.results import machine_facts  # noqa: E402
 
 
 def _run(seed, mAP, top1, gauge=(44.49, 95.0)):
-    return {"run": {"seed": seed}, "wall_time_s": 100.0 + seed, "trained": {"mAP": mAP, "top1": top1},
+    return {"run": {"seed": seed}, "wall_time_s": 100.0 + seed, "commit": f"c{seed}", "trained": {"mAP": mAP, "top1": top1},
             "gauge": {"mAP": gauge[0], "top1": gauge[1]}}
 
 
@@ -19,7 +20,7 @@ def test_seed_table_puts_min_median_max_beside_the_gauge():
     table = demo_seeds.seed_table([_run(0, 50.0, 85.0), _run(1, 41.234, 80.0), _run(2, 60.0, 90.0)])
     assert [r["seed"] for r in table["rows"]] == [0, 1, 2]
     assert table["rows"][1] == {"seed": 1, "mAP": 41.23, "top-1": 80.0, "gauge mAP": 44.49, "gauge top-1": 95.0,
-                                "wall time (s)": 101.0}
+                                "wall time (s)": 101.0, "commit": "c1"}
     assert table["summary"] == [
         {"metric": "mAP", "min": 41.23, "median": 50.0, "max": 60.0, "gauge": 44.49, "median - gauge": 5.51},
         {"metric": "top-1", "min": 80.0, "median": 85.0, "max": 90.0, "gauge": 95.0, "median - gauge": -10.0},
@@ -41,4 +42,5 @@ def test_a_finished_run_is_kept_and_another_recipe_is_not(tmp_path, monkeypatch)
     again = demo_seeds.run_seed(str(tmp_path), "tiny", 0, 1, config, ["SOLVER.MAX_ITER", "6"])
     assert len(calls) == 1 and calls[0]["opts"] == ["SEED", "1", "SOLVER.MAX_ITER", "6"]
     assert again["trained"] == {"mAP": 9.0, "top1": 8.0} and again["run"]["opts"] == ["SOLVER.MAX_ITER", "6"]
+    assert again["commit"] == machine_facts()["commit"]
     assert json.loads((tmp_path / "data0_seed1.json").read_text()) == again
