@@ -7,8 +7,9 @@
 Each training seed runs the whole demo (galw.demo.run_demo: untrained floor, colour-histogram
 gauge, both GALW trainings, evaluation) with ``SEED <seed>``; a run's headline figures are kept in
 ``OUT/data<D>_seed<S>.json`` and a run whose file exists (same config overrides) is skipped, so the
-benchmark can be completed over several sittings; each row names the commit its run trained at. The table (min / median / max of the trained
-model's search mAP and top-1 next to the gauge's, which depends on the dataset only) goes to
+benchmark can be completed over several sittings; each row names the commit its run trained at.
+The table (min / median / max of the trained model's search mAP and top-1 next to the gauge's,
+which depends on the dataset only) goes to
 ``results/benchmarks/demo_seeds_<size>_data<D>.json``. ``--data-seed`` other than the demo's 0 is the
 held-out check: the same recipe on SynthPS generated with another seed.
 """
