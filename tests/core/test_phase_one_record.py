@@ -137,3 +137,30 @@ def test_unknown_task_fails_before_phase_one_writes_a_file(tmp_path):
         train_net.main(train_net.argument_parser().parse_args(argv))
     phase_one = out / PHASE_ONE_DIR
     assert not phase_one.exists() or os.listdir(phase_one) == []
+
+
+def _record_without_precision(out):
+    """Phase one's record as a run made before SOLVER.AMP.PRECISION existed wrote it."""
+    record = out / PHASE_ONE_DIR / PHASE_ONE_RECORD
+    saved = json.loads(record.read_text())
+    del saved["settings"]["SOLVER.AMP.PRECISION"]
+    record.write_text(json.dumps(saved))
+
+
+def test_record_without_amp_precision_matches_a_run_without_amp(tmp_path):
+    """A record from before SOLVER.AMP.PRECISION existed still matches; without AMP the key trains nothing."""
+    out = tmp_path / "run"
+    _interrupted_phase_one(out)
+    _record_without_precision(out)
+    assert _run(out, resume=True) == [PHASE_ONE_DIR, "run"]
+    assert _run(out, "SOLVER.AMP.PRECISION", "bfloat16") == ["run"]  # phase one's groups reused
+
+
+def test_record_without_amp_precision_under_amp_reads_float16(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(_Interrupted):
+        _run(out, "SOLVER.AMP.ENABLED", True, interrupt=True)
+    _record_without_precision(out)
+    assert _run(out, "SOLVER.AMP.ENABLED", True, resume=True) == [PHASE_ONE_DIR, "run"]
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION: recorded 'float16', now 'bfloat16'"):
+        _run(out, "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16")

@@ -120,6 +120,17 @@ def _latest_settings(record) -> dict:
     return settings
 
 
+def _comparable(settings) -> dict:
+    """``settings`` as compared: SOLVER.AMP.PRECISION only where AMP is on (a run without AMP trains
+    alike whatever it says), and float16, its default, where a record made before the key existed lacks it."""
+    settings = dict(settings)
+    if settings.get("SOLVER.AMP.ENABLED"):
+        settings.setdefault("SOLVER.AMP.PRECISION", "float16")
+    else:
+        settings.pop("SOLVER.AMP.PRECISION", None)
+    return settings
+
+
 def _differences(recorded, now):
     return sorted(k for k in set(recorded) | set(now) if recorded.get(k, "<absent>") != now.get(k, "<absent>"))
 
@@ -133,12 +144,12 @@ def _changed_since_record(one, mixed_phase_one):
     record can tell), else the changed keys, allowed only with ``mixed_phase_one``."""
     path = os.path.join(one.OUTPUT_DIR, PHASE_ONE_RECORD)
     try:
-        recorded = _latest_settings(_read_record(path))
+        recorded = _comparable(_latest_settings(_read_record(path)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         logger.warning("GALW: resuming phase one in %s without its settings record %s (%s): the settings it "
                        "was trained with cannot be checked", one.OUTPUT_DIR, path, e)
         return None
-    now = json.loads(json.dumps(phase_one_settings(one)))  # tuples as lists, as recorded
+    now = _comparable(json.loads(json.dumps(phase_one_settings(one))))  # tuples as lists, as recorded
     differ = _differences(recorded, now)
     if not differ:
         return None
@@ -211,8 +222,8 @@ def _check_reusable(one, resume: bool):
             f"GALW: {groups} exists, but {record_path}, which records the settings it was made with, cannot be "
             f"read ({e}); pass --resume to reuse that phase one, or remove {one.OUTPUT_DIR}"
         ) from None
-    recorded = record["settings"]
-    now = json.loads(json.dumps(phase_one_settings(one)))  # tuples as lists, as recorded
+    recorded = _comparable(record["settings"])
+    now = _comparable(json.loads(json.dumps(phase_one_settings(one))))  # tuples as lists, as recorded
     differ = _differences(recorded, now)
     if not differ and not mixed:
         logger.info("GALW: phase one's settings match %s: reusing %s", record_path, groups)
