@@ -6,7 +6,9 @@ both measured in this one run, interleaved in blocks so load changes hit both ar
     PYTHONPATH=projects/GALW:. python benchmarks/galw_overhead.py --config-file CFG [KEY VALUE ...]
 
 With a config file the model is built by galw.engine.Trainer (its MODEL.GALW.* keys must name
-the tasks); the equal-weighting arm is the same config with MODEL.GALW.ENABLED False.
+the tasks); the equal-weighting arm is the same config with MODEL.GALW.ENABLED False, or under CPU
+AMP (which needs the GALW step) the GALW step with manual weights all 1 and a group per task: the
+plain sum, with the step's bookkeeping (its metrics and finiteness check) in its time.
 Also prints the probe options: every iteration, batched per-task gradients, and gradients
 with respect to all trainable parameters instead of the shared ones only.
 """
@@ -101,7 +103,7 @@ class ConfigArm:
         merge_config_file(cfg, args.config_file)
         cfg.merge_from_list(args.opts + ["MODEL.GALW.ENABLED", enabled, "OUTPUT_DIR", tempfile.mkdtemp()])
         if not enabled and cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-            # AMP on a CPU runs in the GALW step (galw.engine.trainer.check_cpu_amp): the plain sum there
+            # AMP on a CPU runs in the GALW step (galw.engine.trainer.check_amp): the plain sum there
             cfg.MODEL.GALW.ENABLED = True
             cfg.MODEL.GALW.GROUPING = "per_task"
             cfg.MODEL.GALW.WEIGHTING = "manual"

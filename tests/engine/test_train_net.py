@@ -145,6 +145,48 @@ def test_cpu_amp_bfloat16_trains_in_the_galw_step(box_dataset, tmp_path):
     assert resumed.iter == 3
 
 
+def test_cpu_amp_resumes_across_precisions_and_keeps_the_loss_scale(box_dataset, tmp_path, caplog):
+    """float16 on a CPU: the enabled scaler's state is checkpointed and restored; a bfloat16 checkpoint
+    (no loss-scale state) resumed in float16 continues from the initial scale, with a warning."""
+    fp16 = ["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "float16", "SOLVER.CHECKPOINT_PERIOD", 2]
+    first = train_net.Trainer(stock_rcnn_cfg(box_dataset, tmp_path / "fp16", "SOLVER.MAX_ITER", 2, *GALW_STOCK_OPTS,
+                                             *fp16))
+    first._trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120)  # float16 overflows: backs off
+    first.train()
+    scale = first._trainer.grad_scaler.get_scale()
+    assert scale < 2.0**120
+    resumed = train_net.Trainer(stock_rcnn_cfg(box_dataset, tmp_path / "fp16", "SOLVER.MAX_ITER", 3, *GALW_STOCK_OPTS,
+                                               *fp16))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2 and resumed._trainer.grad_scaler.get_scale() == scale
+
+    bf16 = ["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16", "SOLVER.CHECKPOINT_PERIOD", 2]
+    train_net.Trainer(stock_rcnn_cfg(box_dataset, tmp_path / "bf16", "SOLVER.MAX_ITER", 2, *GALW_STOCK_OPTS,
+                                     *bf16)).train()
+    resumed = train_net.Trainer(stock_rcnn_cfg(box_dataset, tmp_path / "bf16", "SOLVER.MAX_ITER", 3, *GALW_STOCK_OPTS,
+                                               *fp16))
+    with caplog.at_level("WARNING", logger="galw_core"):
+        resumed.resume_or_load(resume=True)
+    assert "holds no loss-scale state" in caplog.text
+    assert resumed.start_iter == 2 and resumed._trainer.grad_scaler.get_scale() == 65536.0
+    resumed.train()
+    assert resumed.iter == 3
+
+
+def test_amp_settings_are_checked_when_the_trainer_is_built(box_dataset, tmp_path):
+    """A bad SOLVER.AMP.PRECISION even with AMP off; bfloat16 without GALW (detectron2's AMPTrainer
+    autocasts float16 only) on any device; an evaluation of a CPU AMP config is not refused."""
+    cfg = stock_rcnn_cfg(box_dataset, tmp_path / "a", "SOLVER.AMP.PRECISION", "float8")
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION is 'float8', expected one of \('float16', 'bfloat16'\)"):
+        train_net.Trainer(cfg)
+    cfg = stock_rcnn_cfg(box_dataset, tmp_path / "b", "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16",
+                         "MODEL.DEVICE", "cuda")
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION 'bfloat16' needs MODEL.GALW.ENABLED"):
+        train_net.Trainer(cfg)
+    cfg = stock_rcnn_cfg(box_dataset, tmp_path / "c", "SOLVER.AMP.ENABLED", True)
+    assert train_net.Trainer.build_model(cfg) is not None
+
+
 def test_cpu_amp_without_galw_is_an_error_at_build(box_dataset, tmp_path):
     out = tmp_path / "out"
     cfg = stock_rcnn_cfg(box_dataset, out, "SOLVER.AMP.ENABLED", True)

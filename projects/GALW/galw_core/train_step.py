@@ -30,6 +30,7 @@ __all__ = [
     "GALWAMPTrainer",
     "galw_train_step",
     "amp_step_options",
+    "check_amp_precision",
     "average_sigma_grad",
     "write_galw_metrics",
     "epoch_iters",
@@ -197,6 +198,17 @@ class GALWAMPTrainer(_GALWStep, AMPTrainer):
         self.precision = precision
         self._galw_init(weighting if weighting is not None else get_weighting(model), probe, gamma_loss)
 
+    def load_state_dict(self, state_dict):
+        """A checkpoint without loss-scale state (trained without AMP, or in bfloat16, whose scaler is
+        disabled) resumed with loss scaling (float16) continues from the scaler's initial scale, with a
+        warning; torch's GradScaler raises on the empty state."""
+        if not state_dict.get("grad_scaler") and self.grad_scaler.is_enabled():
+            logger.warning("GALW AMP: the checkpoint holds no loss-scale state (trained without AMP, or in bfloat16 "
+                           "without loss scaling); float16 training continues from the initial scale %g",
+                           self.grad_scaler.get_scale())
+            state_dict = dict(state_dict, grad_scaler=self.grad_scaler.state_dict())
+        super().load_state_dict(state_dict)
+
     def run_step(self):
         assert self.model.training, "[GALWAMPTrainer] model was changed to eval mode!"
         start = time.perf_counter()
@@ -222,14 +234,20 @@ def _device_type(model: nn.Module) -> str:
     return next(model.parameters()).device.type
 
 
+def check_amp_precision(cfg) -> str:
+    """SOLVER.AMP.PRECISION, one of ``AMP_PRECISIONS`` (else ValueError naming the key)."""
+    name = cfg.SOLVER.AMP.PRECISION
+    if name not in AMP_PRECISIONS:
+        raise ValueError(f"SOLVER.AMP.PRECISION is {name!r}, expected one of {AMP_PRECISIONS}")
+    return name
+
+
 def amp_step_options(cfg, inner: AMPTrainer) -> dict:
     """``precision`` and ``grad_scaler`` of the GALW AMP step: SOLVER.AMP.PRECISION's dtype; for
     float16 the inner step's GradScaler when it is enabled (detectron2 builds a CUDA one, disabled
     where CUDA is absent: then torch's for the model's device), for bfloat16 a disabled one
     (float32's exponent range, nothing to unscale; ``get_scale()`` is 1 for the probe)."""
-    name = cfg.SOLVER.AMP.PRECISION
-    if name not in AMP_PRECISIONS:
-        raise ValueError(f"SOLVER.AMP.PRECISION is {name!r}, expected one of {AMP_PRECISIONS}")
+    name = check_amp_precision(cfg)
     device = _device_type(inner.model)
     if name == "bfloat16":
         return {"precision": torch.bfloat16, "grad_scaler": torch.amp.GradScaler(device, enabled=False)}

@@ -8,6 +8,7 @@ from detectron2.engine import DefaultTrainer
 
 from ..checkpoint import AtomicCheckpointer
 from galw_core import attach_weighting, build_optimizer, install_galw
+from galw_core.train_step import check_amp_precision
 from ..data import build_person_search_train_loader
 from ..data.build import build_resumable_train_loader
 from ..data.resumable_loader import ResumableTrainLoader
@@ -15,7 +16,7 @@ from ..evaluation import evaluate_person_search, is_person_search_dataset
 from ..modeling.tasks import BRANCH_TASKS, tasks_of
 from .reproducible import ReproducibleRun
 
-__all__ = ["Trainer", "check_cpu_amp", "check_tasks_are_losses"]
+__all__ = ["Trainer", "check_amp", "check_tasks_are_losses"]
 
 
 def check_tasks_are_losses(cfg):
@@ -36,21 +37,31 @@ def check_tasks_are_losses(cfg):
         )
 
 
-def check_cpu_amp(cfg):
-    """SOLVER.AMP on a CPU model runs in the GALW train step, which autocasts on the model's device;
-    detectron2's AMPTrainer is CUDA-only (it asserts at its first step, train_loop.py's
-    ``AMPTrainer.run_step``), so without GALW it is an error here, before anything is built."""
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu" and not cfg.MODEL.GALW.ENABLED:
-        raise ValueError(
-            "SOLVER.AMP.ENABLED with MODEL.DEVICE 'cpu' needs MODEL.GALW.ENABLED: detectron2's AMPTrainer runs "
-            "on CUDA only (MODEL.GALW WEIGHTING 'manual', GROUPING 'per_task' and MANUAL_WEIGHTS all 1 train the plain "
-            "sum of the losses)"
-        )
+def check_amp(cfg):
+    """SOLVER.AMP.PRECISION is a known dtype; AMP in another dtype than float16, or on a CPU model, runs
+    in the GALW train step (it autocasts on the model's device in that dtype): detectron2's AMPTrainer,
+    which trains without GALW, autocasts float16 on CUDA only (it asserts CUDA at its first step,
+    train_loop.py's ``AMPTrainer.run_step``). Raises ValueError naming the keys."""
+    precision = check_amp_precision(cfg)
+    if not cfg.SOLVER.AMP.ENABLED or cfg.MODEL.GALW.ENABLED:
+        return
+    plain_sum = ("MODEL.GALW WEIGHTING 'manual', GROUPING 'per_task' and MANUAL_WEIGHTS all 1 train the plain sum "
+                 "of the losses")
+    if cfg.MODEL.DEVICE == "cpu":
+        raise ValueError("SOLVER.AMP.ENABLED with MODEL.DEVICE 'cpu' needs MODEL.GALW.ENABLED: detectron2's "
+                         f"AMPTrainer runs on CUDA only ({plain_sum})")
+    if precision != "float16":
+        raise ValueError(f"SOLVER.AMP.PRECISION {precision!r} needs MODEL.GALW.ENABLED: detectron2's AMPTrainer "
+                         f"autocasts float16 only ({plain_sum})")
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's data, evaluation and loss weighting; ``--resume`` is exact
     (data order, augmentation and random state follow the iteration, see :class:`ReproducibleRun`)."""
+
+    def __init__(self, cfg):
+        check_amp(cfg)  # training only: an evaluation (build_model alone) runs no train step
+        super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -78,7 +89,6 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         check_tasks_are_losses(cfg)  # before DefaultTrainer writes metrics or phase one its files
-        check_cpu_amp(cfg)
         return attach_weighting(super().build_model(cfg), cfg)  # MODEL.GALW.ENABLED
 
     @classmethod
