@@ -196,16 +196,18 @@ def test_a_kept_copy_that_differs_from_its_retrained_run_is_an_error(tmp_path):
     out, res = str(tmp_path / "out"), str(tmp_path / "results")
     ablation.run_ablation(spec, out, runner=Trainer(), only=["equal"], seeds=[1], results_dir=res)
     copy = os.path.join(res, "equal", "seed1.json")
-    result = os.path.join(out, "equal", "seed1", ablation.RESULT_FILE)
     mtime = os.stat(copy).st_mtime_ns
     # reused with an identical copy: the copy is left as it is
     ablation.run_ablation(spec, out, runner=Trainer(), only=["equal"], seeds=[1], results_dir=res)
     assert os.stat(copy).st_mtime_ns == mtime
-    # the run trained again (its result file removed) to other figures: the old copy is not kept silently
-    os.remove(result)
+    # the run trained again elsewhere (a folder of its own, no kept copy) to other figures, then that folder
+    # is run with the results folder: the old copy is not kept silently
+    other = str(tmp_path / "other")
+    result = os.path.join(other, "equal", "seed1", ablation.RESULT_FILE)
+    ablation.run_ablation(spec, other, runner=Trainer(bonus=1.0), only=["equal"], seeds=[1])
     with pytest.raises(ValueError, match=re.escape(copy) + ": the kept copy differs from the run's result file "
                                          + re.escape(result)):
-        ablation.run_ablation(spec, out, runner=Trainer(bonus=1.0), only=["equal"], seeds=[1], results_dir=res)
+        ablation.run_ablation(spec, other, runner=Trainer(), only=["equal"], seeds=[1], results_dir=res)
     assert (read_result(copy)["data"]["mAP"], read_result(result)["data"]["mAP"]) == (51.0, 52.0)
 
 

@@ -405,3 +405,28 @@ def test_table_only_tabulates_finished_runs_and_lists_the_rest(tmp_path):
     text = (out / "ablation.md").read_text()
     assert "Not run (yet): 6: galw_g4 seeds 1, 2, 3; galw_g2 seeds 1, 2, 3." in text
     assert len(trainer.calls) == 3  # tabulating trains nothing
+
+
+def test_a_run_kept_in_the_results_folder_is_not_trained_again_in_a_new_checkout(tmp_path):
+    """The study goes on in another checkout: the run folders of earlier invocations are gone, the kept
+    copies (committed) remain; those runs are reused, not trained again, and their copies stay as they were."""
+    spec = _write_spec(tmp_path, seeds=(1, 2))
+    results = str(tmp_path / "results")
+    ablation.run_ablation(spec, str(tmp_path / "out"), runner=FakeTrainer(), only=["equal", "galw_g4"],
+                          group_tasks=fake_group_tasks, results_dir=results)
+    kept = {}
+    for name in ("equal", "galw_g4"):
+        for seed in (1, 2):
+            path = os.path.join(results, name, f"seed{seed}.json")
+            with open(path, "rb") as f:
+                kept[path] = (f.read(), os.stat(path).st_mtime_ns)
+    shutil.rmtree(tmp_path / "out")
+    again = FakeTrainer(fail=set(FAKE))
+    outcome = ablation.run_ablation(spec, str(tmp_path / "out"), runner=again, only=["equal", "galw_g4"],
+                                    group_tasks=fake_group_tasks, results_dir=results)
+    assert again.calls == [] and outcome["failed"] == []
+    assert sorted((r["name"], r["seed"], r["mAP"]) for r in outcome["results"]) == [
+        ("equal", 1, 50.0), ("equal", 2, 52.0), ("galw_g4", 1, 60.0), ("galw_g4", 2, 61.0)]
+    for path, before in kept.items():
+        with open(path, "rb") as f:
+            assert (f.read(), os.stat(path).st_mtime_ns) == before, path

@@ -85,10 +85,13 @@ def check_result(spec, run, data, path):
 
 
 def reusable_result(spec, run):
-    """The saved result of ``run`` (saved_result), or None when there is none; check_result's error when
-    it is of other overrides or config files."""
-    saved = saved_result(run)
-    return None if saved is None else check_result(spec, run, saved, os.path.join(run["out_dir"], RESULT_FILE))
+    """The result of ``run``: the file its folder holds (saved_result), else its kept copy (committed_result:
+    a study continued in another checkout, where the run folders of earlier invocations are gone); None
+    when neither exists; check_result's error when it is of other overrides or config files."""
+    saved, path = saved_result(run), os.path.join(run["out_dir"], RESULT_FILE)
+    if saved is None:
+        saved, path = committed_result(run), run.get("result_copy")
+    return None if saved is None else check_result(spec, run, saved, path)
 
 
 def _other_configs(spec, record):
@@ -148,8 +151,12 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
 
     saved = reusable_result(spec, run)
     if saved is not None:
-        logger.info("%s: done before, reusing %s", tag, os.path.join(run["out_dir"], RESULT_FILE))
-        keep_copy(run)
+        in_folder = os.path.join(run["out_dir"], RESULT_FILE)
+        if os.path.isfile(in_folder):
+            logger.info("%s: done before, reusing %s", tag, in_folder)
+            keep_copy(run)
+        else:
+            logger.info("%s: done before, reusing its kept copy %s", tag, run["result_copy"])
         return saved, None
     if src and (src["variant"], run["seed"]) not in done:
         return failure(f"groups_from run {src['variant']} did not finish")
