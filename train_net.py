@@ -7,7 +7,8 @@
 
 A GALW phase one interrupted and resumed must keep the settings it started with (recorded in
 OUTPUT_DIR/galw_phase1/galw_phase1_config.json); ``--resume --mixed-phase-one`` continues it under
-changed ones, logged and recorded as mixed.
+changed ones, logged and recorded as mixed. ``--galw-phase-one-only`` runs GALW's first training
+alone (its groups and initial weights), and a later run without it trains phase two from them.
 """
 import logging
 
@@ -38,6 +39,12 @@ def argument_parser():
              "trained with so far (logged; galw_phase1_config.json records it as mixed, and its groups are "
              "never taken as matching a later run's settings)",
     )
+    parser.add_argument(
+        "--galw-phase-one-only", action="store_true",
+        help="GALW Algorithm 1: run its first training only (the Gamma probe, written to OUTPUT_DIR/galw_phase1: "
+             "galw_groups.json and the initial weights galw_init.pth), then stop; a later run without it trains "
+             "phase two from those files",
+    )
     return parser
 
 
@@ -54,7 +61,11 @@ def main(args):
         return res
     if needs_two_phases(cfg):  # GALW Algorithm 1: a probing training, then the grouped one
         return train_two_phase(cfg, Trainer, resume=args.resume,
-                               mixed_phase_one=getattr(args, "mixed_phase_one", False))
+                               mixed_phase_one=getattr(args, "mixed_phase_one", False),
+                               phase_one_only=getattr(args, "galw_phase_one_only", False))
+    if getattr(args, "galw_phase_one_only", False):
+        raise ValueError("--galw-phase-one-only needs a GALW two-phase config: MODEL.GALW.ENABLED True, MODE "
+                         "'two_phase', GROUPING 'galw' and no MODEL.GALW.GROUPS_FILE")
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

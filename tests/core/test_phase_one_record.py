@@ -9,6 +9,8 @@ Cases:
 - test_phase_one_init_weights_carry_their_sha256
 - test_steps_at_or_beyond_phase_one_max_iter_are_dropped: logged; the scheduler builds.
 - test_unknown_task_fails_before_phase_one_writes_a_file: train_net.py, the message names the task.
+- test_phase_one_only_stops_after_its_files_and_phase_two_trains_from_them
+- test_phase_one_only_needs_a_two_phase_config: train_net.py, the message names the keys.
 """
 import hashlib
 import json
@@ -56,10 +58,10 @@ class _Trainer:
             json.dump({"groups": PLANTED}, f)
 
 
-def _run(out, *opts, resume=False, interrupt=False, mixed=False):
+def _run(out, *opts, resume=False, interrupt=False, mixed=False, phase_one_only=False):
     _Trainer.built, _Trainer.interrupt = [], interrupt
     cfg = toy_cfg(out, "MODEL.GALW.MODE", "two_phase", "MODEL.GALW.PROBE_EPOCHS", 0, *opts)
-    train_two_phase(cfg, _Trainer, resume=resume, mixed_phase_one=mixed)
+    train_two_phase(cfg, _Trainer, resume=resume, mixed_phase_one=mixed, phase_one_only=phase_one_only)
     return _Trainer.built
 
 
@@ -164,3 +166,21 @@ def test_record_without_amp_precision_under_amp_reads_float16(tmp_path):
     assert _run(out, "SOLVER.AMP.ENABLED", True, resume=True) == [PHASE_ONE_DIR, "run"]
     with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION: recorded 'float16', now 'bfloat16'"):
         _run(out, "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16")
+
+
+def test_phase_one_only_stops_after_its_files_and_phase_two_trains_from_them(tmp_path):
+    out = tmp_path / "run"
+    assert _run(out, phase_one_only=True) == [PHASE_ONE_DIR]
+    assert (out / PHASE_ONE_DIR / "galw_groups.json").is_file() and (out / PHASE_ONE_DIR / INIT_WEIGHTS).is_file()
+    assert not (out / "last_checkpoint").exists()
+    assert _run(out, phase_one_only=True) == []  # its files exist: nothing trains
+    assert _run(out) == ["run"]  # phase two alone, from phase one's groups and weights
+
+
+def test_phase_one_only_needs_a_two_phase_config(tmp_path):
+    argv = ["--config-file", os.path.join(CONFIG_DIR, "alignps", "alignps_R18_synth_galw.yaml"), "--galw-phase-one-only",
+            "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.GALW.MODE", "single_run"]
+    with pytest.raises(ValueError, match=r"--galw-phase-one-only needs a GALW two-phase config: MODEL.GALW.ENABLED "
+                                         r"True, MODE 'two_phase', GROUPING 'galw' and no MODEL.GALW.GROUPS_FILE"):
+        train_net.main(train_net.argument_parser().parse_args(argv))
+    assert not (tmp_path / "run" / "last_checkpoint").exists()

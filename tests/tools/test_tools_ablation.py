@@ -56,9 +56,10 @@ def fake_group_tasks(history, num_groups, linkage):
 class FakeTrainer:
     """Stands in for train_net.py: writes what a finished run leaves behind."""
 
-    def __init__(self, fail=()):
+    def __init__(self, fail=(), phase_one_groups=(("loss_a",), ("loss_b",), ("loss_c",))):
         self.calls = []
         self.fail = set(fail)
+        self.phase_one_groups = [list(g) for g in phase_one_groups]
 
     def __call__(self, cmd, out_dir):
         opts = cmd[cmd.index("OUTPUT_DIR"):]
@@ -70,9 +71,11 @@ class FakeTrainer:
         os.makedirs(os.path.join(out_dir, "phase1"), exist_ok=True)
         if name == "galw_g4":  # a two-phase GALW run leaves its phase-one files
             with open(os.path.join(out_dir, "phase1", "galw_groups.json"), "w") as f:
-                json.dump({"groups": [["loss_a"], ["loss_b"], ["loss_c"]], "num_groups": 3, "linkage": "ward",
+                json.dump({"groups": self.phase_one_groups, "num_groups": 3, "linkage": "ward",
                            "gamma_history": HISTORY, "s_star": {}}, f)
             open(os.path.join(out_dir, "phase1", "init.pth"), "w").close()
+        if "--galw-phase-one-only" in cmd:
+            return 0
         if "MODEL.GALW.GROUPS_FILE" in cmd:  # the GALW hook writes the groups it trains with
             shutil.copy(cmd[cmd.index("MODEL.GALW.GROUPS_FILE") + 1], os.path.join(out_dir, "galw_groups.json"))
         m_ap, top1 = FAKE[(name, seed)]
@@ -430,3 +433,35 @@ def test_a_run_kept_in_the_results_folder_is_not_trained_again_in_a_new_checkout
     for path, before in kept.items():
         with open(path, "rb") as f:
             assert (f.read(), os.stat(path).st_mtime_ns) == before, path
+
+
+def test_a_regrouped_run_gets_its_sources_phase_one_again_where_only_the_kept_result_remains(tmp_path):
+    """galw_g2 regroups galw_g4's phase one; galw_g4 finished in another checkout (kept copy only): its first
+    training runs again alone, in its folder, and must find the groups its result records."""
+    spec = _write_spec(tmp_path, seeds=(1,))
+    results = str(tmp_path / "results")
+    ablation.run_ablation(spec, str(tmp_path / "out"), runner=FakeTrainer(), only=["galw_g4"],
+                          group_tasks=fake_group_tasks, results_dir=results)
+    shutil.rmtree(tmp_path / "out")
+    out, again = str(tmp_path / "out"), FakeTrainer()
+    outcome = ablation.run_ablation(spec, out, runner=again, only=["galw_g4", "galw_g2"],
+                                    group_tasks=fake_group_tasks, results_dir=results)
+    assert outcome["failed"] == [] and [(n, s, "--galw-phase-one-only" in c) for n, s, c in again.calls] == [
+        ("galw_g4", 1, True), ("galw_g2", 1, False)]
+    g2_cmd = again.calls[1][2]
+    assert g2_cmd[-2:] == ["MODEL.WEIGHTS", os.path.join(out, "galw_g4", "seed1", "phase1", "init.pth")]
+    with open(os.path.join(out, "galw_g2", "seed1", "galw_groups_input.json")) as f:
+        assert json.load(f)["groups"] == [["loss_a", "loss_c"], ["loss_b"]]
+    with open(os.path.join(out, "galw_g4", "seed1", "ablation_planned.json")) as f:
+        assert json.load(f)["opts"] == run_opts(spec, {"opts": ["MODEL.GALW.NUM_GROUPS", "4", "MODEL.GALW.RANDOM_SEED",
+                                                                 "1"]})
+    # a phase one that finds other groups than the kept result records: no regrouped run trains
+    shutil.rmtree(tmp_path / "out")
+    os.remove(os.path.join(results, "galw_g2", "seed1.json"))
+    other = FakeTrainer(phase_one_groups=(("loss_a", "loss_b"), ("loss_c",)))
+    outcome = ablation.run_ablation(spec, out, runner=other, only=["galw_g4", "galw_g2"],
+                                    group_tasks=fake_group_tasks, results_dir=results)
+    assert [(n, s) for n, s, _ in other.calls] == [("galw_g4", 1)]
+    (failure,) = outcome["failed"]
+    assert failure["name"] == "galw_g2" and "found the groups [['loss_a', 'loss_b'], ['loss_c']], while the result " \
+        "of galw_g4 seed 1 records [['loss_a'], ['loss_b'], ['loss_c']]" in failure["reason"]

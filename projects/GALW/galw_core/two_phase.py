@@ -64,12 +64,16 @@ def phase_configs(cfg):
     return one, two
 
 
-def train_two_phase(cfg, trainer_cls, resume: bool = False, mixed_phase_one: bool = False):
+def train_two_phase(cfg, trainer_cls, resume: bool = False, mixed_phase_one: bool = False,
+                    phase_one_only: bool = False):
     """Run (or resume) phase one unless its groups exist, then phase two; returns phase two's
     ``train()`` result. ``trainer_cls(cfg)`` must build a GALW-enabled DefaultTrainer.
 
     Resuming an interrupted phase one under settings other than its record's raises, naming the
-    keys, unless ``mixed_phase_one``: then it continues, logged, and the record notes the change."""
+    keys, unless ``mixed_phase_one``: then it continues, logged, and the record notes the change.
+    ``phase_one_only``: stop once phase one's groups file and initial weights exist (returns None), e.g.
+    to read the groups before the grouped training, or to give other runs that regroup its Gamma
+    history (the paper's Table 4) the files of a run whose folder is gone."""
     one, two = phase_configs(cfg)
     groups_file = two.MODEL.GALW.GROUPS_FILE
     phase_two_started = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
@@ -91,6 +95,9 @@ def train_two_phase(cfg, trainer_cls, resume: bool = False, mixed_phase_one: boo
     comm.synchronize()
     if not os.path.isfile(groups_file):
         raise FileNotFoundError(f"GALW phase one ended without writing {groups_file}")
+    if phase_one_only:
+        logger.info("GALW phase one only: groups in %s, initial weights in %s", groups_file, two.MODEL.WEIGHTS)
+        return None
     logger.info("GALW phase two: training with the groups of %s", groups_file)
     second = trainer_cls(two)
     second.resume_or_load(resume=resume)

@@ -24,8 +24,9 @@ from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, s
 from .search import choose, plan_search, weights_text
 from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, config_fingerprint, plan_runs, train_command
 
-__all__ = ["FINGERPRINT", "PLANNED_FILE", "borrowed_search", "check_result", "dry_run_commands", "finished_runs", "resume_args",
-           "reusable_result", "run_ablation", "run_one", "run_opts", "run_search", "subprocess_runner"]
+__all__ = ["FINGERPRINT", "PLANNED_FILE", "borrowed_search", "check_result", "dry_run_commands", "finished_runs",
+           "restore_phase_one", "resume_args", "reusable_result", "run_ablation", "run_one", "run_opts", "run_search",
+           "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +138,12 @@ def _record_planned(spec, run):
     return fingerprint
 
 
-def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=()):
+def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=None):
     """One planned run, skipped when its result file exists (and records the planned opts, else an
     error): (result data, None) or (None, failure).
 
-    ``done``: the (variant, seed) pairs finished so far, which a ``groups_from`` source must be in.
+    ``done``: {(variant, seed): (run, result)} of the runs finished so far, which a ``groups_from`` source
+    must be in.
     """
     src = run["groups_from"]
 
@@ -158,9 +160,11 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
         else:
             logger.info("%s: done before, reusing its kept copy %s", tag, run["result_copy"])
         return saved, None
-    if src and (src["variant"], run["seed"]) not in done:
+    if src and (src["variant"], run["seed"]) not in (done or {}):
         return failure(f"groups_from run {src['variant']} did not finish")
     try:
+        if src:
+            restore_phase_one(src, *done[(src["variant"], run["seed"])], spec, runner, extra_args)
         extra = regroup_from_run(src, run["out_dir"], group_tasks) if src else []
     except (OSError, ValueError) as e:
         return failure(str(e))
@@ -249,6 +253,38 @@ def dry_run_commands(spec, out_root, only=None, seeds=None, extra_args=(), searc
     return commands
 
 
+def _group_sets(groups):
+    return sorted(sorted(g) for g in groups)
+
+
+def restore_phase_one(src, source_run, source_result, spec, runner, extra_args=()):
+    """Give a ``groups_from`` run its source's phase-one files (groups file with the Gamma history, initial
+    weights) where the source finished in another checkout and only its kept result remains: the source's
+    first GALW training runs again alone (``train_net.py --galw-phase-one-only``, same seed and overrides),
+    and the groups it finds must be those its result records (else ValueError naming both), so the regrouped
+    runs start from the probe and weights the source trained from. Nothing runs where the files exist."""
+    wanted = [src["groups_file"], *([src["init_weights"]] if src["init_weights"] else [])]
+    if all(os.path.isfile(p) for p in wanted):
+        return
+    logger.info("%s seed %d: its phase-one files are missing (%s); running its first GALW training again",
+                src["variant"], source_run["seed"], ", ".join(p for p in wanted if not os.path.isfile(p)))
+    _record_planned(spec, source_run)  # its phase-one checkpoint is then that of the planned source run
+    cmd = train_command(spec, source_run, extra_args=[*extra_args, "--galw-phase-one-only"])
+    code = runner(cmd, source_run["out_dir"])
+    missing = [p for p in wanted if not os.path.isfile(p)]
+    if code != 0 or missing:
+        raise ValueError(f"{src['variant']} seed {source_run['seed']}: its phase one run again "
+                         f"{'exited with code ' + str(code) if code else 'left no ' + ', '.join(missing)} "
+                         f"(train_net.py log in {source_run['out_dir']}/ablation_log.txt)")
+    with open(src["groups_file"]) as f:
+        found = json.load(f).get("groups")
+    recorded = (source_result.get("groups") or {}).get("groups")
+    if recorded is None or _group_sets(found) != _group_sets(recorded):
+        raise ValueError(f"{src['groups_file']}: the phase one run again found the groups {found}, while the result "
+                         f"of {src['variant']} seed {source_run['seed']} records {recorded}; the regrouped runs "
+                         "would not start from its probe")
+
+
 def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
     """Run (tag, run) pairs, chains side by side (``chain_of(run)``), each chain in order. Every saved
     result is checked against its planned run first, so a mismatch stops before anything trains."""
@@ -260,13 +296,13 @@ def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
         chains.setdefault(chain_of(run), []).append((tag, run))
 
     def run_chain(chain):
-        results, failed, done = [], [], set()
+        results, failed, done = [], [], {}
         for tag, run in chain:
             result, failure = run_one(spec, run, tag, runner, extra_args, group_tasks, done)
             if failure:
                 failed.append(failure)
                 continue
-            done.add((run["name"], run["seed"]))
+            done[(run["name"], run["seed"])] = (run, result)
             results.append(result)
         return results, failed
 
