@@ -175,6 +175,10 @@ def test_phase_one_only_stops_after_its_files_and_phase_two_trains_from_them(tmp
     assert not (out / "last_checkpoint").exists()
     assert _run(out, phase_one_only=True) == []  # its files exist: nothing trains
     assert _run(out) == ["run"]  # phase two alone, from phase one's groups and weights
+    os.remove(out / PHASE_ONE_DIR / INIT_WEIGHTS)
+    with pytest.raises(FileNotFoundError, match=rf"galw_groups.json exists but its initial weights .*{INIT_WEIGHTS} do "
+                                                rf"not; remove .*{PHASE_ONE_DIR} to run phase one again"):
+        _run(out, phase_one_only=True)
 
 
 def test_phase_one_only_needs_a_two_phase_config(tmp_path):

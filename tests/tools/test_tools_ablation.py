@@ -3,6 +3,7 @@ the runs' result files, table maths."""
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 
@@ -465,3 +466,66 @@ def test_a_regrouped_run_gets_its_sources_phase_one_again_where_only_the_kept_re
     (failure,) = outcome["failed"]
     assert failure["name"] == "galw_g2" and "found the groups [['loss_a', 'loss_b'], ['loss_c']], while the result " \
         "of galw_g4 seed 1 records [['loss_a'], ['loss_b'], ['loss_c']]" in failure["reason"]
+    # the mismatched phase one stays refused: the next invocation trains nothing from it either
+    later = FakeTrainer()
+    outcome = ablation.run_ablation(spec, out, runner=later, only=["galw_g4", "galw_g2"],
+                                    group_tasks=fake_group_tasks, results_dir=results)
+    assert later.calls == [] and [f["name"] for f in outcome["failed"]] == ["galw_g2"]
+    assert "remove " + os.path.join(out, "galw_g4", "seed1", "phase1") + " to run it again" in outcome["failed"][0]["reason"]
+
+
+class InterruptedPhaseOne(FakeTrainer):
+    """The first phase-one-only training is killed after a checkpoint; the later ones finish."""
+
+    def __call__(self, cmd, out_dir):
+        if "--galw-phase-one-only" in cmd and not any("--galw-phase-one-only" in c for _, _, c in self.calls):
+            self.calls.append(("galw_g4", 1, cmd))
+            os.makedirs(os.path.join(out_dir, "galw_phase1"), exist_ok=True)
+            with open(os.path.join(out_dir, "galw_phase1", "last_checkpoint"), "w") as f:
+                f.write("model_0000009.pth")
+            return -9
+        return super().__call__(cmd, out_dir)
+
+
+def test_an_interrupted_phase_one_restore_resumes_and_a_bad_groups_file_is_a_failure(tmp_path):
+    spec = _write_spec(tmp_path, seeds=(1,))
+    results = str(tmp_path / "results")
+    ablation.run_ablation(spec, str(tmp_path / "out"), runner=FakeTrainer(), only=["galw_g4"],
+                          group_tasks=fake_group_tasks, results_dir=results)
+    shutil.rmtree(tmp_path / "out")
+    out, trainer = str(tmp_path / "out"), InterruptedPhaseOne()
+    first = ablation.run_ablation(spec, out, runner=trainer, only=["galw_g4", "galw_g2"],
+                                  group_tasks=fake_group_tasks, results_dir=results)
+    assert [f["name"] for f in first["failed"]] == ["galw_g2"] and "exited with code -9" in first["failed"][0]["reason"]
+    second = ablation.run_ablation(spec, out, runner=trainer, only=["galw_g4", "galw_g2"],
+                                   group_tasks=fake_group_tasks, results_dir=results)
+    restores = [c for _, _, c in trainer.calls if "--galw-phase-one-only" in c]
+    assert second["failed"] == [] and len(restores) == 2
+    assert "--resume" not in restores[0] and "--resume" in restores[1]
+    # a phase-one file that is not a groups object fails the regrouped run, naming the file
+    shutil.rmtree(os.path.join(out, "galw_g2"))
+    os.remove(os.path.join(results, "galw_g2", "seed1.json"))
+    groups_file = os.path.join(out, "galw_g4", "seed1", "phase1", "galw_groups.json")
+    with open(groups_file, "w") as f:
+        json.dump([["loss_a"]], f)
+    outcome = ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["galw_g4", "galw_g2"],
+                                    group_tasks=fake_group_tasks, results_dir=results)
+    assert [f["reason"] for f in outcome["failed"]] == [
+        f"{groups_file}: expected a JSON object with a list 'groups', got [['loss_a']]"]
+
+
+def test_a_kept_copy_of_other_opts_names_the_copy_to_remove(tmp_path, caplog):
+    spec = _write_spec(tmp_path, seeds=(1,))
+    results, out = str(tmp_path / "results"), str(tmp_path / "out")
+    ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["equal"], results_dir=results)
+    os.remove(os.path.join(out, "equal", "seed1", ablation.RESULT_FILE))
+    with open(os.path.join(out, "equal", "seed1", "last_checkpoint"), "w") as f:
+        f.write("model_0000002.pth")
+    with caplog.at_level("WARNING", logger="galw.ablation.runner"):
+        ablation.run_ablation(spec, out, runner=FakeTrainer(fail=set(FAKE)), only=["equal"], results_dir=results)
+    assert "holds the checkpoints of an unfinished training, not used: the kept copy " + os.path.join(
+        results, "equal", "seed1.json") in caplog.text
+    spec["common_opts"] = ["SOLVER.MAX_ITER", 6]
+    with pytest.raises(ValueError, match=re.escape(os.path.join(results, "equal", "seed1.json")) + r": was trained "
+                       r"with other opts than planned .*Remove that kept copy and the run's folder to train it again"):
+        ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["equal"], results_dir=results)

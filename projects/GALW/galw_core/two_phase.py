@@ -96,6 +96,9 @@ def train_two_phase(cfg, trainer_cls, resume: bool = False, mixed_phase_one: boo
     if not os.path.isfile(groups_file):
         raise FileNotFoundError(f"GALW phase one ended without writing {groups_file}")
     if phase_one_only:
+        if not os.path.isfile(two.MODEL.WEIGHTS):
+            raise FileNotFoundError(f"GALW phase one: {groups_file} exists but its initial weights {two.MODEL.WEIGHTS} "
+                                    f"do not; remove {one.OUTPUT_DIR} to run phase one again")
         logger.info("GALW phase one only: groups in %s, initial weights in %s", groups_file, two.MODEL.WEIGHTS)
         return None
     logger.info("GALW phase two: training with the groups of %s", groups_file)

@@ -72,15 +72,16 @@ def _differences(recorded, planned):
 def check_result(spec, run, data, path):
     """``data`` (a result file's, at ``path``) when it records the planned run's overrides and the spec's
     config files; else an error naming the file and the values."""
+    remove = "that kept copy and the run's folder" if path == run.get("result_copy") else "that run's folder"
     planned, recorded = run_opts(spec, run), data.get("opts")
     if recorded != planned:
         what = "records no opts" if recorded is None else \
             f"was trained with other opts than planned ({_differences(recorded, planned)})"
         raise ValueError(f"{path}: {what}; expected a result of opts {planned}. "
-                         "Remove that run's folder to train it again with the planned opts")
+                         f"Remove {remove} to train it again with the planned opts")
     other = _other_configs(spec, data)
     if other:
-        raise ValueError(f"{path}: was trained {other}. Remove that run's folder to train it again from the spec's "
+        raise ValueError(f"{path}: was trained {other}. Remove {remove} to train it again from the spec's "
                          "config files")
     return data
 
@@ -104,12 +105,17 @@ def _other_configs(spec, record):
             f"_BASE_ files give {planned} now (spec.config_fingerprint)")
 
 
+def _has_checkpoint(out):
+    """Whether ``out`` holds a checkpoint of either GALW training."""
+    return any(os.path.isfile(os.path.join(d, "last_checkpoint")) for d in (out, os.path.join(out, PHASE_ONE_DIR)))
+
+
 def resume_args(spec, run):
     """``["--resume"]`` when the run's folder holds a checkpoint (of either GALW training) left by an
     interrupted training of the same planned run, ``[]`` when it holds none; an error naming the folder
     when the checkpoint's run was planned with other overrides (or is unknown)."""
     out = run["out_dir"]
-    if not any(os.path.isfile(os.path.join(d, "last_checkpoint")) for d in (out, os.path.join(out, PHASE_ONE_DIR))):
+    if not _has_checkpoint(out):
         return []
     path = os.path.join(out, PLANNED_FILE)
     record = {}
@@ -159,6 +165,10 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
             keep_copy(run)
         else:
             logger.info("%s: done before, reusing its kept copy %s", tag, run["result_copy"])
+            if _has_checkpoint(run["out_dir"]):
+                logger.warning("%s: %s holds the checkpoints of an unfinished training, not used: the kept copy %s "
+                               "is the run's result (remove both to train it again)", tag, run["out_dir"],
+                               run["result_copy"])
         return saved, None
     if src and (src["variant"], run["seed"]) not in (done or {}):
         return failure(f"groups_from run {src['variant']} did not finish")
@@ -260,29 +270,33 @@ def _group_sets(groups):
 def restore_phase_one(src, source_run, source_result, spec, runner, extra_args=()):
     """Give a ``groups_from`` run its source's phase-one files (groups file with the Gamma history, initial
     weights) where the source finished in another checkout and only its kept result remains: the source's
-    first GALW training runs again alone (``train_net.py --galw-phase-one-only``, same seed and overrides),
-    and the groups it finds must be those its result records (else ValueError naming both), so the regrouped
-    runs start from the probe and weights the source trained from. Nothing runs where the files exist."""
+    first GALW training runs again alone (``train_net.py --galw-phase-one-only``, same seed and overrides;
+    resumed from its checkpoint when an earlier restore was interrupted). The groups of the phase-one file,
+    found now or before, must be those the source's result records (else ValueError naming both), so no
+    regrouped run starts from another probe than the source trained from."""
     wanted = [src["groups_file"], *([src["init_weights"]] if src["init_weights"] else [])]
-    if all(os.path.isfile(p) for p in wanted):
-        return
-    logger.info("%s seed %d: its phase-one files are missing (%s); running its first GALW training again",
-                src["variant"], source_run["seed"], ", ".join(p for p in wanted if not os.path.isfile(p)))
-    _record_planned(spec, source_run)  # its phase-one checkpoint is then that of the planned source run
-    cmd = train_command(spec, source_run, extra_args=[*extra_args, "--galw-phase-one-only"])
-    code = runner(cmd, source_run["out_dir"])
-    missing = [p for p in wanted if not os.path.isfile(p)]
-    if code != 0 or missing:
-        raise ValueError(f"{src['variant']} seed {source_run['seed']}: its phase one run again "
-                         f"{'exited with code ' + str(code) if code else 'left no ' + ', '.join(missing)} "
-                         f"(train_net.py log in {source_run['out_dir']}/ablation_log.txt)")
+    if not all(os.path.isfile(p) for p in wanted):
+        logger.info("%s seed %d: its phase-one files are missing (%s); running its first GALW training again",
+                    src["variant"], source_run["seed"], ", ".join(p for p in wanted if not os.path.isfile(p)))
+        resume = resume_args(spec, source_run)  # before the record: an interrupted restore of other opts is refused
+        _record_planned(spec, source_run)  # its phase-one checkpoint is then that of the planned source run
+        cmd = train_command(spec, source_run, extra_args=[*extra_args, *resume, "--galw-phase-one-only"])
+        code = runner(cmd, source_run["out_dir"])
+        missing = [p for p in wanted if not os.path.isfile(p)]
+        if code != 0 or missing:
+            raise ValueError(f"{src['variant']} seed {source_run['seed']}: its phase one run again "
+                             f"{'exited with code ' + str(code) if code else 'left no ' + ', '.join(missing)} "
+                             f"(train_net.py log in {source_run['out_dir']}/ablation_log.txt)")
     with open(src["groups_file"]) as f:
-        found = json.load(f).get("groups")
+        probe = json.load(f)
+    found = probe.get("groups") if isinstance(probe, dict) else None
+    if not isinstance(found, list):
+        raise ValueError(f"{src['groups_file']}: expected a JSON object with a list 'groups', got {probe!r:.200}")
     recorded = (source_result.get("groups") or {}).get("groups")
     if recorded is None or _group_sets(found) != _group_sets(recorded):
-        raise ValueError(f"{src['groups_file']}: the phase one run again found the groups {found}, while the result "
-                         f"of {src['variant']} seed {source_run['seed']} records {recorded}; the regrouped runs "
-                         "would not start from its probe")
+        raise ValueError(f"{src['groups_file']}: its phase one found the groups {found}, while the result of "
+                         f"{src['variant']} seed {source_run['seed']} records {recorded}; no regrouped run trains "
+                         f"from another probe (remove {os.path.dirname(src['groups_file'])} to run it again)")
 
 
 def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
