@@ -436,15 +436,21 @@ def test_a_run_kept_in_the_results_folder_is_not_trained_again_in_a_new_checkout
             assert (f.read(), os.stat(path).st_mtime_ns) == before, path
 
 
+def _galw_g4_kept_elsewhere(tmp_path):
+    """galw_g4 seed 1 trained, its result kept in RESULTS, its run folder gone: (spec, OUT, RESULTS)."""
+    spec = _write_spec(tmp_path, seeds=(1,))
+    out, results = str(tmp_path / "out"), str(tmp_path / "results")
+    ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["galw_g4"], group_tasks=fake_group_tasks,
+                          results_dir=results)
+    shutil.rmtree(out)
+    return spec, out, results
+
+
 def test_a_regrouped_run_gets_its_sources_phase_one_again_where_only_the_kept_result_remains(tmp_path):
     """galw_g2 regroups galw_g4's phase one; galw_g4 finished in another checkout (kept copy only): its first
     training runs again alone, in its folder, and must find the groups its result records."""
-    spec = _write_spec(tmp_path, seeds=(1,))
-    results = str(tmp_path / "results")
-    ablation.run_ablation(spec, str(tmp_path / "out"), runner=FakeTrainer(), only=["galw_g4"],
-                          group_tasks=fake_group_tasks, results_dir=results)
-    shutil.rmtree(tmp_path / "out")
-    out, again = str(tmp_path / "out"), FakeTrainer()
+    spec, out, results = _galw_g4_kept_elsewhere(tmp_path)
+    again = FakeTrainer()
     outcome = ablation.run_ablation(spec, out, runner=again, only=["galw_g4", "galw_g2"],
                                     group_tasks=fake_group_tasks, results_dir=results)
     assert outcome["failed"] == [] and [(n, s, "--galw-phase-one-only" in c) for n, s, c in again.calls] == [
@@ -488,12 +494,8 @@ class InterruptedPhaseOne(FakeTrainer):
 
 
 def test_an_interrupted_phase_one_restore_resumes_and_a_bad_groups_file_is_a_failure(tmp_path):
-    spec = _write_spec(tmp_path, seeds=(1,))
-    results = str(tmp_path / "results")
-    ablation.run_ablation(spec, str(tmp_path / "out"), runner=FakeTrainer(), only=["galw_g4"],
-                          group_tasks=fake_group_tasks, results_dir=results)
-    shutil.rmtree(tmp_path / "out")
-    out, trainer = str(tmp_path / "out"), InterruptedPhaseOne()
+    spec, out, results = _galw_g4_kept_elsewhere(tmp_path)
+    trainer = InterruptedPhaseOne()
     first = ablation.run_ablation(spec, out, runner=trainer, only=["galw_g4", "galw_g2"],
                                   group_tasks=fake_group_tasks, results_dir=results)
     assert [f["name"] for f in first["failed"]] == ["galw_g2"] and "exited with code -9" in first["failed"][0]["reason"]
