@@ -141,6 +141,11 @@ def _comparable(settings) -> dict:
     return settings
 
 
+def _comparable_now(one) -> dict:
+    """Phase one's settings now, as a record holds them (tuples as lists) and as compared (_comparable)."""
+    return _comparable(json.loads(json.dumps(phase_one_settings(one))))
+
+
 def _differences(recorded, now):
     return sorted(k for k in set(recorded) | set(now) if recorded.get(k, "<absent>") != now.get(k, "<absent>"))
 
@@ -159,7 +164,7 @@ def _changed_since_record(one, mixed_phase_one):
         logger.warning("GALW: resuming phase one in %s without its settings record %s (%s): the settings it "
                        "was trained with cannot be checked", one.OUTPUT_DIR, path, e)
         return None
-    now = _comparable(json.loads(json.dumps(phase_one_settings(one))))  # tuples as lists, as recorded
+    now = _comparable_now(one)
     differ = _differences(recorded, now)
     if not differ:
         return None
@@ -233,7 +238,7 @@ def _check_reusable(one, resume: bool):
             f"read ({e}); pass --resume to reuse that phase one, or remove {one.OUTPUT_DIR}"
         ) from None
     recorded = _comparable(record["settings"])
-    now = _comparable(json.loads(json.dumps(phase_one_settings(one))))  # tuples as lists, as recorded
+    now = _comparable_now(one)
     differ = _differences(recorded, now)
     if not differ and not mixed:
         logger.info("GALW: phase one's settings match %s: reusing %s", record_path, groups)
