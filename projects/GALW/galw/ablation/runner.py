@@ -173,9 +173,12 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     if src and (src["variant"], run["seed"]) not in (done or {}):
         return failure(f"groups_from run {src['variant']} did not finish")
     try:
+        extra = []
         if src:
-            restore_phase_one(src, *done[(src["variant"], run["seed"])], spec, runner, extra_args)
-        extra = regroup_from_run(src, run["out_dir"], group_tasks) if src else []
+            source_run, source_result = done[(src["variant"], run["seed"])]
+            restore_phase_one(src, source_run, spec, runner, extra_args)
+            recorded = (source_result.get("groups") or {}).get("groups")
+            extra = regroup_from_run(src, run["out_dir"], group_tasks, recorded=(recorded, run["seed"]))
     except (OSError, ValueError) as e:
         return failure(str(e))
     resume = resume_args(spec, run)
@@ -263,40 +266,26 @@ def dry_run_commands(spec, out_root, only=None, seeds=None, extra_args=(), searc
     return commands
 
 
-def _group_sets(groups):
-    return sorted(sorted(g) for g in groups)
-
-
-def restore_phase_one(src, source_run, source_result, spec, runner, extra_args=()):
+def restore_phase_one(src, source_run, spec, runner, extra_args=()):
     """Give a ``groups_from`` run its source's phase-one files (groups file with the Gamma history, initial
     weights) where the source finished in another checkout and only its kept result remains: the source's
     first GALW training runs again alone (``train_net.py --galw-phase-one-only``, same seed and overrides;
-    resumed from its checkpoint when an earlier restore was interrupted). The groups of the phase-one file,
-    found now or before, must be those the source's result records (else ValueError naming both), so no
-    regrouped run starts from another probe than the source trained from."""
+    resumed from its checkpoint when an earlier restore was interrupted). Whether it found the groups the
+    source's result records is checked where the file is read (:func:`regroup_from_run`)."""
     wanted = [src["groups_file"], *([src["init_weights"]] if src["init_weights"] else [])]
-    if not all(os.path.isfile(p) for p in wanted):
-        logger.info("%s seed %d: its phase-one files are missing (%s); running its first GALW training again",
-                    src["variant"], source_run["seed"], ", ".join(p for p in wanted if not os.path.isfile(p)))
-        resume = resume_args(spec, source_run)  # before the record: an interrupted restore of other opts is refused
-        _record_planned(spec, source_run)  # its phase-one checkpoint is then that of the planned source run
-        cmd = train_command(spec, source_run, extra_args=[*extra_args, *resume, "--galw-phase-one-only"])
-        code = runner(cmd, source_run["out_dir"])
-        missing = [p for p in wanted if not os.path.isfile(p)]
-        if code != 0 or missing:
-            raise ValueError(f"{src['variant']} seed {source_run['seed']}: its phase one run again "
-                             f"{'exited with code ' + str(code) if code else 'left no ' + ', '.join(missing)} "
-                             f"(train_net.py log in {source_run['out_dir']}/ablation_log.txt)")
-    with open(src["groups_file"]) as f:
-        probe = json.load(f)
-    found = probe.get("groups") if isinstance(probe, dict) else None
-    if not isinstance(found, list):
-        raise ValueError(f"{src['groups_file']}: expected a JSON object with a list 'groups', got {probe!r:.200}")
-    recorded = (source_result.get("groups") or {}).get("groups")
-    if recorded is None or _group_sets(found) != _group_sets(recorded):
-        raise ValueError(f"{src['groups_file']}: its phase one found the groups {found}, while the result of "
-                         f"{src['variant']} seed {source_run['seed']} records {recorded}; no regrouped run trains "
-                         f"from another probe (remove {os.path.dirname(src['groups_file'])} to run it again)")
+    if all(os.path.isfile(p) for p in wanted):
+        return
+    logger.info("%s seed %d: its phase-one files are missing (%s); running its first GALW training again",
+                src["variant"], source_run["seed"], ", ".join(p for p in wanted if not os.path.isfile(p)))
+    resume = resume_args(spec, source_run)  # before the record: an interrupted restore of other opts is refused
+    _record_planned(spec, source_run)  # its phase-one checkpoint is then that of the planned source run
+    cmd = train_command(spec, source_run, extra_args=[*extra_args, *resume, "--galw-phase-one-only"])
+    code = runner(cmd, source_run["out_dir"])
+    missing = [p for p in wanted if not os.path.isfile(p)]
+    if code != 0 or missing:
+        raise ValueError(f"{src['variant']} seed {source_run['seed']}: its phase one run again "
+                         f"{'exited with code ' + str(code) if code else 'left no ' + ', '.join(missing)} "
+                         f"(train_net.py log in {source_run['out_dir']}/ablation_log.txt)")
 
 
 def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
