@@ -531,3 +531,58 @@ def test_a_kept_copy_of_other_opts_names_the_copy_to_remove(tmp_path, caplog):
     with pytest.raises(ValueError, match=re.escape(os.path.join(results, "equal", "seed1.json")) + r": was trained "
                        r"with other opts than planned .*Remove that kept copy and the run's folder to train it again"):
         ablation.run_ablation(spec, out, runner=FakeTrainer(), only=["equal"], results_dir=results)
+
+
+class CheckpointingTrainer(FakeTrainer):
+    """FakeTrainer that also leaves detectron2's checkpoints: periodic ones and, unless ``unfinished``,
+    model_final.pth (last_checkpoint names the last one saved)."""
+
+    def __init__(self, unfinished=(), **kwargs):
+        super().__init__(**kwargs)
+        self.unfinished = set(unfinished)
+
+    def __call__(self, cmd, out_dir):
+        code = super().__call__(cmd, out_dir)
+        import torch
+
+        from galw.checkpoint import AtomicCheckpointer
+
+        name = (os.path.basename(os.path.dirname(out_dir)), self.calls[-1][1])
+        ckpt = AtomicCheckpointer(torch.nn.Linear(4, 2), out_dir)
+        for it in ["model_0000001", "model_0000003"] + ([] if name in self.unfinished else ["model_final"]):
+            ckpt.save(it)
+        return code
+
+
+def _checkpoints(out_dir):
+    return sorted(n for n in os.listdir(out_dir) if n.endswith(".pth"))
+
+
+def test_a_finished_run_keeps_its_final_checkpoint_and_phase_one_not_its_periodic_ones(tmp_path):
+    spec = _write_spec(tmp_path, seeds=(1,))
+    out = str(tmp_path / "out")
+    outcome = ablation.run_ablation(spec, out, runner=CheckpointingTrainer(), group_tasks=fake_group_tasks)
+    assert outcome["failed"] == [] and len(outcome["results"]) == 3
+    for name in ("equal", "galw_g4", "galw_g2"):
+        assert _checkpoints(os.path.join(out, name, "seed1")) == ["model_final.pth"], name
+    # galw_g2 trained from galw_g4's phase-one initial weights, which stay
+    assert os.path.isfile(os.path.join(out, "galw_g4", "seed1", "phase1", "init.pth"))
+    # a run reused from its result file loses the periodic checkpoints left in its folder
+    run_dir = os.path.join(out, "equal", "seed1")
+    for ckpt in ("model_0000001.pth", "model_0000001.pth.sha256"):
+        shutil.copy(os.path.join(run_dir, "model_final.pth" + ckpt[len("model_0000001.pth"):]),
+                    os.path.join(run_dir, ckpt))
+    again = FakeTrainer(fail=set(FAKE))
+    ablation.run_ablation(spec, out, runner=again, only=["equal"], group_tasks=fake_group_tasks)
+    assert again.calls == [] and _checkpoints(run_dir) == ["model_final.pth"]
+
+
+def test_a_run_whose_training_did_not_finish_keeps_its_checkpoints(tmp_path, caplog):
+    spec = _write_spec(tmp_path, seeds=(1,))
+    out = str(tmp_path / "out")
+    trainer = CheckpointingTrainer(unfinished={("equal", 1)})
+    ablation.run_ablation(spec, out, runner=trainer, only=["equal"], group_tasks=fake_group_tasks)
+    run_dir = os.path.join(out, "equal", "seed1")
+    assert _checkpoints(run_dir) == ["model_0000001.pth", "model_0000003.pth"]
+    assert (f"equal seed 1: its periodic checkpoints are kept: {run_dir}: expected a finished training "
+            "(last_checkpoint naming model_final.pth), found 'model_0000003.pth'") in caplog.text

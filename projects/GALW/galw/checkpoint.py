@@ -14,7 +14,8 @@ from galw_core.files import atomic_write
 
 __all__ = [
     "AtomicCheckpointer", "CheckpointError", "EXPLODED", "exploded_tensors", "load_array_pickle",
-    "load_checkpoint_file", "non_finite_tensors", "remove_stale_temp_files", "verify_checkpoint",
+    "load_checkpoint_file", "non_finite_tensors", "remove_periodic_checkpoints", "remove_stale_temp_files",
+    "verify_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 #: Files this project writes through :func:`atomic_write` into a run directory.
 ATOMIC_TARGETS = ("*.pth", "*.pth.sha256", "last_checkpoint", "galw_*.json")
 _TEMP = re.compile(r"^(?P<target>.+)\.tmp\.(?P<pid>\d+)$")
+#: detectron2's PeriodicCheckpointer names its checkpoints model_{iteration:07d}.pth (hooks.py).
+_PERIODIC = re.compile(r"^model_\d{7}\.pth$")
+FINAL_CHECKPOINT = "model_final.pth"
 #: A weight or buffer beyond +-EXPLODED means a diverged training: trained detectors' weights stay
 #: within +-1e3 and their BatchNorm running variances within 1e8, while a diverging one grows by
 #: orders of magnitude per iteration, through float32's finite range (3.4e38) towards inf.
@@ -307,6 +311,40 @@ def remove_stale_temp_files(directory: str):
         logger.warning("Removed %d temporary file(s) of interrupted writes in %s: %s", len(removed), directory,
                        ", ".join(removed))
     return removed
+
+
+def remove_periodic_checkpoints(directory: str):
+    """Remove the periodic checkpoints (``model_NNNNNNN.pth`` and their ``.sha256``) of a finished
+    training in ``directory``: one whose ``last_checkpoint`` names ``model_final.pth`` and whose final
+    checkpoint is intact, so nothing is left to resume and the trained weights stay. A training not
+    finished, or a final checkpoint without its recorded SHA-256, keeps everything (ValueError naming
+    why; CheckpointError for a damaged one).
+    Returns the bytes freed (logged)."""
+    periodic = [name for name in sorted(os.listdir(directory)) if _PERIODIC.match(name)]
+    if not periodic:
+        return 0
+    last = os.path.join(directory, "last_checkpoint")
+    named = None
+    if os.path.isfile(last):
+        with open(last) as f:
+            named = f.read().strip()
+    if named != FINAL_CHECKPOINT:
+        raise ValueError(f"{directory}: expected a finished training (last_checkpoint naming {FINAL_CHECKPOINT}), "
+                         f"found {named!r}; its checkpoints are kept")
+    final = os.path.join(directory, FINAL_CHECKPOINT)
+    if not os.path.isfile(final) or not verify_checkpoint(final):
+        raise ValueError(f"{final}: expected an intact final checkpoint with its recorded SHA-256 "
+                         f"({sidecar_path(final)}); its periodic checkpoints are kept")
+    freed = 0
+    for name in periodic:
+        path = os.path.join(directory, name)
+        for p in (path, sidecar_path(path)):
+            if os.path.isfile(p):
+                freed += os.path.getsize(p)
+                os.remove(p)
+    logger.info("Removed %d periodic checkpoint(s) of the finished training in %s (%.0f MiB): %s", len(periodic),
+                directory, freed / 2**20, ", ".join(periodic))
+    return freed
 
 
 #: What a pickle of weights (detectron2 / Caffe2 model zoo .pkl) may build: numpy arrays, dicts.

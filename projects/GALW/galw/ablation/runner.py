@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from galw_core.files import atomic_write
 from galw_core.two_phase import PHASE_ONE_DIR
 
+from ..checkpoint import CheckpointError, remove_periodic_checkpoints
 from .data import source_spec
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
@@ -144,6 +145,15 @@ def _record_planned(spec, run):
     return fingerprint
 
 
+def _remove_periodic_checkpoints(tag, run):
+    """A finished run keeps its result, model_final.pth and phase one's folder (a groups_from source's
+    initial weights); its periodic checkpoints go: a whole study would keep about 80 GB of them."""
+    try:
+        remove_periodic_checkpoints(run["out_dir"])
+    except (OSError, ValueError, CheckpointError) as e:
+        logger.warning("%s: its periodic checkpoints are kept: %s", tag, e)
+
+
 def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=None):
     """One planned run, skipped when its result file exists (and records the planned opts, else an
     error): (result data, None) or (None, failure).
@@ -163,6 +173,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
         if os.path.isfile(in_folder):
             logger.info("%s: done before, reusing %s", tag, in_folder)
             keep_copy(run)
+            _remove_periodic_checkpoints(tag, run)
         else:
             logger.info("%s: done before, reusing its kept copy %s", tag, run["result_copy"])
             if _has_checkpoint(run["out_dir"]):
@@ -199,6 +210,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
         return failure(str(e))
     save_result(run, data, cmd)
     logger.info("%s: mAP %.2f, top-1 %.2f in %.0f s", tag, data["mAP"], data["top1"], data["seconds"])
+    _remove_periodic_checkpoints(tag, run)
     return data, None
 
 
