@@ -38,12 +38,13 @@ def run_seed(out, size, data_seed, seed, config_file, opts):
         if done["run"] == want:
             print(f"seed {seed}: kept from {path}", flush=True)
             return done
+    commit = machine_facts()["commit"]  # the code the run trains with (a commit made meanwhile is not)
     with tempfile.TemporaryDirectory() as results_root:
         summary = run_demo(out=os.path.join(out, f"data{data_seed}_seed{seed}"),
                            data_root=os.path.join(out, f"data{data_seed}"), size=size, seed=data_seed,
                            config_file=config_file, opts=["SEED", str(seed)] + list(opts), results_root=results_root)
     results = summary["results"]
-    done = {"run": want, "wall_time_s": round(summary["wall_time_s"], 1), "commit": machine_facts()["commit"],
+    done = {"run": want, "wall_time_s": round(summary["wall_time_s"], 1), "commit": commit,
             "trained": results[ROW_TRAINED], "gauge": results[ROW_BASELINE]}
     atomic_write(path, lambda f: f.write(json.dumps(done, indent=1).encode("utf-8")))
     return done

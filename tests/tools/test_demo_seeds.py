@@ -44,3 +44,19 @@ def test_a_finished_run_is_kept_and_another_recipe_is_not(tmp_path, monkeypatch)
     assert again["trained"] == {"mAP": 9.0, "top1": 8.0} and again["run"]["opts"] == ["SOLVER.MAX_ITER", "6"]
     assert again["commit"] == machine_facts()["commit"]
     assert json.loads((tmp_path / "data0_seed1.json").read_text()) == again
+
+
+def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    """A commit made while a run trains is not the code it trained with."""
+    config = os.path.join(ROOT, "projects", "GALW", "configs", "alignps", "roi_alignps_R18_synth_galw.yaml")
+    head = {"commit": "a1b2c3"}
+    monkeypatch.setattr(demo_seeds, "machine_facts", lambda: dict(head))
+
+    def train_while_a_commit_lands(**kw):
+        head["commit"] = "d4e5f6"
+        return {"wall_time_s": 2.0, "results": {demo_seeds.ROW_TRAINED: {"mAP": 9.0, "top1": 8.0},
+                                                demo_seeds.ROW_BASELINE: {"mAP": 3.0, "top1": 4.0}}}
+
+    monkeypatch.setattr(demo_seeds, "run_demo", train_while_a_commit_lands)
+    done = demo_seeds.run_seed(str(tmp_path), "tiny", 0, 1, config, [])
+    assert done["commit"] == "a1b2c3"
