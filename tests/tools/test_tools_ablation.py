@@ -586,3 +586,21 @@ def test_a_run_whose_training_did_not_finish_keeps_its_checkpoints(tmp_path, cap
     assert _checkpoints(run_dir) == ["model_0000001.pth", "model_0000003.pth"]
     assert (f"equal seed 1: its periodic checkpoints are kept: {run_dir}: expected a finished training "
             "(last_checkpoint naming model_final.pth), found 'model_0000003.pth'") in caplog.text
+
+
+def test_a_result_names_the_commit_its_run_started_at(tmp_path, monkeypatch):
+    """A commit made while a run trains is not the code it trained with."""
+    import galw.results
+
+    head = {"commit": "a1b2c3"}
+    monkeypatch.setattr(galw.results, "_git_commit", lambda: head["commit"])
+
+    class CommitLandsMeanwhile(FakeTrainer):
+        def __call__(self, cmd, out_dir):
+            head["commit"] = "d4e5f6"
+            return super().__call__(cmd, out_dir)
+
+    spec = _write_spec(tmp_path, seeds=(1,))
+    out = str(tmp_path / "out")
+    ablation.run_ablation(spec, out, runner=CommitLandsMeanwhile(), only=["equal"], group_tasks=fake_group_tasks)
+    assert read_result(os.path.join(out, "equal", "seed1", ablation.RESULT_FILE))["meta"]["commit"] == "a1b2c3"

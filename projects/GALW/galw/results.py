@@ -78,14 +78,19 @@ def result_path(category: str, name: str, root: Optional[str] = None) -> str:
 
 
 def write_result(category: str, name: str, data: Dict[str, Any], root: Optional[str] = None,
-                 command: Optional[str] = None, device: Optional[str] = None) -> str:
+                 command: Optional[str] = None, device: Optional[str] = None, commit: Optional[str] = None) -> str:
     """Write ``{"command", "meta": machine_facts(), "data"}`` to :func:`result_path`; return the path.
 
     ``command`` is the command line that regenerates the figures (docs print it beside the table).
+    ``commit``: the commit the figures were made at, where that is not the one checked out now (a
+    training started before a later commit); by default the checkout's.
     """
     path = result_path(category, name, root)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    doc = {"command": command, "meta": machine_facts(device), "data": data}
+    meta = machine_facts(device)
+    if commit is not None:
+        meta["commit"] = commit
+    doc = {"command": command, "meta": meta, "data": data}
     text = json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
     return path

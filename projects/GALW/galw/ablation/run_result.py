@@ -143,13 +143,14 @@ def result_data(run, seconds, opts):
     return data
 
 
-def save_result(run, data, cmd):
+def save_result(run, data, cmd, commit=None):
     """Write ``OUT_DIR/ablation_result.json`` (complete or absent; the command's paths inside the
-    repository relative to it); returns its path."""
+    repository relative to it), its meta naming ``commit`` (the one the run started at) when given;
+    returns its path."""
     out_dir = run["out_dir"]
     command = shlex.join(repo_relative(a) if os.path.isabs(a) else a for a in map(str, cmd))
     path = write_result(os.path.basename(out_dir), os.path.splitext(RESULT_FILE)[0], data,
-                        root=os.path.dirname(out_dir), command=command)
+                        root=os.path.dirname(out_dir), command=command, commit=commit)
     keep_copy(run)
     return path
 

@@ -19,6 +19,7 @@ from galw_core.files import atomic_write
 from galw_core.two_phase import PHASE_ONE_DIR
 
 from ..checkpoint import CheckpointError, remove_periodic_checkpoints
+from ..results import machine_facts
 from .data import source_spec
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
@@ -196,7 +197,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     fingerprint = _record_planned(spec, run)
     cmd = train_command(spec, run, extra_args=[*extra_args, *resume], extra_opts=extra)
     logger.info("%s: %s -> %s", tag, "resuming" if resume else "running", run["out_dir"])
-    start = time.time()
+    start, commit = time.time(), machine_facts()["commit"]  # the code it trains with, not a later commit's
     code = runner(cmd, run["out_dir"])
     if code != 0:
         return failure(f"exit code {code}", f" (train_net.py log in {run['out_dir']}/ablation_log.txt)")
@@ -208,7 +209,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
         data = dict(result_data(run, time.time() - start, run_opts(spec, run)), **{FINGERPRINT: fingerprint})
     except ValueError as e:
         return failure(str(e))
-    save_result(run, data, cmd)
+    save_result(run, data, cmd, commit)
     logger.info("%s: mAP %.2f, top-1 %.2f in %.0f s", tag, data["mAP"], data["top1"], data["seconds"])
     _remove_periodic_checkpoints(tag, run)
     return data, None
