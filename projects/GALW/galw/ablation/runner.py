@@ -148,7 +148,8 @@ def _record_planned(spec, run):
 
 def _remove_periodic_checkpoints(tag, run):
     """A finished run keeps its result, model_final.pth and phase one's folder (a groups_from source's
-    initial weights); its periodic checkpoints go: a whole study would keep about 80 GB of them."""
+    initial weights); its periodic checkpoints go: a whole study would keep about 70 GB of them
+    (docs/tools.md)."""
     try:
         remove_periodic_checkpoints(run["out_dir"])
     except (OSError, ValueError, CheckpointError) as e:
