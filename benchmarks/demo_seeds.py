@@ -22,7 +22,7 @@ import tempfile
 import galw  # noqa: F401  (before detectron2)
 from galw.data.synthetic import SIZES
 from galw.demo import DEFAULT_CONFIG, ROW_BASELINE, ROW_TRAINED, run_demo
-from galw.results import machine_facts
+from galw.results import git_commit
 from galw_core.files import atomic_write
 from result_file import save
 
@@ -38,7 +38,7 @@ def run_seed(out, size, data_seed, seed, config_file, opts):
         if done["run"] == want:
             print(f"seed {seed}: kept from {path}", flush=True)
             return done
-    commit = machine_facts()["commit"]  # the code the run trains with (a commit made meanwhile is not)
+    commit = git_commit()  # the code the run trains with (a commit made meanwhile is not)
     with tempfile.TemporaryDirectory() as results_root:
         summary = run_demo(out=os.path.join(out, f"data{data_seed}_seed{seed}"),
                            data_root=os.path.join(out, f"data{data_seed}"), size=size, seed=data_seed,

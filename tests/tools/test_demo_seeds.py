@@ -8,7 +8,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import demo_seeds  # noqa: E402
-from galw.results import machine_facts  # noqa: E402
+from galw.results import git_commit  # noqa: E402
 
 
 def _run(seed, mAP, top1, gauge=(44.49, 95.0)):
@@ -42,7 +42,7 @@ def test_a_finished_run_is_kept_and_another_recipe_is_not(tmp_path, monkeypatch)
     again = demo_seeds.run_seed(str(tmp_path), "tiny", 0, 1, config, ["SOLVER.MAX_ITER", "6"])
     assert len(calls) == 1 and calls[0]["opts"] == ["SEED", "1", "SOLVER.MAX_ITER", "6"]
     assert again["trained"] == {"mAP": 9.0, "top1": 8.0} and again["run"]["opts"] == ["SOLVER.MAX_ITER", "6"]
-    assert again["commit"] == machine_facts()["commit"]
+    assert again["commit"] == git_commit()
     assert json.loads((tmp_path / "data0_seed1.json").read_text()) == again
 
 
@@ -50,7 +50,7 @@ def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
     """A commit made while a run trains is not the code it trained with."""
     config = os.path.join(ROOT, "projects", "GALW", "configs", "alignps", "roi_alignps_R18_synth_galw.yaml")
     head = {"commit": "a1b2c3"}
-    monkeypatch.setattr(demo_seeds, "machine_facts", lambda: dict(head))
+    monkeypatch.setattr(demo_seeds, "git_commit", lambda: head["commit"])
 
     def train_while_a_commit_lands(**kw):
         head["commit"] = "d4e5f6"

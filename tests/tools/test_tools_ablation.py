@@ -590,10 +590,10 @@ def test_a_run_whose_training_did_not_finish_keeps_its_checkpoints(tmp_path, cap
 
 def test_a_result_names_the_commit_its_run_started_at(tmp_path, monkeypatch):
     """A commit made while a run trains is not the code it trained with."""
-    import galw.results
+    import galw.ablation.runner
 
     head = {"commit": "a1b2c3"}
-    monkeypatch.setattr(galw.results, "_git_commit", lambda: head["commit"])
+    monkeypatch.setattr(galw.ablation.runner, "git_commit", lambda: head["commit"])
 
     class CommitLandsMeanwhile(FakeTrainer):
         def __call__(self, cmd, out_dir):

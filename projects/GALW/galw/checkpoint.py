@@ -13,15 +13,17 @@ from galw_core.content_hash import recorded_sha256, sha256_of, sidecar_path, tor
 from galw_core.files import atomic_write
 
 __all__ = [
-    "AtomicCheckpointer", "CheckpointError", "EXPLODED", "exploded_tensors", "load_array_pickle",
+    "AtomicCheckpointer", "CheckpointError", "EXPLODED", "LAST_CHECKPOINT", "exploded_tensors", "load_array_pickle",
     "load_checkpoint_file", "non_finite_tensors", "remove_periodic_checkpoints", "remove_stale_temp_files",
     "verify_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: The file in which fvcore's Checkpointer names a directory's newest checkpoint (checkpoint.py, tag_last_checkpoint).
+LAST_CHECKPOINT = "last_checkpoint"
 #: Files this project writes through :func:`atomic_write` into a run directory.
-ATOMIC_TARGETS = ("*.pth", "*.pth.sha256", "last_checkpoint", "galw_*.json")
+ATOMIC_TARGETS = ("*.pth", "*.pth.sha256", LAST_CHECKPOINT, "galw_*.json")
 _TEMP = re.compile(r"^(?P<target>.+)\.tmp\.(?P<pid>\d+)$")
 #: detectron2's PeriodicCheckpointer names its checkpoints model_{iteration:07d}.pth (hooks.py).
 _PERIODIC = re.compile(r"^model_\d{7}\.pth$")
@@ -177,7 +179,7 @@ class AtomicCheckpointer(DetectionCheckpointer, _WeightsOnlyLoad):
         self.tag_last_checkpoint(os.path.basename(save_file))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
+        path = os.path.join(self.save_dir, LAST_CHECKPOINT)
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
 
@@ -323,7 +325,7 @@ def remove_periodic_checkpoints(directory: str):
     periodic = [name for name in sorted(os.listdir(directory)) if _PERIODIC.match(name)]
     if not periodic:
         return 0
-    last = os.path.join(directory, "last_checkpoint")
+    last = os.path.join(directory, LAST_CHECKPOINT)
     named = None
     if os.path.isfile(last):
         with open(last) as f:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from galw_core.files import atomic_write
 
-__all__ = ["RESULTS_DIR", "machine_facts", "read_result", "result_path", "write_result"]
+__all__ = ["RESULTS_DIR", "git_commit", "machine_facts", "read_result", "result_path", "write_result"]
 
 #: The repository's results folder (projects/GALW/galw/results.py -> <repo>/results).
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -31,7 +31,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checked-out commit of this code (``+dirty`` with uncommitted changes to tracked files), or "unknown"."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def machine_facts(device: Optional[str] = None) -> Dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

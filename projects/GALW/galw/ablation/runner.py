@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from galw_core.files import atomic_write
 from galw_core.two_phase import PHASE_ONE_DIR
 
-from ..checkpoint import CheckpointError, remove_periodic_checkpoints
-from ..results import machine_facts
+from ..checkpoint import LAST_CHECKPOINT, CheckpointError, remove_periodic_checkpoints
+from ..results import git_commit
 from .data import source_spec
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
@@ -109,7 +109,7 @@ def _other_configs(spec, record):
 
 def _has_checkpoint(out):
     """Whether ``out`` holds a checkpoint of either GALW training."""
-    return any(os.path.isfile(os.path.join(d, "last_checkpoint")) for d in (out, os.path.join(out, PHASE_ONE_DIR)))
+    return any(os.path.isfile(os.path.join(d, LAST_CHECKPOINT)) for d in (out, os.path.join(out, PHASE_ONE_DIR)))
 
 
 def resume_args(spec, run):
@@ -198,7 +198,7 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
     fingerprint = _record_planned(spec, run)
     cmd = train_command(spec, run, extra_args=[*extra_args, *resume], extra_opts=extra)
     logger.info("%s: %s -> %s", tag, "resuming" if resume else "running", run["out_dir"])
-    start, commit = time.time(), machine_facts()["commit"]  # the code it trains with, not a later commit's
+    start, commit = time.time(), git_commit()  # the code it trains with, not a later commit's
     code = runner(cmd, run["out_dir"])
     if code != 0:
         return failure(f"exit code {code}", f" (train_net.py log in {run['out_dir']}/ablation_log.txt)")
