@@ -5,14 +5,14 @@
     python tools/ablation.py ... --only equal galw_g4 --seeds 1 2     # a subset
     python tools/ablation.py ... --dry-run                              # print the commands
     python tools/ablation.py ... --max-iter 100 --opts MODEL.GALW.EPOCH_ITERS 25   # reduced scale
-    python tools/ablation.py ... --jobs 2                               # two seeds at a time
+    python tools/ablation.py ... --jobs 2                               # two runs at a time
     python tools/ablation.py ... --table-only                           # tabulate what has finished
     python tools/ablation.py ... --data data1                           # on SynthPS drawn with seed 1
     python tools/ablation.py --report                                   # report from results/ablation/
 
 Runs train_net.py once per (variant, seed), each in OUT/<data>/<variant>/seed<k>, on the spec's
-dataset <data> (SynthPS-PRW generated with its seed in OUT/<data>/datasets); one seed's runs go in
-spec order, and --jobs N runs N seeds side by side. A variant with ``groups_from`` reuses the
+dataset <data> (SynthPS-PRW generated with its seed in OUT/<data>/datasets), in spec order; --jobs N
+trains N runs side by side (a run that regroups another's phase one follows it). A variant with ``groups_from`` reuses the
 Gamma history and initial weights of an earlier variant's first GALW training; one with
 ``{tuned_weights}`` trains with the best static weights of the spec's search (run first, in
 OUT/<data>/search, scored on a validation split of the training identities; a dataset with
@@ -45,7 +45,7 @@ def build_parser():
     parser.add_argument("--seeds", nargs="+", type=int, help="override the spec's seeds")
     parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="seeds run concurrently (each seed's variants stay in order), each with "
+                        help="runs trained concurrently (a groups_from run after its source), each with "
                         "cpu_count/jobs threads")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--table-only", action="store_true",

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 from galw import ablation
-from galw.ablation.runner import run_opts
+from galw.ablation.runner import dependency_chains, run_opts
 from galw.results import read_result
 
 _cli_spec = importlib.util.spec_from_file_location("galw_tools_ablation", os.path.join(ROOT, "tools", "ablation.py"))
@@ -341,18 +341,19 @@ def test_subprocess_runner_logs_and_returns_exit_code(tmp_path):
         assert f.read().strip() == "3 3"
 
 
-def test_jobs_run_seeds_side_by_side_in_dependency_order(tmp_path):
-    """--jobs 2: the two seeds' chains are in flight together (a barrier only two concurrent
-    first runs can pass), each seed's galw_g4 finishes before its galw_g2, results in plan order."""
+def test_jobs_run_independent_runs_side_by_side_in_dependency_order(tmp_path):
+    """--jobs 2: equal and galw_g4 of one seed are in flight together (a barrier only two concurrent
+    runs can pass), galw_g2 trains after the galw_g4 whose phase one it regroups, results in plan order."""
     import threading
 
     spec = _write_spec(tmp_path, seeds=(1, 2))
     out = str(tmp_path / "out")
-    barrier, trainer = threading.Barrier(2, timeout=30), FakeTrainer()
+    barrier, trainer = threading.Barrier(2, timeout=10), FakeTrainer()
 
     def runner(cmd, out_dir):
-        if os.path.basename(os.path.dirname(out_dir)) == "equal":
-            barrier.wait()  # raises BrokenBarrierError if the other seed is not running meanwhile
+        seed = int(cmd[cmd.index("SEED") + 1])
+        if seed == 1 and os.path.basename(os.path.dirname(out_dir)) in ("equal", "galw_g4"):
+            barrier.wait()  # raises BrokenBarrierError if the other one is not running meanwhile
         return trainer(cmd, out_dir)
 
     outcome = ablation.run_ablation(spec, out, runner=runner, group_tasks=fake_group_tasks, jobs=2)
@@ -360,8 +361,8 @@ def test_jobs_run_seeds_side_by_side_in_dependency_order(tmp_path):
     assert [(r["name"], r["seed"]) for r in outcome["results"]] == [
         ("equal", 1), ("galw_g4", 1), ("galw_g2", 1), ("equal", 2), ("galw_g4", 2), ("galw_g2", 2)]
     for seed in (1, 2):
-        order = [n for n, s, _ in trainer.calls if s == seed]
-        assert order == ["equal", "galw_g4", "galw_g2"]
+        order = [n for n, s, _ in trainer.calls if s == seed and n != "equal"]
+        assert order == ["galw_g4", "galw_g2"]
     sequential = ablation.run_ablation(spec, str(tmp_path / "seq"), runner=FakeTrainer(),
                                        group_tasks=fake_group_tasks)
     assert [(r["name"], r["seed"], r["mAP"]) for r in sequential["results"]] == [
@@ -604,3 +605,28 @@ def test_a_result_names_the_commit_its_run_started_at(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     ablation.run_ablation(spec, out, runner=CommitLandsMeanwhile(), only=["equal"], group_tasks=fake_group_tasks)
     assert read_result(os.path.join(out, "equal", "seed1", ablation.RESULT_FILE))["meta"]["commit"] == "a1b2c3"
+
+
+def test_dependency_chains_follow_groups_from_to_its_first_source(tmp_path):
+    """A run regrouping a run that itself regroups another shares the first source's chain."""
+    spec = _write_spec(tmp_path, seeds=(1, 2))
+    runs = ablation.plan_runs(spec, str(tmp_path / "out"))
+    g2 = next(r for r in runs if r["name"] == "galw_g2")
+    g1 = dict(g2, name="galw_g1", groups_from=dict(g2["groups_from"], variant="galw_g2"))
+    chain_of = dependency_chains(runs + [g1])
+    assert [chain_of(r) for r in runs] == [("equal", 1), ("galw_g4", 1), ("galw_g4", 1),
+                                           ("equal", 2), ("galw_g4", 2), ("galw_g4", 2)]
+    assert chain_of(g1) == ("galw_g4", 1)
+
+
+def test_jobs_start_the_chains_with_most_runs_left_first(tmp_path):
+    """--jobs 1 trains the chains longest first: seed 2's galw_g4 and galw_g2 (two runs left) before
+    seed 1's equal (one run left; the other chains are done), whatever the plan order."""
+    spec = _write_spec(tmp_path, seeds=(1, 2))
+    out = str(tmp_path / "out")
+    ablation.run_ablation(spec, out, runner=FakeTrainer(), group_tasks=fake_group_tasks, only=["galw_g2"], seeds=[1])
+    trainer = FakeTrainer()
+    outcome = ablation.run_ablation(spec, out, runner=trainer, group_tasks=fake_group_tasks)
+    assert [(n, s) for n, s, _ in trainer.calls] == [("galw_g4", 2), ("galw_g2", 2), ("equal", 1), ("equal", 2)]
+    assert [(r["name"], r["seed"]) for r in outcome["results"]] == [
+        ("equal", 1), ("galw_g4", 1), ("galw_g2", 1), ("equal", 2), ("galw_g4", 2), ("galw_g2", 2)]

@@ -303,29 +303,46 @@ def restore_phase_one(src, source_run, spec, runner, extra_args=()):
 
 
 def _run_all(spec, tagged, runner, extra_args, group_tasks, chain_of, jobs):
-    """Run (tag, run) pairs, chains side by side (``chain_of(run)``), each chain in order. Every saved
-    result is checked against its planned run first, so a mismatch stops before anything trains."""
-    for _, run in tagged:
-        if reusable_result(spec, run) is None:
+    """Run (tag, run) pairs, chains side by side (``chain_of(run)``), each chain in order, the chains with
+    the most runs left to train first (so the last ones to finish are short, not one long chain beside an
+    idle job); results and failures in the pairs' order. Every saved result is checked against its planned
+    run first, so a mismatch stops before anything trains."""
+    pending = {}
+    for i, (_, run) in enumerate(tagged):
+        pending[i] = reusable_result(spec, run) is None
+        if pending[i]:
             resume_args(spec, run)
     chains = {}
-    for tag, run in tagged:
-        chains.setdefault(chain_of(run), []).append((tag, run))
+    for i, (tag, run) in enumerate(tagged):
+        chains.setdefault(chain_of(run), []).append((i, tag, run))
+    longest_first = sorted(chains.values(), key=lambda chain: -sum(pending[i] for i, _, _ in chain))
 
     def run_chain(chain):
-        results, failed, done = [], [], {}
-        for tag, run in chain:
+        outcomes, done = [], {}
+        for i, tag, run in chain:
             result, failure = run_one(spec, run, tag, runner, extra_args, group_tasks, done)
-            if failure:
-                failed.append(failure)
-                continue
-            done[(run["name"], run["seed"])] = (run, result)
-            results.append(result)
-        return results, failed
+            if result is not None:
+                done[(run["name"], run["seed"])] = (run, result)
+            outcomes.append((i, result, failure))
+        return outcomes
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        outcomes = list(pool.map(run_chain, chains.values()))
-    return [r for rs, _ in outcomes for r in rs], [f for _, fs in outcomes for f in fs]
+        outcomes = sorted(o for chain in pool.map(run_chain, longest_first) for o in chain)
+    return [r for _, r, f in outcomes if f is None], [f for _, _, f in outcomes if f is not None]
+
+
+def dependency_chains(runs):
+    """chain_of for :func:`_run_all` over planned runs: a run shares the chain of the run whose phase one
+    it regroups (``groups_from``, same seed, followed to its first source), which trains before it in
+    plan order; every other run is independent, a chain of its own."""
+    source = {r["name"]: r["groups_from"]["variant"] for r in runs if r["groups_from"]}
+
+    def first_source(name):
+        while name in source:
+            name = source[name]
+        return name
+
+    return lambda run: (first_source(run["name"]), run["seed"])
 
 
 def run_search(spec, out_root, runner, extra_args=(), jobs=1, results_dir=None):
@@ -341,8 +358,8 @@ def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None
                  group_tasks=galw_group_tasks, jobs=1, results_dir=None, search=None):
     """Run every planned run not already done; returns {"results", "failed", "search"} in plan order.
 
-    ``jobs`` > 1 runs the seeds' chains concurrently (a chain is one seed's runs in spec order,
-    so a ``groups_from`` source always finishes before the runs that regroup it). ``search``:
+    ``jobs`` > 1 runs independent runs concurrently (:func:`dependency_chains`: a ``groups_from`` source
+    always finishes before the runs that regroup it). ``search``:
     borrowed_search's summary, used instead of training the search under ``out_root``.
     """
     runs = plan_runs(spec, out_root, only, seeds, results_dir)
@@ -363,7 +380,7 @@ def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None
         for r in runs:
             r["opts"] = [weights_text(search["weights"]) if o == TUNED_WEIGHTS else o for o in r["opts"]]
     tagged = [(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}", r) for i, r in enumerate(runs, 1)]
-    results, chain_failed = _run_all(spec, tagged, runner, extra_args, group_tasks, lambda r: r["seed"], jobs)
+    results, chain_failed = _run_all(spec, tagged, runner, extra_args, group_tasks, dependency_chains(runs), jobs)
     failed += chain_failed
     if failed:
         logger.warning("%d run(s) failed or were skipped: %s", len(failed),
