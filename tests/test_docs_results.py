@@ -72,12 +72,12 @@ def test_missing_result_names_its_command(tmp_path):
 
 def test_category_of_flat_runs_is_one_table(tmp_path):
     for seed, m in ((0, 10.0), (1, 12.5)):
-        write_result("ablation", f"galw_g4_seed{seed}", {"mAP": m, "top1": 20.0 + seed}, root=str(tmp_path),
-                     command="python tools/ablation.py --out output/ablation")
-    out = render_block("ablation", str(tmp_path))
+        write_result("sweep", f"galw_g4_seed{seed}", {"mAP": m, "top1": 20.0 + seed}, root=str(tmp_path),
+                     command="make bench")
+    out = render_block("sweep", str(tmp_path))
     assert "| run | mAP | top1 |" in out
     assert "| galw_g4_seed0 | 10 | 20 |" in out and "| galw_g4_seed1 | 12.5 | 21 |" in out
-    assert out.count("Command: `python tools/ablation.py --out output/ablation`") == 1
+    assert out.count("Command: `make bench`") == 1
 
 
 def test_unpaired_or_unknown_blocks_are_clear_errors(tmp_path):

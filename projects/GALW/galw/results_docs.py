@@ -7,7 +7,8 @@ A Markdown page marks a table's place with a pair of comments::
     <!-- /results:benchmarks/cpu_step -->
 
 ``NAME`` is one result file (``results/NAME.json``) or a category (every ``results/NAME/*.json``);
-``ablation/<data>`` is the ablation study's report on that dataset (galw/ablation/report.py).
+``ablation/<data>`` is the ablation study's report on that dataset (galw/ablation/report.py), ``ablation``
+its conclusion across the datasets (galw/ablation/conclusion.py).
 :func:`render_text` rewrites every such block from the files: the figures as a table, then the
 command that produced them and the machine, load, versions, commit and date of the run. Where no
 file exists yet the block names the command that makes one. ``make results`` rewrites the pages;
@@ -40,9 +41,11 @@ PRODUCERS = {
 }
 
 
+#: Block ``ablation``: the study's conclusion across its datasets (galw/ablation/conclusion.py).
+ABLATION = "ablation"
 #: Blocks ``ablation/<data>``: the study's report on that dataset from its kept run files
 #: (galw/ablation/report.py), the same tables ``tools/ablation.py --report`` writes.
-ABLATION_PREFIX = "ablation/"
+ABLATION_PREFIX = ABLATION + "/"
 
 
 def producer(name: str) -> str:
@@ -183,6 +186,11 @@ def _no_file_yet(name: str) -> str:
 
 def render_block(name: str, root: Optional[str] = None) -> str:
     """The text between a block's comments: the file's or category's tables, or the command to run."""
+    if name == ABLATION:
+        from galw.ablation import conclusion_markdown
+
+        text = conclusion_markdown(os.path.join(root or RESULTS_DIR, ABLATION))
+        return text if text is not None else _no_file_yet(name)
     if name.startswith(ABLATION_PREFIX):
         from galw.ablation import docs_markdown
 

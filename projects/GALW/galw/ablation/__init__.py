@@ -9,7 +9,8 @@ skipped when its result file exists; ``run_result``: that file (and its copy for
 ``answer``: the few lines that answer the study's question on a dataset;
 ``convergence``: how much mAP still moved at the end of each run;
 ``plots``: the figures; ``tables``: ``ablation.md`` / ``ablation.json`` and the figures;
-``report``: the same from the kept result files alone, for ``--report`` and the docs.
+``report``: the same from the kept result files alone, for ``--report`` and the docs;
+``conclusion``: the study's answer and the paper's claims across its datasets, for the docs.
 ``tools/ablation.py`` is the command line.
 """
 from .regroup import GROUPS_INPUT, galw_group_tasks, regroup_from_run
@@ -26,6 +27,7 @@ from .convergence import convergence, run_convergence, variant_convergence
 from .statistics import COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_comparisons
 from .tables import comparison_table, convergence_table, markdown_table, report_markdown, write_tables
 from .report import SHIPPED_SPEC, committed_outcome, docs_markdown, label_dataset
+from .conclusion import claim_summary, conclusion_markdown, dataset_reports
 
 __all__ = [
     "ANSWER_PAIRS",
@@ -47,14 +49,17 @@ __all__ = [
     "borrowed_search",
     "check_claims",
     "choose",
+    "claim_summary",
     "claims_table",
     "collect_metrics",
     "committed_outcome",
     "committed_result",
     "config_fingerprint",
     "comparison_table",
+    "conclusion_markdown",
     "convergence",
     "convergence_table",
+    "dataset_reports",
     "dataset_root",
     "docs_markdown",
     "dry_run_commands",

@@ -13,7 +13,7 @@ from .search import SEARCH_DIR, plan_search
 from .spec import REPO_ROOT, load_spec, plan_runs
 from .tables import FIGURES, report_markdown
 
-__all__ = ["SHIPPED_SPEC", "committed_outcome", "docs_markdown", "label_dataset"]
+__all__ = ["SHIPPED_SPEC", "committed_outcome", "docs_markdown", "kept_files", "label_dataset", "planned_names"]
 
 #: The study the docs show.
 SHIPPED_SPEC = os.path.join(REPO_ROOT, "tools", "ablation_spec.yaml")
@@ -42,12 +42,21 @@ def committed_outcome(spec, data, results_root, only=None, seeds=None):
                          search=borrowed_search(spec, data, os.path.dirname(out_root), results_root, check=False))
 
 
-def _kept_files(spec, data, results_root):
+def _planned(spec, data, results_root):
+    out_root, results_dir = _folders(data, results_root)
+    return plan_runs(spec, out_root, data.get("variants"), None, results_dir), out_root, results_dir
+
+
+def planned_names(spec, data, results_root):
+    """The variants the spec plans on dataset ``data``."""
+    return {r["name"] for r in _planned(spec, data, results_root)[0]}
+
+
+def kept_files(spec, data, results_root):
     """(The kept result files of the dataset's planned runs and of its own search that exist, sorted; the
     number of those runs): files of runs the spec no longer plans are not shown, a borrowed search's are its
     source's."""
-    out_root, results_dir = _folders(data, results_root)
-    runs = plan_runs(spec, out_root, data.get("variants"), None, results_dir)
+    runs, out_root, results_dir = _planned(spec, data, results_root)
     if spec.get("search") and not data.get("search_from"):
         runs += plan_search(spec, out_root, results_dir)
     return sorted(r["result_copy"] for r in runs if os.path.isfile(r["result_copy"])), len(runs)
@@ -77,7 +86,7 @@ def docs_markdown(data_name, results_root, spec_path=SHIPPED_SPEC):
     spec = load_spec(spec_path)
     data = label_dataset(spec, data_name)
     results_dir = os.path.join(results_root, data["name"])
-    files, planned = _kept_files(spec, data, results_root)
+    files, planned = kept_files(spec, data, results_root)
     if not files:
         return None
     body, _ = report_markdown(spec, committed_outcome(spec, data, results_root))

@@ -1,0 +1,134 @@
+"""The study's conclusion across its datasets, rendered from the kept result files alone (the docs'
+``<!-- results:ablation -->`` block): the answer's three comparisons on every dataset side by side,
+each paper claim's verdict on every dataset that trains both of its variants, and which claims keep
+the paper's direction on all of them. Marked provisional while a planned run has no result file, so
+a partial study never reads as the conclusion.
+"""
+from .answer import ANSWER_PAIRS, pair_verdict
+from .claims import VERDICTS
+from .convergence import CONVERGED_POINTS, TAIL_START
+from .report import SHIPPED_SPEC, committed_outcome, kept_files, label_dataset, planned_names
+from .spec import load_spec
+from .statistics import CONFIDENCE, paired
+from .tables import report_markdown
+
+__all__ = ["claim_summary", "conclusion_markdown", "dataset_reports"]
+
+#: The variants whose convergence the conclusion states.
+CONVERGENCE_OF = ("equal", "tuned_static", "galw_g4")
+
+
+def dataset_reports(results_root, spec_path=SHIPPED_SPEC):
+    """Per dataset of the spec, in its order: {"name", "kept", "planned", "variants" (the names it
+    plans), "rows", "claims", "convergence"} from its kept files (rows, claims and convergence are
+    empty without any)."""
+    reports = []
+    for data in load_spec(spec_path)["datasets"]:
+        spec = load_spec(spec_path)  # label_dataset sets a loaded spec up for one dataset
+        data = label_dataset(spec, data["name"])
+        files, planned = kept_files(spec, data, results_root)
+        parts = {"rows": [], "claims": [], "convergence": {"variants": []}}
+        if files:
+            parts = report_markdown(spec, committed_outcome(spec, data, results_root))[1]
+        reports.append({"name": data["name"], "kept": len(files), "planned": planned,
+                        "variants": planned_names(spec, data, results_root), "rows": parts["rows"],
+                        "claims": parts["claims"], "convergence": parts["convergence"]})
+    return reports
+
+
+def _difference(diff):
+    if diff is None:
+        return "no paired seeds yet"
+    if diff["ci_low"] is None:
+        return f"{diff['mean_diff']:+.2f} (1 seed)"
+    interval = "" if diff["ci_low"] == diff["ci_high"] else f" [{diff['ci_low']:+.2f}, {diff['ci_high']:+.2f}]"
+    return f"{diff['mean_diff']:+.2f}{interval}, {diff['n']} seeds: {pair_verdict(diff)}"
+
+
+def _answer_cell(report, name, ref):
+    if not {name, ref} <= report["variants"]:
+        return "not trained here"
+    rows = {r["name"]: r for r in report["rows"]}
+    return _difference(paired(rows[name], rows[ref], "mAP") if name in rows and ref in rows else None)
+
+
+def _converged_cell(report):
+    of = {v["name"]: v["converged"] for v in report["convergence"]["variants"]}
+    words = {True: "yes", False: "no", None: "n/a"}
+    states = [f"{n} {words[of[n]]}" for n in CONVERGENCE_OF if n in of]
+    return ", ".join(states) if states else "no runs yet"
+
+
+def claim_summary(reports):
+    """Per claim of the spec (in its order): {"table", "variant", "reference", "paper_diff", "verdicts"
+    ({dataset: verdict} where both variants have two paired seeds), "status"}: "holds" (the paper's
+    direction on every such dataset, significant on each), "same direction" (on every such dataset, not
+    significant on one), "against" (opposite, or no difference, on at least one), or "not measured"."""
+    claims = {}
+    for report in reports:
+        for c in report["claims"]:
+            entry = claims.setdefault((c["table"], c["variant"], c["reference"]), {
+                "table": c["table"], "variant": c["variant"], "reference": c["reference"],
+                "paper_diff": c["paper_diff"], "verdicts": {}})
+            if c["measured"] is not None and c["measured"]["ci_low"] is not None:
+                entry["verdicts"][report["name"]] = c["verdict"]
+    for entry in claims.values():
+        verdicts = set(entry["verdicts"].values())
+        if not verdicts:
+            entry["status"] = "not measured"
+        elif verdicts & {VERDICTS[2], VERDICTS[3], VERDICTS[4]}:
+            entry["status"] = "against"
+        elif verdicts == {VERDICTS[0]}:
+            entry["status"] = "holds"
+        else:
+            entry["status"] = "same direction"
+    return list(claims.values())
+
+
+def _claim_cell(report, claim):
+    c = next((c for c in report["claims"] if (c["table"], c["variant"], c["reference"])
+              == (claim["table"], claim["variant"], claim["reference"])), None)
+    if c is None:
+        return "not trained here"
+    m = c["measured"]
+    if m is None or m["ci_low"] is None:
+        return "fewer than 2 paired seeds"
+    return f"{m['mean_diff']:+.2f}: {c['verdict']}"
+
+
+def conclusion_markdown(results_root, spec_path=SHIPPED_SPEC):
+    """The conclusion block from the kept files under ``results_root`` (one folder per dataset); None
+    without any."""
+    reports = dataset_reports(results_root, spec_path)
+    kept, planned = sum(r["kept"] for r in reports), sum(r["planned"] for r in reports)
+    if not kept:
+        return None
+    names = [r["name"] for r in reports]
+    head = "| | " + " | ".join(f"`{n}`" for n in names) + " |\n|---|" + "---|" * len(names) + "\n"
+    md = (f"**Provisional**: {kept} of {planned} planned result files exist; the conclusion holds once every "
+          "one does.\n\n" if kept < planned else f"Every planned run has its result file ({planned}).\n\n")
+    md += (f"Paired Δ mAP on the test gallery (same seed = same initialisation and data order), its "
+           f"{round(CONFIDENCE * 100)} % confidence interval (scipy.stats.ttest_rel) and verdict, per dataset:\n\n"
+           + head)
+    for name, ref in ANSWER_PAIRS:
+        md += f"| `{name}` vs `{ref}` | " + " | ".join(_answer_cell(r, name, ref) for r in reports) + " |\n"
+    md += (f"| converged (mAP moved < {CONVERGED_POINTS:g} point over the last {round((1 - TAIL_START) * 100)} % "
+           "on every seed) | " + " | ".join(_converged_cell(r) for r in reports) + " |\n")
+    claims = claim_summary(reports)
+    md += ("\nThe paper's claims (its sign of Δ mAP between two of its rows), the paired Δ mAP and verdict "
+           "on each dataset that trains both variants:\n\n"
+           "| paper table | variant | vs | paper Δ mAP | " + " | ".join(f"`{n}`" for n in names) + " | on SynthPS |\n"
+           "|---|---|---|---|" + "---|" * len(names) + "---|\n")
+    for c in claims:
+        md += (f"| {c['table']} | {c['variant']} | {c['reference']} | {c['paper_diff']:+.2f} | "
+               + " | ".join(_claim_cell(r, c) for r in reports) + f" | {c['status']} |\n")
+    md += "\n"
+    for status, words in (("holds", "Reproduced (the paper's direction, significant, on every dataset that "
+                                    "measures it)"),
+                          ("same direction", "The paper's direction on every dataset that measures it, not "
+                                             "significant on at least one"),
+                          ("against", "Against the paper's direction (opposite, or no difference) on at least one dataset"),
+                          ("not measured", "Not measured yet (fewer than 2 paired seeds on every dataset)")):
+        these = [f"Table {c['table']} `{c['variant']}` vs `{c['reference']}`" for c in claims if c["status"] == status]
+        md += f"* {words}: {len(these)}" + (": " + "; ".join(these) if these else "") + ".\n"
+    return md

@@ -1,0 +1,83 @@
+"""galw.ablation.conclusion: the study's answer and the paper's claims across its datasets, rendered
+from the kept result files (the docs' ``ablation`` block)."""
+import os
+import shutil
+
+from test_ablation_study import Trainer, _arg, _spec
+
+from galw import ablation
+from galw.results_docs import render_block
+
+DATASETS = [{"name": "d0", "seed": 0, "size": "tiny"},
+            {"name": "d7", "seed": 7, "size": "tiny", "variants": ["equal", "galw_g4"], "search_from": "d0"}]
+VARIANTS = [
+    {"name": "equal", "seeds": [1, 2, 3], "opts": ["MODEL.GALW.ENABLED", False], "paper": {"mAP": 48.68, "top1": 84.15}},
+    {"name": "tuned_static", "seeds": [1, 2, 3],
+     "opts": ["MODEL.GALW.WEIGHTING", "manual", "MODEL.GALW.MANUAL_WEIGHTS", "{tuned_weights}"]},
+    {"name": "galw_g4", "seeds": [1, 2, 3], "opts": ["MODEL.GALW.NUM_GROUPS", 4], "paper": {"mAP": 52.89, "top1": 86.07}},
+    {"name": "manual", "seeds": [1, 2, 3], "opts": ["MODEL.GALW.WEIGHTING", "manual"],
+     "paper": {"mAP": 50.30, "top1": 84.30}}]
+CLAIMS = [{"table": "1", "variant": "galw_g4", "reference": "equal"},
+          {"table": "1", "variant": "manual", "reference": "equal"},
+          {"table": "3", "variant": "galw_g4", "reference": "manual"}]
+
+
+class SpreadTrainer(Trainer):
+    """galw_g4 reaches equal's mAP + 2 + seed / 10 (paired differences with a spread to test); manual
+    reaches equal's - 1 (against the paper)."""
+
+    def __call__(self, cmd, out_dir):
+        name, seed = os.path.basename(os.path.dirname(out_dir)), int(_arg(cmd, "SEED"))
+        self.bonus = {"galw_g4": 2 + seed / 10, "manual": -1.0}.get(name, 0.0)
+        return super().__call__(cmd, out_dir)
+
+
+def _study(tmp_path, d7_seeds):
+    spec = _spec(tmp_path, datasets=DATASETS, variants=VARIANTS, claims=CLAIMS)
+    out, res = tmp_path / "out", tmp_path / "results"
+    ablation.run_ablation(spec, str(out / "d0"), runner=SpreadTrainer(), results_dir=str(res / "d0"))
+    d7 = ablation.load_spec(spec["_path"])
+    data = ablation.label_dataset(d7, "d7")
+    ablation.run_ablation(d7, str(out / "d7"), runner=SpreadTrainer(), only=data["variants"], seeds=d7_seeds,
+                          results_dir=str(res / "d7"), search=ablation.borrowed_search(d7, data, str(out), str(res)))
+    shutil.rmtree(out)  # the conclusion reads the kept files alone
+    return spec, str(res)
+
+
+def test_the_conclusion_sets_every_dataset_side_by_side(tmp_path):
+    spec, res = _study(tmp_path, d7_seeds=[1])
+    md = ablation.conclusion_markdown(res, spec["_path"])
+    # d0: 6 search runs and 12 variant runs; d7: 6 planned, seed 1 of equal and galw_g4 kept
+    assert md.startswith("**Provisional**: 20 of 24 planned result files exist; the conclusion holds once every one does.")
+    assert "| | `d0` | `d7` |" in md
+    assert ("| `galw_g4` vs `tuned_static` | -0.80 [-1.05, -0.55], 3 seeds: lower, significant | not trained here |"
+            in md)
+    assert "| `galw_g4` vs `equal` | +2.20 [+1.95, +2.45], 3 seeds: higher, significant | +2.10 (1 seed) |" in md
+    assert ("| `tuned_static` vs `equal` | +3.00, 3 seeds: n/a (every paired seed differs by the same amount: no "
+            "spread to test) | not trained here |") in md
+    assert "| equal yes, tuned_static yes, galw_g4 yes | equal yes, galw_g4 yes |" in md
+    assert "| 1 | galw_g4 | equal | +4.21 | +2.20: reproduced | fewer than 2 paired seeds | holds |" in md
+    assert "| 1 | manual | equal | +1.62 | -1.00: opposite, significant | not trained here | against |" in md
+    assert "* Reproduced (the paper's direction, significant, on every dataset that measures it): 2: " in md
+    assert ("* Against the paper's direction (opposite, or no difference) on at least one dataset: 1: "
+            "Table 1 `manual` vs `equal`.") in md
+    assert "* Not measured yet (fewer than 2 paired seeds on every dataset): 0." in md
+
+
+def test_a_claim_holds_only_where_every_dataset_that_measures_it_agrees(tmp_path):
+    spec, res = _study(tmp_path, d7_seeds=None)
+    md = ablation.conclusion_markdown(res, spec["_path"])
+    assert md.startswith("Every planned run has its result file (24).")
+    assert "| `galw_g4` vs `equal` | +2.20 [+1.95, +2.45], 3 seeds: higher, significant | +2.20 [+1.95, +2.45], 3 seeds" in md
+    summary = {(c["variant"], c["reference"]): c for c in ablation.claim_summary(ablation.dataset_reports(res, spec["_path"]))}
+    assert summary[("galw_g4", "equal")]["verdicts"] == {"d0": "reproduced", "d7": "reproduced"}
+    assert summary[("galw_g4", "equal")]["status"] == "holds"
+    assert summary[("manual", "equal")]["verdicts"] == {"d0": "opposite, significant"}
+    assert summary[("galw_g4", "manual")]["status"] == "holds"
+
+
+def test_the_docs_block_of_the_whole_study(tmp_path):
+    assert render_block("ablation", str(tmp_path)) == (
+        "No result file yet: `python tools/ablation.py --out output/ablation` writes `results/ablation` and "
+        "`make results` shows it here.\n")
+    assert ablation.conclusion_markdown(str(tmp_path / "ablation")) is None
