@@ -263,7 +263,8 @@ def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
     assert block.startswith("Base config: ") and "| tuned_static |  | 3 | 55.00 ± 1.00 |" in block
     assert block.split("Figures")[0] == md[md.index("Base config: "):md.index("![")].rstrip("\n") + "\n\n"
     assert "`results/ablation/d0/ablation_curves.png` (mAP against iteration" in block
-    assert re.search(r"<sub>14 of 14 planned result files \(6 of the weight search\), [0-9.]+ hours .* measured 20", block)
+    assert re.search(r"<sub>14 of 14 planned result files \(6 of the weight search\), [0-9.]+ hours .*, threads per "
+                     r"run 1 \(14 files\), measured 20", block)
     assert ablation.docs_markdown("d7", str(res), spec["_path"]) is None  # no kept file there
 
 

@@ -224,7 +224,7 @@ def test_result_file_holds_figures_curve_groups_and_trajectories(tmp_path):
         assert doc["meta"][key] is not None, key
     data = doc["data"]
     assert sorted(data) == ["base_config_sha256", "curve", "groups", "mAP", "name", "opts", "seconds", "seed", "source",
-                            "top1", "trajectories"]
+                            "threads", "top1", "trajectories"]
     assert data["base_config_sha256"] == ablation.config_fingerprint(spec)
     assert data["opts"] == ["SOLVER.MAX_ITER", "5", "MODEL.GALW.NUM_GROUPS", "2"]
     assert (data["name"], data["seed"], data["mAP"], data["top1"]) == ("galw_g2", 3, 59.0, 89.0)
@@ -630,3 +630,21 @@ def test_jobs_start_the_chains_with_most_runs_left_first(tmp_path):
     assert [(n, s) for n, s, _ in trainer.calls] == [("galw_g4", 2), ("galw_g2", 2), ("equal", 1), ("equal", 2)]
     assert [(r["name"], r["seed"]) for r in outcome["results"]] == [
         ("equal", 1), ("galw_g4", 1), ("galw_g2", 1), ("equal", 2), ("galw_g4", 2), ("galw_g2", 2)]
+
+
+def test_a_result_records_the_threads_its_run_trained_with(tmp_path):
+    """The result file's meta describes the runner process; the run's own OpenMP threads (subprocess_runner's
+    ``threads``, which tools/ablation.py --jobs sets) go beside its seconds, else the ones it inherits."""
+    from functools import partial
+
+    import torch
+
+    trainer = FakeTrainer()
+
+    def train(cmd, out_dir, threads=None):
+        return trainer(cmd, out_dir)
+
+    spec = _write_spec(tmp_path, seeds=(1,))
+    for out, runner, threads in (("set", partial(train, threads=3), 3), ("inherited", trainer, torch.get_num_threads())):
+        ablation.run_ablation(spec, str(tmp_path / out), runner=runner, only=["equal"], group_tasks=fake_group_tasks)
+        assert read_result(str(tmp_path / out / "equal" / "seed1" / ablation.RESULT_FILE))["data"]["threads"] == threads

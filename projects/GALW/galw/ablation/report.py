@@ -3,6 +3,7 @@
 a ``<!-- results:ablation/<data> -->`` block), so both show the same tables.
 """
 import os
+from collections import Counter
 
 from galw.results import read_result
 
@@ -63,8 +64,9 @@ def kept_files(spec, data, results_root):
 
 
 def _footer(files, planned):
-    """The runs' machines, dates, commits and summed wall time, from the kept files' meta (a run's
-    ``seconds`` is the wall time of the invocation that finished it, runner.run_one)."""
+    """The runs' machines, dates, commits, summed wall time and threads, from the kept files (a run's
+    ``seconds`` is the wall time of the invocation that finished it, its ``threads`` the OpenMP threads it
+    trained with, runner.run_one)."""
     docs = [read_result(p) for p in files]
     metas = [d["meta"] for d in docs]
     dates = sorted(m.get("date") or "" for m in metas)
@@ -73,9 +75,13 @@ def _footer(files, planned):
     commits = sorted({str(m.get("commit")) for m in metas})
     hours = sum(d["data"].get("seconds") or 0.0 for d in docs) / 3600
     search = sum(os.sep + SEARCH_DIR + os.sep in p for p in files)
+    threads = Counter(d["data"].get("threads") for d in docs)
+    per_run = ", ".join([f"{n} ({k} files)" for n, k in sorted((n, k) for n, k in threads.items() if n is not None)]
+                        + ([f"not recorded ({threads[None]} files)"] if threads[None] else []))
     return (f"<sub>{len(docs)} of {planned} planned result files ({search} of the weight search), {hours:.1f} hours "
             "of training and "
             "evaluation in the invocations that finished the runs (a resumed run counts from its resume), "
+            f"threads per run {per_run}, "
             f"measured {dates[0]} to {dates[-1]} on {'; '.join(machines)}; "
             f"commits {', '.join(commits)}; torch {', '.join(sorted({str(m.get('torch')) for m in metas}))}</sub>\n")
 

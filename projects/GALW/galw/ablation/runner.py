@@ -28,7 +28,7 @@ from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, config_fingerprint
 
 __all__ = ["FINGERPRINT", "PLANNED_FILE", "borrowed_search", "check_result", "dry_run_commands", "finished_runs",
            "restore_phase_one", "resume_args", "reusable_result", "run_ablation", "run_one", "run_opts", "run_search",
-           "subprocess_runner"]
+           "run_threads", "subprocess_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,18 @@ def _remove_periodic_checkpoints(tag, run):
         logger.warning("%s: its periodic checkpoints are kept: %s", tag, e)
 
 
+def run_threads(runner):
+    """The OpenMP/MKL threads a run of ``runner`` trains with: subprocess_runner's ``threads`` where
+    ``runner`` sets them (functools.partial, as tools/ablation.py builds it), else this process's, which
+    the run inherits. A result records it beside its ``seconds``: the file's meta is the runner's."""
+    threads = getattr(runner, "keywords", {}).get("threads")
+    if threads:
+        return int(threads)
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=None):
     """One planned run, skipped when its result file exists (and records the planned opts, else an
     error): (result data, None) or (None, failure).
@@ -207,7 +219,8 @@ def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks,
         return failure(f"its config files changed while it trained (fingerprint {fingerprint} at the start, "
                        f"{at_end} at the end); remove {run['out_dir']} to train it again")
     try:
-        data = dict(result_data(run, time.time() - start, run_opts(spec, run)), **{FINGERPRINT: fingerprint})
+        data = dict(result_data(run, time.time() - start, run_opts(spec, run)), threads=run_threads(runner),
+                    **{FINGERPRINT: fingerprint})
     except ValueError as e:
         return failure(str(e))
     save_result(run, data, cmd, commit)
