@@ -11,8 +11,9 @@
     python tools/ablation.py --report                                   # report from results/ablation/
 
 Runs train_net.py once per (variant, seed), each in OUT/<data>/<variant>/seed<k>, on the spec's
-dataset <data> (SynthPS-PRW generated with its seed in OUT/<data>/datasets), in spec order; --jobs N
-trains N runs side by side (a run that regroups another's phase one follows it). A variant with ``groups_from`` reuses the
+dataset <data> (SynthPS-PRW generated with its seed in OUT/<data>/datasets); a run that regroups
+another's phase one follows it, the chains with the most runs left go first, and --jobs N trains N
+side by side. A variant with ``groups_from`` reuses the
 Gamma history and initial weights of an earlier variant's first GALW training; one with
 ``{tuned_weights}`` trains with the best static weights of the spec's search (run first, in
 OUT/<data>/search, scored on a validation split of the training identities; a dataset with

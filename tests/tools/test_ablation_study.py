@@ -407,6 +407,11 @@ def test_the_papers_claims_are_checked_in_direction_with_their_interval(tmp_path
     # a claim whose variants this dataset does not plan is not listed at all
     ablation.write_tables(spec, {"results": only_equal, "failed": [], "not_run": waiting[:1]}, str(out), figures=False)
     assert "Claims waiting for runs of both variants: 1: galw_g4 vs equal." in (out / "ablation.md").read_text()
+    # paired seeds that all differ by the same amount leave the t-test nothing to measure
+    shifted = [r for r in results if r["name"] == "equal"]
+    shifted += [dict(r, name="galw_g4", mAP=r["mAP"] + 3) for r in shifted]
+    assert ablation.check_claims(spec, ablation.aggregate(spec, shifted))[0]["verdict"] == (
+        "n/a (every paired seed differs by the same amount: no spread to test)")
     # a measured mean of exactly 0 has no direction
     tied = [dict(r, mAP=50.0 + r["seed"]) for r in results if r["name"] in ("equal", "galw_g4")]
     assert ablation.check_claims(spec, ablation.aggregate(spec, tied))[0]["verdict"] == "no difference"

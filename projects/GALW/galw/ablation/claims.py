@@ -5,16 +5,20 @@ A variant may carry ``paper: {mAP: .., top1: ..}`` (PRW, ResNet-50, the paper's 
 the spec's ``claims`` lists ``{table, variant, reference}``. A claim is *reproduced* when the measured
 mean difference has the paper's sign and its confidence interval (statistics.paired) excludes 0,
 *same direction, not significant* when only the sign agrees, *opposite* (significant or not) when it
-differs, *no difference* when the measured mean is exactly 0; a claim needs two paired seeds.
+differs, *no difference* when the measured mean is exactly 0; a claim needs two paired seeds that do
+not all differ by the same amount (without spread the t-test is undefined).
 SynthPS at CPU scale tests directions, not the paper's numbers.
 """
 from .statistics import CONFIDENCE, paired
 
-__all__ = ["VERDICTS", "check_claims", "claims_table", "validate_claims"]
+__all__ = ["MEASURED", "VERDICTS", "check_claims", "claims_table", "validate_claims"]
 
 #: The verdicts, in the order the table explains them.
 VERDICTS = ("reproduced", "same direction, not significant", "opposite, not significant", "opposite, significant",
-            "no difference", "n/a (fewer than 2 paired seeds)", "n/a (no runs)")
+            "no difference", "n/a (fewer than 2 paired seeds)", "n/a (no runs)",
+            "n/a (every paired seed differs by the same amount: no spread to test)")
+#: The verdicts that measured a direction: two paired seeds or more, with a spread.
+MEASURED = VERDICTS[:5]
 
 
 def validate_claims(spec, path):
@@ -54,6 +58,8 @@ def _verdict(paper_diff, measured):
         return VERDICTS[5]
     if measured["mean_diff"] == 0:
         return VERDICTS[4]
+    if measured["ci_low"] == measured["ci_high"]:  # the t-test is undefined without spread (answer.pair_verdict)
+        return VERDICTS[7]
     same = (measured["mean_diff"] > 0) == (paper_diff > 0)
     significant = measured["ci_low"] > 0 or measured["ci_high"] < 0
     if same:

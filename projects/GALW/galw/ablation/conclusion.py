@@ -5,7 +5,7 @@ the paper's direction on all of them. Marked provisional while a planned run has
 a partial study never reads as the conclusion.
 """
 from .answer import ANSWER_PAIRS, pair_verdict
-from .claims import VERDICTS
+from .claims import MEASURED, VERDICTS
 from .convergence import CONVERGED_POINTS, TAIL_START
 from .report import SHIPPED_SPEC, committed_outcome, kept_files, label_dataset, planned_names
 from .spec import load_spec
@@ -61,23 +61,26 @@ def _converged_cell(report):
 
 def claim_summary(reports):
     """Per claim of the spec (in its order): {"table", "variant", "reference", "paper_diff", "verdicts"
-    ({dataset: verdict} where both variants have two paired seeds), "status"}: "holds" (the paper's
-    direction on every such dataset, significant on each), "same direction" (on every such dataset, not
-    significant on one), "against" (opposite, or no difference, on at least one), or "not measured"."""
+    ({dataset: verdict} where it measured a direction, claims.MEASURED), "status"}: "holds" (reproduced
+    on every such dataset), "same direction" (the paper's sign on every one, not significant on one),
+    "inconclusive" (the opposite sign or no difference on one, significant on none), "against" (the
+    opposite sign, significant, on one) or "not measured"."""
     claims = {}
     for report in reports:
         for c in report["claims"]:
             entry = claims.setdefault((c["table"], c["variant"], c["reference"]), {
                 "table": c["table"], "variant": c["variant"], "reference": c["reference"],
                 "paper_diff": c["paper_diff"], "verdicts": {}})
-            if c["measured"] is not None and c["measured"]["ci_low"] is not None:
+            if c["verdict"] in MEASURED:
                 entry["verdicts"][report["name"]] = c["verdict"]
     for entry in claims.values():
         verdicts = set(entry["verdicts"].values())
         if not verdicts:
             entry["status"] = "not measured"
-        elif verdicts & {VERDICTS[2], VERDICTS[3], VERDICTS[4]}:
+        elif VERDICTS[3] in verdicts:
             entry["status"] = "against"
+        elif verdicts & {VERDICTS[2], VERDICTS[4]}:
+            entry["status"] = "inconclusive"
         elif verdicts == {VERDICTS[0]}:
             entry["status"] = "holds"
         else:
@@ -86,14 +89,13 @@ def claim_summary(reports):
 
 
 def _claim_cell(report, claim):
+    if not {claim["variant"], claim["reference"]} <= report["variants"]:
+        return "not trained here"
     c = next((c for c in report["claims"] if (c["table"], c["variant"], c["reference"])
               == (claim["table"], claim["variant"], claim["reference"])), None)
-    if c is None:
-        return "not trained here"
-    m = c["measured"]
-    if m is None or m["ci_low"] is None:
-        return "fewer than 2 paired seeds"
-    return f"{m['mean_diff']:+.2f}: {c['verdict']}"
+    if c is None or c["measured"] is None:
+        return "no paired seeds yet"
+    return f"{c['measured']['mean_diff']:+.2f}: {c['verdict']}"
 
 
 def conclusion_markdown(results_root, spec_path=SHIPPED_SPEC):
@@ -127,8 +129,10 @@ def conclusion_markdown(results_root, spec_path=SHIPPED_SPEC):
                                     "measures it)"),
                           ("same direction", "The paper's direction on every dataset that measures it, not "
                                              "significant on at least one"),
-                          ("against", "Against the paper's direction (opposite, or no difference) on at least one dataset"),
-                          ("not measured", "Not measured yet (fewer than 2 paired seeds on every dataset)")):
+                          ("inconclusive", "Inconclusive (the opposite sign or no difference on at least one "
+                                           "dataset, significant on none)"),
+                          ("against", "Against the paper (the opposite sign, significant, on at least one dataset)"),
+                          ("not measured", "Not measured yet (no dataset has 2 paired seeds with a spread)")):
         these = [f"Table {c['table']} `{c['variant']}` vs `{c['reference']}`" for c in claims if c["status"] == status]
         md += f"* {words}: {len(these)}" + (": " + "; ".join(these) if these else "") + ".\n"
     return md
