@@ -196,3 +196,30 @@ def test_the_answer_block_on_hand_values():
         one, [], ablation.convergence(SPEC, []), not_run=[{"name": "tuned_static", "seed": 1}])
     assert answer_markdown(ablation.aggregate(SPEC, _results({"close": {1: 50.0}})), [],
                            ablation.convergence(SPEC, [])) == ""
+
+
+def test_the_groups_table_sets_each_grouping_beside_the_mAP_of_the_seeds_that_found_it():
+    galw = ["MODEL.GALW.GROUPING", "galw", "MODEL.GALW.NUM_GROUPS", "2"]
+
+    def run(name, seed, mAP, groups, opts=galw):
+        return {"name": name, "seed": seed, "mAP": mAP, "opts": opts,
+                "groups": None if groups is None else {"groups": groups}}
+
+    results = [run("galw_g2", 2, 40.0, [["c"], ["b", "a"]]),
+               run("galw_g2", 1, 50.0, [["a", "b"], ["c"]]),  # the same grouping, listed another way
+               run("galw_g2", 3, 30.0, [["a"], ["b", "c"]]),
+               run("rulwf", 1, 20.0, [["a"], ["b"], ["c"]], opts=["MODEL.GALW.GROUPING", "per_task"]),
+               run("equal", 1, 5.0, None, opts=["MODEL.GALW.ENABLED", "False"])]
+    assert ablation.groups_table(results).splitlines() == [
+        "| variant | groups | seeds | mAP | mean mAP |", "|---|---|---|---|---|",
+        "| galw_g2 | {c} {a, b} | 1, 2 | 50.00, 40.00 | 45.00 |",
+        "| galw_g2 | {a} {b, c} | 3 | 30.00 | 30.00 |"]
+    assert ablation.groups_table(results[3:]) == ""
+    # the report lists them after its other tables
+    with_groups = [dict(r, opts=["MODEL.GALW.GROUPING", "galw"], groups={"groups": [["a", "b"], ["c"]]})
+                   if r["name"] == "galw_g4" else r for r in _results(VALUES)]
+    md, _ = ablation.report_markdown(SPEC, {"results": with_groups, "failed": []})
+    assert md.index("Convergence: ") < md.index("The groups each GALW run trained with")
+    assert "| galw_g4 | {c} {a, b} | 1, 2, 3 | 60.00, 61.00, 65.00 | 62.00 |" in md
+    assert "The groups each GALW run trained with" not in ablation.report_markdown(
+        SPEC, {"results": _results(VALUES), "failed": []})[0]

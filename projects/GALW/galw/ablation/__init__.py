@@ -25,7 +25,7 @@ from .answer import ANSWER_PAIRS, answer_markdown, pair_verdict
 from .claims import check_claims, claims_table
 from .convergence import convergence, run_convergence, variant_convergence
 from .statistics import COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_comparisons
-from .tables import comparison_table, convergence_table, markdown_table, report_markdown, write_tables
+from .tables import comparison_table, convergence_table, groups_table, markdown_table, report_markdown, write_tables
 from .report import SHIPPED_SPEC, committed_outcome, docs_markdown, label_dataset
 from .conclusion import claim_summary, conclusion_markdown, dataset_reports
 
@@ -65,6 +65,7 @@ __all__ = [
     "dry_run_commands",
     "finished_runs",
     "galw_group_tasks",
+    "groups_table",
     "keep_copy",
     "label_dataset",
     "load_spec",

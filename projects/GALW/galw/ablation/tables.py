@@ -18,8 +18,8 @@ from .convergence import convergence
 from .spec import repo_relative
 from .statistics import COLUMNS, CONFIDENCE, aggregate, all_comparisons
 
-__all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "markdown_table", "report_markdown",
-           "search_table", "write_tables"]
+__all__ = ["FIGURES", "RUN_FIELDS", "comparison_table", "convergence_table", "groups_table", "markdown_table",
+           "report_markdown", "search_table", "write_tables"]
 
 #: A run's fields in ablation.json (curves, groups and trajectories stay in its own result file).
 RUN_FIELDS = ("name", "seed", "mAP", "top1", "top10", "det_AP", "seconds", "source")
@@ -88,6 +88,33 @@ def convergence_table(conv):
         flag = {True: "yes", False: "**no**", None: "n/a (curve too short)"}[v["converged"]]
         lines.append(f"| {v['name']} | {v['worst_seed'] if v['worst_seed'] is not None else 'n/a'} | "
                      f"{_num(v['worst_range'], '{:.2f}')} | {_num(v['max_abs_drift'], '{:.2f}')} | {flag} |")
+    return "\n".join(lines) + "\n"
+
+
+def _learns_groups(result):
+    opts = [str(o) for o in result.get("opts") or []]
+    return bool(result.get("groups")) and any(
+        k == "MODEL.GALW.GROUPING" and v == "galw" for k, v in zip(opts, opts[1:]))
+
+
+def groups_table(results):
+    """Per variant whose groups GALW learns (``MODEL.GALW.GROUPING galw`` in its opts), each distinct
+    grouping its runs trained with, the seeds that found it and their mAP: the outcome of such a run
+    rests on the grouping its probing found. Empty without such runs."""
+    found = {}
+    for r in results:
+        if _learns_groups(r):
+            grouping = tuple(sorted((tuple(sorted(g)) for g in r["groups"]["groups"]), key=lambda g: (len(g), g)))
+            found.setdefault((r["name"], grouping), []).append(r)
+    if not found:
+        return ""
+    lines = ["| variant | groups | seeds | mAP | mean mAP |", "|---|---|---|---|---|"]
+    for (name, grouping), runs in found.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        groups = " ".join("{" + ", ".join(g) + "}" for g in grouping)
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        values = ", ".join(f"{r['mAP']:.2f}" for r in runs)
+        lines.append(f"| {name} | {groups} | {seeds} | {values} | {sum(r['mAP'] for r in runs) / len(runs):.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,6 +193,10 @@ def report_markdown(spec, outcome, made=None):
            "(range = max - min, drift = last - value at the window's start). "
            f"Baseline `{conv['baseline']}` converged on every seed: {base_flag}.\n\n"
            + convergence_table(conv))
+    groups = groups_table(results)
+    if groups:
+        md += ("\nThe groups each GALW run trained with (from its probing, or regrouped from its source's), "
+               "the seeds that found them and their mAP:\n\n" + groups)
     if made:
         md += "\n" + "".join(f"![{what}]({name})\n" for name, what in made.items())
     return md, {"rows": rows, "comparisons": comparisons, "claims": checked, "convergence": conv}
