@@ -3,7 +3,8 @@
 ``spec``: the variant table and the planned runs; ``regroup``: variants that reuse another run's
 Gamma history; ``search``: the static weights tried on a validation split for ``tuned_static``;
 ``data``: SynthPS per data seed; ``runner``: one ``train_net.py`` subprocess per (variant, seed),
-skipped when its result file exists; ``run_result``: that file (and its copy for committing);
+skipped when its result file exists; ``process``: how that subprocess is started;
+``run_result``: that file (and its copy for committing);
 ``statistics``: mean ± std per variant and paired differences against the references;
 ``claims``: the paper's differences between variants checked in direction;
 ``answer``: the few lines that answer the study's question on a dataset;
@@ -17,7 +18,8 @@ from .regroup import GROUPS_INPUT, galw_group_tasks, regroup_from_run
 from .data import apply_dataset, dataset_root, prepare_dataset, select_dataset, source_spec
 from .run_result import (METRICS, RESULT_FILE, collect_metrics, committed_result, keep_copy, metrics_curve,
                          result_data, run_groups, save_result, saved_result, weight_trajectories)
-from .runner import borrowed_search, dry_run_commands, finished_runs, run_ablation, run_one, run_search, subprocess_runner
+from .process import run_threads, subprocess_runner
+from .runner import borrowed_search, dry_run_commands, finished_runs, run_ablation, run_one, run_search
 from .search import SEARCH_DIR, choose, plan_search, weights_text
 from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_chain, base_config_path, config_fingerprint, load_spec,
                    plan_runs, schedule_opts, train_command, variant_seeds)
@@ -86,6 +88,7 @@ __all__ = [
     "run_groups",
     "run_one",
     "run_search",
+    "run_threads",
     "save_result",
     "saved_result",
     "schedule_opts",

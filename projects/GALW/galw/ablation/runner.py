@@ -11,7 +11,6 @@ When a planned variant uses the search's weights (``{tuned_weights}``), the sear
 import json
 import logging
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,14 +20,14 @@ from galw_core.two_phase import PHASE_ONE_DIR
 from ..checkpoint import LAST_CHECKPOINT, CheckpointError, remove_periodic_checkpoints
 from ..results import git_commit
 from .data import source_spec
+from .process import run_threads, subprocess_runner
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
 from .search import choose, plan_search, weights_text
-from .spec import REPO_ROOT, TUNED_WEIGHTS, base_config_path, config_fingerprint, plan_runs, train_command
+from .spec import TUNED_WEIGHTS, base_config_path, config_fingerprint, plan_runs, train_command
 
 __all__ = ["FINGERPRINT", "PLANNED_FILE", "borrowed_search", "check_result", "dry_run_commands", "finished_runs",
-           "restore_phase_one", "resume_args", "reusable_result", "run_ablation", "run_one", "run_opts", "run_search",
-           "run_threads", "subprocess_runner"]
+           "restore_phase_one", "resume_args", "reusable_result", "run_ablation", "run_one", "run_opts", "run_search"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +37,6 @@ logger = logging.getLogger(__name__)
 PLANNED_FILE = "ablation_planned.json"
 #: The field of a result file and of PLANNED_FILE that holds spec.config_fingerprint.
 FINGERPRINT = "base_config_sha256"
-
-
-def subprocess_runner(cmd, out_dir, threads=None, datasets_root=None):
-    """Run one training; its output goes to ``OUT_DIR/ablation_log.txt``. Returns the exit code.
-
-    ``threads``: OMP/MKL thread count of the run (parallel CPU runs share the cores);
-    ``datasets_root``: its DETECTRON2_DATASETS (the study's dataset, data.py).
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if datasets_root:
-        env["DETECTRON2_DATASETS"] = datasets_root
-    with open(os.path.join(out_dir, "ablation_log.txt"), "a") as log:
-        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
 
 
 def run_opts(spec, run):
@@ -154,18 +137,6 @@ def _remove_periodic_checkpoints(tag, run):
         remove_periodic_checkpoints(run["out_dir"])
     except (OSError, ValueError, CheckpointError) as e:
         logger.warning("%s: its periodic checkpoints are kept: %s", tag, e)
-
-
-def run_threads(runner):
-    """The OpenMP/MKL threads a run of ``runner`` trains with: subprocess_runner's ``threads`` where
-    ``runner`` sets them (functools.partial, as tools/ablation.py builds it), else this process's, which
-    the run inherits. A result records it beside its ``seconds``: the file's meta is the runner's."""
-    threads = getattr(runner, "keywords", {}).get("threads")
-    if threads:
-        return int(threads)
-    import torch
-
-    return torch.get_num_threads()
 
 
 def run_one(spec, run, tag, runner, extra_args=(), group_tasks=galw_group_tasks, done=None):
