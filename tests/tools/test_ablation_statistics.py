@@ -56,6 +56,15 @@ def test_paired_difference_on_hand_values():
     assert (same["ci_low"], same["ci_high"], same["p"]) == (1.0, 1.0, 0.0)
 
 
+def test_paired_by_name_finds_both_rows_or_none():
+    rows = ablation.aggregate(SPEC, _results(VALUES))
+    got = ablation.paired_by_name(rows, "galw_g4", "equal")
+    assert got["diffs"] == [10.0, 9.0, 11.0] and got["mean_diff"] == pytest.approx(10.0)
+    assert ablation.paired_by_name(rows, "equal", "galw_g4")["mean_diff"] == pytest.approx(-10.0)
+    assert ablation.paired_by_name(rows, "galw_g4", "not_trained") is None
+    assert ablation.paired_by_name(rows, "not_trained", "equal") is None
+
+
 def test_every_variant_against_equal_and_tuned_static_once():
     rows = ablation.aggregate(SPEC, _results(VALUES))
     pairs = [(c["name"], c["reference"]) for c in ablation.all_comparisons(rows)]

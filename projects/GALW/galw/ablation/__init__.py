@@ -26,7 +26,8 @@ from .spec import (REPO_ROOT, TUNED_WEIGHTS, base_config_chain, base_config_path
 from .answer import ANSWER_PAIRS, answer_markdown, pair_verdict
 from .claims import check_claims, claims_table
 from .convergence import convergence, run_convergence, variant_convergence
-from .statistics import COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_comparisons
+from .statistics import (COLUMNS, REFERENCES, aggregate, all_comparisons, mean_std, paired, paired_by_name,
+                         paired_comparisons)
 from .tables import comparison_table, convergence_table, groups_table, markdown_table, report_markdown, write_tables
 from .report import SHIPPED_SPEC, committed_outcome, docs_markdown, label_dataset
 from .conclusion import claim_summary, conclusion_markdown, dataset_reports
@@ -76,6 +77,7 @@ __all__ = [
     "metrics_curve",
     "pair_verdict",
     "paired",
+    "paired_by_name",
     "paired_comparisons",
     "plan_runs",
     "plan_search",

@@ -6,7 +6,7 @@ A line is marked provisional while a planned run of one of its variants has no r
 yet, or failed), so a partial study never reads as the answer.
 """
 from .claims import VERDICTS
-from .statistics import CONFIDENCE, paired
+from .statistics import CONFIDENCE, paired_by_name
 
 __all__ = ["ANSWER_PAIRS", "answer_markdown", "pair_verdict"]
 
@@ -29,8 +29,7 @@ def pair_verdict(diff):
 
 
 def _pair_line(rows, name, ref, waiting):
-    by_name = {r["name"]: r for r in rows}
-    diff = paired(by_name[name], by_name[ref], "mAP") if name in by_name and ref in by_name else None
+    diff = paired_by_name(rows, name, ref)
     if diff is None:
         return f"* `{name}` vs `{ref}`: no paired seeds yet."
     spread = diff["ci_low"] is not None and diff["ci_low"] != diff["ci_high"]

@@ -9,7 +9,7 @@ differs, *no difference* when the measured mean is exactly 0; a claim needs two 
 not all differ by the same amount (without spread the t-test is undefined).
 SynthPS at CPU scale tests directions, not the paper's numbers.
 """
-from .statistics import CONFIDENCE, paired
+from .statistics import CONFIDENCE, paired_by_name
 
 __all__ = ["MEASURED", "VERDICTS", "check_claims", "claims_table", "validate_claims"]
 
@@ -71,11 +71,9 @@ def check_claims(spec, rows, key="mAP"):
     """Per claim of the spec: {"table", "variant", "reference", "paper_diff", "measured", "verdict"};
     ``measured`` is statistics.paired on ``key`` (None when a variant has no runs yet)."""
     paper = {v["name"]: v["paper"] for v in spec["variants"] if "paper" in v}
-    by_name = {r["name"]: r for r in rows}
     out = []
     for c in spec.get("claims", []):
-        a, b = by_name.get(c["variant"]), by_name.get(c["reference"])
-        measured = paired(a, b, key) if a is not None and b is not None else None
+        measured = paired_by_name(rows, c["variant"], c["reference"], key)
         paper_diff = float(paper[c["variant"]][key] - paper[c["reference"]][key])
         out.append({"table": str(c["table"]), "variant": c["variant"], "reference": c["reference"],
                     "paper_diff": paper_diff, "measured": measured, "verdict": _verdict(paper_diff, measured)})

@@ -9,7 +9,7 @@ from .claims import MEASURED, VERDICTS
 from .convergence import CONVERGED_POINTS, TAIL_START
 from .report import SHIPPED_SPEC, committed_outcome, kept_files, label_dataset, planned_names
 from .spec import load_spec
-from .statistics import CONFIDENCE, paired
+from .statistics import CONFIDENCE, paired_by_name
 from .tables import report_markdown
 
 __all__ = ["claim_summary", "conclusion_markdown", "dataset_reports"]
@@ -48,8 +48,7 @@ def _difference(diff):
 def _answer_cell(report, name, ref):
     if not {name, ref} <= report["variants"]:
         return "not trained here"
-    rows = {r["name"]: r for r in report["rows"]}
-    return _difference(paired(rows[name], rows[ref], "mAP") if name in rows and ref in rows else None)
+    return _difference(paired_by_name(report["rows"], name, ref))
 
 
 def _converged_cell(report):

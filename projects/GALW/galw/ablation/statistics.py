@@ -8,7 +8,7 @@ per-seed differences, their mean, a 95 % confidence interval and p-value from th
 import numpy as np
 
 __all__ = ["COLUMNS", "CONFIDENCE", "REFERENCES", "aggregate", "all_comparisons", "mean_std", "paired",
-           "paired_comparisons"]
+           "paired_by_name", "paired_comparisons"]
 
 #: Columns of the table: (result key, header); top-10 and detection AP only when every run has them.
 COLUMNS = (("mAP", "mAP (%)"), ("top1", "top-1 (%)"), ("top10", "top-10 (%)"), ("det_AP", "detection AP (%)"))
@@ -69,6 +69,14 @@ def paired(row, ref, key):
             ci = test.confidence_interval(CONFIDENCE)
             out.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(test.pvalue))
     return out
+
+
+def paired_by_name(rows, name, ref, key="mAP"):
+    """``paired`` of the rows named ``name`` and ``ref`` in ``rows``; None when either has no row."""
+    by_name = {r["name"]: r for r in rows}
+    if name not in by_name or ref not in by_name:
+        return None
+    return paired(by_name[name], by_name[ref], key)
 
 
 def paired_comparisons(rows, reference, keys=("mAP", "top1")):
