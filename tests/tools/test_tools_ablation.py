@@ -302,8 +302,10 @@ def test_shipped_spec_covers_the_paper_tables(tmp_path):
     assert [d["seed"] for d in spec["datasets"]] == [0, 1, 0] and len(spec["search"]["candidates"]) >= 8
     long = ablation.load_spec(ablation.SHIPPED_SPEC)
     ablation.label_dataset(long, "data0_long")
-    long_runs = ablation.plan_runs(long, "out", only=["tuned_static", "galw_g4"])
-    assert [(r["name"], r["seed"]) for r in long_runs] == [(n, s) for s in (1, 2, 3) for n in ("tuned_static", "galw_g4")]
+    assert long["datasets"][2]["variants"] == ["equal", "tuned_static", "galw_g4"]
+    long_runs = ablation.plan_runs(long, "out", only=long["datasets"][2]["variants"])
+    assert [(r["name"], r["seed"]) for r in long_runs] == [
+        (n, s) for s in (1, 2, 3) for n in ("equal", "tuned_static", "galw_g4")]
     assert run_opts(long, long_runs[0])[:12] == [
         "SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1200,)", "SOLVER.CHECKPOINT_PERIOD", "500", "TEST.EVAL_PERIOD",
         "400", "SOLVER.MAX_ITER", "6000", "SOLVER.STEPS", "(3600,)"]
