@@ -197,6 +197,35 @@ def test_report_from_the_copies_alone(tmp_path):
     assert not os.path.exists(out)
 
 
+def test_a_report_refuses_kept_files_of_another_plan(tmp_path):
+    """A report shows a kept file as its planned run only when it records the planned opts, config files
+    and searched weights, as a reused result must (runner.check_result)."""
+    spec = _search_spec(tmp_path)
+    out, res = str(tmp_path / "out"), str(tmp_path / "res")
+    ablation.run_ablation(spec, out, runner=Runner(), results_dir=res)
+    longer = _search_spec(tmp_path, common_opts=["SOLVER.MAX_ITER", 20])
+    with pytest.raises(ValueError, match=r"search/low/seed1.json: was trained with other opts than planned "
+                                         r"\(SOLVER.MAX_ITER: trained 10, planned 20\)"):
+        finished_runs(longer, out, results_dir=res, read=ablation.committed_result)
+    with pytest.raises(ValueError, match=r"out/equal/seed1/ablation_result.json: was trained with other opts"):
+        finished_runs(_spec(tmp_path, common_opts=["SOLVER.MAX_ITER", 20]), out)
+    # the search's kept files now score "low" best: tuned_static's copies hold "high"'s weights
+    for seed in (1, 2):
+        path = os.path.join(res, "search", "high", f"seed{seed}.json")
+        doc = read_result(path)
+        doc["data"]["mAP"] = 1.0
+        with open(path, "w") as f:
+            json.dump(doc, f)
+    with pytest.raises(ValueError, match=r"tuned_static/seed1.json: was trained with other opts than planned "
+                                         r"\(MODEL.GALW.MANUAL_WEIGHTS: trained \[1.0, 3.0\], planned \[1.0, 1.0\]\)"):
+        finished_runs(spec, str(tmp_path / "gone"), results_dir=res, read=ablation.committed_result)
+    # an incomplete search: the weights are unknown, and the kept tuned_static files say so
+    os.remove(os.path.join(res, "search", "low", "seed1.json"))
+    with pytest.raises(ValueError, match=r"tuned_static seed 1 has a result .* but the weight search is not "
+                                         r"complete: the weights it had to train with are unknown"):
+        finished_runs(spec, str(tmp_path / "gone"), results_dir=res, read=ablation.committed_result)
+
+
 def test_run_search_alone_picks_the_best_and_fills_tuned_static(tmp_path):
     spec = _search_spec(tmp_path)
     out = str(tmp_path / "out")

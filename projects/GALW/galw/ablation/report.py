@@ -40,7 +40,7 @@ def committed_outcome(spec, data, results_root, only=None, seeds=None):
     unless ``only`` names others; a borrowed search from its source's kept copies)."""
     out_root, results_dir = _folders(data, results_root)
     return finished_runs(spec, out_root, only or data.get("variants"), seeds, results_dir, committed_result,
-                         search=borrowed_search(spec, data, os.path.dirname(out_root), results_root, check=False))
+                         search=borrowed_search(spec, data, os.path.dirname(out_root), results_root))
 
 
 def _planned(spec, data, results_root):

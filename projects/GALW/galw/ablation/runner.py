@@ -81,6 +81,16 @@ def reusable_result(spec, run):
     return None if saved is None else check_result(spec, run, saved, path)
 
 
+def _read_checked(spec, run, read):
+    """``read(run)`` (saved_result: the run's folder; committed_result: its kept copy) checked like a reused
+    result (check_result); None when it has none."""
+    data = read(run)
+    if data is None:
+        return None
+    path = run["result_copy"] if read is committed_result else os.path.join(run["out_dir"], RESULT_FILE)
+    return check_result(spec, run, data, path)
+
+
 def _other_configs(spec, record):
     """Why ``record`` (a result's data or PLANNED_FILE's content) is not of the spec's config files, or ""."""
     recorded, planned = record.get(FINGERPRINT), config_fingerprint(spec)
@@ -204,24 +214,19 @@ def _tuned(runs):
     return any(TUNED_WEIGHTS in r["opts"] for r in runs)
 
 
-def borrowed_search(spec, data, out_base, results_base=None, check=True):
+def borrowed_search(spec, data, out_base, results_base=None):
     """The search summary (choose(), plus "dataset") that dataset ``data`` takes tuned_static's weights
     from when it names ``search_from``: the source dataset's search runs, read from their kept copies
     under ``results_base/<source>`` (from their folders under ``out_base/<source>`` without
-    ``results_base``), each checked like a reused result (check_result) unless ``check`` is False (a
-    report shows what the kept files hold); nothing trains. None for a dataset that runs its own search."""
+    ``results_base``), each checked like a reused result (check_result); nothing trains. None for a
+    dataset that runs its own search."""
     src = data.get("search_from")
     if src is None:
         return None
     spec = source_spec(spec, next(d for d in spec["datasets"] if d["name"] == src))
     runs = plan_search(spec, os.path.join(out_base, src), os.path.join(results_base, src) if results_base else None)
     read = committed_result if results_base else saved_result
-    found = []
-    for run in runs:
-        data = read(run)
-        if data is not None:
-            path = run["result_copy"] if results_base else os.path.join(run["out_dir"], RESULT_FILE)
-            found.append(check_result(spec, run, data, path) if check else data)
+    found = [d for d in (_read_checked(spec, run, read) for run in runs) if d is not None]
     return dict(choose(spec, found), dataset=src)
 
 
@@ -230,23 +235,41 @@ def _incomplete(search):
     return "the weight search is not complete" + (f" (it runs on dataset {where!r}: --data {where})" if where else "")
 
 
+def _resolve_tuned(runs, search):
+    """Put the searched weights (``search``: choose()'s summary) in place of TUNED_WEIGHTS in the runs'
+    opts; returns the runs that need them while the search has chosen none, left as they are."""
+    weights = search["weights"] if search else None
+    blocked = [r for r in runs if TUNED_WEIGHTS in r["opts"] and weights is None]
+    for r in runs:
+        if r not in blocked:
+            r["opts"] = [weights_text(weights) if o == TUNED_WEIGHTS else o for o in r["opts"]]
+    return blocked
+
+
 def finished_runs(spec, out_root, only=None, seeds=None, results_dir=None, read=saved_result, search=None):
-    """{"results", "failed": [], "not_run", "search"} from the result files of the planned runs; trains
-    nothing. ``read``: saved_result (the runs' folders) or run_result.committed_result (the copies
-    under ``results_dir``). ``search``: borrowed_search's summary, instead of the search under
-    ``out_root``."""
+    """{"results", "failed": [], "not_run", "search"} from the result files of the planned runs, each
+    checked like a reused result (check_result: a file of other opts or config files is an error, never
+    shown as the planned run's); trains nothing. ``read``: saved_result (the runs' folders) or
+    run_result.committed_result (the copies under ``results_dir``). ``search``: borrowed_search's
+    summary, instead of the search under ``out_root``."""
     results, not_run = [], []
     runs = plan_runs(spec, out_root, only, seeds, results_dir)
+    if not _tuned(runs):
+        search = None
+    elif search is None:
+        found = (_read_checked(spec, r, read) for r in plan_search(spec, out_root, results_dir))
+        search = choose(spec, [d for d in found if d is not None])
+    blocked = _resolve_tuned(runs, search)
     for run in runs:
-        saved = read(run)
+        if run in blocked and read(run) is not None:
+            raise ValueError(f"{run['name']} seed {run['seed']} has a result under {run['out_dir']} or "
+                             f"{run.get('result_copy')}, but {_incomplete(search)}: the weights it had to train "
+                             "with are unknown")
+        saved = _read_checked(spec, run, read)
         if saved is not None:
             results.append(saved)
         else:
             not_run.append({"name": run["name"], "seed": run["seed"]})
-    if not _tuned(runs):
-        search = None
-    elif search is None:
-        search = choose(spec, [d for d in map(read, plan_search(spec, out_root, results_dir)) if d is not None])
     return {"results": results, "failed": [], "not_run": not_run, "search": search}
 
 
@@ -358,11 +381,9 @@ def run_ablation(spec, out_root, runner=subprocess_runner, only=None, seeds=None
         if search is None:
             search = run_search(spec, out_root, runner, extra_args, jobs, results_dir)
             failed += search.pop("failed")
-        blocked = [r for r in runs if TUNED_WEIGHTS in r["opts"] and search["weights"] is None]
+        blocked = _resolve_tuned(runs, search)
         failed += [{"name": r["name"], "seed": r["seed"], "reason": _incomplete(search)} for r in blocked]
         runs = [r for r in runs if r not in blocked]
-        for r in runs:
-            r["opts"] = [weights_text(search["weights"]) if o == TUNED_WEIGHTS else o for o in r["opts"]]
     tagged = [(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}", r) for i, r in enumerate(runs, 1)]
     results, chain_failed = _run_all(spec, tagged, runner, extra_args, group_tasks, dependency_chains(runs), jobs)
     failed += chain_failed
