@@ -413,6 +413,20 @@ def test_convergence_on_short_and_empty_curves():
     assert run_convergence(curve, key="top1")["range"] == pytest.approx(3.0)
 
 
+def test_convergence_window_starts_at_detectron2s_evaluation_after_80_percent():
+    """EvalHook records the evaluation after 1600 of 2000 iterations at iteration 1599 and the final one
+    at 2000: the window runs from the first, so a run that moved exactly 1 point has not converged."""
+    curve = [{"iteration": i, "mAP": v} for i, v in ((399, 20.0), (799, 40.0), (1199, 48.0), (1599, 50.0),
+                                                     (2000, 51.0))]
+    got = run_convergence(curve)
+    assert (got["start"], got["value_at_start"], got["evaluations"]) == (1600.0, 50.0, 1)
+    assert (got["range"], got["drift"]) == (1.0, 1.0)
+    assert variant_convergence([{"name": "equal", "seed": 1, "curve": curve}], "equal")["converged"] is False
+    long = [{"iteration": i, "mAP": v} for i, v in ((1199, 30.0), (2399, 40.0), (3599, 45.0), (4799, 52.5),
+                                                    (6000, 52.0))]
+    assert (run_convergence(long)["value_at_start"], run_convergence(long)["drift"]) == (52.5, -0.5)
+
+
 def test_variant_convergence_with_a_curve_that_cannot_say():
     results = [{"name": "equal", "seed": 2, "curve": [{"iteration": 100, "mAP": 1.0}]},
                {"name": "equal", "seed": 1, "curve": [{"iteration": 80, "mAP": 10.0}, {"iteration": 100, "mAP": 10.5}]},

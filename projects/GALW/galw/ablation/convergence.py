@@ -36,6 +36,10 @@ def run_convergence(curve, key="mAP", tail_start=TAIL_START):
     vals = np.asarray([p[1] for p in points], dtype=np.float64)
     end = its[-1]
     start = tail_start * end
+    # detectron2 records the evaluation that follows N iterations at iteration N - 1 (EvalHook.after_step
+    # runs before the count advances) and the final one at MAX_ITER: the one after `start` iterations
+    # is the window's first value, not one iteration before it
+    its = np.where(its == start - 1, start, its)
     inside = its > start
     out.update(start=float(start), end=float(end), evaluations=int(inside.sum()), last=float(vals[-1]))
     if its[0] > start or not inside.any():
