@@ -53,7 +53,16 @@ def test_paired_difference_on_hand_values():
     assert ablation.paired({"seeds": [9], "mAP": [1.0]}, by["equal"], "mAP") is None
     # the same difference on every seed: a point interval, not NaN
     same = ablation.paired({"seeds": [1, 2, 3], "mAP": [51.0, 53.0, 55.0]}, by["equal"], "mAP")
-    assert (same["ci_low"], same["ci_high"], same["p"]) == (1.0, 1.0, 0.0)
+    assert (same["ci_low"], same["ci_high"], same["p"]) == (1.0, 1.0, None)
+    equal = ablation.paired(by["equal"], by["equal"], "mAP")
+    assert (equal["mean_diff"], equal["ci_low"], equal["ci_high"], equal["p"]) == (0.0, 0.0, 0.0, None)
+    # the answer and the claims say the same of both
+    assert pair_verdict(same) == "n/a (every paired seed differs by the same amount: no spread to test)"
+    assert pair_verdict(equal) == "no difference"
+    assert [ablation.claims._verdict(paper, d) for paper, d in ((2.0, same), (2.0, equal))] == [
+        pair_verdict(same), pair_verdict(equal)]
+    assert "| x | equal | 3 | +1.00 | [+1.00, +1.00] | n/a |" in ablation.comparison_table(
+        [{"name": "x", "reference": "equal", "mAP": same}])
 
 
 def test_paired_by_name_finds_both_rows_or_none():

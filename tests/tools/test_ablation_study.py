@@ -241,14 +241,14 @@ def test_report_from_the_kept_result_files_alone(tmp_path, capsys):
     assert "| tuned_static |  | 3 | 55.00 ± 1.00 |" in md
     assert "search candidate `mid` [1.0, 4.0, 1.0] (validation mAP 59.85" in md
     assert "| mid (chosen) | 1, 4, 1 | 1, 2 | 59.90, 59.80 (mean 59.85) |" in md
-    assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
+    assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | n/a |" in md
     assert "Baseline `equal` converged on every seed: yes." in md
     # the answer comes first: galw_g4 is 3 below tuned_static on both seeds, level with equal; differences
     # without spread have no test, so no verdict
     assert md.index("The answer on this dataset") < md.index("| variant | paper tables |")
     assert ("* `galw_g4` vs `tuned_static`: Δ mAP -3.00, 2 paired seeds: **n/a (every paired seed differs by the "
             "same amount: no spread to test)**.") in md
-    assert "* `galw_g4` vs `equal`: Δ mAP +0.00, 2 paired seeds: **n/a (every paired seed" in md
+    assert "* `galw_g4` vs `equal`: Δ mAP +0.00, 2 paired seeds: **no difference**." in md
     saved = json.loads((res / "d0" / "ablation.json").read_text())
     assert saved["search"]["best"] == "mid" and saved["convergence"]["baseline_converged"] is True
     assert [v["worst_range"] for v in saved["convergence"]["variants"]] == pytest.approx([0.4] * 3)
@@ -487,7 +487,7 @@ def test_a_dataset_can_take_its_tuned_weights_from_an_earlier_datasets_search(tm
     assert ("search candidate `mid` [1.0, 4.0, 1.0] (validation mAP 59.85), from the search on dataset `d0` (not "
             "repeated on this one).") in md
     assert "The weight search on dataset `d0` (validation mAP" in md
-    assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | 0 |" in md
+    assert "| tuned_static | equal | 3 | +3.00 | [+3.00, +3.00] | n/a |" in md
     block = ablation.docs_markdown("d7", str(res), spec["_path"])
     assert re.search(r"<sub>6 of 6 planned result files \(0 of the weight search\)", block)
 

@@ -16,11 +16,12 @@ ANSWER_PAIRS = (("galw_g4", "tuned_static"), ("galw_g4", "equal"), ("tuned_stati
 
 def pair_verdict(diff):
     """Words for a paired difference (statistics.paired): which is higher when the interval excludes 0;
-    none when every pair differs by the same amount (the t-test is undefined without spread)."""
+    none when every pair differs by the same amount (the t-test is undefined without spread), unless
+    that amount is 0 (claims.VERDICTS's "no difference" alike)."""
     if diff is None or diff["ci_low"] is None:
         return "n/a (fewer than 2 paired seeds)"
     if diff["ci_low"] == diff["ci_high"]:
-        return "n/a (every paired seed differs by the same amount: no spread to test)"
+        return VERDICTS[4] if diff["mean_diff"] == 0 else VERDICTS[7]
     if diff["ci_low"] > 0:
         return "higher, significant"
     if diff["ci_high"] < 0:

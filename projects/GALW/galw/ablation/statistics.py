@@ -46,7 +46,8 @@ def paired(row, ref, key):
     """Paired difference ``row - ref`` of ``key`` over the seeds both rows have, or None without any.
 
     {"n", "seeds", "diffs", "mean_diff", "ci_low", "ci_high", "p"}; with n < 2 the interval and p
-    are None (one pair has no spread), with n >= 2 they are ttest_rel's.
+    are None (one pair has no spread); with n >= 2 they are ttest_rel's, except when every pair differs
+    by the same amount: the interval is that point and p is None (the t statistic is undefined).
     """
     if key not in row or key not in ref:
         return None
@@ -62,8 +63,8 @@ def paired(row, ref, key):
     if len(seeds) >= 2:
         from scipy.stats import ttest_rel
 
-        if np.all(diffs == diffs[0]):  # no spread: the t statistic is undefined, the interval a point
-            out.update(ci_low=float(diffs[0]), ci_high=float(diffs[0]), p=0.0 if diffs[0] else 1.0)
+        if np.all(diffs == diffs[0]):
+            out.update(ci_low=float(diffs[0]), ci_high=float(diffs[0]))
         else:
             test = ttest_rel(a, b)
             ci = test.confidence_interval(CONFIDENCE)
