@@ -81,6 +81,8 @@ def main(argv=None):
         spec["common_opts"] = list(spec["common_opts"]) + ablation.schedule_opts(spec, args.max_iter)
     spec["common_opts"] = list(spec["common_opts"]) + list(args.opts)
     extra = ["--num-gpus", str(args.num_gpus)] if args.num_gpus != 1 else []
+    if results_dir:
+        ablation.check_kept_draw(results_dir, data, create=not (args.dry_run or args.report or args.table_only))
     borrowed = ablation.borrowed_search(spec, data, args.out, results)
     if args.dry_run:
         for cmd in ablation.dry_run_commands(spec, out_root, only, args.seeds, extra_args=extra, search=borrowed):

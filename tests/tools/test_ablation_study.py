@@ -346,6 +346,30 @@ def test_data_seed_keeps_runs_apart_and_generates_once(tmp_path, capsys):
     assert (tmp_path / "r" / "ablation_log.txt").read_text().strip() == root
 
 
+def test_kept_results_are_stamped_with_their_draw_of_the_data(tmp_path):
+    """A results folder names the draw its files were trained on: a report, a training or a borrowing
+    dataset that wants another draw there is an error, not a silent reuse."""
+    spec = _spec(tmp_path)
+    res = tmp_path / "results"
+    d0 = ablation.select_dataset(spec, "d0")
+    ablation.check_kept_draw(str(res / "d0"), d0)  # nothing kept, no stamp: nothing to check
+    assert not (res / "d0").exists()
+    ablation.check_kept_draw(str(res / "d0"), d0, create=True)
+    assert json.loads((res / "d0" / "ablation_dataset.json").read_text()) == {"layout": "prw", "seed": 0, "size": "tiny"}
+    ablation.check_kept_draw(str(res / "d0"), d0, create=True)
+    redrawn = [{"name": "d0", "seed": 3, "size": "tiny"},
+               {"name": "d7", "seed": 7, "size": "tiny", "variants": ["tuned_static"], "search_from": "d0"}]
+    other = _spec(tmp_path, datasets=redrawn)
+    wrong = r"d0/ablation_dataset.json: says its result files were trained on SynthPS .*'seed': 0.*wants .*'seed': 3"
+    with pytest.raises(ValueError, match=wrong):
+        cli.main(["--spec", other["_path"], "--out", str(tmp_path / "out"), "--results", str(res), "--report"])
+    with pytest.raises(ValueError, match=wrong):
+        cli.main(["--spec", other["_path"], "--out", str(tmp_path / "out"), "--results", str(res), "--dry-run",
+                  "--data", "d7"])
+    with pytest.raises(ValueError, match=wrong):
+        ablation.committed_outcome(other, ablation.label_dataset(other, "d0"), str(res))
+
+
 def test_dry_run_lists_the_search_before_tuned_static(tmp_path):
     spec = _spec(tmp_path)
     cmds = ablation.dry_run_commands(spec, str(tmp_path / "o"), only=["tuned_static"], seeds=[1])

@@ -15,7 +15,7 @@ skipped when its result file exists; ``process``: how that subprocess is started
 ``tools/ablation.py`` is the command line.
 """
 from .regroup import GROUPS_INPUT, galw_group_tasks, regroup_from_run
-from .data import apply_dataset, dataset_root, prepare_dataset, select_dataset, source_spec
+from .data import apply_dataset, check_kept_draw, dataset_root, prepare_dataset, select_dataset, source_spec
 from .run_result import (METRICS, RESULT_FILE, collect_metrics, committed_result, keep_copy, metrics_curve,
                          result_data, run_groups, save_result, saved_result, weight_trajectories)
 from .process import run_threads, subprocess_runner
@@ -46,6 +46,7 @@ __all__ = [
     "aggregate",
     "all_comparisons",
     "apply_dataset",
+    "check_kept_draw",
     "answer_markdown",
     "base_config_chain",
     "base_config_path",

@@ -7,7 +7,7 @@ from collections import Counter
 
 from galw.results import read_result
 
-from .data import apply_dataset, select_dataset
+from .data import apply_dataset, check_kept_draw, select_dataset
 from .run_result import committed_result
 from .runner import borrowed_search, finished_runs
 from .search import SEARCH_DIR, plan_search
@@ -39,6 +39,7 @@ def committed_outcome(spec, data, results_root, only=None, seeds=None):
     """finished_runs over the kept copies in ``results_root/<data>`` (the dataset's own ``variants``
     unless ``only`` names others; a borrowed search from its source's kept copies)."""
     out_root, results_dir = _folders(data, results_root)
+    check_kept_draw(results_dir, data)
     return finished_runs(spec, out_root, only or data.get("variants"), seeds, results_dir, committed_result,
                          search=borrowed_search(spec, data, os.path.dirname(out_root), results_root))
 

@@ -19,7 +19,7 @@ from galw_core.two_phase import PHASE_ONE_DIR
 
 from ..checkpoint import LAST_CHECKPOINT, CheckpointError, remove_periodic_checkpoints
 from ..results import git_commit
-from .data import source_spec
+from .data import check_kept_draw, source_spec
 from .process import run_threads, subprocess_runner
 from .regroup import galw_group_tasks, regroup_from_run
 from .run_result import RESULT_FILE, committed_result, keep_copy, result_data, save_result, saved_result
@@ -223,7 +223,10 @@ def borrowed_search(spec, data, out_base, results_base=None):
     src = data.get("search_from")
     if src is None:
         return None
-    spec = source_spec(spec, next(d for d in spec["datasets"] if d["name"] == src))
+    source = next(d for d in spec["datasets"] if d["name"] == src)
+    spec = source_spec(spec, source)
+    if results_base:
+        check_kept_draw(os.path.join(results_base, src), source)
     runs = plan_search(spec, os.path.join(out_base, src), os.path.join(results_base, src) if results_base else None)
     read = committed_result if results_base else saved_result
     found = [d for d in (_read_checked(spec, run, read) for run in runs) if d is not None]
