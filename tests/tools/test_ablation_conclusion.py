@@ -1,5 +1,7 @@
 """galw.ablation.conclusion: the study's answer and the paper's claims across its datasets, rendered
 from the kept result files (the docs' ``ablation`` block)."""
+import glob
+import json
 import os
 import shutil
 
@@ -45,9 +47,25 @@ def _study(tmp_path, d7_seeds):
     return spec, str(res)
 
 
+def _set_seconds(folder, seconds):
+    """Give every kept result file under ``folder`` the wall time ``seconds``."""
+    for path in glob.glob(os.path.join(folder, "**", "seed*.json"), recursive=True):
+        with open(path) as f:
+            doc = json.load(f)
+        doc["data"]["seconds"] = seconds
+        with open(path, "w") as f:
+            json.dump(doc, f)
+
+
 def test_the_conclusion_sets_every_dataset_side_by_side(tmp_path):
     spec, res = _study(tmp_path, d7_seeds=[1])
+    _set_seconds(os.path.join(res, "d0"), 600.0)
+    _set_seconds(os.path.join(res, "d7"), 1200.0)
     md = ablation.conclusion_markdown(res, spec["_path"])
+    # 18 files of 10 min and 2 of 20 min; d7's 4 runs left at its 20 min
+    assert "| wall time per run (mean of its kept files) | 10.0 min (18 files) | 20.0 min (2 files) |" in md
+    assert ("Cost: the kept files took 3.7 h of training and evaluation (the sum of their runs' wall times); the 4 "
+            "planned runs left need about 1.3 h more at their dataset's mean per run.\n") in md
     # d0: 6 search runs and 12 variant runs; d7: 6 planned, seed 1 of equal and galw_g4 kept
     assert md.startswith("**Provisional**: 20 of 24 planned result files exist; the conclusion holds once every one does.")
     assert "| | `d0` | `d7` |" in md
@@ -85,6 +103,8 @@ def test_a_dataset_without_files_yet_has_no_paired_seeds(tmp_path):
     assert "| `galw_g4` vs `equal` | +2.20 [+1.95, +2.45], 3 seeds: higher, significant | no paired seeds yet |" in md
     assert "| 1 | galw_g4 | equal | +4.21 | +2.20: reproduced | no paired seeds yet | holds |" in md
     assert "| equal yes, tuned_static yes, galw_g4 yes | no runs yet |" in md
+    assert "| wall time per run (mean of its kept files) | " in md and " | no runs yet |\n" in md
+    assert "need about 0.0 h more at their dataset's mean per run (and those of `d7`, without a run to measure yet)." in md
 
 
 def test_a_claims_status_weighs_the_verdict_of_every_dataset():

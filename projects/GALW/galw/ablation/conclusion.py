@@ -1,12 +1,14 @@
 """The study's conclusion across its datasets, rendered from the kept result files alone (the docs'
 ``<!-- results:ablation -->`` block): the answer's three comparisons on every dataset side by side,
-each paper claim's verdict on every dataset that trains both of its variants, and which claims keep
-the paper's direction on all of them. Marked provisional while a planned run has no result file, so
-a partial study never reads as the conclusion.
+each paper claim's verdict on every dataset that trains both of its variants, which claims keep
+the paper's direction on all of them, and what the study costs (the runs' wall times). Marked
+provisional while a planned run has no result file, so a partial study never reads as the conclusion.
 """
 from .answer import ANSWER_PAIRS, pair_verdict
 from .claims import MEASURED, VERDICTS
 from .convergence import CONVERGED_POINTS, TAIL_START
+from galw.results import read_result
+
 from .report import SHIPPED_SPEC, committed_outcome, kept_files, label_dataset, planned_names
 from .spec import load_spec
 from .statistics import CONFIDENCE, paired_by_name
@@ -20,8 +22,8 @@ CONVERGENCE_OF = ("equal", "tuned_static", "galw_g4")
 
 def dataset_reports(results_root, spec_path=SHIPPED_SPEC):
     """Per dataset of the spec, in its order: {"name", "kept", "planned", "variants" (the names it
-    plans), "rows", "claims", "convergence"} from its kept files (rows, claims and convergence are
-    empty without any)."""
+    plans), "seconds" (each kept file's wall time, runner.run_one), "rows", "claims", "convergence"} from
+    its kept files (rows, claims and convergence are empty without any)."""
     reports = []
     for data in load_spec(spec_path)["datasets"]:
         spec = load_spec(spec_path)  # label_dataset sets a loaded spec up for one dataset
@@ -32,6 +34,7 @@ def dataset_reports(results_root, spec_path=SHIPPED_SPEC):
             parts = report_markdown(spec, committed_outcome(spec, data, results_root))[1]
         reports.append({"name": data["name"], "kept": len(files), "planned": planned,
                         "variants": planned_names(spec, data, results_root), "rows": parts["rows"],
+                        "seconds": [read_result(p)["data"].get("seconds") or 0.0 for p in files],
                         "claims": parts["claims"], "convergence": parts["convergence"]})
     return reports
 
@@ -49,6 +52,22 @@ def _answer_cell(report, name, ref):
     if not {name, ref} <= report["variants"]:
         return "not trained here"
     return _difference(paired_by_name(report["rows"], name, ref))
+
+
+def _time_cell(report):
+    s = report["seconds"]
+    return f"{sum(s) / len(s) / 60:.1f} min ({len(s)} files)" if s else "no runs yet"
+
+
+def _cost(reports):
+    """The hours the kept files took, and those the runs left need at their dataset's mean per run."""
+    done = sum(sum(r["seconds"]) for r in reports) / 3600
+    left = sum((r["planned"] - r["kept"]) * sum(r["seconds"]) / len(r["seconds"]) for r in reports if r["seconds"])
+    unknown = [f"`{r['name']}`" for r in reports if not r["seconds"]]
+    return (f"Cost: the kept files took {done:.1f} h of training and evaluation (the sum of their runs' wall "
+            f"times); the {sum(r['planned'] - r['kept'] for r in reports)} planned runs left need about "
+            f"{left / 3600:.1f} h more at their dataset's mean per run"
+            + (f" (and those of {', '.join(unknown)}, without a run to measure yet)" if unknown else "") + ".\n")
 
 
 def _converged_cell(report):
@@ -115,6 +134,8 @@ def conclusion_markdown(results_root, spec_path=SHIPPED_SPEC):
         md += f"| `{name}` vs `{ref}` | " + " | ".join(_answer_cell(r, name, ref) for r in reports) + " |\n"
     md += (f"| converged (mAP moved < {CONVERGED_POINTS:g} point over the last {round((1 - TAIL_START) * 100)} % "
            "on every seed) | " + " | ".join(_converged_cell(r) for r in reports) + " |\n")
+    md += "| wall time per run (mean of its kept files) | " + " | ".join(_time_cell(r) for r in reports) + " |\n"
+    md += "\n" + _cost(reports)
     claims = claim_summary(reports)
     md += ("\nThe paper's claims (its sign of Δ mAP between two of its rows), the paired Δ mAP and verdict "
            "on each dataset that trains both variants:\n\n"
