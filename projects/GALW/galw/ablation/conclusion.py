@@ -4,11 +4,11 @@ each paper claim's verdict on every dataset that trains both of its variants, wh
 the paper's direction on all of them, and what the study costs (the runs' wall times). Marked
 provisional while a planned run has no result file, so a partial study never reads as the conclusion.
 """
+from galw.results import read_result
+
 from .answer import ANSWER_PAIRS, pair_verdict
 from .claims import MEASURED, VERDICTS
 from .convergence import CONVERGED_POINTS, TAIL_START
-from galw.results import read_result
-
 from .report import SHIPPED_SPEC, committed_outcome, kept_files, label_dataset, planned_names
 from .spec import load_spec
 from .statistics import CONFIDENCE, paired_by_name
