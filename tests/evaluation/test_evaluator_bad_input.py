@@ -8,7 +8,7 @@
 - (c) A CUHK-SYSU root lacking an optional protocol file (Occlusion.mat) is logged, naming the
   file, and that protocol is not reported; the other protocols are.
 - (d) A CUHK-SYSU TestG query box with a negative width is rejected with an error naming the file
-  and the query (it used to become an inverted box).
+  and the query (read as given, it would become an inverted box).
 - (e) (docs only) PRW negative-x clipping vs SeqNet: see docs/evaluation.md, "PRW boxes at the
   image border".
 """
