@@ -64,10 +64,14 @@ def _cost(reports):
     done = sum(sum(r["seconds"]) for r in reports) / 3600
     left = sum((r["planned"] - r["kept"]) * sum(r["seconds"]) / len(r["seconds"]) for r in reports if r["seconds"])
     unknown = [f"`{r['name']}`" for r in reports if not r["seconds"]]
-    return (f"Cost: the kept files took {done:.1f} h of training and evaluation (the sum of their runs' wall "
-            f"times); the {sum(r['planned'] - r['kept'] for r in reports)} planned runs left need about "
-            f"{left / 3600:.1f} h more at their dataset's mean per run"
-            + (f" (and those of {', '.join(unknown)}, without a run to measure yet)" if unknown else "") + ".\n")
+    runs_left = sum(r["planned"] - r["kept"] for r in reports)
+    spent = (f"Cost: the kept files took {done:.1f} h of training and evaluation (the sum of their runs' wall "
+             f"times); ")
+    if not runs_left:
+        return spent + "every planned run has its result file.\n"
+    return (spent + f"the {runs_left} planned runs left need about {left / 3600:.1f} h more at their dataset's "
+            f"mean per run" + (f" (and those of {', '.join(unknown)}, without a run to measure yet)" if unknown else "")
+            + ".\n")
 
 
 def _converged_cell(report):
