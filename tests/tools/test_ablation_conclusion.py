@@ -86,9 +86,12 @@ def test_the_conclusion_sets_every_dataset_side_by_side(tmp_path):
 
 def test_a_claim_holds_only_where_every_dataset_that_measures_it_agrees(tmp_path):
     spec, res = _study(tmp_path, d7_seeds=None)
+    _set_seconds(res, 900.0)
     md = ablation.conclusion_markdown(res, spec["_path"])
     assert md.startswith("Every planned run has its result file (24).")
-    assert "; every planned run has its result file.\n" in md and "runs left" not in md
+    # 24 files of 15 min, and nothing left to estimate
+    assert "\nCost: the kept files took 6.0 h of training and evaluation (the sum of their runs' wall times).\n" in md
+    assert "runs left" not in md
     assert "| `galw_g4` vs `equal` | +2.20 [+1.95, +2.45], 3 seeds: higher, significant | +2.20 [+1.95, +2.45], 3 seeds" in md
     summary = {(c["variant"], c["reference"]): c for c in ablation.claim_summary(ablation.dataset_reports(res, spec["_path"]))}
     assert summary[("galw_g4", "equal")]["verdicts"] == {"d0": "reproduced", "d7": "reproduced"}

@@ -62,14 +62,13 @@ def _time_cell(report):
 def _cost(reports):
     """The hours the kept files took, and those the runs left need at their dataset's mean per run."""
     done = sum(sum(r["seconds"]) for r in reports) / 3600
+    spent = f"Cost: the kept files took {done:.1f} h of training and evaluation (the sum of their runs' wall times)"
+    runs_left = sum(r["planned"] - r["kept"] for r in reports)
+    if not runs_left:  # the block's first line already says every planned run has its file
+        return spent + ".\n"
     left = sum((r["planned"] - r["kept"]) * sum(r["seconds"]) / len(r["seconds"]) for r in reports if r["seconds"])
     unknown = [f"`{r['name']}`" for r in reports if not r["seconds"]]
-    runs_left = sum(r["planned"] - r["kept"] for r in reports)
-    spent = (f"Cost: the kept files took {done:.1f} h of training and evaluation (the sum of their runs' wall "
-             f"times); ")
-    if not runs_left:
-        return spent + "every planned run has its result file.\n"
-    return (spent + f"the {runs_left} planned runs left need about {left / 3600:.1f} h more at their dataset's "
+    return (f"{spent}; the {runs_left} planned runs left need about {left / 3600:.1f} h more at their dataset's "
             f"mean per run" + (f" (and those of {', '.join(unknown)}, without a run to measure yet)" if unknown else "")
             + ".\n")
 
